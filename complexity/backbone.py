@@ -1,0 +1,156 @@
+"""MACs of a plain pre-norm ViT for a per-layer token schedule (supplement Tables 1-2).
+
+Counted: every multiply-accumulate of a matrix product -- the patch-embedding convolution,
+per block the qkv projection, the attention scores q k^T, the weighted sum Att v, the output
+projection and the two MLP layers, and the classification head.  Not counted (no MACs, or
+O(N C) element-wise work): LayerNorm, softmax, GELU, residual additions, pooling.  This is
+what ``torch.utils.flop_counter`` counts (it reports FLOPs = 2 x MACs).
+
+Token schedule: block ``l`` runs its attention on the ``N_l`` tokens that enter it; the
+reduction step (GTP propagation or ToMe merging) removes ``P_l`` of them *between* attention
+and MLP, so the MLP runs on ``N_l - P_l`` tokens, and ``N_{l+1} = N_l - P_l``.
+"""
+from dataclasses import dataclass
+
+from complexity._validate import count
+
+
+@dataclass(frozen=True)
+class ViTGeometry:
+    """The shape of a ViT: enough to count its MACs and to build it (``gtp_ref.GTPViT``)."""
+
+    name: str
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000
+    class_token: bool = True
+
+    @property
+    def grid(self):
+        return (self.img_size // self.patch_size, self.img_size // self.patch_size)
+
+    @property
+    def num_image_tokens(self):
+        h, w = self.grid
+        return h * w
+
+    @property
+    def num_tokens(self):
+        """N: image tokens plus [CLS] when the model has one."""
+        return self.num_image_tokens + int(self.class_token)
+
+    @property
+    def hidden(self):
+        return int(self.embed_dim * self.mlp_ratio)
+
+
+PRESETS = {
+    "deit_tiny": ViTGeometry("DeiT-Ti", embed_dim=192, depth=12, num_heads=3),
+    "deit_small": ViTGeometry("DeiT-S", embed_dim=384, depth=12, num_heads=6),
+    "deit_base": ViTGeometry("DeiT-B", embed_dim=768, depth=12, num_heads=12),
+    "vit_large": ViTGeometry("ViT-L/16", embed_dim=1024, depth=24, num_heads=16),
+    "eva_large": ViTGeometry("EVA-L-style (no [CLS], avg pool)", embed_dim=1024, depth=24,
+                             num_heads=16, class_token=False),
+}
+
+
+# ---- one named term per matrix product (N tokens, C channels) -------------------------------
+def patch_embed_macs(n_img, C, in_chans, patch_size):
+    """Conv with kernel = stride = patch: n_img C (in_chans p^2)."""
+    return n_img * C * in_chans * patch_size**2
+
+
+def qkv_macs(N, C):
+    return 3 * N * C * C
+
+
+def attn_scores_macs(N, C):
+    """q k^T over all heads: H N N (C / H) = N^2 C, independent of H."""
+    return N * N * C
+
+
+def attn_values_macs(N, C):
+    """Att v over all heads: N^2 C."""
+    return N * N * C
+
+
+def proj_macs(N, C):
+    return N * C * C
+
+
+def mlp_macs(N, C, hidden):
+    return 2 * N * C * hidden
+
+
+def head_macs(C, num_classes):
+    """One pooled token ([CLS] or the mean) through the linear classifier."""
+    return C * num_classes
+
+
+# ---- schedules ------------------------------------------------------------------------------
+def gtp_schedule(geom, P):
+    """Tokens removed per layer for GTP: ``P`` (an int or one int per layer), unclamped.
+
+    Raises ValueError when the schedule would leave fewer than one image token.
+    """
+    per_layer = [P] * geom.depth if isinstance(P, int) else list(P)
+    if len(per_layer) != geom.depth:
+        raise ValueError(f"P must be an int or a list of depth={geom.depth} ints, got {len(per_layer)}")
+    per_layer = [int(count("P", p, minimum=0)) for p in per_layer]
+    if sum(per_layer) > geom.num_image_tokens - 1:
+        raise ValueError(
+            f"P={P} removes {sum(per_layer)} of {geom.num_image_tokens} image tokens; "
+            f"at most {geom.num_image_tokens - 1} may be removed over {geom.depth} layers"
+        )
+    return per_layer
+
+
+def tome_schedule(geom, r):
+    """Tokens merged per layer for ToMe at ``r``: clamped to half of the unprotected tokens.
+
+    ToMe's bipartite matching can merge at most ``(N_l - protected) // 2`` tokens in a layer,
+    where the [CLS] token (if any) is protected; late layers of an aggressive ``r`` merge fewer.
+    """
+    per_layer = [r] * geom.depth if isinstance(r, int) else list(r)
+    if len(per_layer) != geom.depth:
+        raise ValueError(f"r must be an int or a list of depth={geom.depth} ints, got {len(per_layer)}")
+    N_l, out = geom.num_tokens, []
+    for r_l in per_layer:
+        r_l = min(int(count("r", r_l, minimum=0)), (N_l - int(geom.class_token)) // 2)
+        out.append(r_l)
+        N_l -= r_l
+    return out
+
+
+def backbone_macs(geom, removed=0):
+    """MACs of ``geom`` when ``removed[l]`` tokens are removed between attention and MLP of block l.
+
+    Returns a dict of named terms (each summed over the blocks), ``total`` and
+    ``tokens`` (tokens entering each block).  ``removed`` is an int or a list of ``depth`` ints.
+    """
+    removed = [removed] * geom.depth if isinstance(removed, int) else list(removed)
+    if len(removed) != geom.depth:
+        raise ValueError(f"removed must have depth={geom.depth} entries, got {len(removed)}")
+    C = geom.embed_dim
+    terms = dict.fromkeys(["qkv", "attn_scores", "attn_values", "proj", "mlp"], 0)
+    terms["patch_embed"] = patch_embed_macs(geom.num_image_tokens, C, geom.in_chans, geom.patch_size)
+    tokens, N_l = [], geom.num_tokens
+    for P_l in removed:
+        if not 0 <= P_l < N_l:
+            raise ValueError(f"cannot remove {P_l} of {N_l} tokens in a block")
+        tokens.append(N_l)
+        terms["qkv"] += qkv_macs(N_l, C)
+        terms["attn_scores"] += attn_scores_macs(N_l, C)
+        terms["attn_values"] += attn_values_macs(N_l, C)
+        terms["proj"] += proj_macs(N_l, C)
+        N_l -= P_l
+        terms["mlp"] += mlp_macs(N_l, C, geom.hidden)
+    terms["head"] = head_macs(C, geom.num_classes)
+    terms["total"] = sum(terms.values())
+    terms["tokens"] = tokens
+    return terms

@@ -1,0 +1,111 @@
+"""``python -m complexity.plot [--out DIR]``: supplement Figure 3, from the exact sums.
+
+(a) extra MMACs of ToMe and GTP vs feature dimension C (N=197, L=12, M=8, H=C/64);
+(b) vs number of tokens N (C=384, H=6, L=12, M=8);
+(c) the ratio G_GTP / G_ToMe over (N, C) (L=12, M=8, H=C/64).
+The printed (wrong) Eq. 2 is drawn dashed beside ToMe's exact sum.  Writes figure3.png and
+figure3.pdf into DIR (default ``figures/``).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from complexity import symbols as s
+from complexity.__main__ import _OneLineParser
+from complexity.extra import eq2_printed, g_gtp_closed, g_tome_closed
+
+FIXED = {s.L: 12, s.M: 8}
+MARKS = [("DeiT-S", 384), ("DeiT-B", 768), ("C of ViT-L", 1024)]
+
+
+def curves():
+    """The three cost expressions as numpy functions of (N, C, H), lambdified once."""
+    args = (s.N, s.C, s.H)
+    f = {name: sp.lambdify(args, expr.subs(FIXED), "numpy")
+         for name, expr in [("tome", g_tome_closed()), ("gtp", g_gtp_closed()),
+                            ("tome_printed", eq2_printed(s.N, s.L, s.M, s.C))]}
+    return {k: (lambda fn: lambda N, C, H: np.broadcast_to(fn(N, C, H), np.broadcast(N, C, H).shape)
+                .astype(float) / 1e6)(fn) for k, fn in f.items()}
+
+
+def make_figure(out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.ticker  # noqa: F401  (NullFormatter below)
+    import matplotlib.pyplot as plt
+
+    f = curves()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
+
+    ax = axes[0]
+    C = np.arange(64, 2049, 64, dtype=float)
+    H = C / 64
+    ax.plot(C, f["tome"](197, C, H), color="tab:orange", label="ToMe, Eq. 2 (exact sum)")
+    ax.plot(C, f["tome_printed"](197, C, H), "--", color="tab:orange", alpha=0.7,
+            label="ToMe, Eq. 2 as printed (wrong)")
+    ax.plot(C, f["gtp"](197, C, H), color="tab:blue", label="GTP, Eq. 3")
+    for name, c in MARKS:
+        for key, color in (("tome", "tab:orange"), ("gtp", "tab:blue")):
+            y = float(f[key](197, c, c / 64))
+            ax.plot([c], [y], "o", color=color, ms=5)
+        ax.annotate(name, (c, float(f["tome"](197, c, c / 64))), textcoords="offset points",
+                    xytext=(-10, 8), fontsize=8)
+    ax.set(xlabel="feature dimension C (channels)", ylabel="extra cost (MMACs)",
+           title="(a) vs C   (N=197, L=12, M=8, H=C/64)")
+
+    ax = axes[1]
+    N = np.arange(197, 4097, dtype=float)
+    ax.plot(N, f["tome"](N, 384, 6), color="tab:orange", label="ToMe, Eq. 2 (exact sum)")
+    ax.plot(N, f["tome_printed"](N, 384, 6), "--", color="tab:orange", alpha=0.7,
+            label="ToMe, Eq. 2 as printed (wrong)")
+    ax.plot(N, f["gtp"](N, 384, 6), color="tab:blue", label="GTP, Eq. 3")
+    ax.set(xlabel="number of tokens N", ylabel="extra cost (MMACs)",
+           title="(b) vs N   (C=384, H=6, L=12, M=8)")
+
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    ax = axes[2]
+    NN, CC = np.meshgrid(np.geomspace(197, 4096, 200), np.arange(64, 2049, 16, dtype=float))
+    ratio = f["gtp"](NN, CC, CC / 64) / f["tome"](NN, CC, CC / 64)
+    im = ax.pcolormesh(NN, CC, ratio, shading="auto", cmap="viridis")
+    cs = ax.contour(NN, CC, ratio, levels=[0.35, 0.4, 0.5, 0.6, 0.7], colors="white", linewidths=0.8)
+    ax.clabel(cs, fontsize=7, fmt="%.2f")
+    fig.colorbar(im, ax=ax, label="G_GTP / G_ToMe")
+    ax.set_xscale("log")
+    ax.set_xticks([200, 500, 1000, 2000, 4000], labels=["200", "500", "1000", "2000", "4000"])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.text(0.97, 0.04, "both costs grow as N^2 C:\nthe ratio tends to 4/L = 1/3",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="white")
+    ax.set(xlabel="number of tokens N (log scale)", ylabel="feature dimension C (channels)",
+           title="(c) G_GTP / G_ToMe   (L=12, M=8, H=C/64)")
+
+    fig.suptitle("Extra cost beyond the backbone, supplement C.4 (M = tokens removed per layer)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "figure3.png", out_dir / "figure3.pdf"]
+    fig.savefig(paths[0], dpi=100, metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    p = _OneLineParser(prog="python -m complexity.plot", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="figures", help="output folder (default: figures/)")
+    args = p.parse_args(argv)
+    try:
+        paths = make_figure(args.out)
+    except OSError as e:
+        p.error(f"cannot write into --out {args.out!r}: {e}")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

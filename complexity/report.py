@@ -1,0 +1,227 @@
+"""The report printed by ``python -m complexity``: Eqs. 2-3 evaluated, checked, and compared
+with the numbers the paper quotes, then the backbone MAC model against supplement Tables 1-2."""
+from dataclasses import dataclass
+from itertools import product
+
+import sympy as sp
+
+from complexity import symbols as s
+from complexity.backbone import PRESETS, backbone_macs, gtp_schedule, tome_schedule
+from complexity.extra import (eq2_correction, eq2_printed, eq3_difference, eq3_printed, g_gtp,
+                              g_gtp_closed, g_tome, g_tome_closed, m2c_coefficient)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    N: int
+    L: int
+    C: int
+    H: int
+
+
+# Supplement C.4's settings.  EVA-L-style has no [CLS]: its N is the 14x14 = 196 image tokens.
+BACKBONES = [
+    Backbone("DeiT-S", N=197, L=12, C=384, H=6),
+    Backbone("DeiT-B", N=197, L=12, C=768, H=12),
+    Backbone("ViT-L", N=197, L=24, C=1024, H=16),
+    Backbone("EVA-L", N=196, L=24, C=1024, H=16),
+]
+PAPER_M = 8
+
+# The values the supplement quotes (MMACs), with the settings it states for them.
+QUOTED = [
+    ("DeiT-S", "GTP", 20.1), ("DeiT-S", "ToMe", 28.3),
+    ("DeiT-B", "GTP", 40.5), ("DeiT-B", "ToMe", 57.3),
+]
+
+# Supplement Tables 1-2: "approximate computational complexity" (GMACs) per P (= ToMe's r);
+# P = 0 is DeiT-S's own 4.6 GMACs, which the issue quotes beside Table 1.
+TABLES = {
+    "deit_small": {0: 4.6, 8: 3.5, 11: 3.0, 14: 2.6, 16: 2.3},
+    "deit_base": {4: 15.3, 8: 13.1, 11: 11.6, 14: 9.8, 16: 8.8},
+}
+
+
+def mmacs(x):
+    return float(x) / 1e6
+
+
+def extra_cost_row(b, M):
+    """Exact sums and printed closed forms for one backbone, in MACs (exact sympy numbers)."""
+    return {
+        "backbone": b.name, "N": b.N, "L": b.L, "M": M, "C": b.C, "H": b.H,
+        "tome_sum": g_tome(b.N, b.L, M, b.C),
+        "tome_printed": eq2_printed(b.N, b.L, M, b.C),
+        "gtp_sum": g_gtp(b.N, b.L, M, b.C, b.H),
+        "gtp_printed": eq3_printed(b.N, b.L, M, b.C, b.H),
+    }
+
+
+def reproductions(b, method, quoted, M=PAPER_M):
+    """Which of N in {N-1, N} x {exact sum, printed closed form} round to the quoted value."""
+    found = []
+    for N, form in product((b.N - 1, b.N), ("sum", "printed")):
+        if method == "ToMe":
+            value = g_tome(N, b.L, M, b.C) if form == "sum" else eq2_printed(N, b.L, M, b.C)
+        else:
+            value = g_gtp(N, b.L, M, b.C, b.H) if form == "sum" else eq3_printed(N, b.L, M, b.C, b.H)
+        eq = "Eq. 2" if method == "ToMe" else "Eq. 3"
+        found.append({"N": N, "form": f"{eq} {form}", "mmacs": mmacs(value),
+                      "reproduces": round(mmacs(value), 1) == quoted})
+    return found
+
+
+def tables_check():
+    rows = []
+    for key, table in TABLES.items():
+        geom = PRESETS[key]
+        for P, quoted in table.items():
+            gtp = backbone_macs(geom, gtp_schedule(geom, P))["total"] / 1e9
+            tome = backbone_macs(geom, tome_schedule(geom, P))["total"] / 1e9
+            rows.append({"backbone": geom.name, "P": P, "table_gmacs": quoted,
+                         "gtp_gmacs": gtp, "tome_gmacs": tome, "tome_r": tome_schedule(geom, P)})
+    return rows
+
+
+def build_report(backbones=None, M=PAPER_M):
+    """Everything the report prints, as plain data (exact values as sympy numbers)."""
+    paper = backbones is None
+    backbones = BACKBONES if paper else backbones
+    report = {
+        "M_meaning": "tokens removed per layer (the method's P), not semantic neighbours",
+        "extra_cost": [extra_cost_row(b, M) for b in backbones],
+        "derived": {"g_tome_closed": g_tome_closed(), "g_gtp_closed": g_gtp_closed(),
+                    "eq2_printed_minus_derived": eq2_correction(),
+                    "eq3_printed_minus_derived": eq3_difference(),
+                    "eq2_m2c_printed": m2c_coefficient(eq2_printed(s.N, s.L, s.M, s.C)),
+                    "eq2_m2c_derived": sp.factor(m2c_coefficient(g_tome_closed()))},
+    }
+    if paper:
+        by_name = {b.name: b for b in BACKBONES}
+        report["quoted"] = [
+            {"backbone": name, "method": method, "quoted_mmacs": q,
+             "candidates": reproductions(by_name[name], method, q)}
+            for name, method, q in QUOTED]
+        report["tables"] = tables_check()
+    return report
+
+
+# ---- text --------------------------------------------------------------------------------
+def _table(header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    return "\n".join(lines + [fmt.format(*r) for r in rows])
+
+
+def extra_cost_table(report):
+    """The main numbers table (also embedded in docs/complexity.md and checked by a test)."""
+    header = ["backbone", "N", "L", "M", "C", "H", "ToMe sum", "ToMe Eq.2 printed",
+              "GTP sum", "GTP Eq.3 printed", "GTP/ToMe"]
+    rows = [[r["backbone"], r["N"], r["L"], r["M"], r["C"], r["H"],
+             f"{mmacs(r['tome_sum']):.2f}", f"{mmacs(r['tome_printed']):.2f}",
+             f"{mmacs(r['gtp_sum']):.2f}", f"{mmacs(r['gtp_printed']):.2f}",
+             f"{float(r['gtp_sum'] / r['tome_sum']):.3f}"] for r in report["extra_cost"]]
+    return _table(header, rows)
+
+
+def quoted_table(report):
+    header = ["backbone", "method", "quoted", "N=196 sum", "N=196 printed", "N=197 sum",
+              "N=197 printed", "reproduced by"]
+    rows = []
+    for q in report["quoted"]:
+        c = q["candidates"]
+        hits = [f"N={x['N']}, {x['form']}" for x in c if x["reproduces"]]
+        rows.append([q["backbone"], q["method"], f"{q['quoted_mmacs']:.1f}",
+                     *(f"{x['mmacs']:.2f}" for x in c), "; ".join(hits) or "none"])
+    return _table(header, rows)
+
+
+def tables_table(report):
+    header = ["backbone", "P (=r)", "table", "GTP ours", "diff", "ToMe ours", "diff", "ToMe r per layer"]
+    rows = []
+    for r in report["tables"]:
+        clamped = "" if len(set(r["tome_r"])) == 1 else ",".join(map(str, r["tome_r"]))
+        rows.append([r["backbone"], r["P"], f"{r['table_gmacs']:.1f}",
+                     f"{r['gtp_gmacs']:.3f}", f"{r['gtp_gmacs'] - r['table_gmacs']:+.3f}",
+                     f"{r['tome_gmacs']:.3f}", f"{r['tome_gmacs'] - r['table_gmacs']:+.3f}",
+                     clamped or f"{r['tome_r'][0]} in every layer"])
+    return _table(header, rows)
+
+
+ERRATUM = """\
+Erratum (supplement Eq. 2).  Expanding sum_{{l=1..L}} 1/4 (N - (l-1) M)^2 C uses
+sum_{{l=1..L}} (l-1)^2 = (L-1) L (2L-1) / 6, so the M^2 C coefficient of G_ToMe is
+    derived: {derived}
+    printed: {printed}
+The printed closed form overstates G_ToMe by  printed - derived = {diff}
+(sympy: simplify(printed - derived) != 0).  Everything else in Eq. 2 is right, and Eq. 3's
+printed closed form equals its sum exactly (simplify(printed - derived) = {eq3}).
+"""
+
+
+def _quoted_summary(report):
+    """Plain words for the quoted-values table, from its numbers (nothing typed in)."""
+    lines = []
+    for name in dict.fromkeys(q["backbone"] for q in report["quoted"]):
+        qs = [q for q in report["quoted"] if q["backbone"] == name]
+        how = "; ".join(
+            f"{q['method']} {q['quoted_mmacs']:.1f} <- "
+            + (" or ".join(f"N={c['N']} {c['form']}" for c in q["candidates"] if c["reproduces"])
+               or "no candidate")
+            for q in qs)
+        stated = {q["method"]: next(c["mmacs"] for c in q["candidates"]
+                                    if c["N"] == max(x["N"] for x in q["candidates"])
+                                    and c["form"].endswith("sum"))
+                  for q in qs}
+        lines.append(f"{name}: {how}.")
+        lines.append(f"  With the stated N and the correct sums: GTP {stated['GTP']:.2f} vs "
+                     f"ToMe {stated['ToMe']:.2f} MMACs (ratio {stated['GTP'] / stated['ToMe']:.3f}).")
+    return lines
+
+
+def format_report(report):
+    d = report["derived"]
+    out = [
+        "Extra cost of ToMe and GTP beyond the backbone, supplement C.4 (Eqs. 2-3), in MMACs",
+        f"(M = {report['M_meaning']}; 1 MMAC = 10^6 multiply-accumulates)",
+        "",
+        extra_cost_table(report),
+        "",
+        "Closed forms derived by sympy from the sums:",
+        f"  G_ToMe = {d['g_tome_closed']}",
+        f"  G_GTP  = {d['g_gtp_closed']}",
+        "",
+        ERRATUM.format(derived=d["eq2_m2c_derived"], printed=d["eq2_m2c_printed"],
+                       diff=d["eq2_printed_minus_derived"], eq3=d["eq3_printed_minus_derived"]),
+    ]
+    if "quoted" in report:
+        out += [
+            "The paper's quoted values (MMACs, M = 8) and the assumptions that reproduce them",
+            "(rounded to 0.1 as quoted; the supplement states N = 197 for both backbones):",
+            "",
+            quoted_table(report),
+            "",
+            *_quoted_summary(report),
+            "",
+            "Backbone MACs (GMACs) vs the 'approximate computational complexity' of supplement",
+            "Tables 1-2 (P = r tokens removed per layer; ToMe's r is clamped to half of the",
+            "unprotected tokens, which changes the last layer at r = 16):",
+            "",
+            tables_table(report),
+        ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def to_json(report):
+    """The report as JSON-able data: exact values as strings, MACs also as float MMACs."""
+    def conv(v):
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, sp.Basic):
+            return {"exact": str(v), "mmacs": mmacs(v)} if v.is_number else str(v)
+        return v
+    return conv(report)

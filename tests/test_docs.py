@@ -1,0 +1,18 @@
+"""The README's examples run, so the docs cannot drift from the code."""
+import doctest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_examples():
+    # A closing ``` fence would read as expected output: blank it out.
+    text = "\n".join("" if line.startswith("```") else line
+                      for line in (ROOT / "README.md").read_text().splitlines())
+    parser = doctest.DocTestParser()
+    test = parser.get_doctest(text, {}, "README.md", str(ROOT / "README.md"), 0)
+    assert test.examples, "README.md has no >>> examples"
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} README example(s) failed; see the output above"
