@@ -1,0 +1,41 @@
+"""The paper's backbones as GTPViT factories; GTP keyword arguments pass through.
+
+Geometry comes from ``complexity.backbone.PRESETS``, the same shapes the cost model counts.
+Weights are not downloaded: load a timm / DeiT state_dict with ``model.load_state_dict``.
+"""
+from complexity.backbone import PRESETS
+from gtp_ref.model import GTPViT
+
+
+def _build(key, **kwargs):
+    g = PRESETS[key]
+    geometry = dict(img_size=g.img_size, patch_size=g.patch_size, in_chans=g.in_chans,
+                    num_classes=g.num_classes, embed_dim=g.embed_dim, depth=g.depth,
+                    num_heads=g.num_heads, mlp_ratio=g.mlp_ratio, class_token=g.class_token,
+                    global_pool="token" if g.class_token else "avg")
+    return GTPViT(**{**geometry, **kwargs})
+
+
+def deit_tiny(**kwargs):
+    """DeiT-Ti: 224 px, patch 16, C = 192, 12 blocks, 3 heads."""
+    return _build("deit_tiny", **kwargs)
+
+
+def deit_small(**kwargs):
+    """DeiT-S: 224 px, patch 16, C = 384, 12 blocks, 6 heads."""
+    return _build("deit_small", **kwargs)
+
+
+def deit_base(**kwargs):
+    """DeiT-B: 224 px, patch 16, C = 768, 12 blocks, 12 heads."""
+    return _build("deit_base", **kwargs)
+
+
+def vit_large_patch16(**kwargs):
+    """ViT-L/16: 224 px, patch 16, C = 1024, 24 blocks, 16 heads, [CLS] pooled."""
+    return _build("vit_large", **kwargs)
+
+
+def eva_large_style(**kwargs):
+    """EVA-L-style: the ViT-L/16 geometry without [CLS]; the head averages all tokens (fc_norm)."""
+    return _build("eva_large", **kwargs)

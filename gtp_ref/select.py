@@ -1,0 +1,107 @@
+"""Attention sparsity and token selection (spec section 3, steps 2 and 4), dense reference.
+
+Layout: attn [B, H, N, N] (heads H, all N tokens, [CLS] first when present); scores [B, n]
+over the n = N - [CLS] image tokens; indices are 0-based among the image tokens.
+"""
+import torch
+
+from gtp_ref._checks import SELECTIONS, check_sparsity, choice
+
+
+def sparsity_k(N, sparsity):
+    """k = int(N^2 (1 - theta)) in double precision, exactly as the authors compute it.
+
+    So N = 10, theta = 0.9 gives 100 * 0.09999999999999998 -> k = 9, not 10.
+    """
+    return int(N * N * (1.0 - float(sparsity)))
+
+
+def sparsify_attention(attn, sparsity):
+    """Att [B, H, N, N] -> same shape: entries below the k-th smallest of each head's map set to 0.
+
+    k = int(N^2 (1 - theta)); one threshold tau per image and head over all N^2 entries (not per
+    row); entries < tau become 0, no renormalisation.  theta = 1 or k = 0: unchanged.
+    """
+    check_sparsity(sparsity)
+    B, H, N, _ = attn.shape
+    k = sparsity_k(N, sparsity)
+    if sparsity >= 1.0 or k < 1:
+        return attn
+    tau = attn.reshape(B, H, N * N).kthvalue(k, dim=-1).values  # (B, H)
+    return attn.masked_fill(attn < tau[..., None, None], 0.0)  # (B, H, N, N)
+
+
+def _over_heads(s, how):
+    """Aggregate [B, H, n] over heads: mean or max -> [B, n]."""
+    return s.mean(dim=1) if how == "mean" else s.amax(dim=1)
+
+
+def _cos_sim_score(R):
+    """-sum_k cos(R_j, R_k) over image tokens k (itself included): R [B, n, N] -> [B, n].
+
+    A zero row (possible after sparsity) has cosine 0 with every row, not NaN.
+    """
+    norm = R.norm(dim=-1, keepdim=True)  # (B, n, 1)
+    R_hat = torch.where(norm > 0, R / norm.clamp_min(torch.finfo(R.dtype).tiny), torch.zeros_like(R))
+    return -(R_hat @ R_hat.transpose(-2, -1)).sum(dim=-1)  # (B, n)
+
+
+def token_scores(attn, selection, class_token=True, generator=None):
+    """Score per image token from Att [B, H, N, N] -> [B, n]; the lowest scores are propagated.
+
+    With c = 1 if class_token else 0, image token j is row / column c + j.  Rows i run over all
+    N tokens ([CLS] included).  Over heads h (mean or max, by the name's suffix):
+        cls_attn_*   Att[h, 0, c+j]                       (needs [CLS])
+        img_attn_*   sum_i Att[h, i, c+j]                 (column sums)
+        diag_attn_*  Att[h, c+j, c+j]
+        mixed_attn_* agg_h diag * agg_h img               (aggregated first: max * max)
+        sum_attn_max diag_attn_max + img_attn_max
+        cos_sim_*    -sum_k cos(R_j, R_k), R_j = agg_h Att[h, c+j, :]
+        random       uniform in [0, 1), from ``generator``
+    """
+    choice("selection", selection, SELECTIONS)
+    c = int(class_token)
+    B, H, N, _ = attn.shape
+    n = N - c
+    img_cols = attn[..., c:]  # (B, H, N, n)
+    if selection == "random":
+        return torch.rand(B, n, generator=generator, dtype=attn.dtype, device=attn.device)
+    if selection.startswith("cls_attn") and not class_token:
+        raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
+    how = selection.rsplit("_", 1)[1]
+
+    def img(how):
+        return _over_heads(img_cols.sum(dim=2), how)  # (B, n): column sums over all rows
+
+    def diag(how):
+        return _over_heads(attn.diagonal(dim1=-2, dim2=-1)[..., c:], how)  # (B, n)
+
+    if selection.startswith("cls_attn"):
+        return _over_heads(img_cols[:, :, 0, :], how)  # (B, n)
+    if selection.startswith("img_attn"):
+        return img(how)
+    if selection.startswith("diag_attn"):
+        return diag(how)
+    if selection.startswith("mixed_attn"):
+        return diag(how) * img(how)
+    if selection == "sum_attn_max":
+        return diag("max") + img("max")
+    R = _over_heads(attn[:, :, c:, :], how)  # (B, n, N): image tokens' rows, all columns
+    return _cos_sim_score(R)
+
+
+def select_tokens(scores, num_prop):
+    """scores [B, n] -> (kept [B, n - P] ascending, prop [B, P] in propagation order).
+
+    The P = num_prop lowest scores are propagated; on equal scores the token with the larger
+    index is propagated first.  prop lists the tokens from the lowest score up.
+    """
+    B, n = scores.shape
+    if not 0 <= num_prop <= n:
+        raise ValueError(f"num_prop={num_prop} must be in [0, {n}] for {n} image tokens")
+    # Rank by (score ascending, index descending): a stable sort of the reversed scores.
+    order = torch.sort(scores.flip(-1), dim=-1, stable=True).indices  # (B, n), reversed positions
+    ranked = (n - 1) - order  # (B, n): original indices, first = first to propagate
+    prop = ranked[:, :num_prop]  # (B, P)
+    kept = ranked[:, num_prop:].sort(dim=-1).values  # (B, n - P)
+    return kept, prop
