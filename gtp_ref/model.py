@@ -72,12 +72,13 @@ class Mlp(nn.Module):
 
 @dataclass
 class LayerTrace:
-    """What one block did: tokens entering it, the sparsity k, and the selection."""
+    """What one block did: tokens entering it, the sparsity k, the scores and the selection."""
 
     tokens: int
     attn_k: int | None
-    kept: torch.Tensor | None = None
-    prop: torch.Tensor | None = None
+    scores: torch.Tensor | None = None  # (B, n_l)
+    kept: torch.Tensor | None = None  # (B, n_l - P)
+    prop: torch.Tensor | None = None  # (B, P)
 
 
 @dataclass
@@ -142,6 +143,9 @@ class GTPViT(nn.Module):
         choice("backend", backend, BACKENDS)
         check_sparsity(sparsity)
         check_alpha(alpha)
+        if token_scale and propagation == "graph" and alpha < 0:
+            raise ValueError(f"alpha={alpha!r} must be >= 0 with token_scale=True: sizes "
+                             "s_K + alpha Â[K, P] s_P must stay positive for log s")
         img_size, patch_size = _pair(img_size, "img_size"), _pair(patch_size, "patch_size")
         if patch_size[0] != patch_size[1]:
             raise ValueError(f"patch_size={patch_size!r} must be square (timm's PatchEmbed)")
@@ -234,8 +238,8 @@ class GTPViT(nn.Module):
             layer = LayerTrace(tokens=N_l, attn_k=sparsity_k(N_l, self.sparsity) if self.sparsity < 1 else None)
             x, attn = block.attend(x, token_scales)  # (B, N_l, C), (B, H, N_l, N_l)
             if P > 0:
-                scores = ops.token_scores(attn, self.selection, self.class_token, generator)
-                layer.kept, layer.prop = ops.select_tokens(scores, P)
+                layer.scores = ops.token_scores(attn, self.selection, self.class_token, generator)
+                layer.kept, layer.prop = ops.select_tokens(layer.scores, P)
                 x, G, token_scales = ops.propagate(x, G, layer.kept, layer.prop, self.alpha,
                                                    token_scales, self.class_token, self.propagation)
             x = block.feed_forward(x)  # (B, N_l - P, C)

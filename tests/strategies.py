@@ -38,3 +38,18 @@ def attention_maps(draw, ties=None, class_token=None, max_tokens=10, max_heads=3
 
 
 selections = st.sampled_from(SELECTIONS)
+
+
+def cut_gaps(trace):
+    """Per block and image: (smallest kept score - largest propagated score) / score scale."""
+    for layer in trace.layers:
+        if layer.prop is None or layer.prop.shape[1] == 0 or layer.kept.shape[1] == 0:
+            continue
+        s = layer.scores
+        gap = s.gather(1, layer.kept).amin(1) - s.gather(1, layer.prop).amax(1)  # (B,)
+        yield gap / s.abs().amax(1).clamp_min(1.0)
+
+
+def near_tie_at_cut(*traces, tol=1e-9):
+    """True if some selection cut is decided by a gap in (0, tol): rounding may flip it."""
+    return any(((g > 0) & (g < tol)).any() for t in traces for g in cut_gaps(t))

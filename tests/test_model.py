@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import gtp_ref
 from gtp_ref import GTPViT
 from gtp_ref._checks import SELECTIONS
+from tests.strategies import near_tie_at_cut
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -58,7 +59,9 @@ def configs(draw, **fixed):
                graph=draw(st.sampled_from(["spatial", "semantic", "mixed"])),
                num_neighbours=draw(st.integers(0, n - 1)), selection=draw(st.sampled_from(sel)),
                propagation=propagation, sparsity=draw(st.sampled_from([1.0, 0.9, 0.6, 0.3])),
-               alpha=draw(st.floats(-1, 1)), token_scale=draw(st.booleans()))
+               token_scale=draw(st.booleans()))
+    # Negative alpha could make token sizes non-positive: the model refuses it with sizes on.
+    cfg["alpha"] = draw(st.floats(0 if cfg["token_scale"] else -1, 1))
     cfg.update({k: v for k, v in fixed.items() if k not in ("class_token", "propagation")})
     return cfg
 
@@ -105,10 +108,13 @@ def test_each_sample_is_the_same_alone_and_in_a_batch(cfg):
         cfg["selection"] = "img_attn_max"
     model, x = build(cfg), images_for(cfg, 3)
     with torch.no_grad():
-        batched = model(x)
+        batched = model.forward_trace(x)
         for b in range(3):
-            alone = model(x[b:b + 1])
-            assert torch.allclose(alone, batched[b:b + 1], rtol=1e-9, atol=1e-10), (b, cfg)
+            alone = model.forward_trace(x[b:b + 1])
+            # A near-tie at a selection cut is decided by rounding, which differs between batch
+            # sizes; such draws prove nothing either way.  Exact ties (gap 0) are kept.
+            assume(not near_tie_at_cut(alone, batched))
+            assert torch.allclose(alone.logits, batched.logits[b:b + 1], rtol=1e-9, atol=1e-10), (b, cfg)
 
 
 @given(configs())
@@ -181,6 +187,7 @@ BASE = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num
     (dict(class_token=False), "global_pool='token' needs a \\[CLS\\]"),
     (dict(class_token=False, global_pool="avg", selection="cls_attn_mean"), "cls_attn_mean"),
     (dict(img_size=30), "not divisible by patch_size=8"),
+    (dict(token_scale=True, alpha=-0.1), r"alpha=-0.1 must be >= 0 with token_scale=True"),
 ])
 def test_construction_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
