@@ -12,6 +12,7 @@ from torch import nn
 
 from gtp_ref._checks import (BACKENDS, GLOBAL_POOLS, GRAPHS, PROPAGATIONS, SELECTIONS, check_alpha,
                              check_num_neighbours, check_sparsity, choice)
+from gtp_ref.margins import attention_margin, selection_margin, semantic_margin
 from gtp_ref.select import sparsity_k
 
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
@@ -39,7 +40,8 @@ class Attention(nn.Module):
     """Multi-head attention with proportional attention and attention sparsity.
 
     Att = softmax(q k^T / sqrt(d_h) + log s) (log s only with token sizes), then sparsified
-    (spec 3.2).  Returns the output [B, N, C] and the sparsified map [B, H, N, N].
+    (spec 3.2).  Returns the output [B, N, C], the sparsified map and the map before sparsity
+    (both [B, H, N, N]; the latter only for ``margins``).
     """
 
     def __init__(self, dim, num_heads, qkv_bias, sparsity, ops):
@@ -56,9 +58,10 @@ class Attention(nn.Module):
         logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
         if token_scales is not None:
             logits = logits + token_scales.log()[:, None, None, :]  # + log s per key column
-        attn = self.ops.sparsify_attention(logits.softmax(dim=-1), self.sparsity)  # (B, H, N, N)
+        raw = logits.softmax(dim=-1)  # (B, H, N, N)
+        attn = self.ops.sparsify_attention(raw, self.sparsity)  # (B, H, N, N)
         out = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return self.proj(out), attn
+        return self.proj(out), attn, raw
 
 
 class Mlp(nn.Module):
@@ -79,6 +82,7 @@ class LayerTrace:
     scores: torch.Tensor | None = None  # (B, n_l)
     kept: torch.Tensor | None = None  # (B, n_l - P)
     prop: torch.Tensor | None = None  # (B, P)
+    margins: dict = field(default_factory=dict)  # only with forward_trace(..., margins=True)
 
 
 @dataclass
@@ -88,6 +92,11 @@ class GTPTrace:
     logits: torch.Tensor | None = None
     layers: list = field(default_factory=list)
     final_tokens: int = 0
+    semantic_margin: float = float("inf")
+
+    def min_margin(self):
+        """The closest call of the whole pass (see ``gtp_ref.margins``); needs margins=True."""
+        return min([self.semantic_margin] + [m for t in self.layers for m in t.margins.values()])
 
     @property
     def tokens_per_layer(self):
@@ -113,9 +122,9 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def attend(self, x, token_scales=None):
-        """x + Attn(LN1 x) and the sparsified attention map [B, H, N, N]."""
-        out, attn = self.attn(self.norm1(x), token_scales)
-        return x + out, attn
+        """x + Attn(LN1 x), the sparsified attention map [B, H, N, N] and the map before it."""
+        out, attn, raw = self.attn(self.norm1(x), token_scales)
+        return x + out, attn, raw
 
     def feed_forward(self, x):
         return x + self.mlp(self.norm2(x))
@@ -158,8 +167,6 @@ class GTPViT(nn.Module):
                              "use global_pool='avg'")
         if not class_token and selection.startswith("cls_attn"):
             raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
-        if backend == "sparse":
-            raise NotImplementedError("backend='sparse' is not implemented yet; use backend='dense'")
 
         self.grid = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         self.img_size, self.in_chans = img_size, in_chans
@@ -223,23 +230,33 @@ class GTPViT(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, C)
         return x + self.pos_embed
 
-    def forward_trace(self, x, generator=None):
-        """Logits and, per block, the tokens entering it, the sparsity k and the selection."""
+    def forward_trace(self, x, generator=None, margins=False):
+        """Logits and, per block, the tokens entering it, the sparsity k and the selection.
+
+        ``margins=True`` also records how close every discrete decision came to flipping
+        (``gtp_ref.margins``): where two implementations may legitimately disagree by rounding.
+        """
         self._check_input(x)
         ops, c = self.ops, int(self.class_token)
         x = self._embed(x)  # (B, N, C)
-        G = None
+        G, trace_semantic = None, float("inf")
         if self.propagation == "graph" and any(self.num_prop):
             G = ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
+            if margins and self.graph != "spatial":
+                trace_semantic = semantic_margin(x[:, c:], self.num_neighbours)
         token_scales = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
-        trace = GTPTrace()
+        trace = GTPTrace(semantic_margin=trace_semantic)
         for block, P in zip(self.blocks, self.num_prop):
             N_l = x.shape[1]
             layer = LayerTrace(tokens=N_l, attn_k=sparsity_k(N_l, self.sparsity) if self.sparsity < 1 else None)
-            x, attn = block.attend(x, token_scales)  # (B, N_l, C), (B, H, N_l, N_l)
+            x, attn, raw = block.attend(x, token_scales)  # (B, N_l, C), (B, H, N_l, N_l) x 2
+            if margins:
+                layer.margins["attn"] = attention_margin(raw, self.sparsity)
             if P > 0:
                 layer.scores = ops.token_scores(attn, self.selection, self.class_token, generator)
                 layer.kept, layer.prop = ops.select_tokens(layer.scores, P)
+                if margins:
+                    layer.margins["selection"] = selection_margin(layer.scores, layer.kept, layer.prop)
                 x, G, token_scales = ops.propagate(x, G, layer.kept, layer.prop, self.alpha,
                                                    token_scales, self.class_token, self.propagation)
             x = block.feed_forward(x)  # (B, N_l - P, C)
