@@ -15,8 +15,8 @@ def gather_tokens(x, idx):
 
 def gather_graph(G, rows, cols):
     """G [B, n, n], rows [B, r], cols [B, c] -> G[b, rows[b]][:, cols[b]]: [B, r, c]."""
-    b = torch.arange(G.shape[0], device=G.device)[:, None, None]
-    return G[b, rows[:, :, None], cols[:, None, :]]
+    return torch.stack([g.index_select(0, r).index_select(1, c)  # (r, c) per image
+                        for g, r, c in zip(G, rows, cols)])
 
 
 def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):

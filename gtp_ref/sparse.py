@@ -17,6 +17,7 @@ Attention sparsity and token scores work on the dense attention map the model ha
 they are the dense reference's.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -33,19 +34,21 @@ MIN_BLOCK_ROWS = 64
 class SparseGraph:
     """A batch of graphs as one edge list: edge e joins row[e] -> col[e] in image batch[e].
 
-    batch, row, col: [E] long; weight: [E]; shape: (B, n, n).  Â[b, i, j] = weight of the edge
-    (b, i, j), 0 where there is none; no edge appears twice.
+    index: [3, E] long, the rows (batch, row, col) of every edge; weight: [E]; shape: (B, n, n).
+    Â[b, i, j] = weight of the edge (b, i, j), 0 where there is none; no edge appears twice.
     """
 
-    batch: torch.Tensor
-    row: torch.Tensor
-    col: torch.Tensor
+    index: torch.Tensor
     weight: torch.Tensor
     shape: tuple
 
+    batch = property(lambda self: self.index[0])
+    row = property(lambda self: self.index[1])
+    col = property(lambda self: self.index[2])
+
     @property
     def num_edges(self):
-        return self.row.numel()
+        return self.weight.numel()
 
 
 def to_dense(G):
@@ -55,8 +58,12 @@ def to_dense(G):
     return out
 
 
+@lru_cache(maxsize=64)
 def spatial_edges(grid, device=None):
-    """The 8-neighbour edges of an h x w grid, generated directly: (row, col) [E_s] each."""
+    """The 8-neighbour edges of an h x w grid, generated directly: (row, col) [E_s] each.
+
+    A pure function of the grid, cached (the tensors are never modified in place).
+    """
     h, w = grid
     r = torch.arange(h, device=device)[:, None].expand(h, w).reshape(-1)  # (n,)
     c = torch.arange(w, device=device)[None, :].expand(h, w).reshape(-1)  # (n,)
@@ -120,7 +127,7 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
     bs, rs, cs = [], [], []
     h, w = grid
     if graph in ("spatial", "mixed"):
-        i, j = spatial_edges(grid, dev)
+        i, j = spatial_edges(tuple(grid), dev)
         bs.append(torch.arange(B, device=dev).repeat_interleave(i.numel()))
         rs.append(i.repeat(B))
         cs.append(j.repeat(B))
@@ -133,11 +140,12 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
         bs.append(b)
         rs.append(i)
         cs.append(j)
-    batch, row, col = torch.cat(bs), torch.cat(rs), torch.cat(cs)
-    deg = torch.bincount(batch * n + row, minlength=B * n).to(x_img.dtype).view(B, n)  # (B, n)
-    d = inv_sqrt_degree(deg)  # (B, n)
-    weight = d[batch, row] * d[batch, col]  # A_ij d_i d_j with A_ij = 1
-    return SparseGraph(batch, row, col, weight, (B, n, n))
+    index = torch.stack([torch.cat(bs), torch.cat(rs), torch.cat(cs)])  # (3, E)
+    base = index[0] * n
+    deg = torch.bincount(base + index[1], minlength=B * n).to(x_img.dtype)  # (B*n,)
+    d = inv_sqrt_degree(deg)  # (B*n,)
+    weight = d[base + index[1]] * d[base + index[2]]  # A_ij d_i d_j with A_ij = 1
+    return SparseGraph(index, weight, (B, n, n))
 
 
 def select_tokens(scores, num_prop):
@@ -158,19 +166,10 @@ def select_tokens(scores, num_prop):
     need = P - below.sum(-1, keepdim=True)  # (B, 1): how many tokens at t are propagated
     from_end = at.flip(-1).cumsum(-1).flip(-1)  # (B, n): # tokens at t with index >= j
     is_prop = below | (at & (from_end <= need))  # (B, n): exactly P per row
-    kept = _compact(idx, ~is_prop, n - P)  # (B, n-P) ascending
-    prop = _compact(idx.flip(-1), is_prop.flip(-1), P)  # (B, P), descending index
+    kept = idx.masked_select(~is_prop).view(B, n - P)  # row-major: ascending per image
+    prop = idx.masked_select(is_prop).view(B, P).flip(-1)  # descending index
     order = torch.sort(scores.gather(1, prop), dim=-1, stable=True).indices  # only P items
     return kept, prop.gather(1, order)
-
-
-def _compact(values, mask, k):
-    """values[b][mask[b]] for every row b, each of exactly k entries, in order: [B, k]."""
-    B, n = values.shape
-    slot = torch.where(mask, mask.cumsum(-1) - 1, torch.full_like(values, k))  # k = discard
-    out = values.new_empty(B, k + 1)
-    out.scatter_(1, slot, values)
-    return out[:, :k]
 
 
 def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
@@ -184,37 +183,45 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     if mode == "graph" and G is None:
         raise ValueError("propagation='graph' needs the token graph G, got None")
     c = int(class_token)
-    B, n = x.shape[0], x.shape[1] - c
+    B, n, C = x.shape[0], x.shape[1] - c, x.shape[2]
     nk, P = kept.shape[1], prop.shape[1]
-    cls, x_img = x[:, :c], x[:, c:]
-    ar = torch.arange(B, device=x.device)[:, None]
-    x_K = x_img[ar, kept]  # (B, n-P, C)
-    s_cls = s_K = s_img = None
+    cls = x[:, :c]  # (B, c, C)
+    x_img = x[:, c:].reshape(B * n, C)  # (B*n, C): the image tokens of all images, flat
+    image_start = torch.arange(B, device=x.device)[:, None] * n  # (B, 1)
+    kept_flat = (image_start + kept).reshape(-1)  # (B*(n-P),)
+    prop_flat = (image_start + prop).reshape(-1)  # (B*P,)
+    x_K = x_img.index_select(0, kept_flat)  # (B*(n-P), C)
+    s_cls = s_img = s_K = None
     if token_scales is not None:
-        s_cls, s_img = token_scales[:, :c], token_scales[:, c:]
-        s_K = s_img[ar, kept]  # (B, n-P)
+        s_cls, s_img = token_scales[:, :c], token_scales[:, c:].reshape(B * n)
+        s_K = s_img.index_select(0, kept_flat)  # (B*(n-P),)
 
     G_next = None
     if G is not None:
-        new = torch.full((B, n), -1, dtype=torch.long, device=x.device)  # old -> new index
-        new[ar, kept] = torch.arange(nk, device=x.device)
-        r_new, c_new = new[G.batch, G.row], new[G.batch, G.col]  # (E,)
+        new = torch.full((B * n,), -1, dtype=torch.long, device=x.device)  # flat old -> new, -1: gone
+        new[kept_flat] = torch.arange(nk, device=x.device).repeat(B)
+        ends = G.index[0] * n + G.index[1:]  # (2, E): flat row and column of every edge
+        i_new, j_new = new.index_select(0, ends.reshape(-1)).view(2, -1)  # (E,) each
+        renumbered = torch.stack([G.index[0], i_new, j_new])  # (3, E)
         if mode == "graph":
-            e = (r_new >= 0) & (c_new < 0)  # kept <- not kept: the Â[K, P] edges
-            eb, er, ec, ew = G.batch[e], r_new[e], G.col[e], alpha * G.weight[e]
-            flat = eb * nk + er  # (E_KP,) rows of x_K flattened over the batch
-            x_K = x_K.reshape(B * nk, -1).index_add(
-                0, flat, ew[:, None] * x_img[eb, ec]).view(B, nk, -1)
+            kp = ((i_new >= 0) & (j_new < 0)).nonzero().squeeze(1)  # the Â[K, P] edges
+            b, a, _ = renumbered.index_select(1, kp)  # image, row of x_K
+            dst, src = b * nk + a, ends[1].index_select(0, kp)  # flat x_K row <- flat x_P token
+            w = alpha * G.weight.index_select(0, kp)  # (E_KP,)
+            x_K = x_K.index_add(0, dst, w[:, None] * x_img.index_select(0, src))  # += alpha Â[K,P] x_P
             if s_K is not None:
-                s_K = s_K.reshape(-1).index_add(0, flat, ew * s_img[eb, ec]).view(B, nk)
-        keep = (r_new >= 0) & (c_new >= 0)  # the Â[K, K] edges
-        n_next = nk + (1 if mode == "mean" and P > 0 else 0)
-        G_next = SparseGraph(G.batch[keep], r_new[keep], c_new[keep], G.weight[keep], (B, n_next, n_next))
+                s_K = s_K.index_add(0, dst, w * s_img.index_select(0, src))  # += alpha Â[K,P] s_P
+        kk = ((i_new >= 0) & (j_new >= 0)).nonzero().squeeze(1)  # the Â[K, K] edges
+        n_next = nk + (1 if mode == "mean" and P > 0 else 0)  # the mean token has no edges
+        G_next = SparseGraph(renumbered.index_select(1, kk), G.weight.index_select(0, kk),
+                             (B, n_next, n_next))
 
+    x_K = x_K.view(B, nk, C)
+    s_K = None if s_K is None else s_K.view(B, nk)
     if mode == "mean" and P > 0:
-        x_K = torch.cat([x_K, x_img[ar, prop].mean(dim=1, keepdim=True)], dim=1)
+        x_K = torch.cat([x_K, x_img[prop_flat].view(B, P, C).mean(dim=1, keepdim=True)], dim=1)
         if s_K is not None:
-            s_K = torch.cat([s_K, s_img[ar, prop].sum(dim=1, keepdim=True)], dim=1)
+            s_K = torch.cat([s_K, s_img[prop_flat].view(B, P).sum(dim=1, keepdim=True)], dim=1)
 
     x = torch.cat([cls, x_K], dim=1)
     scales = None if s_K is None else torch.cat([s_cls, s_K], dim=1)

@@ -1,0 +1,34 @@
+"""Smoke test of the benchmark command (a benchmark is not a test: no timing is asserted)."""
+import json
+import subprocess
+import sys
+
+from gtp_ref.bench import peak_added_bytes
+
+
+def test_scaling_smoke():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "scaling", "--grids", "4", "8",
+                        "--repeats", "1", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [(x["grid"], x["backend"]) for x in rows] == [
+        ("4x4", "dense"), ("4x4", "sparse"), ("8x8", "dense"), ("8x8", "sparse")]
+    assert all(x["median_ms"] > 0 and x["peak_mb"] >= 0 for x in rows)
+    assert "time_ratio" in rows[1] and "mem_ratio" in rows[3]
+
+
+def test_peak_memory_counts_a_known_allocation():
+    import torch
+
+    def run():
+        a = torch.empty(1 << 20, dtype=torch.float64)  # 8 MiB
+        b = torch.empty(1 << 19, dtype=torch.float64)  # 4 MiB, while a is alive
+        del a, b
+
+    assert peak_added_bytes(run, "cpu") == 12 * 2**20
+
+
+def test_bad_arguments_exit_2():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "scaling", "--repeats", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--repeats" in r.stderr
