@@ -75,10 +75,14 @@ def build(cfg, seed=0, dtype=torch.float64):
     return model
 
 
-def images_for(cfg, B, seed=1, dtype=torch.float64):
+def images_for(cfg, B, seed=1, dtype=torch.float64, ties=False):
+    """Random images; ``ties``: integer-valued in [-2, 2], so equal patches and exact ties abound."""
     g = torch.Generator().manual_seed(seed)
     size = cfg["img_size"] if isinstance(cfg["img_size"], tuple) else (cfg["img_size"],) * 2
-    return torch.randn(B, cfg.get("in_chans", 3), *size, generator=g, dtype=dtype)
+    shape = (B, cfg.get("in_chans", 3), *size)
+    if ties:
+        return torch.randint(-2, 3, shape, generator=g).to(dtype)
+    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 @given(configs(), st.integers(1, 3))
@@ -117,11 +121,11 @@ def test_each_sample_is_the_same_alone_and_in_a_batch(cfg):
             assert torch.allclose(alone.logits, batched.logits[b:b + 1], rtol=1e-9, atol=1e-10), (b, cfg)
 
 
-@given(configs())
-def test_no_nan_from_finite_input(cfg):
+@given(configs(), st.booleans())
+def test_no_nan_from_finite_input(cfg, ties):
     model = build(cfg, dtype=torch.float32)
     with torch.no_grad():
-        out = model(images_for(cfg, 2, dtype=torch.float32), torch.Generator().manual_seed(0))
+        out = model(images_for(cfg, 2, dtype=torch.float32, ties=ties), torch.Generator().manual_seed(0))
     assert torch.isfinite(out).all(), cfg
 
 

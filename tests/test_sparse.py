@@ -97,11 +97,11 @@ def test_propagate_equals_dense(case, data):
     assert (sd is None and ss is None) or torch.allclose(sd, ss, **tol)
 
 
-@given(configs(), st.sampled_from(DTYPES))
-def test_models_agree(cfg, dtype):
+@given(configs(), st.sampled_from(DTYPES), st.booleans())
+def test_models_agree(cfg, dtype, ties):
     if cfg["selection"] == "random":
         cfg["selection"] = "img_attn_mean"
-    x = images_for(cfg, 2, dtype=dtype)
+    x = images_for(cfg, 2, dtype=dtype, ties=ties)
     with torch.no_grad():
         td = build(cfg, dtype=dtype).forward_trace(x, margins=True)
         ts = build({**cfg, "backend": "sparse"}, dtype=dtype).forward_trace(x, margins=True)
