@@ -1,0 +1,137 @@
+"""ToMe on the same backbone: its invariants, and agreement with the complexity model's schedule."""
+import pytest
+import torch
+from hypothesis import assume, given, strategies as st
+
+from complexity.backbone import ViTGeometry, tome_schedule
+from gtp_ref.tome import ToMeViT, bipartite_soft_matching, clamp_r, merge_wavg
+from gtp_ref.vit import ViT
+from tests.strategies import tensors
+from tests.test_model import images_for, plain_vit
+
+
+@st.composite
+def tome_configs(draw):
+    class_token = draw(st.booleans())
+    patch, heads = draw(st.sampled_from([2, 4])), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    depth = draw(st.integers(1, 3))
+    return dict(img_size=(h * patch, w * patch), patch_size=patch, in_chans=draw(st.integers(1, 3)),
+                num_classes=draw(st.integers(1, 4)), embed_dim=heads * draw(st.integers(1, 4)),
+                depth=depth, num_heads=heads, class_token=class_token,
+                global_pool="token" if class_token else "avg",
+                r=draw(st.lists(st.integers(0, 12), min_size=depth, max_size=depth)))
+
+
+def build(cfg, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    model = ToMeViT(**cfg).to(dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return model
+
+
+@given(tome_configs(), st.booleans())
+def test_sizes_sum_to_the_token_count(cfg, ties):
+    model = build(cfg)
+    with torch.no_grad():
+        trace = model.forward_trace(images_for(cfg, 2, ties=ties))
+    N = model.num_image_tokens + int(cfg["class_token"])
+    assert (trace.sizes.sum(-1) == N).all(), trace.sizes
+    assert trace.sizes.shape[1] == N - sum(trace.merged)
+    assert (trace.sizes >= 1).all()
+    if cfg["class_token"]:
+        assert (trace.sizes[:, 0] == 1).all(), "[CLS] is never merged"
+
+
+@given(tome_configs())
+def test_merged_counts_follow_the_complexity_models_clamp(cfg):
+    model = build(cfg)
+    with torch.no_grad():
+        trace = model.forward_trace(images_for(cfg, 1))
+    g = ViTGeometry("t", img_size=cfg["img_size"][0], patch_size=cfg["patch_size"], depth=cfg["depth"],
+                    class_token=cfg["class_token"])
+    n = model.num_image_tokens + int(cfg["class_token"])
+    expected = []
+    for r in cfg["r"]:
+        expected.append(clamp_r(r, n, cfg["class_token"]))
+        n -= expected[-1]
+    assert trace.merged == expected
+    if cfg["img_size"][0] == cfg["img_size"][1]:
+        assert trace.merged == tome_schedule(g, cfg["r"])
+
+
+@given(tome_configs(), st.integers(1, 3))
+def test_r_zero_is_the_plain_backbone(cfg, B):
+    cfg["r"] = 0
+    model = build(cfg)
+    x = images_for(cfg, B)
+    with torch.no_grad():
+        want = plain_vit(model.state_dict(), x, patch_size=cfg["patch_size"], num_heads=cfg["num_heads"],
+                         class_token=cfg["class_token"], global_pool=cfg["global_pool"])
+        assert torch.allclose(model(x), want, rtol=1e-10, atol=1e-10)
+
+
+@given(tome_configs())
+def test_each_sample_is_the_same_alone_and_in_a_batch(cfg):
+    model, x = build(cfg), images_for(cfg, 3)
+    with torch.no_grad():
+        batched = model.forward_trace(x, margins=True)
+        for b in range(3):
+            alone = model.forward_trace(x[b:b + 1], margins=True)
+            assume(min(ToMeViT.min_margin(alone), ToMeViT.min_margin(batched)) > 1e-9)
+            assert torch.allclose(alone.logits, batched.logits[b:b + 1], rtol=1e-9, atol=1e-10)
+
+
+@given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 4), st.booleans(), st.integers(0, 8), st.data())
+def test_merge_is_the_size_weighted_average(B, N, C, class_token, r, data):
+    x = data.draw(tensors((B, N, C)))
+    size = data.draw(tensors((B, N), ties=True, low=1, high=4))
+    if class_token:
+        size[:, 0] = 1.0  # as in the model: [CLS] always has size 1
+    match = bipartite_soft_matching(data.draw(tensors((B, N, 3))), r, class_token)
+    out, out_size = merge_wavg(x, size, match)
+    r = clamp_r(r, N, class_token)
+    assert out.shape == (B, N - r, C)
+    for b in range(B):
+        groups = {1 + 2 * j: [1 + 2 * j] for j in range(N // 2)}  # B tokens by original index
+        for s, d in zip(match.src[b].tolist(), match.dst[b].tolist()):
+            groups[1 + 2 * d].append(2 * s)
+        rows = [[2 * a] for a in match.unm[b].tolist()] + list(groups.values())
+        for k, members in enumerate(rows):
+            w = size[b, members]
+            want = (w[:, None] * x[b, members]).sum(0) / w.sum()
+            assert torch.allclose(out[b, k], want, rtol=1e-12, atol=1e-12), (b, members)
+            assert out_size[b, k] == w.sum()
+        if class_token:
+            assert torch.equal(out[b, 0], x[b, 0])
+
+
+def test_matching_picks_the_most_similar_pairs():
+    # tokens: A = 0, 2, 4; B = 1, 3.  Token 2 equals token 3; token 4 is close to token 1.
+    m = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.1, 1.0]]])
+    match = bipartite_soft_matching(m, 1, class_token=True)
+    assert match.src.tolist() == [[1]] and match.dst.tolist() == [[1]]  # A[1] = token 2 -> B[1] = token 3
+    match = bipartite_soft_matching(m, 2, class_token=True)
+    assert match.src.tolist() == [[1, 2]] and match.dst.tolist() == [[1, 0]]
+    assert match.unm.tolist() == [[0]], "[CLS] stays"
+
+
+def test_fused_attention_matches_explicit():
+    cfg = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2)
+    x = images_for(cfg, 2)
+    with torch.no_grad():
+        for cls in (ViT, lambda **k: ToMeViT(**k, r=3)):
+            torch.manual_seed(0)
+            a = cls(**cfg).double().eval()
+            b = cls(**cfg, fused_attn=True).double().eval()
+            b.load_state_dict(a.state_dict())
+            assert torch.allclose(a(x), b(x), rtol=1e-10, atol=1e-12)
+
+
+def test_bad_r():
+    with pytest.raises(ValueError, match="r=-1"):
+        ToMeViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, r=-1)
+    with pytest.raises(ValueError, match="depth=2"):
+        ToMeViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, r=[1])
