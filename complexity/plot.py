@@ -34,7 +34,7 @@ def curves():
 def make_figure(out_dir):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.ticker  # noqa: F401  (NullFormatter below)
+    import matplotlib.ticker  # noqa: F401
     import matplotlib.pyplot as plt
 
     f = curves()
@@ -94,12 +94,81 @@ def make_figure(out_dir):
     return paths
 
 
+def uncounted_series(sides=range(14, 65, 2), L=12, P=8, C=384, H=6, patch=16):
+    """Per grid side: N and the counts of the uncounted-work figure (DeiT-S widths)."""
+    from complexity.backbone import ViTGeometry, backbone_macs
+    from complexity.exact import g_gtp_exact, g_tome_exact
+    from complexity.extra import g_gtp, g_tome
+    from complexity.uncounted import gtp_uncounted, tome_uncounted, total
+
+    rows = []
+    for side in sides:
+        N = side * side + 1
+        geom = ViTGeometry("DeiT-S", img_size=side * patch, embed_dim=C, num_heads=H, depth=L)
+        rows.append({
+            "N": N,
+            "gtp_paper": float(g_gtp(N, L, P, C, H)), "tome_paper": float(g_tome(N, L, P, C)),
+            "gtp_macs": g_gtp_exact(N - 1, [P] * L, C, token_scale=True),
+            "tome_macs": g_tome_exact(N, [P] * L, C, H),
+            "gtp_uncounted": total(gtp_uncounted(N, L, P, C, H)).element_ops,
+            "tome_uncounted": total(tome_uncounted(N, L, P, C, H)).element_ops,
+            "backbone": backbone_macs(geom, [P] * L)["total"],
+        })
+    return rows
+
+
+def make_uncounted_figure(out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    rows = uncounted_series()
+    N = np.array([r["N"] for r in rows])
+    col = {k: np.array([r[k] for r in rows], dtype=float) / 1e6 for k in rows[0] if k != "N"}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+    ax = axes[0]
+    for method, color in (("gtp", "tab:blue"), ("tome", "tab:orange")):
+        name = "GTP" if method == "gtp" else "ToMe"
+        ax.plot(N, col[f"{method}_paper"], ":", color=color, label=f"{name}: the paper's count (Eq. {3 if method == 'gtp' else 2})")
+        ax.plot(N, col[f"{method}_macs"], "-", color=color, label=f"{name}: MACs executed")
+        ax.plot(N, col[f"{method}_uncounted"], "--", color=color, label=f"{name}: uncounted element ops")
+    ax.set(xscale="log", yscale="log", xlabel="number of tokens N", ylabel="millions (MACs or element ops)",
+           title="(a) extra work per image (DeiT-S widths, L=12, P=r=8)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    ax = axes[1]
+    for method, color in (("gtp", "tab:blue"), ("tome", "tab:orange")):
+        name = "GTP" if method == "gtp" else "ToMe"
+        share = col[f"{method}_uncounted"] / (col[f"{method}_macs"] + col[f"{method}_uncounted"])
+        ax.plot(N, 100 * share, color=color, label=f"{name}: uncounted / (executed MACs + uncounted)")
+        extra = (col[f"{method}_macs"] + col[f"{method}_uncounted"]) / col["backbone"]
+        ax.plot(N, 100 * extra, "--", color=color, label=f"{name}: all extra work / backbone MACs")
+    ax.set(xscale="log", xlabel="number of tokens N", ylabel="share (%)",
+           title="(b) share of the extra work that Eqs. 2-3 leave out")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    for ax in axes:
+        ax.set_xticks([200, 500, 1000, 2000, 4000], labels=["200", "500", "1000", "2000", "4000"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.suptitle("Work beyond the backbone: the paper's count, the matrix products executed, and "
+                 "the element operations no MAC count sees (1 op counted as 1 MAC)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "uncounted.png", out_dir / "uncounted.pdf"]
+    fig.savefig(paths[0], dpi=100, metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
 def main(argv=None):
     p = _OneLineParser(prog="python -m complexity.plot", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
+    # also writes uncounted.png / .pdf: the work Eqs. 2-3 leave out, vs N
     args = p.parse_args(argv)
     try:
-        paths = make_figure(args.out)
+        paths = make_figure(args.out) + make_uncounted_figure(args.out)
     except OSError as e:
         p.error(f"cannot write into --out {args.out!r}: {e}")
     for path in paths:

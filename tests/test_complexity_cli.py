@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from complexity.report import build_report, extra_cost_table, quoted_table, tables_table
+from complexity.report import build_report, executed_table, extra_cost_table, quoted_table, tables_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,8 @@ def test_cli_errors_are_one_line_exit_2(args, word):
 
 
 @pytest.mark.parametrize("name, table", [
-    ("report-table", extra_cost_table), ("quoted-table", quoted_table), ("tables-table", tables_table)])
+    ("report-table", extra_cost_table), ("quoted-table", quoted_table), ("tables-table", tables_table),
+    ("executed-table", executed_table)])
 def test_doc_tables_match_the_code(name, table):
     doc = (ROOT / "docs" / "complexity.md").read_text()
     block = re.search(rf"<!-- {name}:begin -->\n```\n(.*?)```\n<!-- {name}:end -->", doc, re.S)
@@ -72,10 +73,11 @@ def test_doc_tables_match_the_code(name, table):
 def test_plot_writes_png_and_pdf(tmp_path):
     r = run("complexity.plot", "--out", str(tmp_path / "figs"))
     assert r.returncode == 0, r.stderr
-    png, pdf = tmp_path / "figs" / "figure3.png", tmp_path / "figs" / "figure3.pdf"
-    width = int.from_bytes(png.read_bytes()[16:20], "big")  # PNG IHDR width
-    assert width >= 800
-    assert pdf.read_bytes().startswith(b"%PDF")
+    for name in ("figure3", "uncounted"):
+        png, pdf = tmp_path / "figs" / f"{name}.png", tmp_path / "figs" / f"{name}.pdf"
+        width = int.from_bytes(png.read_bytes()[16:20], "big")  # PNG IHDR width
+        assert width >= 800
+        assert pdf.read_bytes().startswith(b"%PDF")
 
 
 def test_plot_bad_out_is_one_line(tmp_path):

@@ -42,7 +42,8 @@ def configs(draw, **fixed):
     """Small GTPViT configurations: rectangular grids, both poolings, any selection and mode."""
     class_token = fixed.get("class_token", draw(st.booleans()))
     patch = draw(st.sampled_from([2, 4]))
-    h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h = draw(st.integers(1, 5))
+    w = h if fixed.get("square") else draw(st.integers(1, 5))
     n, depth = h * w, draw(st.integers(1, 3))
     heads = draw(st.integers(1, 3))
     propagation = fixed.get("propagation", draw(st.sampled_from(["graph", "mean", "none"])))
@@ -62,7 +63,7 @@ def configs(draw, **fixed):
                token_scale=draw(st.booleans()))
     # Negative alpha could make token sizes non-positive: the model refuses it with sizes on.
     cfg["alpha"] = draw(st.floats(0 if cfg["token_scale"] else -1, 1))
-    cfg.update({k: v for k, v in fixed.items() if k not in ("class_token", "propagation")})
+    cfg.update({k: v for k, v in fixed.items() if k not in ("class_token", "propagation", "square")})
     return cfg
 
 

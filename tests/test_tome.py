@@ -11,10 +11,11 @@ from tests.test_model import images_for, plain_vit
 
 
 @st.composite
-def tome_configs(draw):
+def tome_configs(draw, square=False):
     class_token = draw(st.booleans())
     patch, heads = draw(st.sampled_from([2, 4])), draw(st.integers(1, 3))
-    h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h = draw(st.integers(1, 5))
+    w = h if square else draw(st.integers(1, 5))
     depth = draw(st.integers(1, 3))
     return dict(img_size=(h * patch, w * patch), patch_size=patch, in_chans=draw(st.integers(1, 3)),
                 num_classes=draw(st.integers(1, 4)), embed_dim=heads * draw(st.integers(1, 4)),

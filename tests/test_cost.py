@@ -1,0 +1,66 @@
+"""Measured MACs (torch.utils.flop_counter) equal the complexity model exactly."""
+import torch
+from hypothesis import given, strategies as st
+
+from complexity.backbone import ViTGeometry, backbone_macs
+from complexity.exact import g_gtp_exact, g_tome_exact
+from gtp_ref import GTPViT
+from gtp_ref.cost import measure_macs
+from gtp_ref.tome import ToMeViT
+from tests.test_model import configs, images_for
+from tests.test_tome import tome_configs
+
+
+def geometry(cfg):
+    side = cfg["img_size"] if isinstance(cfg["img_size"], int) else cfg["img_size"][0]
+    return ViTGeometry("t", img_size=side, patch_size=cfg["patch_size"], in_chans=cfg["in_chans"],
+                       embed_dim=cfg["embed_dim"], depth=cfg["depth"], num_heads=cfg["num_heads"],
+                       num_classes=cfg["num_classes"], class_token=cfg["class_token"])
+
+
+@given(configs(square=True))
+def test_gtp_backbone_and_overhead_macs_are_exact(cfg):
+    if cfg["selection"] == "random":
+        cfg["selection"] = "img_attn_max"
+    model = GTPViT(**cfg).eval()
+    x = images_for(cfg, 2, dtype=torch.float32)
+    with torch.no_grad():
+        trace = model.forward_trace(x)
+    tokens = [t.tokens for t in trace.layers] + [trace.final_tokens]
+    removed = [a - b for a, b in zip(tokens, tokens[1:])]
+    measured = measure_macs(model, x)
+    assert measured["backbone"] == backbone_macs(geometry(cfg), removed)["total"], cfg
+    cos = tokens[:-1]  # N_l: the cos-sim scores multiply n_l rows by N_l columns
+    want = g_gtp_exact(model.num_image_tokens, cfg["num_prop"], cfg["embed_dim"],
+                       semantic_graph=cfg["graph"] != "spatial" and cfg["num_neighbours"] > 0,
+                       token_scale=cfg["token_scale"], propagation=cfg["propagation"],
+                       cos_sim_tokens=cos if cfg["selection"].startswith("cos_sim") else None)
+    assert measured["overhead"] == want, (cfg, measured)
+
+
+@given(tome_configs(square=True))
+def test_tome_backbone_and_overhead_macs_are_exact(cfg):
+    model = ToMeViT(**cfg).eval()
+    x = images_for(cfg, 2, dtype=torch.float32)
+    with torch.no_grad():
+        trace = model.forward_trace(x)
+    measured = measure_macs(model, x)
+    assert measured["backbone"] == backbone_macs(geometry(cfg), trace.merged)["total"]
+    N = model.num_image_tokens + int(cfg["class_token"])
+    assert measured["overhead"] == g_tome_exact(N, cfg["r"], cfg["embed_dim"], cfg["num_heads"],
+                                                class_token=cfg["class_token"])
+
+
+def test_deit_small_paper_settings():
+    """DeiT-S, P = r = 8, paper settings: the exact counts beside Eqs. 2-3."""
+    from complexity import eq2_printed, g_gtp
+    x = torch.randn(1, 3, 224, 224)
+    gtp = GTPViT(embed_dim=384, num_heads=6, num_prop=8, sparsity=0.6, token_scale=True, num_neighbours=4)
+    tome = ToMeViT(embed_dim=384, num_heads=6, r=8)
+    m_gtp, m_tome = measure_macs(gtp.eval(), x), measure_macs(tome.eval(), x)
+    assert m_gtp["overhead"] == g_gtp_exact(196, [8] * 12, 384, token_scale=True)
+    assert m_tome["overhead"] == g_tome_exact(197, [8] * 12, 384, 6)
+    assert m_gtp["backbone"] == m_tome["backbone"]
+    # The paper's Eq. 3 (20.26 MMACs) vs executed; Eq. 2 vs executed: H times smaller.
+    assert m_gtp["overhead"] < g_gtp(197, 12, 8, 384, 6)
+    assert m_tome["overhead"] * 5 < eq2_printed(197, 12, 8, 384)
