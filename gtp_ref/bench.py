@@ -1,4 +1,4 @@
-"""Benchmarks.  ``python -m gtp_ref.bench scaling [--device cpu|cuda] [--json]``.
+"""Benchmarks.  ``python -m gtp_ref.bench scaling|throughput [--device cpu|cuda] [--json]``.
 
 scaling: the token graph plus 12 layers of selection and graph propagation (random scores,
 P = n/64 per layer, token sizes on, B = 2, C = 64, mixed graph with M = 8) for grids
@@ -120,9 +120,139 @@ def format_scaling(rows, device):
     return "\n".join(out) + "\n"
 
 
+# ---- throughput --------------------------------------------------------------------------------
+# P (= ToMe's r) per model, from supplement Tables 1-3; GTP's paper settings (C.2, C.3).
+SCHEDULES = {"deit_small": [8, 11, 14, 16], "deit_base": [4, 8, 11, 14, 16],
+             "vit_large": list(range(1, 9)), "eva_large": list(range(1, 9)),
+             "smoke": [1, 2]}
+SPARSITY = {"deit_base": 0.5}  # theta: 0.6 for DeiT-S (C.2) and the others, 0.5 for DeiT-B
+METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "tome")
+SMOKE_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+
+
+def build_model(model, method, P, device):
+    """A randomly initialised model of the preset geometry running ``method`` at P (or r)."""
+    from complexity.backbone import PRESETS
+    from gtp_ref.model import GTPViT
+    from gtp_ref.tome import ToMeViT
+    from gtp_ref.vit import ViT
+
+    if model == "smoke":
+        geometry = dict(SMOKE_GEOMETRY, class_token=True, global_pool="token")
+    else:
+        g = PRESETS[model]
+        geometry = dict(img_size=g.img_size, patch_size=g.patch_size, embed_dim=g.embed_dim, depth=g.depth,
+                        num_heads=g.num_heads, num_classes=g.num_classes, class_token=g.class_token,
+                        global_pool="token" if g.class_token else "avg")
+    if method.startswith("baseline"):
+        net = ViT(**geometry, fused_attn=method == "baseline_fused")
+    elif method == "tome":
+        net = ToMeViT(**geometry, r=P, fused_attn=True)
+    else:
+        net = GTPViT(**geometry, num_prop=P, graph="mixed", num_neighbours=4, selection="mixed_attn_max",
+                     propagation="graph", sparsity=SPARSITY.get(model, 0.6), alpha=0.1, token_scale=True,
+                     backend=method.split("_")[1])
+    return net.to(device).eval()
+
+
+def ideal_speedup(model, P):
+    """Backbone MACs without reduction / with P removed per layer (complexity.backbone)."""
+    from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule
+    g = PRESETS[model] if model != "smoke" else ViTGeometry("smoke", img_size=32, patch_size=8, embed_dim=32,
+                                                           depth=2, num_heads=2, num_classes=10)
+    return backbone_macs(g)["total"] / backbone_macs(g, gtp_schedule(g, P))["total"]
+
+
+def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, methods=METHODS,
+               progress=None):
+    """Images per second for every model x method x P x batch x dtype; baselines at P = 0."""
+    rows = []
+    amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for model in models:
+        for batch in batches:
+            for dtype in dtypes:
+                x = torch.randn(batch, 3, *((32, 32) if model == "smoke" else (224, 224)), device=device)
+                for method in methods:
+                    for P in ([0] if method.startswith("baseline") else SCHEDULES[model]):
+                        if progress:
+                            progress(f"{model} {method} P={P} batch={batch} {dtype}")
+                        net = build_model(model, method, P, device)
+
+                        def run():
+                            with torch.no_grad(), torch.autocast(device, dtype=amp[dtype],
+                                                                 enabled=amp[dtype] is not None):
+                                net(x)
+                        times = time_it(run, device, repeats)
+                        med = statistics.median(times)
+                        rows.append({"model": model, "method": method, "P": P, "batch": batch,
+                                     "dtype": dtype, "img_per_s": batch / med,
+                                     "min_img_per_s": batch / max(times), "max_img_per_s": batch / min(times),
+                                     "ideal_speedup": ideal_speedup(model, P) if P else 1.0})
+                        del net
+    return rows
+
+
+def format_throughput(rows, device):
+    out = [f"throughput (img/s, median of repeats; min-max), device={device}, torch {torch.__version__}", "",
+           f"{'model':>10} {'method':>17} {'P':>3} {'batch':>5} {'dtype':>5} {'img/s':>10} "
+           f"{'min-max':>21} {'vs fused':>8} {'ideal':>6}"]
+    base = {(r["model"], r["batch"], r["dtype"]): r["img_per_s"] for r in rows if r["method"] == "baseline_fused"}
+    for r in rows:
+        b = base.get((r["model"], r["batch"], r["dtype"]))
+        rel = f"{r['img_per_s'] / b:8.3f}" if b else f"{'':>8}"
+        out.append(f"{r['model']:>10} {r['method']:>17} {r['P']:>3} {r['batch']:>5} {r['dtype']:>5} "
+                   f"{r['img_per_s']:>10.2f} {r['min_img_per_s']:>10.2f}-{r['max_img_per_s']:<10.2f} {rel} "
+                   f"{r['ideal_speedup']:6.2f}")
+    return "\n".join(out) + "\n"
+
+
+def plot_throughput(rows, path):
+    """Throughput vs P per method, one panel per (model, batch, dtype); dashed: ideal speedup."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["model"], r["batch"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.5, 5.5 * len(panels)), 4.5), squeeze=False,
+                             constrained_layout=True)
+    for ax, (model, batch, dtype) in zip(axes[0], panels):
+        sel = [r for r in rows if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype)]
+        Ps = sorted({r["P"] for r in sel if r["P"]})
+        fused = next((r["img_per_s"] for r in sel if r["method"] == "baseline_fused"), None)
+        for method in METHODS:
+            pts = sorted((r["P"], r["img_per_s"]) for r in sel if r["method"] == method)
+            if not pts:
+                continue
+            if method.startswith("baseline"):
+                ax.axhline(pts[0][1], ls=":" if method.endswith("explicit") else "-", color="gray",
+                           label=method.replace("_", " "))
+            else:
+                ax.plot(*zip(*pts), "o-", label=method.replace("_", " "))
+        if fused and Ps:
+            ax.plot(Ps, [fused * ideal_speedup(model, P) for P in Ps], "k--", lw=1,
+                    label="ideal: fused baseline x MAC ratio")
+        ax.set(xlabel="P (= r) tokens removed per layer", ylabel="images / s",
+               title=f"{model}, batch {batch}, {dtype}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m gtp_ref.bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    tp = sub.add_parser("throughput", help="img/s of baseline, GTP and ToMe at the paper's P / r")
+    tp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    tp.add_argument("--models", nargs="+", default=None, choices=list(SCHEDULES),
+                    help="default: all four paper backbones on CUDA, 'smoke' on the CPU")
+    tp.add_argument("--batches", type=int, nargs="+", default=None,
+                    help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
+    tp.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "fp16", "bf16"],
+                    help="default: fp32 and fp16 on CUDA, fp32 on the CPU")
+    tp.add_argument("--repeats", type=int, default=5)
+    tp.add_argument("--json", action="store_true")
+    tp.add_argument("--figure", default=None, help="write the throughput figure to this PNG path")
     s = sub.add_parser("scaling", help="dense vs sparse: token graph + 12 propagation layers")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--repeats", type=int, default=7)
@@ -131,6 +261,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    if args.command == "throughput":
+        return _throughput_main(p, args)
     if args.repeats < 1 or any(g < 1 for g in args.grids):
         p.error("--repeats and --grids must be >= 1")
     rows = scaling(args.device, args.repeats, tuple(args.grids),
@@ -139,6 +271,28 @@ def main(argv=None):
         print(json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2))
     else:
         print(format_scaling(rows, args.device), end="")
+    return 0
+
+
+def _throughput_main(p, args):
+    cuda = args.device == "cuda"
+    models = args.models or (["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"])
+    dtypes = args.dtypes or (["fp32", "fp16"] if cuda else ["fp32"])
+    if args.repeats < 5 and not (args.models == ["smoke"] or models == ["smoke"]):
+        p.error("--repeats must be >= 5 for a measurement (the smoke model accepts fewer)")
+    if args.repeats < 1 or (args.batches and min(args.batches) < 1):
+        p.error("--repeats and --batches must be >= 1")
+    rows = []
+    for model in models:
+        batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
+        rows += throughput([model], args.device, batches, dtypes, args.repeats,
+                           progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.figure:
+        plot_throughput(rows, args.figure)
+    if args.json:
+        print(json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2))
+    else:
+        print(format_throughput(rows, args.device), end="")
     return 0
 
 

@@ -32,3 +32,23 @@ def test_bad_arguments_exit_2():
     r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "scaling", "--repeats", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--repeats" in r.stderr
+
+
+def test_throughput_smoke(tmp_path):
+    fig = tmp_path / "tp.png"
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "smoke",
+                        "--repeats", "1", "--json", "--figure", str(fig)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    methods = {x["method"] for x in rows}
+    assert methods == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "tome"}
+    assert {x["P"] for x in rows if x["method"] == "tome"} == {1, 2}
+    assert all(x["img_per_s"] > 0 for x in rows)
+    assert all(x["ideal_speedup"] > 1 for x in rows if x["P"])
+    assert int.from_bytes(fig.read_bytes()[16:20], "big") >= 800
+
+
+def test_throughput_refuses_too_few_repeats_for_a_measurement():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "deit_small",
+                        "--repeats", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--repeats must be >= 5" in r.stderr
