@@ -128,7 +128,7 @@ class GTPViT(ViT):
         for block, P in zip(self.blocks, self.num_prop):
             N_l = x.shape[1]
             layer = LayerTrace(tokens=N_l, attn_k=sparsity_k(N_l, self.sparsity) if self.sparsity < 1 else None)
-            x, a = block.attend(x, token_scales, self.sparsity)  # (B, N_l, C), maps (B, H, N_l, N_l)
+            x, a = block.attend(x, token_scales, self.sparsity, sparsify=ops.sparsify_attention)
             if margins:
                 layer.margins["attn"] = attention_margin(a.raw, self.sparsity)
             if P > 0:

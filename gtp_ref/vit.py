@@ -56,7 +56,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, token_scales=None, sparsity=1.0, fused=False):
+    def forward(self, x, token_scales=None, sparsity=1.0, fused=False, sparsify=sparsify_attention):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, d)
@@ -68,7 +68,7 @@ class Attention(nn.Module):
         if log_s is not None:
             logits = logits + log_s  # + log s per key column
         raw = logits.softmax(dim=-1)  # (B, H, N, N)
-        attn = sparsify_attention(raw, sparsity)  # (B, H, N, N)
+        attn = sparsify(raw, sparsity)  # (B, H, N, N)
         out = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
         return AttentionOut(self.proj(out), attn, raw, k)
 
@@ -95,9 +95,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def attend(self, x, token_scales=None, sparsity=1.0, fused=False):
+    def attend(self, x, token_scales=None, sparsity=1.0, fused=False, sparsify=sparsify_attention):
         """x + Attn(LN1 x), and the AttentionOut (maps, keys) for the reduction step."""
-        a = self.attn(self.norm1(x), token_scales, sparsity, fused)
+        a = self.attn(self.norm1(x), token_scales, sparsity, fused, sparsify)
         return x + a.out, a
 
     def feed_forward(self, x):

@@ -1,0 +1,107 @@
+"""The implementation under test, the oracle, and assertions that say what failed.
+
+The implementation is the module named by ``GTP_IMPL`` (default ``gtp_ref.sparse``); it must
+expose the op-level API below.  It is called with CPU torch tensors (``numpy.asarray`` turns
+them into arrays at no cost) and may return torch tensors or anything ``numpy.asarray``
+accepts; graphs are opaque to the suite except through the module's own ``to_dense``.
+The oracle is always ``gtp_ref.dense``.
+"""
+import importlib
+import os
+
+import numpy as np
+import torch
+
+from gtp_ref import dense as oracle
+
+API = ("token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens", "propagate")
+IMPL_NAME = os.environ.get("GTP_IMPL", "gtp_ref.sparse")
+
+
+class ImplementationError(Exception):
+    """The module under test cannot be used at all (import failure, missing function)."""
+
+
+def load_impl(name=IMPL_NAME):
+    try:
+        module = importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 -- any import failure is the user's to see
+        raise ImplementationError(f"GTP_IMPL={name!r} cannot be imported: {type(e).__name__}: {e}") from e
+    missing = [f for f in API if not callable(getattr(module, f, None))]
+    if missing:
+        raise ImplementationError(f"GTP_IMPL={name!r} lacks {', '.join(missing)} "
+                                  f"(the op-level API is {', '.join(API)})")
+    return module
+
+
+def as_tensor(value, like=None):
+    """An implementation's output as a CPU torch tensor (dtype of ``like`` for floats)."""
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    t = t.detach().cpu()
+    if like is not None and t.is_floating_point():
+        t = t.to(like.dtype)
+    return t
+
+
+class Ops:
+    """The implementation's ops with outputs converted to torch (for composing a model)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def token_graph(self, x_img, grid, graph="mixed", num_neighbours=4):
+        return self.module.token_graph(x_img, tuple(grid), graph, num_neighbours)
+
+    def to_dense(self, G):
+        return as_tensor(self.module.to_dense(G))
+
+    def sparsify_attention(self, attn, sparsity):
+        return as_tensor(self.module.sparsify_attention(attn, sparsity), attn).to(attn.device)
+
+    def token_scores(self, attn, selection, class_token=True, generator=None):
+        return as_tensor(self.module.token_scores(attn, selection, class_token, generator), attn).to(attn.device)
+
+    def select_tokens(self, scores, num_prop):
+        kept, prop = self.module.select_tokens(scores, num_prop)
+        return as_tensor(kept).long().to(scores.device), as_tensor(prop).long().to(scores.device)
+
+    def propagate(self, x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+        x2, G2, s2 = self.module.propagate(x, G, kept, prop, alpha, token_scales, class_token, mode)
+        s2 = None if s2 is None else as_tensor(s2, x).to(x.device)
+        return as_tensor(x2, x).to(x.device), G2, s2
+
+
+def describe(value):
+    if isinstance(value, torch.Tensor):
+        return f"tensor{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    return repr(value)
+
+
+def call(op, **params):
+    """'op(a=..., b=...)' with tensors shown by shape and dtype, for failure messages."""
+    return f"{IMPL_NAME}.{op}(" + ", ".join(f"{k}={describe(v)}" for k, v in params.items()) + ")"
+
+
+def reproduce(test):
+    return (f"reproduce: GTP_IMPL={IMPL_NAME} python -m pytest --pyargs gtp_ref.conformance -k {test} "
+            "(hypothesis prints the failing example and its seed above)")
+
+
+def assert_close(what, got, want, *, rtol, atol, test):
+    """got ≈ want elementwise; on failure name the worst entry, both values and the call."""
+    got = as_tensor(got, want)
+    if tuple(got.shape) != tuple(want.shape):
+        raise AssertionError(f"{what}: shape {list(got.shape)}, expected {list(want.shape)}\n{reproduce(test)}")
+    bad = ~torch.isclose(got, want, rtol=rtol, atol=atol, equal_nan=False)
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {want.numel()} entries differ; at index {list(idx)} found "
+            f"{got[idx].item()!r}, expected {want[idx].item()!r} (rtol={rtol}, atol={atol})\n{reproduce(test)}")
+
+
+def assert_equal(what, got, want, *, test):
+    """Exact equality (indices, 0/1 patterns); on failure show both."""
+    got = as_tensor(got).to(want.dtype)
+    if tuple(got.shape) != tuple(want.shape) or not torch.equal(got, want):
+        raise AssertionError(f"{what}:\n  found    {got.tolist()}\n  expected {want.tolist()}\n{reproduce(test)}")

@@ -1,0 +1,54 @@
+"""Seeded inputs any language can regenerate: numpy's PCG64 ``default_rng(seed)`` streams.
+
+Model weights follow the rule of the authors'-implementation vectors (``vectors/
+official_visible.json``, header "weights"): one Generator, state_dict keys in sorted (Python str)
+order, value = mean + std * standard_normal(shape), then the images from the same Generator.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def _mean_std(key, shape):
+    module, _, kind = key.rpartition(".")
+    module = module.rsplit(".", 1)[-1]
+    if key in ("cls_token", "pos_embed"):
+        return 0.0, 0.5
+    if len(shape) == 1 and "norm" in module:
+        return (1.0, 0.1) if kind == "weight" else (0.0, 0.02)
+    if kind == "bias":
+        return 0.0, 0.02
+    if kind == "weight" and len(shape) >= 2:
+        gain = 2.0 if key.endswith("attn.qkv.weight") else 1.0
+        return 0.0, gain / np.sqrt(np.prod(shape[1:]))
+    raise ValueError(f"no weight rule for {key} {shape}")
+
+
+def weights_and_images(seed, shapes, batch, in_chans, img_size):
+    """(state_dict of float64 tensors, images [B, C, H, W] float64) from ``seed``."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key in sorted(shapes):
+        mean, std = _mean_std(key, shapes[key])
+        state[key] = torch.from_numpy(mean + std * rng.standard_normal(shapes[key]))
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    return state, torch.from_numpy(rng.standard_normal((batch, in_chans, h, w)))
+
+
+def model_for(vector, **overrides):
+    """A float64 GTPViT with the vector's config and seeded weights, and its images."""
+    from gtp_ref import GTPViT
+    model = GTPViT(**{**vector["config"], **overrides}).double().eval()
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    cfg = vector["config"]
+    state, images = weights_and_images(vector["seed"], shapes, vector["batch"], cfg["in_chans"], cfg["img_size"])
+    model.load_state_dict(state, strict=True)
+    return model, images
+
+
+def official_vectors():
+    return json.loads((VECTORS / "official_visible.json").read_text())["vectors"]
