@@ -1,0 +1,1 @@
+"""Deliberately broken implementations: the conformance suite must reject each one."""

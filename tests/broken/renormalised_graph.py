@@ -1,0 +1,9 @@
+"""The next layer's graph renormalised after pruning (the spec keeps Â[K, K] as it is)."""
+from gtp_ref import dense
+from gtp_ref.dense import *  # noqa: F401,F403
+from gtp_ref.graph import normalise
+
+
+def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+    x, G, s = dense.propagate(x, G, kept, prop, alpha, token_scales, class_token, mode)
+    return x, None if G is None else normalise((G != 0).to(G.dtype)), s
