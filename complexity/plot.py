@@ -21,6 +21,26 @@ FIXED = {s.L: 12, s.M: 8}
 MARKS = [("DeiT-S", 384), ("DeiT-B", 768), ("C of ViT-L", 1024)]
 
 
+def log_token_axis(ax):
+    """x axis: N on a log scale with plain tick labels."""
+    import matplotlib.ticker
+    ax.set_xscale("log")
+    ax.set_xticks([200, 500, 1000, 2000, 4000], labels=["200", "500", "1000", "2000", "4000"])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def save(fig, out_dir, name):
+    """Write NAME.png (100 dpi) and NAME.pdf without timestamps, so reruns give the same files."""
+    import matplotlib.pyplot as plt
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=100, metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    plt.close(fig)
+    return paths
+
+
 def curves():
     """The three cost expressions as numpy functions of (N, C, H), lambdified once."""
     args = (s.N, s.C, s.H)
@@ -34,7 +54,6 @@ def curves():
 def make_figure(out_dir):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.ticker  # noqa: F401
     import matplotlib.pyplot as plt
 
     f = curves()
@@ -76,22 +95,14 @@ def make_figure(out_dir):
     cs = ax.contour(NN, CC, ratio, levels=[0.35, 0.4, 0.5, 0.6, 0.7], colors="white", linewidths=0.8)
     ax.clabel(cs, fontsize=7, fmt="%.2f")
     fig.colorbar(im, ax=ax, label="G_GTP / G_ToMe")
-    ax.set_xscale("log")
-    ax.set_xticks([200, 500, 1000, 2000, 4000], labels=["200", "500", "1000", "2000", "4000"])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    log_token_axis(ax)
     ax.text(0.97, 0.04, "both costs grow as N^2 C:\nthe ratio tends to 4/L = 1/3",
             transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="white")
     ax.set(xlabel="number of tokens N (log scale)", ylabel="feature dimension C (channels)",
            title="(c) G_GTP / G_ToMe   (L=12, M=8, H=C/64)")
 
     fig.suptitle("Extra cost beyond the backbone, supplement C.4 (M = tokens removed per layer)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "figure3.png", out_dir / "figure3.pdf"]
-    fig.savefig(paths[0], dpi=100, metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
-    plt.close(fig)
-    return paths
+    return save(fig, out_dir, "figure3")
 
 
 def uncounted_series(sides=range(14, 65, 2), L=12, P=8, C=384, H=6, patch=16):
@@ -121,7 +132,6 @@ def make_uncounted_figure(out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401
 
     rows = uncounted_series()
     N = np.array([r["N"] for r in rows])
@@ -133,7 +143,7 @@ def make_uncounted_figure(out_dir):
         ax.plot(N, col[f"{method}_paper"], ":", color=color, label=f"{name}: the paper's count (Eq. {3 if method == 'gtp' else 2})")
         ax.plot(N, col[f"{method}_macs"], "-", color=color, label=f"{name}: MACs executed")
         ax.plot(N, col[f"{method}_uncounted"], "--", color=color, label=f"{name}: uncounted element ops")
-    ax.set(xscale="log", yscale="log", xlabel="number of tokens N", ylabel="millions (MACs or element ops)",
+    ax.set(yscale="log", xlabel="number of tokens N", ylabel="millions (MACs or element ops)",
            title="(a) extra work per image (DeiT-S widths, L=12, P=r=8)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
@@ -144,22 +154,15 @@ def make_uncounted_figure(out_dir):
         ax.plot(N, 100 * share, color=color, label=f"{name}: uncounted / (executed MACs + uncounted)")
         extra = (col[f"{method}_macs"] + col[f"{method}_uncounted"]) / col["backbone"]
         ax.plot(N, 100 * extra, "--", color=color, label=f"{name}: all extra work / backbone MACs")
-    ax.set(xscale="log", xlabel="number of tokens N", ylabel="share (%)",
+    ax.set(xlabel="number of tokens N", ylabel="share (%)",
            title="(b) share of the extra work that Eqs. 2-3 leave out")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")
     for ax in axes:
-        ax.set_xticks([200, 500, 1000, 2000, 4000], labels=["200", "500", "1000", "2000", "4000"])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        log_token_axis(ax)
     fig.suptitle("Work beyond the backbone: the paper's count, the matrix products executed, and "
                  "the element operations no MAC count sees (1 op counted as 1 MAC)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "uncounted.png", out_dir / "uncounted.pdf"]
-    fig.savefig(paths[0], dpi=100, metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
-    plt.close(fig)
-    return paths
+    return save(fig, out_dir, "uncounted")
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ from gtp_ref import dense, sparse
 from gtp_ref import margins
 from gtp_ref.margins import semantic_margin
 from tests.official import load, model_for
-from tests.strategies import DTYPES, NEAR_TIE, grids, near_tie, tensors
+from tests.strategies import DTYPES, NEAR_TIE, grids, near_tie, scores_and_P, tensors
 from tests.test_model import build, configs, images_for
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -63,13 +63,7 @@ def test_blocked_semantic_graph_equals_dense(case, budget):
     assert torch.equal(E, semantic_graph(x, M))
 
 
-@st.composite
-def score_cases(draw):
-    B, n = draw(st.integers(1, 4)), draw(st.integers(1, 40))
-    return draw(tensors((B, n), low=0, high=draw(st.integers(0, 4)))), draw(st.integers(0, n))
-
-
-@given(score_cases())
+@given(scores_and_P(max_batch=4, max_tokens=40))
 def test_select_tokens_equals_dense(case):
     scores, P = case
     kd, pd = dense.select_tokens(scores, P)

@@ -44,6 +44,13 @@ def attention_maps(draw, ties=None, class_token=None, max_tokens=10, max_heads=3
 selections = st.sampled_from(SELECTIONS)
 
 
+@st.composite
+def scores_and_P(draw, max_batch=3, max_tokens=16):
+    """(scores [B, n] integer-valued, so ties abound; P in [0, n])."""
+    B, n = draw(st.integers(1, max_batch)), draw(st.integers(1, max_tokens))
+    return draw(tensors((B, n), low=0, high=draw(st.integers(0, 4)))), draw(st.integers(0, n))
+
+
 def near_tie(*traces, tol=1e-9):
     """True if some decision of some trace (made with margins=True) had a non-zero gap < tol.
 

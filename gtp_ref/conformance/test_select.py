@@ -1,17 +1,11 @@
 """Spec section 3.4: the P lowest scores are propagated; ties propagate the larger index first."""
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
 
 from gtp_ref.conformance.harness import assert_equal, call, load_impl
-from gtp_ref.conformance.strategies import tensors
+from gtp_ref.conformance.strategies import scores_and_P
 
 impl = load_impl()
-
-
-@st.composite
-def scores_and_P(draw):
-    B, n = draw(st.integers(1, 3)), draw(st.integers(1, 16))
-    return draw(tensors((B, n), low=0, high=draw(st.integers(0, 4)))), draw(st.integers(0, n))
 
 
 @given(scores_and_P())
