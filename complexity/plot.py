@@ -6,7 +6,6 @@
 The printed (wrong) Eq. 2 is drawn dashed beside ToMe's exact sum.  Writes figure3.png and
 figure3.pdf into DIR (default ``figures/``).
 """
-import argparse
 import sys
 from pathlib import Path
 

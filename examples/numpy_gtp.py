@@ -129,7 +129,7 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     if not np.isfinite(alpha):
         raise ValueError(f"alpha={alpha} must be finite")
     b = np.arange(x.shape[0])[:, None]
-    x_img, x_K, x_P = x[:, c:], x[:, c:][b, kept], x[:, c:][b, prop]
+    x_K, x_P = x[:, c:][b, kept], x[:, c:][b, prop]
     s = None if token_scales is None else _np(token_scales)
     s_K = s_P = None
     if s is not None:

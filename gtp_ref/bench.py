@@ -188,7 +188,6 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
                                      "dtype": dtype, "img_per_s": batch / med,
                                      "min_img_per_s": batch / max(times), "max_img_per_s": batch / min(times),
                                      "ideal_speedup": ideal_speedup(model, P) if P else 1.0})
-                        del net
     return rows
 
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 import torch
 
 from gtp_ref._checks import GRAPHS, check_grid, check_num_neighbours, choice, PROPAGATIONS, check_alpha
-from gtp_ref.graph import cosine_similarity, inv_sqrt_degree
+from gtp_ref.graph import inv_sqrt_degree
 from gtp_ref.select import sparsify_attention, token_scores
 
 # Largest [B, rows, n] similarity block the semantic graph materialises (elements).

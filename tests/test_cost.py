@@ -1,6 +1,6 @@
 """Measured MACs (torch.utils.flop_counter) equal the complexity model exactly."""
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
 
 from complexity.backbone import ViTGeometry, backbone_macs
 from complexity.exact import g_gtp_exact, g_tome_exact

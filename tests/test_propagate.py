@@ -33,7 +33,7 @@ def test_graph_propagation_is_the_equation(layer, alpha):
     x, G, kept, prop, s, cls = layer
     c = int(cls)
     out, G2, s2 = dense.propagate(x, G, kept, prop, alpha, s, cls, "graph")
-    B, n, C = x.shape[0], x.shape[1] - c, x.shape[2]
+    B, C = x.shape[0], x.shape[2]
     for b in range(B):
         K, P = kept[b].tolist(), prop[b].tolist()
         assert torch.equal(out[b, :c], x[b, :c]), "[CLS] is never changed"

@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import assume, given, strategies as st
 
-from gtp_ref import GTPViT
 from gtp_ref._checks import SELECTIONS
 from gtp_ref.conformance.harness import Ops, assert_close, load_impl
 from gtp_ref.conformance.seeded import model_for, official_vectors
