@@ -15,6 +15,7 @@ from gtp_ref.margins import attention_margin, selection_margin, semantic_margin
 from gtp_ref.select import sparsity_k
 from gtp_ref.vit import ViT
 
+
 @dataclass
 class LayerTrace:
     """What one block did: tokens entering it, the sparsity k, the scores and the selection."""
