@@ -214,9 +214,10 @@ def test_rectangular_images():
     assert model.grid == (2, 5) and trace.tokens_per_layer == [9, 7]
 
 
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_train_mode_gradients_flow_through_kept_tokens(dtype):
-    cfg = dict(BASE, num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3)
+def test_train_mode_gradients_flow_through_kept_tokens(dtype, backend):
+    cfg = dict(BASE, num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3, backend=backend)
     model = build(cfg, dtype=dtype).train()
     x = images_for(cfg, 2, dtype=dtype).requires_grad_()
     model(x).square().sum().backward()

@@ -155,3 +155,17 @@ def test_cuda_sparse_equals_cpu_dense(cfg):
         ts = build({**cfg, "backend": "sparse"}).cuda().forward_trace(x.cuda(), margins=True)
     assume(not near_tie(td, ts))
     assert torch.allclose(td.logits, ts.logits.cpu(), rtol=1e-7, atol=1e-9)
+
+
+def test_gradients_agree_with_dense():
+    cfg = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2,
+               num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3, graph="mixed", num_neighbours=3)
+    grads = []
+    for backend in ("dense", "sparse"):
+        model = build({**cfg, "backend": backend}).train()
+        x = images_for(cfg, 2).requires_grad_()
+        model(x).square().sum().backward()
+        grads.append((x.grad, [p.grad for p in model.parameters()]))
+    assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-9, atol=1e-12)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
