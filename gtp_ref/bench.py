@@ -7,6 +7,11 @@ and the peak memory the work adds on top of its inputs.  Ratios sparse / dense a
 the same run.  Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU the
 allocation timeline of ``torch.profiler`` (profile_memory=True; it sees every tensor
 allocation and free, but not an op's internal scratch space freed before the op returns).
+
+throughput: images per second of the plain ViT (fused and explicit attention), GTP at the
+paper's settings (each backend) and ToMe, at the P / r of supplement Tables 1-3; warm-up,
+median of >= 5 repeats with min and max, the ideal speed-up from the backbone MAC ratio;
+``--json`` and ``--figure PATH``.  On the CPU it defaults to a tiny smoke model.
 """
 import argparse
 import importlib
