@@ -26,6 +26,13 @@ def check_alpha(alpha):
         raise ValueError(f"alpha={alpha!r} must be a finite number")
 
 
+def check_propagate_args(mode, alpha, G):
+    choice("propagation", mode, PROPAGATIONS)
+    check_alpha(alpha)
+    if mode == "graph" and G is None:
+        raise ValueError("propagation='graph' needs the token graph G, got None")
+
+
 def check_grid(grid, n):
     h, w = grid
     if h < 1 or w < 1 or h * w != n:

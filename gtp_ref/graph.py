@@ -22,10 +22,15 @@ def spatial_graph(grid, *, dtype=torch.float32, device=None):
     return (near & not_self).to(dtype)  # (n, n)
 
 
+def unit_rows(x):
+    """x / ||x|| along the last dimension; a zero row stays zero (cosine 0 with all, not NaN)."""
+    norm = x.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
 def cosine_similarity(x):
     """K = x^ x^T: [B, n, C] -> [B, n, n], x^ = x / ||x||; a zero-norm token has K = 0 with all."""
-    norm = x.norm(dim=-1, keepdim=True)  # (B, n, 1)
-    x_hat = torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    x_hat = unit_rows(x)  # (B, n, C)
     return x_hat @ x_hat.transpose(-2, -1)  # (B, n, n)
 
 

@@ -15,7 +15,7 @@ from gtp_ref.select import sparsity_k
 INF = float("inf")
 
 
-def _smallest_positive(gap):
+def smallest_positive(gap):
     gap = gap[gap > 0]
     return gap.min().item() if gap.numel() else INF
 
@@ -39,7 +39,7 @@ def attention_margin(attn, sparsity):
         return INF
     flat = attn.reshape(B, H, N * N)
     tau = flat.kthvalue(k, dim=-1, keepdim=True).values  # (B, H, 1)
-    return _smallest_positive(threshold_gap(flat, tau) / attn.abs().amax().clamp_min(1e-300))
+    return smallest_positive(threshold_gap(flat, tau) / attn.abs().amax().clamp_min(1e-300))
 
 
 def semantic_margin(x_img, num_neighbours):
@@ -51,7 +51,7 @@ def semantic_margin(x_img, num_neighbours):
         return INF  # no edge, or every other token: nothing to decide
     K = cosine_similarity(x_img).masked_fill(torch.eye(n, dtype=torch.bool, device=x_img.device), -INF)
     T = K.topk(M, dim=-1).values[..., -1:]  # (B, n, 1)
-    return _smallest_positive(threshold_gap(K, T))
+    return smallest_positive(threshold_gap(K, T))
 
 
 def selection_margin(scores, kept, prop):
@@ -60,4 +60,4 @@ def selection_margin(scores, kept, prop):
         return INF
     scale = scores.abs().amax(1).clamp_min(1.0)[:, None, None]  # (B, 1, 1)
     d = (scores.gather(1, kept)[:, :, None] - scores.gather(1, prop)[:, None, :]).abs() / scale
-    return _smallest_positive(d)
+    return smallest_positive(d)

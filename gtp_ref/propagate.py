@@ -5,7 +5,7 @@ kept [B, n-P] and prop [B, P] index the image tokens; token_scales [B, N] or Non
 """
 import torch
 
-from gtp_ref._checks import PROPAGATIONS, check_alpha, choice
+from gtp_ref._checks import check_propagate_args
 
 
 def gather_tokens(x, idx):
@@ -30,10 +30,7 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     [CLS] (token 0 when class_token) and its size are never changed.  G may be None for
     mean / none, which need no graph; the returned graph is then None too.
     """
-    choice("propagation", mode, PROPAGATIONS)
-    check_alpha(alpha)
-    if mode == "graph" and G is None:
-        raise ValueError("propagation='graph' needs the token graph G, got None")
+    check_propagate_args(mode, alpha, G)
     c = int(class_token)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K, x_P = gather_tokens(x_img, kept), gather_tokens(x_img, prop)  # (B, n-P, C), (B, P, C)

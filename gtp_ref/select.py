@@ -6,6 +6,7 @@ over the n = N - [CLS] image tokens; indices are 0-based among the image tokens.
 import torch
 
 from gtp_ref._checks import SELECTIONS, check_sparsity, choice
+from gtp_ref.graph import cosine_similarity
 
 
 def sparsity_k(N, sparsity):
@@ -41,9 +42,7 @@ def _cos_sim_score(R):
 
     A zero row (possible after sparsity) has cosine 0 with every row, not NaN.
     """
-    norm = R.norm(dim=-1, keepdim=True)  # (B, n, 1)
-    R_hat = torch.where(norm > 0, R / norm.clamp_min(torch.finfo(R.dtype).tiny), torch.zeros_like(R))
-    return -(R_hat @ R_hat.transpose(-2, -1)).sum(dim=-1)  # (B, n)
+    return -cosine_similarity(R).sum(dim=-1)  # (B, n)
 
 
 def token_scores(attn, selection, class_token=True, generator=None):

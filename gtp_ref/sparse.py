@@ -21,8 +21,8 @@ from functools import lru_cache
 
 import torch
 
-from gtp_ref._checks import GRAPHS, check_grid, check_num_neighbours, choice, PROPAGATIONS, check_alpha
-from gtp_ref.graph import inv_sqrt_degree
+from gtp_ref._checks import GRAPHS, check_grid, check_num_neighbours, check_propagate_args, choice
+from gtp_ref.graph import inv_sqrt_degree, unit_rows
 from gtp_ref.select import sparsify_attention, token_scores
 
 # Largest [B, rows, n] similarity block the semantic graph materialises (elements).
@@ -85,9 +85,7 @@ def similarity_blocks(x_img, block_elements=None):
     ``BLOCK_ELEMENTS``) similarities exist at once, but never fewer than MIN_BLOCK_ROWS rows.
     """
     B, n, _ = x_img.shape
-    norm = x_img.norm(dim=-1, keepdim=True)
-    x_hat = torch.where(norm > 0, x_img / norm.clamp_min(torch.finfo(x_img.dtype).tiny),
-                        torch.zeros_like(x_img))  # (B, n, C), as in graph.cosine_similarity
+    x_hat = unit_rows(x_img)  # (B, n, C), as in graph.cosine_similarity
     budget = BLOCK_ELEMENTS if block_elements is None else block_elements
     rows_per_block = max(MIN_BLOCK_ROWS, budget // max(1, B * n))
     for r0 in range(0, n, rows_per_block):
@@ -178,10 +176,7 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     graph: x_K[a] += alpha * sum over edges (b, i, j, w) with i = K[a], j in P of w x_j, by one
     ``index_add_`` over the batch's edges; next graph: the K-K edges, renumbered.
     """
-    choice("propagation", mode, PROPAGATIONS)
-    check_alpha(alpha)
-    if mode == "graph" and G is None:
-        raise ValueError("propagation='graph' needs the token graph G, got None")
+    check_propagate_args(mode, alpha, G)
     c = int(class_token)
     B, n, C = x.shape[0], x.shape[1] - c, x.shape[2]
     nk, P = kept.shape[1], prop.shape[1]
@@ -189,7 +184,6 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     x_img = x[:, c:].reshape(B * n, C)  # (B*n, C): the image tokens of all images, flat
     image_start = torch.arange(B, device=x.device)[:, None] * n  # (B, 1)
     kept_flat = (image_start + kept).reshape(-1)  # (B*(n-P),)
-    prop_flat = (image_start + prop).reshape(-1)  # (B*P,)
     x_K = x_img.index_select(0, kept_flat)  # (B*(n-P), C)
     s_cls = s_img = s_K = None
     if token_scales is not None:
@@ -219,6 +213,7 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     x_K = x_K.view(B, nk, C)
     s_K = None if s_K is None else s_K.view(B, nk)
     if mode == "mean" and P > 0:
+        prop_flat = (image_start + prop).reshape(-1)  # (B*P,)
         x_K = torch.cat([x_K, x_img[prop_flat].view(B, P, C).mean(dim=1, keepdim=True)], dim=1)
         if s_K is not None:
             s_K = torch.cat([s_K, s_img[prop_flat].view(B, P).sum(dim=1, keepdim=True)], dim=1)

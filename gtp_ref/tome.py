@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 
+from gtp_ref.graph import unit_rows
+from gtp_ref.margins import smallest_positive
 from gtp_ref.vit import ViT
 
 
@@ -49,8 +51,7 @@ def bipartite_soft_matching(metric, r, class_token=True, margins=False):
         unm = torch.arange((N + 1) // 2, device=metric.device).expand(B, -1)
         none = unm[:, :0]
         return Match(unm, none, none, metric.new_full(unm.shape, float("-inf")))
-    norm = metric.norm(dim=-1, keepdim=True)
-    m = torch.where(norm > 0, metric / norm.clamp_min(torch.finfo(metric.dtype).tiny), torch.zeros_like(metric))
+    m = unit_rows(metric)  # cosine similarity: normalised keys
     a, b = m[:, 0::2], m[:, 1::2]  # (B, ceil(N/2), d), (B, floor(N/2), d)
     sim = a @ b.transpose(-2, -1)  # (B, |A|, |B|): the matching cost, ceil(N/2) floor(N/2) d MACs
     if class_token:
@@ -70,8 +71,7 @@ def _matching_margin(sim, ranked, r):
     if 0 < r < ranked.shape[1]:
         gaps.append(ranked[:, r - 1] - ranked[:, r])
     gaps = torch.cat(gaps) if gaps else sim.new_empty(0)
-    gaps = gaps[torch.isfinite(gaps) & (gaps > 0)]
-    return gaps.min().item() if gaps.numel() else float("inf")
+    return smallest_positive(gaps[torch.isfinite(gaps)])  # [CLS]'s -inf row is no decision
 
 
 def merge_wavg(x, size, match):
