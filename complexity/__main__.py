@@ -1,20 +1,13 @@
 """``python -m complexity``: the C.4 cost report.  See ``--help``."""
-import argparse
 import json
 import sys
 
+from complexity._cli import OneLineParser
 from complexity.report import BACKBONES, PAPER_M, Backbone, build_report, format_report, to_json
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv=None):
-    p = _OneLineParser(
+    p = OneLineParser(
         prog="python -m complexity",
         description="Extra MACs of ToMe vs GTP (supplement C.4, Eqs. 2-3), the erratum in Eq. 2, "
                     "the paper's quoted values and the backbone MACs of supplement Tables 1-2. "

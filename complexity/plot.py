@@ -13,7 +13,7 @@ import numpy as np
 import sympy as sp
 
 from complexity import symbols as s
-from complexity.__main__ import _OneLineParser
+from complexity._cli import OneLineParser, write_files
 from complexity.extra import eq2_printed, g_gtp_closed, g_tome_closed
 
 FIXED = {s.L: 12, s.M: 8}
@@ -165,17 +165,11 @@ def make_uncounted_figure(out_dir):
 
 
 def main(argv=None):
-    p = _OneLineParser(prog="python -m complexity.plot", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m complexity.plot", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
     # also writes uncounted.png / .pdf: the work Eqs. 2-3 leave out, vs N
     args = p.parse_args(argv)
-    try:
-        paths = make_figure(args.out) + make_uncounted_figure(args.out)
-    except OSError as e:
-        p.error(f"cannot write into --out {args.out!r}: {e}")
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return write_files(p, f"--out {args.out!r}", lambda: make_figure(args.out) + make_uncounted_figure(args.out))
 
 
 if __name__ == "__main__":

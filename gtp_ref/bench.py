@@ -13,7 +13,6 @@ paper's settings (each backend) and ToMe, at the P / r of supplement Tables 1-3;
 median of >= 5 repeats with min and max, the ideal speed-up from the backbone MAC ratio;
 ``--json`` and ``--figure PATH``.  On the CPU it defaults to a tiny smoke model.
 """
-import argparse
 import importlib
 import json
 import statistics
@@ -21,6 +20,8 @@ import sys
 import time
 
 import torch
+
+from complexity._cli import OneLineParser
 
 GRIDS = (14, 32, 64)
 LAYERS, BATCH, CHANNELS, NEIGHBOURS, ALPHA = 12, 2, 64, 8, 0.1
@@ -132,23 +133,24 @@ SCHEDULES = {"deit_small": [8, 11, 14, 16], "deit_base": [4, 8, 11, 14, 16],
              "smoke": [1, 2]}
 SPARSITY = {"deit_base": 0.5}  # theta: 0.6 for DeiT-S (C.2) and the others, 0.5 for DeiT-B
 METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "tome")
-SMOKE_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+
+
+def geometry_of(model):
+    """The preset's ViTGeometry, or a tiny one for the CPU smoke run."""
+    from complexity.backbone import PRESETS, ViTGeometry
+    if model == "smoke":
+        return ViTGeometry("smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+    return PRESETS[model]
 
 
 def build_model(model, method, P, device):
     """A randomly initialised model of the preset geometry running ``method`` at P (or r)."""
-    from complexity.backbone import PRESETS
     from gtp_ref.model import GTPViT
+    from gtp_ref.presets import vit_kwargs
     from gtp_ref.tome import ToMeViT
     from gtp_ref.vit import ViT
 
-    if model == "smoke":
-        geometry = dict(SMOKE_GEOMETRY, class_token=True, global_pool="token")
-    else:
-        g = PRESETS[model]
-        geometry = dict(img_size=g.img_size, patch_size=g.patch_size, embed_dim=g.embed_dim, depth=g.depth,
-                        num_heads=g.num_heads, num_classes=g.num_classes, class_token=g.class_token,
-                        global_pool="token" if g.class_token else "avg")
+    geometry = vit_kwargs(geometry_of(model))
     if method.startswith("baseline"):
         net = ViT(**geometry, fused_attn=method == "baseline_fused")
     elif method == "tome":
@@ -162,9 +164,8 @@ def build_model(model, method, P, device):
 
 def ideal_speedup(model, P):
     """Backbone MACs without reduction / with P removed per layer (complexity.backbone)."""
-    from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule
-    g = PRESETS[model] if model != "smoke" else ViTGeometry("smoke", img_size=32, patch_size=8, embed_dim=32,
-                                                           depth=2, num_heads=2, num_classes=10)
+    from complexity.backbone import backbone_macs, gtp_schedule
+    g = geometry_of(model)
     return backbone_macs(g)["total"] / backbone_macs(g, gtp_schedule(g, P))["total"]
 
 
@@ -176,7 +177,8 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
     for model in models:
         for batch in batches:
             for dtype in dtypes:
-                x = torch.randn(batch, 3, *((32, 32) if model == "smoke" else (224, 224)), device=device)
+                g = geometry_of(model)
+                x = torch.randn(batch, g.in_chans, g.img_size, g.img_size, device=device)
                 for method in methods:
                     for P in ([0] if method.startswith("baseline") else SCHEDULES[model]):
                         if progress:
@@ -244,7 +246,7 @@ def plot_throughput(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m gtp_ref.bench", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m gtp_ref.bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     tp = sub.add_parser("throughput", help="img/s of baseline, GTP and ToMe at the paper's P / r")
     tp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -269,12 +271,20 @@ def main(argv=None):
         return _throughput_main(p, args)
     if args.repeats < 1 or any(g < 1 for g in args.grids):
         p.error("--repeats and --grids must be >= 1")
-    rows = scaling(args.device, args.repeats, tuple(args.grids),
-                   progress=lambda m: print(m, file=sys.stderr, flush=True))
+    rows = scaling(args.device, args.repeats, tuple(args.grids), progress=_progress)
+    return _emit(args, rows, format_scaling)
+
+
+def _progress(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _emit(args, rows, formatter):
+    """The rows as JSON (--json) or as the command's table."""
     if args.json:
         print(json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2))
     else:
-        print(format_scaling(rows, args.device), end="")
+        print(formatter(rows, args.device), end="")
     return 0
 
 
@@ -282,22 +292,17 @@ def _throughput_main(p, args):
     cuda = args.device == "cuda"
     models = args.models or (["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"])
     dtypes = args.dtypes or (["fp32", "fp16"] if cuda else ["fp32"])
-    if args.repeats < 5 and not (args.models == ["smoke"] or models == ["smoke"]):
+    if args.repeats < 5 and models != ["smoke"]:
         p.error("--repeats must be >= 5 for a measurement (the smoke model accepts fewer)")
     if args.repeats < 1 or (args.batches and min(args.batches) < 1):
         p.error("--repeats and --batches must be >= 1")
     rows = []
     for model in models:
         batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
-        rows += throughput([model], args.device, batches, dtypes, args.repeats,
-                           progress=lambda m: print(m, file=sys.stderr, flush=True))
+        rows += throughput([model], args.device, batches, dtypes, args.repeats, progress=_progress)
     if args.figure:
         plot_throughput(rows, args.figure)
-    if args.json:
-        print(json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2))
-    else:
-        print(format_throughput(rows, args.device), end="")
-    return 0
+    return _emit(args, rows, format_throughput)
 
 
 if __name__ == "__main__":

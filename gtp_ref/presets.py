@@ -7,13 +7,16 @@ from complexity.backbone import PRESETS
 from gtp_ref.model import GTPViT
 
 
+def vit_kwargs(g):
+    """The ViT / GTPViT / ToMeViT keyword arguments of a ``complexity.backbone.ViTGeometry``."""
+    return dict(img_size=g.img_size, patch_size=g.patch_size, in_chans=g.in_chans,
+                num_classes=g.num_classes, embed_dim=g.embed_dim, depth=g.depth,
+                num_heads=g.num_heads, mlp_ratio=g.mlp_ratio, class_token=g.class_token,
+                global_pool="token" if g.class_token else "avg")
+
+
 def _build(key, **kwargs):
-    g = PRESETS[key]
-    geometry = dict(img_size=g.img_size, patch_size=g.patch_size, in_chans=g.in_chans,
-                    num_classes=g.num_classes, embed_dim=g.embed_dim, depth=g.depth,
-                    num_heads=g.num_heads, mlp_ratio=g.mlp_ratio, class_token=g.class_token,
-                    global_pool="token" if g.class_token else "avg")
-    return GTPViT(**{**geometry, **kwargs})
+    return GTPViT(**{**vit_kwargs(PRESETS[key]), **kwargs})
 
 
 def deit_tiny(**kwargs):
