@@ -49,6 +49,11 @@ class Ops:
     def __init__(self, module):
         self.module = module
 
+    @staticmethod
+    def _back(value, like):
+        """An output as a tensor of ``like``'s float dtype on ``like``'s device."""
+        return as_tensor(value, like).to(like.device)
+
     def token_graph(self, x_img, grid, graph="mixed", num_neighbours=4):
         return self.module.token_graph(x_img, tuple(grid), graph, num_neighbours)
 
@@ -56,19 +61,18 @@ class Ops:
         return as_tensor(self.module.to_dense(G))
 
     def sparsify_attention(self, attn, sparsity):
-        return as_tensor(self.module.sparsify_attention(attn, sparsity), attn).to(attn.device)
+        return self._back(self.module.sparsify_attention(attn, sparsity), attn)
 
     def token_scores(self, attn, selection, class_token=True, generator=None):
-        return as_tensor(self.module.token_scores(attn, selection, class_token, generator), attn).to(attn.device)
+        return self._back(self.module.token_scores(attn, selection, class_token, generator), attn)
 
     def select_tokens(self, scores, num_prop):
         kept, prop = self.module.select_tokens(scores, num_prop)
-        return as_tensor(kept).long().to(scores.device), as_tensor(prop).long().to(scores.device)
+        return self._back(kept, scores).long(), self._back(prop, scores).long()
 
     def propagate(self, x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
         x2, G2, s2 = self.module.propagate(x, G, kept, prop, alpha, token_scales, class_token, mode)
-        s2 = None if s2 is None else as_tensor(s2, x).to(x.device)
-        return as_tensor(x2, x).to(x.device), G2, s2
+        return self._back(x2, x), G2, None if s2 is None else self._back(s2, x)
 
 
 def describe(value):
@@ -88,7 +92,7 @@ def reproduce(test):
 
 
 def assert_close(what, got, want, *, rtol, atol, test):
-    """got ≈ want elementwise; on failure name the worst entry, both values and the call."""
+    """got ≈ want elementwise; on failure name the first differing entry, both values and the call."""
     got = as_tensor(got, want)
     if tuple(got.shape) != tuple(want.shape):
         raise AssertionError(f"{what}: shape {list(got.shape)}, expected {list(want.shape)}\n{reproduce(test)}")
