@@ -7,7 +7,7 @@ SELECTIONS = ("cls_attn_mean", "cls_attn_max", "img_attn_mean", "img_attn_max",
               "sum_attn_max", "cos_sim_mean", "cos_sim_max", "random")
 PROPAGATIONS = ("graph", "mean", "none")
 GLOBAL_POOLS = ("token", "avg")
-BACKENDS = ("dense", "sparse")
+BACKENDS = ("dense", "sparse", "fast")
 
 
 def choice(name, value, choices):

@@ -132,7 +132,9 @@ SCHEDULES = {"deit_small": [8, 11, 14, 16], "deit_base": [4, 8, 11, 14, 16],
              "vit_large": list(range(1, 9)), "eva_large": list(range(1, 9)),
              "smoke": [1, 2]}
 SPARSITY = {"deit_base": 0.5}  # theta: 0.6 for DeiT-S (C.2) and the others, 0.5 for DeiT-B
-METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "tome")
+METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
+# Also timed on CUDA: the same model replayed from a CUDA graph (gtp_ref.fast.cuda_graphed).
+GRAPHED = ("baseline_fused+graph", "gtp_fast+graph", "tome+graph")
 
 
 def geometry_of(model):
@@ -151,6 +153,7 @@ def build_model(model, method, P, device):
     from gtp_ref.vit import ViT
 
     geometry = vit_kwargs(geometry_of(model))
+    method = method.removesuffix("+graph")
     if method.startswith("baseline"):
         net = ViT(**geometry, fused_attn=method == "baseline_fused")
     elif method == "tome":
@@ -169,11 +172,24 @@ def ideal_speedup(model, P):
     return backbone_macs(g)["total"] / backbone_macs(g, gtp_schedule(g, P))["total"]
 
 
+def forward_fn(net, device, dtype):
+    """x -> net(x) without gradients, under autocast for fp16 / bf16."""
+    amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+    def forward(x):
+        with torch.no_grad(), torch.autocast(device, dtype=amp, enabled=amp is not None):
+            return net(x)
+    return forward
+
+
 def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, methods=METHODS,
                progress=None):
-    """Images per second for every model x method x P x batch x dtype; baselines at P = 0."""
+    """Images per second for every model x method x P x batch x dtype; baselines at P = 0.
+
+    A method ending in ``+graph`` is replayed from a CUDA graph (captured after warm-up).
+    """
+    from gtp_ref.fast import cuda_graphed
     rows = []
-    amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
     for model in models:
         for batch in batches:
             for dtype in dtypes:
@@ -183,18 +199,16 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
                     for P in ([0] if method.startswith("baseline") else SCHEDULES[model]):
                         if progress:
                             progress(f"{model} {method} P={P} batch={batch} {dtype}")
-                        net = build_model(model, method, P, device)
-
-                        def run():
-                            with torch.no_grad(), torch.autocast(device, dtype=amp[dtype],
-                                                                 enabled=amp[dtype] is not None):
-                                net(x)
-                        times = time_it(run, device, repeats)
+                        forward = forward_fn(build_model(model, method, P, device), device, dtype)
+                        if method.endswith("+graph"):
+                            forward = cuda_graphed(forward, x)
+                        times = time_it(lambda: forward(x), device, repeats)
                         med = statistics.median(times)
                         rows.append({"model": model, "method": method, "P": P, "batch": batch,
                                      "dtype": dtype, "img_per_s": batch / med,
                                      "min_img_per_s": batch / max(times), "max_img_per_s": batch / min(times),
                                      "ideal_speedup": ideal_speedup(model, P) if P else 1.0})
+                        del forward
     return rows
 
 
@@ -225,12 +239,13 @@ def plot_throughput(rows, path):
         sel = [r for r in rows if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype)]
         Ps = sorted({r["P"] for r in sel if r["P"]})
         fused = next((r["img_per_s"] for r in sel if r["method"] == "baseline_fused"), None)
-        for method in METHODS:
+        for method in METHODS + GRAPHED:
             pts = sorted((r["P"], r["img_per_s"]) for r in sel if r["method"] == method)
             if not pts:
                 continue
             if method.startswith("baseline"):
-                ax.axhline(pts[0][1], ls=":" if method.endswith("explicit") else "-", color="gray",
+                ax.axhline(pts[0][1], ls=":" if method.endswith("explicit") else
+                           "--" if method.endswith("graph") else "-", color="gray",
                            label=method.replace("_", " "))
             else:
                 ax.plot(*zip(*pts), "o-", label=method.replace("_", " "))
@@ -256,19 +271,42 @@ def main(argv=None):
                     help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
     tp.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "fp16", "bf16"],
                     help="default: fp32 and fp16 on CUDA, fp32 on the CPU")
+    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED),
+                    help="default: all (the +graph ones on CUDA only)")
     tp.add_argument("--repeats", type=int, default=5)
     tp.add_argument("--json", action="store_true")
+    tp.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")
     tp.add_argument("--figure", default=None, help="write the throughput figure to this PNG path")
+    th = sub.add_parser("threshold", help="the sparsity threshold: kthvalue vs topk vs radix selection")
+    th.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    th.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
+                    help="batch x tokens, H = 6 heads (default on CUDA: 16x197 256x197 1x4097; CPU: 2x50)")
+    th.add_argument("--repeats", type=int, default=20)
+    th.add_argument("--json", action="store_true")
+    th.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")
+    pr = sub.add_parser("profile", help="torch.profiler table of one forward configuration")
+    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    pr.add_argument("--model", default="smoke", choices=list(SCHEDULES))
+    pr.add_argument("--method", default="gtp_fast", choices=list(METHODS))
+    pr.add_argument("--P", type=int, default=None, help="default: the schedule's first")
+    pr.add_argument("--batch", type=int, default=2)
+    pr.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    pr.add_argument("--rows", type=int, default=25)
     s = sub.add_parser("scaling", help="dense vs sparse: token graph + 12 propagation layers")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--repeats", type=int, default=7)
     s.add_argument("--grids", type=int, nargs="+", default=list(GRIDS), help="grid sides (default 14 32 64)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     if args.command == "throughput":
         return _throughput_main(p, args)
+    if args.command == "threshold":
+        return _threshold_main(p, args)
+    if args.command == "profile":
+        return _profile_main(p, args)
     if args.repeats < 1 or any(g < 1 for g in args.grids):
         p.error("--repeats and --grids must be >= 1")
     rows = scaling(args.device, args.repeats, tuple(args.grids), progress=_progress)
@@ -280,11 +318,12 @@ def _progress(message):
 
 
 def _emit(args, rows, formatter):
-    """The rows as JSON (--json) or as the command's table."""
-    if args.json:
-        print(json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2))
-    else:
-        print(formatter(rows, args.device), end="")
+    """The rows as JSON (--json) or as the command's table; --json-out PATH also writes the JSON."""
+    doc = json.dumps({"device": args.device, "torch": torch.__version__, "rows": rows}, indent=2)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(doc + "\n")
+    print(doc if args.json else formatter(rows, args.device), end="\n" if args.json else "")
     return 0
 
 
@@ -296,13 +335,106 @@ def _throughput_main(p, args):
         p.error("--repeats must be >= 5 for a measurement (the smoke model accepts fewer)")
     if args.repeats < 1 or (args.batches and min(args.batches) < 1):
         p.error("--repeats and --batches must be >= 1")
+    methods = args.methods or (METHODS + GRAPHED if cuda else METHODS)
+    if not cuda and any(m.endswith("+graph") for m in methods):
+        p.error("--methods: the +graph methods need --device cuda")
     rows = []
     for model in models:
         batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
-        rows += throughput([model], args.device, batches, dtypes, args.repeats, progress=_progress)
+        rows += throughput([model], args.device, batches, dtypes, args.repeats, methods, progress=_progress)
     if args.figure:
         plot_throughput(rows, args.figure)
     return _emit(args, rows, format_throughput)
+
+
+# ---- the sparsity threshold and profiles ------------------------------------------------------
+def threshold_methods(device):
+    """name -> f(rows [R, L], k) giving the k-th smallest per row; all must agree exactly."""
+    methods = {"kthvalue": lambda x, k: x.kthvalue(k, dim=-1).values,
+               "topk": lambda x, k: x.topk(k, dim=-1, largest=False, sorted=False).values.amax(-1)}
+    if device == "cuda":
+        from gtp_ref import _triton
+        for digits in ((12, 10, 10), (11, 11, 10), (8, 12, 12)):
+            methods["radix " + "/".join(map(str, digits))] = (
+                lambda x, k, d=digits: _triton.kth_smallest(x, k, d))
+    return methods
+
+
+def time_op_us(fn, device, repeats):
+    """Median and min of ``repeats`` timed calls, in microseconds (CUDA events on the GPU)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(1e3 * start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e6 * (time.perf_counter() - t0))
+    return statistics.median(times), min(times)
+
+
+def threshold(sizes, device, repeats, heads=6, theta=0.6):
+    """Time every threshold method on softmax maps [B, H, N, N] (k = int(N^2 (1 - theta)))."""
+    from gtp_ref.select import sparsity_k
+    rows = []
+    g = torch.Generator(device=device).manual_seed(0)
+    for B, N in sizes:
+        attn = torch.randn(B * heads, N, N, generator=g, device=device).softmax(-1).view(B * heads, N * N)
+        k = sparsity_k(N, theta)
+        want = attn.kthvalue(k, dim=-1).values
+        for name, f in threshold_methods(device).items():
+            med, best = time_op_us(lambda: f(attn, k), device, repeats)
+            rows.append({"B": B, "N": N, "H": heads, "k": k, "method": name, "median_us": med,
+                         "min_us": best, "exact": bool(torch.equal(f(attn, k), want))})
+    return rows
+
+
+def format_threshold(rows, device):
+    out = [f"k-th smallest of each head's N^2 attention entries (theta = 0.6), device={device}, "
+           f"torch {torch.__version__}", "",
+           f"{'B':>4} {'N':>5} {'H':>2} {'method':>16} {'median us':>11} {'min us':>10} {'vs kthvalue':>11} exact"]
+    base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "kthvalue"}
+    for r in rows:
+        out.append(f"{r['B']:>4} {r['N']:>5} {r['H']:>2} {r['method']:>16} {r['median_us']:>11.1f} "
+                   f"{r['min_us']:>10.1f} {r['median_us'] / base[(r['B'], r['N'])]:>11.3f} {r['exact']}")
+    return "\n".join(out) + "\n"
+
+
+def _threshold_main(p, args):
+    default = ["16x197", "256x197", "1x4097"] if args.device == "cuda" else ["2x50"]
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes or default]
+    except ValueError:
+        sizes = [()]
+    if args.repeats < 1 or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        p.error("--sizes are BxN with B, N >= 1 (e.g. 256x197); --repeats must be >= 1")
+    return _emit(args, threshold(sizes, args.device, args.repeats), format_threshold)
+
+
+def _profile_main(p, args):
+    from torch.profiler import ProfilerActivity, profile
+    P = SCHEDULES[args.model][0] if args.P is None else args.P
+    if args.batch < 1 or P < 0:
+        p.error("--batch must be >= 1 and --P >= 0")
+    g = geometry_of(args.model)
+    x = torch.randn(args.batch, g.in_chans, g.img_size, g.img_size, device=args.device)
+    forward = forward_fn(build_model(args.model, args.method, P, args.device), args.device, args.dtype)
+    time_it(lambda: forward(x), args.device, repeats=1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            forward(x)
+        _sync(args.device)
+    key = "cuda_time_total" if args.device == "cuda" else "cpu_time_total"
+    print(f"{args.model} {args.method} P={P} batch={args.batch} {args.dtype}, 3 forwards, device={args.device}")
+    print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
+    return 0
 
 
 if __name__ == "__main__":

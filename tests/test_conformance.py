@@ -21,7 +21,7 @@ def run_suite(impl, *extra, env=None):
                           capture_output=True, text=True, cwd=ROOT, env=e)
 
 
-@pytest.mark.parametrize("impl", ["gtp_ref.sparse", "gtp_ref.dense", "examples.numpy_gtp"])
+@pytest.mark.parametrize("impl", ["gtp_ref.sparse", "gtp_ref.fast", "gtp_ref.dense", "examples.numpy_gtp"])
 def test_suite_passes_our_implementations(impl):
     r = run_suite(impl)
     assert r.returncode == 0, r.stdout[-3000:]

@@ -1,11 +1,11 @@
 """The sparse backend equals the dense reference (op by op and whole models) and never
-materialises an n x n matrix."""
+materialises an n x n matrix; the fast backend (``gtp_ref.fast``) is held to the same equalities."""
 import pytest
 import torch
 from hypothesis import assume, given, strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gtp_ref import dense, sparse
+from gtp_ref import dense, fast, sparse
 from gtp_ref import margins
 from gtp_ref.margins import semantic_margin
 from tests.official import load, model_for
@@ -71,8 +71,13 @@ def test_select_tokens_equals_dense(case):
     assert torch.equal(kd, ks) and torch.equal(pd, ps), (scores.tolist(), P)
 
 
+BACKENDS = {"sparse": sparse, "fast": fast}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(graph_cases(max_side=12), st.data())
-def test_propagate_equals_dense(case, data):
+def test_propagate_equals_dense(backend, case, data):
+    ops = BACKENDS[backend]
     x_img, grid, graph, M = case
     class_token = data.draw(st.booleans())
     B, n, C = x_img.shape
@@ -82,23 +87,24 @@ def test_propagate_equals_dense(case, data):
     kept, prop = dense.select_tokens(data.draw(tensors((B, n))), P)
     s = data.draw(st.one_of(st.none(), tensors((B, n + int(class_token)), ties=True, low=1, high=3, dtype=x.dtype)))
     alpha = data.draw(st.floats(-1, 1))
-    Gd, Gs = dense.token_graph(x_img, grid, graph, M), sparse.token_graph(x_img, grid, graph, M)
+    Gd, Gs = dense.token_graph(x_img, grid, graph, M), ops.token_graph(x_img, grid, graph, M)
     xd, Gd2, sd = dense.propagate(x, Gd, kept, prop, alpha, s, class_token, mode)
-    xs, Gs2, ss = sparse.propagate(x, Gs, kept, prop, alpha, s, class_token, mode)
+    xs, Gs2, ss = ops.propagate(x, Gs, kept, prop, alpha, s, class_token, mode)
     tol = dict(rtol=1e-12, atol=1e-12) if x.dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     assert torch.allclose(xd, xs, **tol), (grid, graph, M, mode, P)
-    assert torch.equal(Gd2, sparse.to_dense(Gs2)), "next graph: Â[K, K] exactly"
+    assert torch.equal(Gd2, ops.to_dense(Gs2)), "next graph: Â[K, K] exactly"
     assert (sd is None and ss is None) or torch.allclose(sd, ss, **tol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(configs(), st.sampled_from(DTYPES), st.booleans())
-def test_models_agree(cfg, dtype, ties):
+def test_models_agree(backend, cfg, dtype, ties):
     if cfg["selection"] == "random":
         cfg["selection"] = "img_attn_mean"
     x = images_for(cfg, 2, dtype=dtype, ties=ties)
     with torch.no_grad():
         td = build(cfg, dtype=dtype).forward_trace(x, margins=True)
-        ts = build({**cfg, "backend": "sparse"}, dtype=dtype).forward_trace(x, margins=True)
+        ts = build({**cfg, "backend": backend}, dtype=dtype).forward_trace(x, margins=True)
     assume(not near_tie(td, ts, tol=NEAR_TIE[dtype]))
     for a, b in zip(td.layers, ts.layers):
         if a.kept is not None:
@@ -107,9 +113,10 @@ def test_models_agree(cfg, dtype, ties):
     assert torch.allclose(td.logits, ts.logits, **tol), cfg
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vector", load()["vectors"], ids=lambda v: v["id"])
-def test_sparse_model_reproduces_the_authors_vectors(vector):
-    model, images = model_for(vector, backend="sparse")
+def test_model_reproduces_the_authors_vectors(vector, backend):
+    model, images = model_for(vector, backend=backend)
     with torch.no_grad():
         logits = model(images)
     assert torch.allclose(logits, torch.tensor(vector["logits"], dtype=torch.float64), rtol=1e-6, atol=1e-8)
@@ -145,24 +152,26 @@ def test_sparse_never_materialises_n_by_n():
 
 @cuda
 @pytest.mark.cuda
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(configs(propagation="graph"))
-def test_cuda_sparse_equals_cpu_dense(cfg):
+def test_cuda_backend_equals_cpu_dense(backend, cfg):
     if cfg["selection"] == "random":
         cfg["selection"] = "img_attn_max"
     x = images_for(cfg, 2)
     with torch.no_grad():
         td = build(cfg).forward_trace(x, margins=True)
-        ts = build({**cfg, "backend": "sparse"}).cuda().forward_trace(x.cuda(), margins=True)
+        ts = build({**cfg, "backend": backend}).cuda().forward_trace(x.cuda(), margins=True)
     assume(not near_tie(td, ts))
     assert torch.allclose(td.logits, ts.logits.cpu(), rtol=1e-7, atol=1e-9)
 
 
-def test_gradients_agree_with_dense():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_agree_with_dense(backend):
     cfg = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2,
                num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3, graph="mixed", num_neighbours=3)
     grads = []
-    for backend in ("dense", "sparse"):
-        model = build({**cfg, "backend": backend}).train()
+    for name in ("dense", backend):
+        model = build({**cfg, "backend": name}).train()
         x = images_for(cfg, 2).requires_grad_()
         model(x).square().sum().backward()
         grads.append((x.grad, [p.grad for p in model.parameters()]))

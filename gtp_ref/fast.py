@@ -1,0 +1,169 @@
+"""The fast backend: the op-level API of ``gtp_ref.dense``, built for speed on a GPU.
+
+Same results as the dense reference (the property tests and the conformance suite check it,
+``GTP_IMPL=gtp_ref.fast``); what differs is how they are computed:
+
+* **No host synchronisation and no data-dependent shapes.**  Every tensor's shape follows from
+  the input's shape and the schedule (no ``nonzero``, ``masked_select`` or ``.item()``), so
+  the host never waits for the GPU and a whole forward can be captured in a CUDA graph
+  (``cuda_graphed``).  A CUDA test runs the forward under ``torch.cuda.set_sync_debug_mode``.
+* **The sparsity threshold by radix selection.**  On CUDA the k-th smallest of each head's
+  N^2 attention entries comes from a Triton kernel (``gtp_ref._triton.kth_smallest``: three
+  histogram passes over the float's bits, exact) instead of ``torch.kthvalue``, which was the
+  most expensive op of a GTP forward.  Elsewhere (CPU, float64, no Triton) ``kthvalue``.
+* **The graph is never shrunk.**  A ``LazyGraph`` keeps the first layer's Â and, per image, the
+  original index of every current token; each layer gathers only Â[K, P] ((n - P) x P entries
+  per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
+  resolutions (n = 196 or 576); for very large grids use ``gtp_ref.sparse``.
+
+Token scores and selection are the dense reference's (static shapes already: a sort of the n
+scores per image).
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gtp_ref._checks import check_propagate_args, check_sparsity
+from gtp_ref.graph import token_graph as dense_token_graph
+from gtp_ref.propagate import gather_tokens
+from gtp_ref.select import select_tokens, sparsity_k, token_scores
+
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _triton_kernels():
+    """``gtp_ref._triton``, or None where Triton is not installed."""
+    try:
+        from gtp_ref import _triton
+    except ImportError:
+        return None
+    return _triton
+
+
+def kth_smallest(rows, k):
+    """The exact k-th smallest (1-based) of each row: rows [R, L] -> [R], rows' dtype.
+
+    The Triton radix selection on CUDA for float16/bfloat16/float32, ``torch.kthvalue`` otherwise.
+    """
+    kernels = _triton_kernels() if rows.is_cuda and rows.dtype in KERNEL_DTYPES else None
+    if kernels is None:
+        return rows.kthvalue(k, dim=-1).values
+    return kernels.kth_smallest(rows, k)
+
+
+def sparsify_attention(attn, sparsity):
+    """``gtp_ref.dense.sparsify_attention`` with the threshold from ``kth_smallest``."""
+    check_sparsity(sparsity)
+    B, H, N, _ = attn.shape
+    k = sparsity_k(N, sparsity)
+    if sparsity >= 1.0 or k < 1:
+        return attn
+    tau = kth_smallest(attn.reshape(B * H, N * N), k).view(B, H, 1, 1)
+    return attn.masked_fill(attn < tau, 0.0)  # (B, H, N, N)
+
+
+@dataclass
+class LazyGraph:
+    """Â of the current image tokens, as rows / columns of the first layer's graph.
+
+    A0: [B, n0 + 1, n0 + 1], the first layer's Â with one extra zero row and column (index n0,
+    the node of a ``mean`` token, which has no edges); ids: [B, n] long, the row of A0 of each
+    current token.  Â[b, i, j] = A0[b, ids[b, i], ids[b, j]].
+    """
+
+    A0: torch.Tensor
+    ids: torch.Tensor
+
+    @property
+    def shape(self):
+        B, n = self.ids.shape
+        return (B, n, n)
+
+    def block(self, rows, cols):
+        """Â[b, rows[b]][:, cols[b]] for rows [B, r], cols [B, c] (current-token indices) -> [B, r, c]."""
+        r, c = self.ids.gather(1, rows), self.ids.gather(1, cols)  # (B, r), (B, c) rows of A0
+        b = torch.arange(r.shape[0], device=r.device)[:, None, None]
+        return self.A0[b, r[:, :, None], c[:, None, :]]
+
+
+def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
+    """The dense reference's Â, wrapped as a LazyGraph over all n tokens."""
+    A = dense_token_graph(x_img, grid, graph, num_neighbours)  # (B, n, n)
+    B, n, _ = A.shape
+    ids = torch.arange(n, device=A.device).expand(B, n)
+    return LazyGraph(F.pad(A, (0, 1, 0, 1)), ids)
+
+
+def to_dense(G):
+    """LazyGraph -> Â [B, n, n] (for tests and inspection)."""
+    everyone = torch.arange(G.ids.shape[1], device=G.ids.device).expand_as(G.ids)
+    return G.block(everyone, everyone)
+
+
+def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+    """Same contract as ``gtp_ref.dense.propagate``, with G a LazyGraph (or None for mean/none).
+
+    graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
+    same A0 with ids[K] (Â[K, K], not renormalised, never copied).
+    """
+    check_propagate_args(mode, alpha, G)
+    c = int(class_token)
+    cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
+    x_K = gather_tokens(x_img, kept)  # (B, n-P, C)
+    s_cls = s_K = s_img = None
+    if token_scales is not None:
+        s_cls, s_img = token_scales[:, :c], token_scales[:, c:]  # (B, c), (B, n)
+        s_K = gather_tokens(s_img, kept)  # (B, n-P)
+    G_next = None if G is None else LazyGraph(G.A0, G.ids.gather(1, kept))
+
+    if mode == "graph":
+        A_KP = G.block(kept, prop)  # (B, n-P, P)
+        x_K = x_K + alpha * (A_KP @ gather_tokens(x_img, prop))  # (B, n-P, C)
+        if s_K is not None:
+            s_K = s_K + alpha * (A_KP @ gather_tokens(s_img, prop)[..., None])[..., 0]  # (B, n-P)
+    elif mode == "mean" and prop.shape[1] > 0:
+        x_K = torch.cat([x_K, gather_tokens(x_img, prop).mean(dim=1, keepdim=True)], dim=1)
+        if s_K is not None:
+            s_K = torch.cat([s_K, gather_tokens(s_img, prop).sum(dim=1, keepdim=True)], dim=1)
+        if G_next is not None:  # the mean token is node n0 of A0: no edges
+            mean_id = G_next.ids.new_full((G_next.ids.shape[0], 1), G.A0.shape[-1] - 1)
+            G_next = LazyGraph(G.A0, torch.cat([G_next.ids, mean_id], dim=1))
+
+    x = torch.cat([cls, x_K], dim=1)
+    scales = None if s_K is None else torch.cat([s_cls, s_K], dim=1)
+    return x, G_next, scales
+
+
+def cuda_graphed(fn, example, warmup=3):
+    """``fn`` replayed from a CUDA graph, for inputs shaped like ``example`` (a CUDA tensor).
+
+    The returned callable copies its input into the captured input buffer, replays, and returns
+    the captured output buffer (overwritten by the next call: clone it to keep it).  Capture
+    fails loudly if ``fn`` synchronises with the host.
+    """
+    if not example.is_cuda:
+        raise ValueError(f"cuda_graphed needs a CUDA example input, got device {example.device}")
+    static_in = example.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the graph: kernels compiled, caches filled
+        for _ in range(warmup):
+            fn(static_in)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(static_in)
+
+    def replay(x):
+        if x.shape != static_in.shape:
+            raise ValueError(f"captured for input shape {list(static_in.shape)}, got {list(x.shape)}")
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return replay
+
+
+__all__ = ["token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens",
+           "propagate", "LazyGraph", "kth_smallest", "cuda_graphed"]

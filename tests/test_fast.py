@@ -1,0 +1,159 @@
+"""The fast backend's own parts: the k-th value selection (Triton kernel and fallback), the lazy
+graph, no host synchronisation and CUDA-graph replay.  Its equality with the dense reference
+(ops, models, the authors' vectors, CUDA) is tested beside the sparse backend's in test_sparse.py.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from gtp_ref import dense, fast
+from tests.strategies import DTYPES, tensors
+from tests.test_model import build, images_for
+
+ROOT = Path(__file__).resolve().parents[1]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+
+@st.composite
+def rows_and_k(draw, dtypes=DTYPES, max_len=300):
+    R, L = draw(st.integers(1, 4)), draw(st.integers(1, max_len))
+    x = draw(tensors((R, L), dtype=draw(st.sampled_from(dtypes)), ties=draw(st.booleans())))
+    return x, draw(st.integers(1, L))
+
+
+@given(rows_and_k())
+def test_kth_smallest_is_kthvalue_on_the_cpu(case):
+    x, k = case
+    assert torch.equal(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values)
+
+
+@given(st.data())
+def test_sparsify_attention_equals_dense(data):
+    B, H, N = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 12))
+    attn = data.draw(tensors((B, H, N, N), ties=data.draw(st.booleans()), low=0, high=1))
+    theta = data.draw(st.sampled_from([1.0, 0.999, 0.9, 0.6, 0.3, 0.01]))
+    assert torch.equal(fast.sparsify_attention(attn, theta), dense.sparsify_attention(attn, theta))
+
+
+def test_lazy_graph_blocks_are_the_dense_blocks():
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5, dtype=torch.float64)
+    A, G = dense.token_graph(x, (3, 4), "mixed", 3), fast.token_graph(x, (3, 4), "mixed", 3)
+    rows, cols = torch.tensor([[5, 0, 7], [11, 2, 3]]), torch.tensor([[1, 5], [0, 10]])
+    assert torch.equal(G.block(rows, cols), torch.stack([A[b][rows[b]][:, cols[b]] for b in range(2)]))
+    assert G.shape == (2, 12, 12) and G.A0.shape == (2, 13, 13)
+    assert (G.A0[:, 12] == 0).all() and (G.A0[:, :, 12] == 0).all(), "the mean token's node has no edges"
+
+
+def test_cuda_graphed_needs_a_cuda_input():
+    with pytest.raises(ValueError, match="CUDA example input"):
+        fast.cuda_graphed(lambda x: x, torch.zeros(2))
+
+
+# The kernel itself: on CPU tensors through Triton's interpreter (a fresh process, since
+# TRITON_INTERPRET is read when the kernel is defined); on the GPU compiled, below.
+INTERPRETED_CHECK = textwrap.dedent("""
+    import json, sys, torch
+    from gtp_ref._triton import kth_smallest
+    failures, g = [], torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for L in (1, 2, 7, 100, 4097, 9000):
+            x = torch.randn(6, L, generator=g).to(dtype)
+            x[0, : L // 2] = 0.0                                           # a run of zeros
+            x[1, : min(3, L)] = -0.0                                       # signed zeros
+            x[2] = torch.randint(-3, 3, (L,), generator=g).to(dtype)       # heavy ties
+            # subnormals of float32 / float16 (the interpreter's bfloat16 emulation mishandles
+            # bfloat16 subnormals when loading them, so bfloat16's are checked on the GPU only)
+            x[3] = x[3].abs() * {torch.float32: 1e-38, torch.float16: 1e-6, torch.bfloat16: 1e-30}[dtype]
+            x[4] = torch.rand(L, generator=g).to(dtype)                    # attention-like, in [0, 1)
+            for digits in ((12, 10, 10), (8, 12, 12), (11, 11, 10)):
+                for k in sorted({1, 2 if L > 1 else 1, L // 3 + 1, L - 1 if L > 1 else 1, L}):
+                    got = kth_smallest(x, k, digits)
+                    want = x.float().kthvalue(k, dim=-1).values.to(dtype)
+                    if not bool((got == want).all()):
+                        failures.append([str(dtype), L, k, digits, got.tolist(), want.tolist()])
+    print(json.dumps(failures[:5]))
+""")
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (its interpreter runs the kernel on the CPU)")
+def test_radix_kernel_in_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_kernel_rejects_bad_arguments():
+    if not HAS_TRITON:
+        pytest.skip("needs triton")
+    from gtp_ref._triton import kth_smallest
+    x = torch.rand(2, 5)
+    for k in (0, 6):
+        with pytest.raises(ValueError, match=rf"k={k} must be in \[1, 5\]"):
+            kth_smallest(x, k)
+    with pytest.raises(ValueError, match="float64"):
+        kth_smallest(x.double(), 1)
+    with pytest.raises(ValueError, match="adding up to 32"):
+        kth_smallest(x, 1, (8, 8, 8))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_kernel_equals_kthvalue(dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for L in (1, 197 * 197, 50_000):
+        x = torch.rand(64, L, generator=g, device="cuda").to(dtype)
+        x[::3] = torch.randint(0, 4, (x[::3].shape), generator=g, device="cuda").to(dtype)  # ties
+        x[1::3] *= torch.finfo(dtype).tiny  # subnormals
+        for k in sorted({1, int(L * 0.4) or 1, L}):
+            want = x.float().kthvalue(k, dim=-1).values.to(dtype)
+            assert torch.equal(fast.kth_smallest(x, k), want), (dtype, L, k)
+
+
+PAPER = dict(img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, num_heads=2,
+             num_prop=[8, 6, 4, 2], graph="mixed", num_neighbours=4, selection="mixed_attn_max",
+             propagation="graph", sparsity=0.6, alpha=0.1, token_scale=True)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_fast_forward_never_synchronises():
+    model = build({**PAPER, "backend": "fast"}, dtype=torch.float32).cuda()
+    x = images_for(PAPER, 4, dtype=torch.float32).cuda()
+    with torch.no_grad():
+        model(x)  # compile the kernels first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_graph_replay_equals_eager():
+    model = build({**PAPER, "backend": "fast"}, dtype=torch.float32).cuda()
+    x = images_for(PAPER, 4, dtype=torch.float32).cuda()
+    with torch.no_grad():
+        eager = model(x).clone()
+        replay = fast.cuda_graphed(model, x)
+        assert torch.equal(replay(x), eager)
+        y = images_for(PAPER, 4, seed=7, dtype=torch.float32).cuda()
+        assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU checks and measurements of docs/performance.md, in one call on the device machine
+# (its image has torch, triton, pytest and hypothesis; nothing is downloaded).
+#   bash tools/gpu_session.sh STEP...   STEP in: env tests threshold scaling profile deit_small all
+# Logs go to $OUT (or ./gpu_out) as <step>.txt / .json.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 \
+  || echo "(editable install failed; using PYTHONPATH)"
+step() { local name=$1 limit=$2; shift 2; echo "== $name: $*"; local t0=$SECONDS
+  timeout "$limit" "$@" > >(tee "$OUT/$name") 2>"$OUT/$name.err"; local rc=$?
+  echo "== $name rc=$rc in $((SECONDS - t0)) s"; tail -n 5 "$OUT/$name.err" | grep -v USDT; }
+for s in "$@"; do case $s in
+  env) step env.txt 60 bash -c 'nvidia-smi -L; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"' ;;
+  tests) step tests_cuda.txt 300 python3 -m pytest -m cuda -q -p no:cacheprovider ;;
+  threshold) step threshold.txt 120 python3 -m gtp_ref.bench threshold --device cuda --json-out "$OUT/threshold.json" ;;
+  scaling) step scaling_cuda.txt 180 python3 -m gtp_ref.bench scaling --device cuda --json-out "$OUT/scaling_cuda.json" ;;
+  profile) for m in gtp_fast gtp_dense tome; do
+      step "profile_$m.txt" 120 python3 -m gtp_ref.bench profile --device cuda --model deit_small \
+        --method "$m" --P 8 --batch 256 --dtype fp16 --rows 30; done ;;
+  deit_small) step throughput_deit_small.txt 400 python3 -m gtp_ref.bench throughput --device cuda \
+      --models deit_small --batches 256 --dtypes fp16 --json-out "$OUT/throughput_deit_small.json" --figure "$OUT/throughput_deit_small_fp16.png" ;;
+  all) step throughput_all.txt 580 python3 -m gtp_ref.bench throughput --device cuda \
+      --json-out "$OUT/throughput_all.json" --figure "$OUT/throughput_h100.png" ;;
+  *) echo "unknown step $s"; exit 2 ;;
+esac; done
