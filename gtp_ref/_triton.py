@@ -1,11 +1,28 @@
 """Triton kernels of the fast backend (``gtp_ref.fast``).  Imported only where Triton is present.
 
-``kth_smallest(rows, k)``: the exact k-th smallest value of every row of a [R, L] tensor by
-radix selection -- a few passes of a per-row histogram over the float's bits, O(L) per row,
-no sort and no data-dependent shapes.  The attention-sparsity threshold of GTP is this with
-one row per image and head (L = N^2), where ``torch.kthvalue`` was the slowest op of a forward.
+``kth_smallest(rows, k)``: the exact k-th smallest value of every row of a [R, L] tensor, O(L)
+per row, no full sort, no data-dependent shapes.  GTP's attention-sparsity threshold is this
+with one row per image and head (L = N^2), where ``torch.kthvalue`` was the slowest op of a
+forward.  Per row, one program (Floyd-Rivest style selection):
 
-How it works, per row: map each float to a 32-bit key whose unsigned order is the float
+1. a systematic sample of SAMPLE keys (every L/SAMPLE-th entry), sorted; the sample ranks
+   around k's quantile, +- SPREAD, bracket the k-th value with overwhelming probability;
+2. one pass over the row counts the entries below the bracket and compacts those inside it
+   into a scratch row (a prefix sum gives each candidate its slot);
+3. if the k-th value is among the candidates (count below < k <= count below + candidates,
+   and they fit in CAP slots), the candidates are sorted and the answer read off at its rank;
+   otherwise (rare: adversarial inputs, huge tie groups) an exact radix selection over the row.
+
+Keys: a float's bits as int32, negatives with their magnitude bits flipped, so that signed
+integer order is float order (-0.0 sorts just below +0.0; both compare equal as floats, so the
+mask ``x < tau`` is unchanged).  ``TRITON_INTERPRET=1`` (set before this module is imported)
+runs the kernels on CPU tensors, which is how the test suite checks them without a GPU.
+
+``softmax_rows`` and ``mask_and_reduce`` fuse GTP's attention map: the scaled logits plus
+log s into a row softmax, and the masking below the threshold with the column sums and the
+diagonal that the scores need and the cast for ``Att v``, in one pass each.
+
+The radix fallback, per row: map each float to a 32-bit key whose unsigned order is the float
 order (flip all bits of negatives, the sign bit of the rest); then, for the digits of the key
 from the top (``DIGITS`` bits each), count the elements that match the digits fixed so far
 by their next digit, and fix the digit in whose bin the k-th element lies (a cumulative sum of
@@ -69,17 +86,183 @@ def _kth_smallest_kernel(x_ptr, out_ptr, L, row_stride, k, D0: tl.constexpr, D1:
     tl.store(out_ptr + row, bits.to(tl.float32, bitcast=True))
 
 
-def kth_smallest(rows, k, digits=DIGITS):
-    """The exact k-th smallest (1-based) of each row: rows [R, L] float16/bfloat16/float32 -> [R]."""
+
+
+@triton.jit
+def _signed_key(v):
+    """float32 -> int32 whose signed order is the float order."""
+    bits = v.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _select_kernel(x_ptr, out_ptr, scratch_ptr, L, row_stride, k, SAMPLE: tl.constexpr,
+                   SPREAD: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr, D0: tl.constexpr,
+                   D1: tl.constexpr, D2: tl.constexpr):
+    row = tl.program_id(0)
+    base = x_ptr + row.to(tl.int64) * row_stride
+    # 1. the bracket [lo, hi] from a sorted systematic sample
+    i = tl.arange(0, SAMPLE)
+    sample = _signed_key(tl.load(base + (i.to(tl.int64) * L) // SAMPLE).to(tl.float32))
+    sample = tl.sort(sample)
+    r = ((k - 1).to(tl.int64) * SAMPLE) // L  # k's rank in the sample
+    lo_rank, hi_rank = tl.maximum(r - SPREAD, 0), tl.minimum(r + SPREAD, SAMPLE - 1)
+    lo = tl.sum(tl.where(i == lo_rank, sample, 0), 0)
+    hi = tl.sum(tl.where(i == hi_rank, sample, 0), 0)
+    lo = tl.where(lo_rank == 0, -2147483648, lo)  # the ends of the sample open the bracket
+    hi = tl.where(hi_rank == SAMPLE - 1, 2147483647, hi)
+    # 2. count below the bracket, compact the candidates inside it
+    offs = tl.arange(0, BLOCK)
+    scratch = scratch_ptr + row.to(tl.int64) * CAP
+    below = 0
+    found = 0
+    for start in range(0, L, BLOCK):
+        idx = start + offs
+        inside = idx < L
+        key = _signed_key(tl.load(base + idx, mask=inside, other=0.0).to(tl.float32))
+        below += tl.sum((inside & (key < lo)).to(tl.int32), 0)
+        cand = inside & (key >= lo) & (key <= hi)
+        slot = found + tl.cumsum(cand.to(tl.int32), 0) - 1
+        tl.store(scratch + slot, key, mask=cand & (slot < CAP))
+        found += tl.sum(cand.to(tl.int32), 0)
+    # 3. the answer among the candidates, or the exact radix selection
+    if (below < k) & (k <= below + found) & (found <= CAP):
+        j = tl.arange(0, CAP)
+        cands = tl.sort(tl.load(scratch + j, mask=j < found, other=2147483647))
+        key = tl.sum(tl.where(j == k - below - 1, cands, 0), 0)
+        bits = key ^ ((key >> 31) & 0x7FFFFFFF)  # the signed key map is its own inverse
+    else:
+        d, k_rem = _radix_pass(base, L, 0, k, 0, D0, BLOCK)
+        prefix = d
+        d, k_rem = _radix_pass(base, L, prefix, k_rem, D0, D1, BLOCK)
+        prefix = (prefix << D1) | d
+        d, k_rem = _radix_pass(base, L, prefix, k_rem, D0 + D1, D2, BLOCK)
+        ukey = (prefix << D2) | d
+        bits = ukey ^ (((ukey >> 31) ^ -1) | -2147483648)
+    tl.store(out_ptr + row, bits.to(tl.float32, bitcast=True))
+
+
+SAMPLE, SPREAD = 4096, 128  # sample ranks k's quantile +- 128: about 4 standard deviations
+MAX_SELECT_LEN = 1 << 16  # longer rows: candidates would not fit a sortable CAP
+
+
+def select_capacity(L, sample=SAMPLE, spread=SPREAD):
+    """Scratch slots per row: 1.5 x the expected candidate count (2 spread / sample of L), a power of 2."""
+    return max(256, triton.next_power_of_2(int(1.5 * L * 2 * spread / sample) + 1))
+
+
+def _check_rows(rows, k):
     R, L = rows.shape
     if not 1 <= k <= L:
         raise ValueError(f"k={k} must be in [1, {L}]")
     if rows.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"kth_smallest takes float16, bfloat16 or float32 rows, not {rows.dtype}")
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def kth_smallest(rows, k, sample=SAMPLE, spread=SPREAD, digits=DIGITS):
+    """The exact k-th smallest (1-based) of each row: rows [R, L] float16/bfloat16/float32 -> [R].
+
+    Rows longer than MAX_SELECT_LEN (N > 256 tokens for an attention map) use ``kth_smallest_radix``.
+    """
+    rows = _check_rows(rows, k)
+    R, L = rows.shape
+    if L > MAX_SELECT_LEN:
+        return kth_smallest_radix(rows, k, digits)
     if len(digits) != 3 or sum(digits) != 32:
         raise ValueError(f"digits={digits!r} must be three digit widths adding up to 32 bits")
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    cap = select_capacity(L, sample, spread)
+    out = torch.empty(R, dtype=torch.float32, device=rows.device)
+    scratch = torch.empty(R, cap, dtype=torch.int32, device=rows.device)
+    _select_kernel[(R,)](rows, out, scratch, L, rows.stride(0), k, SAMPLE=sample, SPREAD=spread, CAP=cap,
+                         BLOCK=BLOCK, D0=digits[0], D1=digits[1], D2=digits[2], num_warps=NUM_WARPS)
+    return out.to(rows.dtype)
+
+
+def kth_smallest_radix(rows, k, digits=DIGITS):
+    """The same by radix selection alone (three histogram passes over every row)."""
+    rows = _check_rows(rows, k)
+    if len(digits) != 3 or sum(digits) != 32:
+        raise ValueError(f"digits={digits!r} must be three digit widths adding up to 32 bits")
+    R, L = rows.shape
     out = torch.empty(R, dtype=torch.float32, device=rows.device)
     _kth_smallest_kernel[(R,)](rows, out, L, rows.stride(0), k, *digits, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out.to(rows.dtype)
+
+
+# ---- the fused attention map ------------------------------------------------------------------
+@triton.jit
+def _softmax_kernel(logits_ptr, log_s_ptr, out_ptr, num_rows, N, H, scale, HAS_LOG_S: tl.constexpr,
+                    BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # rows of the [B*H*N, N] logits
+    cols = tl.arange(0, BLOCK_N)
+    m = (rows < num_rows)[:, None] & (cols < N)[None, :]
+    off = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    z = tl.load(logits_ptr + off, mask=m, other=0.0)
+    z = (z * scale).to(logits_ptr.dtype.element_ty).to(tl.float32)  # q k^T / sqrt(d), rounded as torch does
+    if HAS_LOG_S:
+        image = rows // (H * N)
+        z = z + tl.load(log_s_ptr + image.to(tl.int64)[:, None] * N + cols[None, :], mask=m, other=0.0)
+    z = tl.where(m, z, float("-inf"))
+    e = tl.exp(z - tl.max(z, 1)[:, None])
+    e = tl.where(m, e, 0.0)
+    p = e / tl.sum(e, 1)[:, None]
+    tl.store(out_ptr + off, p.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def softmax_rows(logits, scale, log_s=None, out_dtype=torch.float32):
+    """softmax(logits * scale + log s) over the last dimension: logits [B, H, N, N], log_s [B, N]."""
+    B, H, N, _ = logits.shape
+    logits = logits.contiguous()
+    out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
+    block_n = triton.next_power_of_2(N)
+    rows_per_program = max(1, 2048 // block_n)
+    num_rows = B * H * N
+    has_log_s = log_s is not None
+    log_s = log_s.to(torch.float32).contiguous() if has_log_s else logits
+    grid = (triton.cdiv(num_rows, rows_per_program),)
+    _softmax_kernel[grid](logits, log_s, out, num_rows, N, H, float(scale), HAS_LOG_S=has_log_s,
+                          BLOCK_N=block_n, ROWS=rows_per_program, num_warps=4)
+    return out
+
+
+@triton.jit
+def _mask_reduce_kernel(p_ptr, tau_ptr, out_ptr, colsum_ptr, diag_ptr, N, HAS_TAU: tl.constexpr,
+                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    head = tl.program_id(0)  # image x head
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    base = head.to(tl.int64) * N * N
+    col_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
+    diag = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, N, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        m = (rows < N)[:, None] & (cols < N)[None, :]
+        off = base + rows[:, None] * N + cols[None, :]
+        v = tl.load(p_ptr + off, mask=m, other=0.0)
+        if HAS_TAU:
+            v = tl.where(v < tl.load(tau_ptr + head), 0.0, v)  # entries below tau -> 0
+        tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=m)
+        v = v.to(tl.float32)
+        col_sum += tl.sum(v, 0)
+        diag += tl.sum(tl.where(rows[:, None] == cols[None, :], v, 0.0), 0)
+    out = head.to(tl.int64) * N + cols
+    tl.store(colsum_ptr + out, col_sum.to(colsum_ptr.dtype.element_ty), mask=cols < N)
+    tl.store(diag_ptr + out, diag.to(diag_ptr.dtype.element_ty), mask=cols < N)
+
+
+def mask_and_reduce(probs, tau=None, out_dtype=None):
+    """probs [B, H, N, N], tau [B*H] or None -> (masked map in out_dtype, column sums, diagonal).
+
+    masked = probs with entries < tau set to 0; column sums and diagonal [B, H, N] of the masked
+    map in probs' dtype (accumulated in float32).
+    """
+    B, H, N, _ = probs.shape
+    probs = probs.contiguous()
+    masked = torch.empty(probs.shape, dtype=out_dtype or probs.dtype, device=probs.device)
+    col_sums = torch.empty(B, H, N, dtype=probs.dtype, device=probs.device)
+    diag = torch.empty_like(col_sums)
+    block_c = 64
+    grid = (B * H, triton.cdiv(N, block_c))
+    _mask_reduce_kernel[grid](probs, probs if tau is None else tau.contiguous(), masked, col_sums, diag, N,
+                              HAS_TAU=tau is not None, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
+    return masked, col_sums, diag

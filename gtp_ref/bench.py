@@ -354,9 +354,8 @@ def threshold_methods(device):
                "topk": lambda x, k: x.topk(k, dim=-1, largest=False, sorted=False).values.amax(-1)}
     if device == "cuda":
         from gtp_ref import _triton
-        for digits in ((12, 10, 10), (11, 11, 10), (8, 12, 12)):
-            methods["radix " + "/".join(map(str, digits))] = (
-                lambda x, k, d=digits: _triton.kth_smallest(x, k, d))
+        methods["radix"] = _triton.kth_smallest_radix
+        methods["sample+select"] = _triton.kth_smallest
     return methods
 
 

@@ -16,6 +16,14 @@ Same results as the dense reference (the property tests and the conformance suit
   per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
   resolutions (n = 196 or 576); for very large grids use ``gtp_ref.sparse``.
 
+* **A fused attention map.**  ``attend_and_score`` (used by ``GTPViT`` with this backend) runs a
+  block's attention with three Triton kernels on CUDA: the row softmax of the scaled logits
+  plus log s, the threshold, and one pass that masks the map, casts it for ``Att v`` and sums
+  the columns and the diagonal the scores need -- instead of a dozen passes of separate ops.
+  It applies to the selections scored from columns and diagonal (``COLUMN_SELECTIONS``, the
+  paper's ``mixed_attn_max`` among them); elsewhere (CPU, float64, other selections, N > 1024)
+  it returns None and the model takes the reference path with the ops above.
+
 Token scores and selection are the dense reference's (static shapes already: a sort of the n
 scores per image).
 """
@@ -27,7 +35,7 @@ import torch.nn.functional as F
 from gtp_ref._checks import check_propagate_args, check_sparsity
 from gtp_ref.graph import token_graph as dense_token_graph
 from gtp_ref.propagate import gather_tokens
-from gtp_ref.select import select_tokens, sparsity_k, token_scores
+from gtp_ref.select import COLUMN_SELECTIONS, column_scores, select_tokens, sparsity_k, token_scores
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -61,6 +69,43 @@ def sparsify_attention(attn, sparsity):
         return attn
     tau = kth_smallest(attn.reshape(B * H, N * N), k).view(B, H, 1, 1)
     return attn.masked_fill(attn < tau, 0.0)  # (B, H, N, N)
+
+
+MAX_FUSED_TOKENS = 1024  # the fused softmax holds a whole row of the map in one program
+
+
+def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
+    """``block.attend`` and the token scores in one fused pass over the attention map.
+
+    x [B, N, C] -> (x + Attn(LN1 x) [B, N, C], scores [B, n] or None when selection is None),
+    the same as ``block.attend`` followed by ``token_scores`` on the sparsified map; or None
+    where the fused kernels do not apply (see the module docstring) -- the caller then takes
+    the reference path.
+    """
+    kernels = _triton_kernels() if x.is_cuda else None
+    N = x.shape[1]
+    if (kernels is None or N > MAX_FUSED_TOKENS
+            or (selection is not None and selection not in COLUMN_SELECTIONS)):
+        return None
+    attn = block.attn
+    q, k, v = attn.heads(block.norm1(x))  # (B, H, N, d)
+    logits = q @ k.transpose(-2, -1)  # (B, H, N, N), autocast's dtype
+    if logits.dtype not in KERNEL_DTYPES:
+        return None
+    log_s = None if token_scales is None else token_scales.log()  # (B, N)
+    # softmax runs in float32 under autocast, else in the type promotion of logits and log s
+    probs_dtype = (torch.float32 if torch.is_autocast_enabled(x.device.type) else
+                   logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
+    probs = kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
+    B, H = probs.shape[:2]
+    k_th = sparsity_k(N, sparsity)
+    tau = kernels.kth_smallest(probs.view(B * H, N * N), k_th) if sparsity < 1 and k_th >= 1 else None
+    masked, col_sums, diagonal = kernels.mask_and_reduce(probs, tau, v.dtype)
+    x = x + attn.project(masked @ v)
+    if selection is None:
+        return x, None
+    c = int(class_token)
+    return x, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
 
 
 @dataclass
@@ -166,4 +211,4 @@ def cuda_graphed(fn, example, warmup=3):
 
 
 __all__ = ["token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens",
-           "propagate", "LazyGraph", "kth_smallest", "cuda_graphed"]
+           "propagate", "LazyGraph", "kth_smallest", "attend_and_score", "cuda_graphed"]

@@ -129,11 +129,8 @@ class GTPViT(ViT):
         for block, P in zip(self.blocks, self.num_prop):
             N_l = x.shape[1]
             layer = LayerTrace(tokens=N_l, attn_k=sparsity_k(N_l, self.sparsity) if self.sparsity < 1 else None)
-            x, a = block.attend(x, token_scales, self.sparsity, sparsify=ops.sparsify_attention)
-            if margins:
-                layer.margins["attn"] = attention_margin(a.raw, self.sparsity)
+            x, layer.scores = self._attend(block, x, token_scales, P, generator, margins, layer)
             if P > 0:
-                layer.scores = ops.token_scores(a.attn, self.selection, self.class_token, generator)
                 layer.kept, layer.prop = ops.select_tokens(layer.scores, P)
                 if margins:
                     layer.margins["selection"] = selection_margin(layer.scores, layer.kept, layer.prop)
@@ -144,6 +141,26 @@ class GTPViT(ViT):
         trace.final_tokens = x.shape[1]
         trace.logits = self.forward_head(x)
         return trace
+
+    def _attend(self, block, x, token_scales, P, generator, margins, layer):
+        """x + Attn(LN1 x) and, where P > 0, the token scores (None otherwise).
+
+        A backend with ``attend_and_score`` (``gtp_ref.fast``) may do both in one fused pass;
+        it returns None where it does not apply, and margins need the raw map, so then the
+        reference path: ``block.attend`` with the backend's sparsity, then ``token_scores``.
+        """
+        fused = getattr(self.ops, "attend_and_score", None)
+        if fused is not None and not margins:
+            out = fused(block, x, token_scales, self.sparsity, self.selection if P > 0 else None,
+                        self.class_token)
+            if out is not None:
+                return out
+        x, a = block.attend(x, token_scales, self.sparsity, sparsify=self.ops.sparsify_attention)
+        if margins:
+            layer.margins["attn"] = attention_margin(a.raw, self.sparsity)
+        if P == 0:
+            return x, None
+        return x, self.ops.token_scores(a.attn, self.selection, self.class_token, generator)
 
     def forward(self, x, generator=None):
         """[B, in_chans, H, W] -> logits [B, num_classes]."""

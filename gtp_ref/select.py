@@ -68,15 +68,30 @@ def token_scores(attn, selection, class_token=True, generator=None):
     if selection.startswith("cls_attn") and not class_token:
         raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
     how = selection.rsplit("_", 1)[1]
-
-    def img(how):
-        return _over_heads(img_cols.sum(dim=2), how)  # (B, n): column sums over all rows
-
-    def diag(how):
-        return _over_heads(attn.diagonal(dim1=-2, dim2=-1)[..., c:], how)  # (B, n)
-
+    if selection in COLUMN_SELECTIONS:
+        return column_scores(img_cols.sum(dim=2), attn.diagonal(dim1=-2, dim2=-1)[..., c:], selection)
     if selection.startswith("cls_attn"):
         return _over_heads(img_cols[:, :, 0, :], how)  # (B, n)
+    R = _over_heads(attn[:, :, c:, :], how)  # (B, n, N): image tokens' rows, all columns
+    return _cos_sim_score(R)
+
+
+# The selections that need only the column sums and the diagonal of the map.
+COLUMN_SELECTIONS = ("img_attn_mean", "img_attn_max", "diag_attn_mean", "diag_attn_max",
+                     "mixed_attn_mean", "mixed_attn_max", "sum_attn_max")
+
+
+def column_scores(col_sums, diagonal, selection):
+    """The scores of COLUMN_SELECTIONS from col_sums [B, H, n] (sum_i Att[h, i, c+j]) and
+    diagonal [B, H, n] (Att[h, c+j, c+j]) -> [B, n]; see ``token_scores``."""
+    how = selection.rsplit("_", 1)[1]
+
+    def img(how):
+        return _over_heads(col_sums, how)  # (B, n): column sums over all rows
+
+    def diag(how):
+        return _over_heads(diagonal, how)  # (B, n)
+
     if selection.startswith("img_attn"):
         return img(how)
     if selection.startswith("diag_attn"):
@@ -85,8 +100,7 @@ def token_scores(attn, selection, class_token=True, generator=None):
         return diag(how) * img(how)
     if selection == "sum_attn_max":
         return diag("max") + img("max")
-    R = _over_heads(attn[:, :, c:, :], how)  # (B, n, N): image tokens' rows, all columns
-    return _cos_sim_score(R)
+    raise ValueError(f"selection={selection!r} is not one of {', '.join(map(repr, COLUMN_SELECTIONS))}")
 
 
 def select_tokens(scores, num_prop):

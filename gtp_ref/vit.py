@@ -56,21 +56,29 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, token_scales=None, sparsity=1.0, fused=False, sparsify=sparsify_attention):
+    def heads(self, x):
+        """q, k, v [B, H, N, d] of x [B, N, C]."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, d)
+        return qkv.unbind(0)
+
+    def project(self, out):
+        """Att v [B, H, N, d] -> the output projection [B, N, C]."""
+        B, H, N, d = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, N, H * d))
+
+    def forward(self, x, token_scales=None, sparsity=1.0, fused=False, sparsify=sparsify_attention):
+        q, k, v = self.heads(x)  # (B, H, N, d)
         log_s = None if token_scales is None else token_scales.log()[:, None, None, :]  # (B, 1, 1, N)
         if fused and sparsity >= 1.0:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=log_s)  # (B, H, N, d)
-            return AttentionOut(self.proj(out.transpose(1, 2).reshape(B, N, C)), None, None, k)
+            return AttentionOut(self.project(out), None, None, k)
         logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
         if log_s is not None:
             logits = logits + log_s  # + log s per key column
         raw = logits.softmax(dim=-1)  # (B, H, N, N)
         attn = sparsify(raw, sparsity)  # (B, H, N, N)
-        out = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
-        return AttentionOut(self.proj(out), attn, raw, k)
+        return AttentionOut(self.project(attn @ v), attn, raw, k)
 
 
 class Mlp(nn.Module):

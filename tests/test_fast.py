@@ -65,12 +65,14 @@ def test_cuda_graphed_needs_a_cuda_input():
 # The kernel itself: on CPU tensors through Triton's interpreter (a fresh process, since
 # TRITON_INTERPRET is read when the kernel is defined); on the GPU compiled, below.
 INTERPRETED_CHECK = textwrap.dedent("""
-    import json, sys, torch
-    from gtp_ref._triton import kth_smallest
+    import json, torch
+    from gtp_ref import _triton as K
     failures, g = [], torch.Generator().manual_seed(0)
+    # Small samples and digit widths keep the (slow) interpreter quick; spread=0 forces the
+    # radix fallback.  Both paths must be exact on zeros, signed zeros, ties and subnormals.
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for L in (1, 2, 7, 100, 4097, 9000):
-            x = torch.randn(6, L, generator=g).to(dtype)
+        for L in (1, 2, 7, 300):
+            x = torch.randn(5, L, generator=g).to(dtype)
             x[0, : L // 2] = 0.0                                           # a run of zeros
             x[1, : min(3, L)] = -0.0                                       # signed zeros
             x[2] = torch.randint(-3, 3, (L,), generator=g).to(dtype)       # heavy ties
@@ -78,12 +80,25 @@ INTERPRETED_CHECK = textwrap.dedent("""
             # bfloat16 subnormals when loading them, so bfloat16's are checked on the GPU only)
             x[3] = x[3].abs() * {torch.float32: 1e-38, torch.float16: 1e-6, torch.bfloat16: 1e-30}[dtype]
             x[4] = torch.rand(L, generator=g).to(dtype)                    # attention-like, in [0, 1)
-            for digits in ((12, 10, 10), (8, 12, 12), (11, 11, 10)):
-                for k in sorted({1, 2 if L > 1 else 1, L // 3 + 1, L - 1 if L > 1 else 1, L}):
-                    got = kth_smallest(x, k, digits)
-                    want = x.float().kthvalue(k, dim=-1).values.to(dtype)
+            for k in sorted({1, L // 3 + 1, L}):
+                want = x.float().kthvalue(k, dim=-1).values.to(dtype)
+                for spread in (8, 0):
+                    got = K.kth_smallest(x, k, sample=64, spread=spread, digits=(8, 12, 12))
                     if not bool((got == want).all()):
-                        failures.append([str(dtype), L, k, digits, got.tolist(), want.tolist()])
+                        failures.append(["select", str(dtype), L, k, spread, got.tolist(), want.tolist()])
+    # the fused attention map: softmax of scaled logits + log s; mask, cast, column sums, diagonal
+    B, H, N = 2, 3, 13
+    logits, s = torch.randn(B, H, N, N, generator=g), torch.rand(B, N, generator=g) + 0.5
+    probs = K.softmax_rows(logits, 0.125, s.log())
+    want = (logits * 0.125 + s.log()[:, None, None, :]).softmax(-1)
+    if not torch.allclose(probs, want, rtol=1e-6, atol=1e-7):
+        failures.append(["softmax", (probs - want).abs().max().item()])
+    tau = want.reshape(B * H, -1).kthvalue(60, -1).values
+    masked, col_sums, diag = K.mask_and_reduce(want, tau, torch.float16)
+    ref = want.masked_fill(want < tau.view(B, H, 1, 1), 0.0)
+    if not (torch.equal(masked, ref.half()) and torch.equal(diag, ref.diagonal(dim1=-2, dim2=-1))
+            and torch.allclose(col_sums, ref.sum(2), rtol=1e-6, atol=1e-7)):
+        failures.append(["mask_and_reduce"])
     print(json.dumps(failures[:5]))
 """)
 
@@ -108,22 +123,52 @@ def test_kernel_rejects_bad_arguments():
     with pytest.raises(ValueError, match="float64"):
         kth_smallest(x.double(), 1)
     with pytest.raises(ValueError, match="adding up to 32"):
-        kth_smallest(x, 1, (8, 8, 8))
+        kth_smallest(x, 1, digits=(8, 8, 8))
 
 
-@cuda
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+needs_triton_gpu = [cuda, pytest.mark.cuda, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
+
+
+def on_gpu(f):
+    for mark in reversed(needs_triton_gpu):
+        f = mark(f)
+    return f
+
+
+@on_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_kernel_equals_kthvalue(dtype):
+    from gtp_ref import _triton
     g = torch.Generator(device="cuda").manual_seed(0)
-    for L in (1, 197 * 197, 50_000):
+    for L in (1, 100, 197 * 197, 50_000, 70_000):
         x = torch.rand(64, L, generator=g, device="cuda").to(dtype)
         x[::3] = torch.randint(0, 4, (x[::3].shape), generator=g, device="cuda").to(dtype)  # ties
         x[1::3] *= torch.finfo(dtype).tiny  # subnormals
         for k in sorted({1, int(L * 0.4) or 1, L}):
             want = x.float().kthvalue(k, dim=-1).values.to(dtype)
             assert torch.equal(fast.kth_smallest(x, k), want), (dtype, L, k)
+            assert torch.equal(_triton.kth_smallest(x, k, spread=0), want), ("fallback", dtype, L, k)
+            assert torch.equal(_triton.kth_smallest_radix(x, k), want), ("radix", dtype, L, k)
+
+
+@on_gpu
+def test_cuda_fused_map_kernels():
+    from gtp_ref import _triton
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, H, N = 4, 3, 197
+    logits = torch.randn(B, H, N, N, generator=g, device="cuda")
+    s = torch.rand(B, N, generator=g, device="cuda") + 0.5
+    want = (logits * 0.125 + s.log()[:, None, None, :]).softmax(-1)
+    assert torch.allclose(_triton.softmax_rows(logits, 0.125, s.log()), want, rtol=1e-5, atol=1e-7)
+    half = logits.half()
+    want16 = ((half * 0.125).float() + s.log()[:, None, None, :]).softmax(-1)
+    assert torch.allclose(_triton.softmax_rows(half, 0.125, s.log()), want16, rtol=1e-5, atol=1e-7)
+    tau = want.reshape(B * H, -1).kthvalue(N * N // 2, -1).values
+    ref = want.masked_fill(want < tau.view(B, H, 1, 1), 0.0)
+    for dtype in (torch.float32, torch.float16):
+        masked, col_sums, diag = _triton.mask_and_reduce(want, tau, dtype)
+        assert torch.equal(masked, ref.to(dtype)) and torch.equal(diag, ref.diagonal(dim1=-2, dim2=-1))
+        assert torch.allclose(col_sums, ref.sum(2), rtol=1e-5, atol=1e-7)
 
 
 PAPER = dict(img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, num_heads=2,
@@ -131,8 +176,7 @@ PAPER = dict(img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, n
              propagation="graph", sparsity=0.6, alpha=0.1, token_scale=True)
 
 
-@cuda
-@pytest.mark.cuda
+@on_gpu
 def test_cuda_fast_forward_never_synchronises():
     model = build({**PAPER, "backend": "fast"}, dtype=torch.float32).cuda()
     x = images_for(PAPER, 4, dtype=torch.float32).cuda()
@@ -146,8 +190,7 @@ def test_cuda_fast_forward_never_synchronises():
             torch.cuda.set_sync_debug_mode("default")
 
 
-@cuda
-@pytest.mark.cuda
+@on_gpu
 def test_cuda_graph_replay_equals_eager():
     model = build({**PAPER, "backend": "fast"}, dtype=torch.float32).cuda()
     x = images_for(PAPER, 4, dtype=torch.float32).cuda()
@@ -157,3 +200,27 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(replay(x), eager)
         y = images_for(PAPER, 4, seed=7, dtype=torch.float32).cuda()
         assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"
+
+
+@on_gpu
+@pytest.mark.parametrize("selection", ["mixed_attn_max", "img_attn_mean", "sum_attn_max"])
+@pytest.mark.parametrize("token_scale", [True, False])
+def test_cuda_fused_model_equals_dense(selection, token_scale):
+    """The fused path (float32 on CUDA) against the dense reference (float64 on the CPU), on
+    images whose decisions are clear of rounding (margins from the dense trace)."""
+    cfg = {**PAPER, "selection": selection, "token_scale": token_scale}
+    model = build({**cfg, "backend": "fast"}, dtype=torch.float32).cuda()
+    block, x0 = model.blocks[0], model.embed(images_for(cfg, 2, dtype=torch.float32).cuda())
+    assert fast.attend_and_score(block, x0, None, 0.6, selection, True) is not None, "fused path taken"
+    reference = build(cfg)  # float64, CPU, same seed: the same weights
+    checked = 0
+    for seed in range(12):
+        x = images_for(cfg, 2, seed=seed)
+        with torch.no_grad():
+            trace = reference.forward_trace(x, margins=True)
+            if trace.min_margin() < 1e-4:  # float32 may decide this one either way
+                continue
+            got = model(x.float().cuda()).double().cpu()
+        assert torch.allclose(got, trace.logits, rtol=1e-3, atol=1e-4), (seed, got, trace.logits)
+        checked += 1
+    assert checked >= 3, "too few images clear of near ties to compare"

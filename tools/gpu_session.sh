@@ -17,7 +17,7 @@ for s in "$@"; do case $s in
   tests) step tests_cuda.txt 300 python3 -m pytest -m cuda -q -p no:cacheprovider ;;
   threshold) step threshold.txt 120 python3 -m gtp_ref.bench threshold --device cuda --json-out "$OUT/threshold.json" ;;
   scaling) step scaling_cuda.txt 180 python3 -m gtp_ref.bench scaling --device cuda --json-out "$OUT/scaling_cuda.json" ;;
-  profile) for m in gtp_fast gtp_dense tome; do
+  profile) for m in gtp_fast tome; do
       step "profile_$m.txt" 120 python3 -m gtp_ref.bench profile --device cuda --model deit_small \
         --method "$m" --P 8 --batch 256 --dtype fp16 --rows 30; done ;;
   deit_small) step throughput_deit_small.txt 400 python3 -m gtp_ref.bench throughput --device cuda \
@@ -26,3 +26,4 @@ for s in "$@"; do case $s in
       --json-out "$OUT/throughput_all.json" --figure "$OUT/throughput_h100.png" ;;
   *) echo "unknown step $s"; exit 2 ;;
 esac; done
+tar -czf "$OUT/logs.tgz" -C "$OUT" --exclude=logs.tgz . && echo "logs: $OUT/logs.tgz"
