@@ -71,7 +71,7 @@ def _radix_pass(base, L, prefix, k_rem, DONE: tl.constexpr, BITS: tl.constexpr, 
     return digit, k_rem - before
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "k"])
 def _kth_smallest_kernel(x_ptr, out_ptr, L, row_stride, k, D0: tl.constexpr, D1: tl.constexpr,
                          D2: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -95,7 +95,7 @@ def _signed_key(v):
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "k"])
 def _select_kernel(x_ptr, out_ptr, scratch_ptr, L, row_stride, k, SAMPLE: tl.constexpr,
                    SPREAD: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr, D0: tl.constexpr,
                    D1: tl.constexpr, D2: tl.constexpr):
@@ -160,7 +160,7 @@ def _check_rows(rows, k):
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def kth_smallest(rows, k, sample=SAMPLE, spread=SPREAD, digits=DIGITS):
+def kth_smallest(rows, k, sample=SAMPLE, spread=SPREAD, digits=DIGITS, num_warps=NUM_WARPS):
     """The exact k-th smallest (1-based) of each row: rows [R, L] float16/bfloat16/float32 -> [R].
 
     Rows longer than MAX_SELECT_LEN (N > 256 tokens for an attention map) use ``kth_smallest_radix``.
@@ -175,7 +175,7 @@ def kth_smallest(rows, k, sample=SAMPLE, spread=SPREAD, digits=DIGITS):
     out = torch.empty(R, dtype=torch.float32, device=rows.device)
     scratch = torch.empty(R, cap, dtype=torch.int32, device=rows.device)
     _select_kernel[(R,)](rows, out, scratch, L, rows.stride(0), k, SAMPLE=sample, SPREAD=spread, CAP=cap,
-                         BLOCK=BLOCK, D0=digits[0], D1=digits[1], D2=digits[2], num_warps=NUM_WARPS)
+                         BLOCK=BLOCK, D0=digits[0], D1=digits[1], D2=digits[2], num_warps=num_warps)
     return out.to(rows.dtype)
 
 
@@ -193,13 +193,14 @@ def kth_smallest_radix(rows, k, digits=DIGITS):
 # ---- the fused attention map ------------------------------------------------------------------
 @triton.jit
 def _softmax_kernel(logits_ptr, log_s_ptr, out_ptr, num_rows, N, H, scale, HAS_LOG_S: tl.constexpr,
-                    BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+                    F64: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # rows of the [B*H*N, N] logits
     cols = tl.arange(0, BLOCK_N)
     m = (rows < num_rows)[:, None] & (cols < N)[None, :]
     off = rows.to(tl.int64)[:, None] * N + cols[None, :]
     z = tl.load(logits_ptr + off, mask=m, other=0.0)
-    z = (z * scale).to(logits_ptr.dtype.element_ty).to(tl.float32)  # q k^T / sqrt(d), rounded as torch does
+    z = (z * scale).to(logits_ptr.dtype.element_ty)  # q k^T / sqrt(d), rounded as torch does
+    z = z.to(tl.float64) if F64 else z.to(tl.float32)
     if HAS_LOG_S:
         image = rows // (H * N)
         z = z + tl.load(log_s_ptr + image.to(tl.int64)[:, None] * N + cols[None, :], mask=m, other=0.0)
@@ -211,17 +212,21 @@ def _softmax_kernel(logits_ptr, log_s_ptr, out_ptr, num_rows, N, H, scale, HAS_L
 
 
 def softmax_rows(logits, scale, log_s=None, out_dtype=torch.float32):
-    """softmax(logits * scale + log s) over the last dimension: logits [B, H, N, N], log_s [B, N]."""
+    """softmax(logits * scale + log s) over the last dimension: logits [B, H, N, N], log_s [B, N].
+
+    Computed in float64 when logits or out_dtype are float64, else in float32; written in out_dtype.
+    """
     B, H, N, _ = logits.shape
+    f64 = torch.float64 in (logits.dtype, out_dtype)
     logits = logits.contiguous()
     out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
     block_n = triton.next_power_of_2(N)
     rows_per_program = max(1, 2048 // block_n)
     num_rows = B * H * N
     has_log_s = log_s is not None
-    log_s = log_s.to(torch.float32).contiguous() if has_log_s else logits
+    log_s = log_s.to(torch.float64 if f64 else torch.float32).contiguous() if has_log_s else logits
     grid = (triton.cdiv(num_rows, rows_per_program),)
-    _softmax_kernel[grid](logits, log_s, out, num_rows, N, H, float(scale), HAS_LOG_S=has_log_s,
+    _softmax_kernel[grid](logits, log_s, out, num_rows, N, H, float(scale), HAS_LOG_S=has_log_s, F64=f64,
                           BLOCK_N=block_n, ROWS=rows_per_program, num_warps=4)
     return out
 
@@ -232,8 +237,8 @@ def _mask_reduce_kernel(p_ptr, tau_ptr, out_ptr, colsum_ptr, diag_ptr, N, HAS_TA
     head = tl.program_id(0)  # image x head
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     base = head.to(tl.int64) * N * N
-    col_sum = tl.zeros([BLOCK_C], dtype=tl.float32)
-    diag = tl.zeros([BLOCK_C], dtype=tl.float32)
+    col_sum = tl.zeros([BLOCK_C], dtype=colsum_ptr.dtype.element_ty)  # float32, float64 for float64
+    diag = tl.zeros([BLOCK_C], dtype=colsum_ptr.dtype.element_ty)
     for r0 in range(0, N, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
         m = (rows < N)[:, None] & (cols < N)[None, :]
@@ -242,27 +247,28 @@ def _mask_reduce_kernel(p_ptr, tau_ptr, out_ptr, colsum_ptr, diag_ptr, N, HAS_TA
         if HAS_TAU:
             v = tl.where(v < tl.load(tau_ptr + head), 0.0, v)  # entries below tau -> 0
         tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=m)
-        v = v.to(tl.float32)
+        v = v.to(colsum_ptr.dtype.element_ty)
         col_sum += tl.sum(v, 0)
         diag += tl.sum(tl.where(rows[:, None] == cols[None, :], v, 0.0), 0)
     out = head.to(tl.int64) * N + cols
-    tl.store(colsum_ptr + out, col_sum.to(colsum_ptr.dtype.element_ty), mask=cols < N)
-    tl.store(diag_ptr + out, diag.to(diag_ptr.dtype.element_ty), mask=cols < N)
+    tl.store(colsum_ptr + out, col_sum, mask=cols < N)
+    tl.store(diag_ptr + out, diag, mask=cols < N)
 
 
 def mask_and_reduce(probs, tau=None, out_dtype=None):
     """probs [B, H, N, N], tau [B*H] or None -> (masked map in out_dtype, column sums, diagonal).
 
     masked = probs with entries < tau set to 0; column sums and diagonal [B, H, N] of the masked
-    map in probs' dtype (accumulated in float32).
+    map in probs' dtype (accumulated in float32, or float64 for float64).
     """
     B, H, N, _ = probs.shape
     probs = probs.contiguous()
     masked = torch.empty(probs.shape, dtype=out_dtype or probs.dtype, device=probs.device)
-    col_sums = torch.empty(B, H, N, dtype=probs.dtype, device=probs.device)
+    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    col_sums = torch.empty(B, H, N, dtype=acc, device=probs.device)
     diag = torch.empty_like(col_sums)
     block_c = 64
     grid = (B * H, triton.cdiv(N, block_c))
     _mask_reduce_kernel[grid](probs, probs if tau is None else tau.contiguous(), masked, col_sums, diag, N,
                               HAS_TAU=tau is not None, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
-    return masked, col_sums, diag
+    return masked, col_sums.to(probs.dtype), diag.to(probs.dtype)

@@ -41,7 +41,7 @@ def test_throughput_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     methods = {x["method"] for x in rows}
-    assert methods == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "tome"}
+    assert methods == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome"}
     assert {x["P"] for x in rows if x["method"] == "tome"} == {1, 2}
     assert all(x["img_per_s"] > 0 for x in rows)
     assert all(x["ideal_speedup"] > 1 for x in rows if x["P"])
@@ -52,3 +52,27 @@ def test_throughput_refuses_too_few_repeats_for_a_measurement():
     r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "deit_small",
                         "--repeats", "2"], capture_output=True, text=True)
     assert r.returncode == 2 and "--repeats must be >= 5" in r.stderr
+
+
+def test_graph_methods_need_cuda():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--methods", "gtp_fast+graph",
+                        "--repeats", "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "need --device cuda" in r.stderr
+
+
+def test_threshold_smoke():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "threshold", "--sizes", "2x9", "--repeats", "1",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert {x["method"] for x in rows} == {"kthvalue", "topk"} and all(x["exact"] for x in rows)
+    bad = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "threshold", "--sizes", "2by9"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--sizes are BxN" in bad.stderr
+
+
+def test_profile_smoke():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "profile", "--rows", "5"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "smoke gtp_fast P=1" in r.stdout and "Name" in r.stdout

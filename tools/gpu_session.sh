@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of docs/performance.md, in one call on the device machine
 # (its image has torch, triton, pytest and hypothesis; nothing is downloaded).
-#   bash tools/gpu_session.sh STEP...   STEP in: env tests threshold scaling profile deit_small all
+#   bash tools/gpu_session.sh STEP...
+#   STEP in: env tests threshold scaling profile deit_small deit_small_b1 deit_small_fp32 large all
 # Logs go to $OUT (or ./gpu_out) as <step>.txt / .json.
 set -u
 OUT=${OUT:-gpu_out}
@@ -22,6 +23,15 @@ for s in "$@"; do case $s in
         --method "$m" --P 8 --batch 256 --dtype fp16 --rows 30; done ;;
   deit_small) step throughput_deit_small.txt 400 python3 -m gtp_ref.bench throughput --device cuda \
       --models deit_small --batches 256 --dtypes fp16 --json-out "$OUT/throughput_deit_small.json" --figure "$OUT/throughput_deit_small_fp16.png" ;;
+  deit_small_b1) step throughput_deit_small_b1.txt 200 python3 -m gtp_ref.bench throughput --device cuda \
+      --models deit_small --batches 1 --dtypes fp16 --json-out "$OUT/throughput_deit_small_b1.json" ;;
+  deit_small_fp32) step throughput_deit_small_fp32.txt 250 python3 -m gtp_ref.bench throughput --device cuda \
+      --models deit_small --batches 256 --dtypes fp32 --methods baseline_fused baseline_explicit gtp_sparse \
+      gtp_fast tome baseline_fused+graph gtp_fast+graph tome+graph --json-out "$OUT/throughput_deit_small_fp32.json" ;;
+  large) step throughput_large.txt 420 python3 -m gtp_ref.bench throughput --device cuda \
+      --models deit_base vit_large eva_large --dtypes fp16 --methods baseline_fused baseline_explicit gtp_fast \
+      tome baseline_fused+graph gtp_fast+graph tome+graph --json-out "$OUT/throughput_large.json" \
+      --figure "$OUT/throughput_large.png" ;;
   all) step throughput_all.txt 580 python3 -m gtp_ref.bench throughput --device cuda \
       --json-out "$OUT/throughput_all.json" --figure "$OUT/throughput_h100.png" ;;
   *) echo "unknown step $s"; exit 2 ;;
