@@ -218,6 +218,8 @@ def softmax_rows(logits, scale, log_s=None, out_dtype=torch.float32):
     """
     B, H, N, _ = logits.shape
     f64 = torch.float64 in (logits.dtype, out_dtype)
+    if f64:  # a Python float reaches the kernel as float32: scale float64 logits here, exactly as torch does
+        logits, scale = logits * scale, 1.0
     logits = logits.contiguous()
     out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
     block_n = triton.next_power_of_2(N)
