@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from complexity._cli import OneLineParser
+from complexity._cli import OneLineParser, write_files
 
 GRIDS = (14, 32, 64)
 LAYERS, BATCH, CHANNELS, NEIGHBOURS, ALPHA = 12, 2, 64, 8, 0.1
@@ -227,16 +227,31 @@ def format_throughput(rows, device):
     return "\n".join(out) + "\n"
 
 
+# Measured with the authors' code on an H100 (torch 2.11, fp16 autocast, batch 256), as quoted in
+# issue 5; drawn as crosses beside our measurements, never mixed into them.
+QUOTED = {("deit_small", 256, "fp16"): {"authors' GTP": {8: 6086, 16: 8816},
+                                        "official ToMe": {8: 10084, 16: 14177}}}
+
+
+COLORS = {"gtp_dense": "tab:blue", "gtp_sparse": "tab:orange", "gtp_fast": "tab:green", "tome": "tab:red"}
+
+
 def plot_throughput(rows, path):
     """Throughput vs P per method, one panel per (model, batch, dtype); dashed: ideal speedup."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["model"], r["batch"], r["dtype"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(8.5, 5.5 * len(panels)), 4.5), squeeze=False,
+    order = {m: i for i, m in enumerate(SCHEDULES)}
+    panels = sorted({(r["model"], r["batch"], r["dtype"]) for r in rows},
+                    key=lambda p: (order.get(p[0], len(order)), p[0], p[2], p[1]))
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(8.5, 5.5 * cols), 4.5 * nrows), squeeze=False,
                              constrained_layout=True)
-    for ax, (model, batch, dtype) in zip(axes[0], panels):
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (model, batch, dtype) in zip(axes.flat, panels):
         sel = [r for r in rows if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype)]
         Ps = sorted({r["P"] for r in sel if r["P"]})
         fused = next((r["img_per_s"] for r in sel if r["method"] == "baseline_fused"), None)
@@ -249,10 +264,14 @@ def plot_throughput(rows, path):
                            "--" if method.endswith("graph") else "-", color="gray",
                            label=method.replace("_", " "))
             else:
-                ax.plot(*zip(*pts), "o-", label=method.replace("_", " "))
+                ax.plot(*zip(*pts), "o--" if method.endswith("graph") else "o-", color=COLORS[method.split("+")[0]],
+                        label=method.replace("_", " "))
         if fused and Ps:
             ax.plot(Ps, [fused * ideal_speedup(model, P) for P in Ps], "k--", lw=1,
                     label="ideal: fused baseline x MAC ratio")
+        for (name, pts), marker in zip(QUOTED.get((model, batch, dtype), {}).items(), "xP"):
+            ax.plot(list(pts), list(pts.values()), marker, color="black", ms=9, ls="none",
+                    label=f"{name} (quoted in issue 5, not ours)")
         ax.set(xlabel="P (= r) tokens removed per layer", ylabel="images / s",
                title=f"{model}, batch {batch}, {dtype}")
         ax.grid(alpha=0.3)
@@ -293,6 +312,9 @@ def main(argv=None):
     pr.add_argument("--batch", type=int, default=2)
     pr.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     pr.add_argument("--rows", type=int, default=25)
+    pl = sub.add_parser("plot", help="redraw the throughput figure from saved --json-out files")
+    pl.add_argument("json", nargs="+", help="JSON files written by 'throughput --json-out'")
+    pl.add_argument("--figure", required=True, help="PNG path to write")
     s = sub.add_parser("scaling", help="dense vs sparse: token graph + 12 propagation layers")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--repeats", type=int, default=7)
@@ -300,6 +322,8 @@ def main(argv=None):
     s.add_argument("--json", action="store_true")
     s.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")
     args = p.parse_args(argv)
+    if args.command == "plot":
+        return _plot_main(p, args)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     if args.command == "throughput":
@@ -346,6 +370,18 @@ def _throughput_main(p, args):
     if args.figure:
         plot_throughput(rows, args.figure)
     return _emit(args, rows, format_throughput)
+
+
+def _plot_main(p, args):
+    rows = []
+    for path in args.json:
+        try:
+            with open(path) as f:
+                rows += json.load(f)["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"cannot read throughput rows from {path}: {e}")
+    write_files(p, args.figure, lambda: plot_throughput(rows, args.figure) or [args.figure])
+    return 0
 
 
 # ---- the sparsity threshold and profiles ------------------------------------------------------
