@@ -1,9 +1,17 @@
 """Triton kernels of the fast backend (``gtp_ref.fast``).  Imported only where Triton is present.
 
-``kth_smallest(rows, k)``: the exact k-th smallest value of every row of a [R, L] tensor, O(L)
-per row, no full sort, no data-dependent shapes.  GTP's attention-sparsity threshold is this
-with one row per image and head (L = N^2), where ``torch.kthvalue`` was the slowest op of a
-forward.  Per row, one program (Floyd-Rivest style selection):
+Used by the fast backend: ``softmax_rows`` and ``mask_and_reduce`` fuse GTP's attention map --
+the scaled logits plus log s into a row softmax; the masking below the sparsity threshold with
+the cast for ``Att v`` and the column sums and diagonal the scores need -- one pass each.
+
+Benchmark candidates, not used by the fast backend: ``kth_smallest`` and ``kth_smallest_radix``,
+exact k-th smallest values of every row of a [R, L] tensor (GTP's sparsity threshold with one
+row per image and head, L = N^2).  On an H100 both lost to ``torch.topk``, which the fast backend
+uses (``python -m gtp_ref.bench threshold``; docs/performance.md): one program per row is a
+long serial chain at about one resident program per SM.  They are kept, tested exact, as the
+baseline for the next attempt (many programs per row).
+
+``kth_smallest``, per row, one program (Floyd-Rivest style selection):
 
 1. a systematic sample of SAMPLE keys (every L/SAMPLE-th entry), sorted; the sample ranks
    around k's quantile, +- SPREAD, bracket the k-th value with overwhelming probability;
@@ -11,27 +19,19 @@ forward.  Per row, one program (Floyd-Rivest style selection):
    into a scratch row (a prefix sum gives each candidate its slot);
 3. if the k-th value is among the candidates (count below < k <= count below + candidates,
    and they fit in CAP slots), the candidates are sorted and the answer read off at its rank;
-   otherwise (rare: adversarial inputs, huge tie groups) an exact radix selection over the row.
-
+   otherwise (rare: adversarial inputs, huge tie groups) the radix selection below.
 Keys: a float's bits as int32, negatives with their magnitude bits flipped, so that signed
-integer order is float order (-0.0 sorts just below +0.0; both compare equal as floats, so the
-mask ``x < tau`` is unchanged).  ``TRITON_INTERPRET=1`` (set before this module is imported)
-runs the kernels on CPU tensors, which is how the test suite checks them without a GPU.
+integer order is float order.
 
-``softmax_rows`` and ``mask_and_reduce`` fuse GTP's attention map: the scaled logits plus
-log s into a row softmax, and the masking below the threshold with the column sums and the
-diagonal that the scores need and the cast for ``Att v``, in one pass each.
+``kth_smallest_radix``, per row: map each float to a 32-bit key whose unsigned order is the
+float order (flip all bits of negatives, the sign bit of the rest); for the digits of the key
+from the top (``DIGITS`` bits each), histogram the elements that match the digits fixed so far
+by their next digit and fix the digit in whose bin the k-th element lies (a cumulative sum),
+keeping k's rank among the remaining candidates; after the last digit the key is exact.
 
-The radix fallback, per row: map each float to a 32-bit key whose unsigned order is the float
-order (flip all bits of negatives, the sign bit of the rest); then, for the digits of the key
-from the top (``DIGITS`` bits each), count the elements that match the digits fixed so far
-by their next digit, and fix the digit in whose bin the k-th element lies (a cumulative sum of
-the histogram), keeping k's rank among the remaining candidates.  After the last digit the key
-is known exactly; it is mapped back to the float.  -0.0 comes back as -0.0 where +0.0 ties
-with it, which compares equal, so the mask ``x < tau`` is unchanged.
-
-``TRITON_INTERPRET=1`` (set before this module is imported) runs the kernel on CPU tensors,
-which is how the test suite checks it on machines without a GPU.
+Both return -0.0 where +0.0 ties with it (or the reverse); they compare equal as floats, so the
+mask ``x < tau`` is unchanged.  ``TRITON_INTERPRET=1`` (set before this module is imported)
+runs every kernel here on CPU tensors, which is how the test suite checks them without a GPU.
 """
 import torch
 import triton

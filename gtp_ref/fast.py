@@ -15,11 +15,10 @@ Same results as the dense reference (the property tests and the conformance suit
   original index of every current token; each layer gathers only Â[K, P] ((n - P) x P entries
   per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
   resolutions (n = 196 or 576); for very large grids use ``gtp_ref.sparse``.
-
 * **A fused attention map.**  ``attend_and_score`` (used by ``GTPViT`` with this backend) runs a
-  block's attention with three Triton kernels on CUDA: the row softmax of the scaled logits
-  plus log s, the threshold, and one pass that masks the map, casts it for ``Att v`` and sums
-  the columns and the diagonal the scores need -- instead of a dozen passes of separate ops.
+  block's attention on CUDA with two Triton kernels around the threshold: the row softmax of
+  the scaled logits plus log s, then one pass that masks the map, casts it for ``Att v`` and
+  sums the columns and the diagonal the scores need -- instead of a dozen separate passes.
   It applies to the selections scored from columns and diagonal (``COLUMN_SELECTIONS``, the
   paper's ``mixed_attn_max`` among them); elsewhere (CPU, no Triton, other selections, N > 1024)
   it returns None and the model takes the reference path with the ops above.  The map kernels
@@ -38,6 +37,7 @@ from gtp_ref.graph import token_graph as dense_token_graph
 from gtp_ref.propagate import gather_tokens
 from gtp_ref.select import COLUMN_SELECTIONS, column_scores, select_tokens, sparsity_k, token_scores
 
+
 def _triton_kernels():
     """``gtp_ref._triton``, or None where Triton is not installed."""
     try:
@@ -52,7 +52,7 @@ def kth_smallest(rows, k):
 
     On CUDA: the smallest of the L - k + 1 largest or the largest of the k smallest, by
     ``torch.topk`` (a multi-block radix selection), whichever asks for fewer; it measured
-    0.67x ``kthvalue``'s time at B = 256, N = 197 and 0.013x at N = 4097 on an H100 (and
+    0.64x ``kthvalue``'s time at B = 256, N = 197 and 0.013x at N = 4097 on an H100 (and
     beat the Triton selection kernels in ``gtp_ref._triton``, see docs/performance.md).
     Elsewhere ``torch.kthvalue``.
     """
