@@ -4,12 +4,13 @@ Used by the fast backend: ``softmax_rows`` and ``mask_and_reduce`` fuse GTP's at
 the scaled logits plus log s into a row softmax; the masking below the sparsity threshold with
 the cast for ``Att v`` and the column sums and diagonal the scores need -- one pass each.
 
-Benchmark candidates, not used by the fast backend: ``kth_smallest`` and ``kth_smallest_radix``,
-exact k-th smallest values of every row of a [R, L] tensor (GTP's sparsity threshold with one
-row per image and head, L = N^2).  On an H100 both lost to ``torch.topk``, which the fast backend
-uses (``python -m gtp_ref.bench threshold``; docs/performance.md): one program per row is a
-long serial chain at about one resident program per SM.  They are kept, tested exact, as the
-baseline for the next attempt (many programs per row).
+Benchmark candidates, not used by the fast backend: ``kth_smallest``, ``kth_smallest_radix``
+and ``kth_smallest_bracket``, exact k-th smallest values of every row of a [R, L] tensor (GTP's
+sparsity threshold with one row per image and head, L = N^2).  On an H100 the first two lost to
+``torch.topk``, which the fast backend uses (``python -m gtp_ref.bench threshold``;
+docs/performance.md): one program per row is a long serial chain at about one resident program
+per SM.  ``kth_smallest_bracket`` spreads every row over many programs; it was written after
+the GPU session and is tested exact (interpreter), but not yet timed on a GPU.
 
 ``kth_smallest``, per row, one program (Floyd-Rivest style selection):
 
@@ -188,6 +189,105 @@ def kth_smallest_radix(rows, k, digits=DIGITS):
     out = torch.empty(R, dtype=torch.float32, device=rows.device)
     _kth_smallest_kernel[(R,)](rows, out, L, rows.stride(0), k, *digits, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out.to(rows.dtype)
+
+
+# ---- many programs per row: bracket, then parallel bucket counts --------------------------------
+INT32_MIN, INT32_MAX = -2147483648, 2147483647
+
+
+@triton.jit(do_not_specialize=["L", "k"])
+def _bracket_kernel(x_ptr, lo_ptr, hi_ptr, L, row_stride, k, SAMPLE: tl.constexpr, SPREAD: tl.constexpr):
+    """[lo, hi] (signed keys) around the k-th smallest from a sorted systematic sample of the row."""
+    row = tl.program_id(0)
+    base = x_ptr + row.to(tl.int64) * row_stride
+    i = tl.arange(0, SAMPLE)
+    sample = tl.sort(_signed_key(tl.load(base + (i.to(tl.int64) * L) // SAMPLE).to(tl.float32)))
+    r = ((k - 1).to(tl.int64) * SAMPLE) // L  # k's rank in the sample
+    lo_rank, hi_rank = tl.maximum(r - SPREAD, 0), tl.minimum(r + SPREAD, SAMPLE - 1)
+    lo = tl.sum(tl.where(i == lo_rank, sample, 0), 0).to(tl.int64)
+    hi = tl.sum(tl.where(i == hi_rank, sample, 0), 0).to(tl.int64)
+    lo = tl.where(lo_rank == 0, -2147483648, lo)  # the sample's ends open the bracket
+    hi = tl.where(hi_rank == SAMPLE - 1, 2147483647, hi)
+    tl.store(lo_ptr + row, lo)
+    tl.store(hi_ptr + row, tl.maximum(hi, lo + 1))  # lo == hi means "found": a guess must be checked
+
+
+@triton.jit(do_not_specialize=["L"])
+def _count_kernel(x_ptr, lo_ptr, hi_ptr, below_ptr, hist_ptr, L, row_stride, num_chunks,
+                  NB: tl.constexpr, CHUNK: tl.constexpr):
+    """One chunk of one row: entries below lo, and a histogram of [lo, hi] in NB equal buckets."""
+    row, chunk = tl.program_id(0), tl.program_id(1)
+    lo, hi = tl.load(lo_ptr + row), tl.load(hi_ptr + row)
+    out = row.to(tl.int64) * num_chunks + chunk
+    if lo < hi:  # rows already narrowed to one key do no work
+        idx = chunk * CHUNK + tl.arange(0, CHUNK)
+        inside_row = idx < L
+        v = tl.load(x_ptr + row.to(tl.int64) * row_stride + idx, mask=inside_row, other=0.0)
+        key = _signed_key(v.to(tl.float32)).to(tl.int64)
+        tl.store(below_ptr + out, tl.sum((inside_row & (key < lo)).to(tl.int32), 0))
+        inside = inside_row & (key >= lo) & (key <= hi)
+        bucket = tl.where(inside, ((key - lo) * NB) // (hi - lo + 1), 0).to(tl.int32)
+        tl.store(hist_ptr + out * NB + tl.arange(0, NB), tl.histogram(bucket, NB, mask=inside))
+
+
+@triton.jit(do_not_specialize=["k"])
+def _narrow_kernel(lo_ptr, hi_ptr, below_ptr, hist_ptr, num_chunks, k, NB: tl.constexpr,
+                   CHUNKS: tl.constexpr):
+    """The bucket holding the k-th smallest becomes the row's bracket (or, if the sampled bracket
+    missed it, the whole key range)."""
+    row = tl.program_id(0)
+    lo, hi = tl.load(lo_ptr + row), tl.load(hi_ptr + row)
+    if lo < hi:
+        below = tl.zeros([CHUNKS], dtype=tl.int32)
+        hist = tl.zeros([NB], dtype=tl.int32)
+        for c0 in range(0, num_chunks, CHUNKS):
+            c = c0 + tl.arange(0, CHUNKS)
+            at = row.to(tl.int64) * num_chunks + c
+            below += tl.load(below_ptr + at, mask=c < num_chunks, other=0)
+            hist += tl.sum(tl.load(hist_ptr + at[:, None] * NB + tl.arange(0, NB)[None, :],
+                                   mask=(c < num_chunks)[:, None], other=0), 0)
+        n_below = tl.sum(below, 0)
+        if (n_below < k) & (k <= n_below + tl.sum(hist, 0)):
+            cum = tl.cumsum(hist, 0)
+            b = tl.sum((cum < k - n_below).to(tl.int64), 0)  # the bucket of the k-th smallest
+            span = hi - lo + 1
+            new_lo = lo + (b * span + NB - 1) // NB  # keys of bucket b: ceil(b span / NB) ...
+            new_hi = lo + ((b + 1) * span + NB - 1) // NB - 1  # ... to ceil((b + 1) span / NB) - 1
+            tl.store(lo_ptr + row, new_lo)
+            tl.store(hi_ptr + row, new_hi)
+        else:
+            tl.store(lo_ptr + row, -2147483648)
+            tl.store(hi_ptr + row, 2147483647)
+
+
+def kth_smallest_bracket(rows, k, sample=1024, spread=72, buckets=256, chunk=4096):
+    """The exact k-th smallest of each row with many programs per row (a benchmark candidate).
+
+    A sorted sample brackets the answer (``_bracket_kernel``); then each round, every chunk of
+    every row counts its entries below the bracket and histograms the bracket into ``buckets``
+    equal key ranges (``_count_kernel``, one program per chunk: the whole GPU works on every
+    row), and the bucket holding the k-th value becomes the new bracket (``_narrow_kernel``).
+    A bracket of 2^32 keys narrows to one key in log_buckets(2^32) rounds; one more round covers
+    a sampled bracket that missed (then the whole key range is searched).  The number of rounds
+    is fixed (no host synchronisation); rows that are done skip their chunks' work.
+    """
+    rows = _check_rows(rows, k)
+    R, L = rows.shape
+    if buckets & (buckets - 1) or not 2 <= buckets <= 4096:
+        raise ValueError(f"buckets={buckets} must be a power of 2 in [2, 4096]")
+    num_chunks = triton.cdiv(L, chunk)
+    lo = torch.empty(R, dtype=torch.int64, device=rows.device)
+    hi = torch.empty_like(lo)
+    below = torch.empty(R, num_chunks, dtype=torch.int32, device=rows.device)
+    hist = torch.empty(R, num_chunks, buckets, dtype=torch.int32, device=rows.device)
+    _bracket_kernel[(R,)](rows, lo, hi, L, rows.stride(0), k, SAMPLE=sample, SPREAD=spread, num_warps=4)
+    bits_per_round = buckets.bit_length() - 1
+    for _ in range(1 + -(-32 // bits_per_round)):
+        _count_kernel[(R, num_chunks)](rows, lo, hi, below, hist, L, rows.stride(0), num_chunks,
+                                       NB=buckets, CHUNK=chunk, num_warps=4)
+        _narrow_kernel[(R,)](lo, hi, below, hist, num_chunks, k, NB=buckets, CHUNKS=16, num_warps=4)
+    key = lo.to(torch.int32)
+    return (key ^ ((key >> 31) & 0x7FFFFFFF)).view(torch.float32).to(rows.dtype)
 
 
 # ---- the fused attention map ------------------------------------------------------------------

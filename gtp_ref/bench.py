@@ -396,6 +396,7 @@ def threshold_methods(device):
         methods["triton radix"] = _triton.kth_smallest_radix
         methods["triton sample 4096"] = _triton.kth_smallest
         methods["triton sample 1024"] = lambda x, k: _triton.kth_smallest(x, k, sample=1024, spread=72, num_warps=4)
+        methods["triton bracket"] = _triton.kth_smallest_bracket  # many programs per row
     return methods
 
 
@@ -428,9 +429,14 @@ def threshold(sizes, device, repeats, heads=6, theta=0.6):
         k = sparsity_k(N, theta)
         want = attn.kthvalue(k, dim=-1).values
         for name, f in threshold_methods(device).items():
-            med, best = time_op_us(lambda: f(attn, k), device, repeats)
+            try:
+                med, best = time_op_us(lambda: f(attn, k), device, repeats)
+                exact = bool(torch.equal(f(attn, k), want))
+            except Exception as e:  # noqa: BLE001 -- a candidate that fails is reported, not fatal
+                rows.append({"B": B, "N": N, "H": heads, "k": k, "method": name, "error": f"{type(e).__name__}: {e}"[:200]})
+                continue
             rows.append({"B": B, "N": N, "H": heads, "k": k, "method": name, "median_us": med,
-                         "min_us": best, "exact": bool(torch.equal(f(attn, k), want))})
+                         "min_us": best, "exact": exact})
     return rows
 
 
@@ -440,6 +446,9 @@ def format_threshold(rows, device):
            f"{'B':>4} {'N':>5} {'H':>2} {'method':>18} {'median us':>11} {'min us':>10} {'vs kthvalue':>11} exact"]
     base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "kthvalue"}
     for r in rows:
+        if "error" in r:
+            out.append(f"{r['B']:>4} {r['N']:>5} {r['H']:>2} {r['method']:>18} failed: {r['error']}")
+            continue
         out.append(f"{r['B']:>4} {r['N']:>5} {r['H']:>2} {r['method']:>18} {r['median_us']:>11.1f} "
                    f"{r['min_us']:>10.1f} {r['median_us'] / base[(r['B'], r['N'])]:>11.3f} {r['exact']}")
     return "\n".join(out) + "\n"

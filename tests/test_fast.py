@@ -87,6 +87,10 @@ INTERPRETED_CHECK = textwrap.dedent("""
                     got = K.kth_smallest(x, k, sample=64, spread=spread, digits=(8, 12, 12))
                     if not bool((got == want).all()):
                         failures.append(["select", str(dtype), L, k, spread, got.tolist(), want.tolist()])
+                    if L in (7, 300):  # spread 0: the sampled bracket misses, the full range is searched
+                        got = K.kth_smallest_bracket(x, k, sample=64, spread=spread, buckets=16, chunk=64)
+                        if not bool((got == want).all()):
+                            failures.append(["bracket", str(dtype), L, k, spread, got.tolist(), want.tolist()])
     # the fused attention map: softmax of scaled logits + log s; mask, cast, column sums, diagonal
     B, H, N = 2, 3, 13
     logits, s = torch.randn(B, H, N, N, generator=g), torch.rand(B, N, generator=g) + 0.5
@@ -132,6 +136,9 @@ def test_kernel_rejects_bad_arguments():
         kth_smallest(x.double(), 1)
     with pytest.raises(ValueError, match="adding up to 32"):
         kth_smallest(x, 1, digits=(8, 8, 8))
+    from gtp_ref._triton import kth_smallest_bracket
+    with pytest.raises(ValueError, match=r"buckets=100 must be a power of 2 in \[2, 4096\]"):
+        kth_smallest_bracket(x, 1, buckets=100)
 
 
 needs_triton_gpu = [cuda, pytest.mark.cuda, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
@@ -157,6 +164,8 @@ def test_cuda_kernel_equals_kthvalue(dtype):
             assert torch.equal(fast.kth_smallest(x, k), want), (dtype, L, k)
             assert torch.equal(_triton.kth_smallest(x, k, spread=0), want), ("fallback", dtype, L, k)
             assert torch.equal(_triton.kth_smallest_radix(x, k), want), ("radix", dtype, L, k)
+            assert torch.equal(_triton.kth_smallest_bracket(x, k), want), ("bracket", dtype, L, k)
+            assert torch.equal(_triton.kth_smallest_bracket(x, k, spread=0), want), ("restart", dtype, L, k)
 
 
 @on_gpu
