@@ -1,4 +1,4 @@
-"""Benchmarks.  ``python -m gtp_ref.bench scaling|throughput [--device cpu|cuda] [--json]``.
+"""Benchmarks.  ``python -m gtp_ref.bench scaling|throughput|threshold|profile|plot ...``.
 
 scaling: the token graph plus 12 layers of selection and graph propagation (random scores,
 P = n/64 per layer, token sizes on, B = 2, C = 64, mixed graph with M = 8) for grids
@@ -11,7 +11,14 @@ allocation and free, but not an op's internal scratch space freed before the op 
 throughput: images per second of the plain ViT (fused and explicit attention), GTP at the
 paper's settings (each backend) and ToMe, at the P / r of supplement Tables 1-3; warm-up,
 median of >= 5 repeats with min and max, the ideal speed-up from the backbone MAC ratio;
-``--json`` and ``--figure PATH``.  On the CPU it defaults to a tiny smoke model.
+``--json`` and ``--figure PATH``.  On the CPU it defaults to a tiny smoke model.  Methods ending in
+``+graph`` (CUDA only) replay the model from a CUDA graph.
+
+threshold: the attention-sparsity threshold alone (k-th smallest of each head's N^2 entries) by
+every available method -- ``kthvalue``, ``topk``, the Triton candidates on CUDA -- each checked
+exact against ``kthvalue``.  profile: a ``torch.profiler`` table of one configuration's forward.
+plot: redraws the throughput figure from ``--json-out`` files (no GPU needed).
+scaling, throughput and threshold take ``--json-out PATH`` to keep their rows (plot reads them back).
 """
 import importlib
 import json
@@ -278,6 +285,7 @@ def plot_throughput(rows, path):
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
+    return [path]
 
 
 def main(argv=None):
@@ -380,7 +388,7 @@ def _plot_main(p, args):
                 rows += json.load(f)["rows"]
         except (OSError, ValueError, KeyError) as e:
             p.error(f"cannot read throughput rows from {path}: {e}")
-    write_files(p, args.figure, lambda: plot_throughput(rows, args.figure) or [args.figure])
+    write_files(p, args.figure, lambda: plot_throughput(rows, args.figure))
     return 0
 
 

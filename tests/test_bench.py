@@ -76,3 +76,19 @@ def test_profile_smoke():
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "smoke gtp_fast P=1" in r.stdout and "Name" in r.stdout
+
+
+def test_plot_redraws_from_json_out(tmp_path):
+    rows = tmp_path / "rows.json"
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--methods", "baseline_fused", "gtp_fast",
+                        "--repeats", "1", "--json-out", str(rows)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert {x["method"] for x in json.loads(rows.read_text())["rows"]} == {"baseline_fused", "gtp_fast"}
+    fig = tmp_path / "again.png"
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "plot", str(rows), "--figure", str(fig)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and f"wrote {fig}" in r.stdout, r.stderr
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "plot", str(tmp_path / "missing.json"),
+                        "--figure", str(fig)], capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot read throughput rows" in r.stderr
