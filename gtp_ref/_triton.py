@@ -72,18 +72,23 @@ def _radix_pass(base, L, prefix, k_rem, DONE: tl.constexpr, BITS: tl.constexpr, 
     return digit, k_rem - before
 
 
-@triton.jit(do_not_specialize=["L", "k"])
-def _kth_smallest_kernel(x_ptr, out_ptr, L, row_stride, k, D0: tl.constexpr, D1: tl.constexpr,
-                         D2: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    base = x_ptr + row.to(tl.int64) * row_stride
+@triton.jit
+def _radix_select(base, L, k, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, BLOCK: tl.constexpr):
+    """The float bits (int32) of the k-th smallest of base[0:L], by three radix passes."""
     d, k_rem = _radix_pass(base, L, 0, k, 0, D0, BLOCK)
     prefix = d
     d, k_rem = _radix_pass(base, L, prefix, k_rem, D0, D1, BLOCK)
     prefix = (prefix << D1) | d
     d, k_rem = _radix_pass(base, L, prefix, k_rem, D0 + D1, D2, BLOCK)
     key = (prefix << D2) | d
-    bits = key ^ (((key >> 31) ^ -1) | -2147483648)  # the inverse of the key map
+    return key ^ (((key >> 31) ^ -1) | -2147483648)  # the inverse of the key map
+
+
+@triton.jit(do_not_specialize=["L", "k"])
+def _kth_smallest_kernel(x_ptr, out_ptr, L, row_stride, k, D0: tl.constexpr, D1: tl.constexpr,
+                         D2: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    bits = _radix_select(x_ptr + row.to(tl.int64) * row_stride, L, k, D0, D1, D2, BLOCK)
     tl.store(out_ptr + row, bits.to(tl.float32, bitcast=True))
 
 
@@ -133,13 +138,7 @@ def _select_kernel(x_ptr, out_ptr, scratch_ptr, L, row_stride, k, SAMPLE: tl.con
         key = tl.sum(tl.where(j == k - below - 1, cands, 0), 0)
         bits = key ^ ((key >> 31) & 0x7FFFFFFF)  # the signed key map is its own inverse
     else:
-        d, k_rem = _radix_pass(base, L, 0, k, 0, D0, BLOCK)
-        prefix = d
-        d, k_rem = _radix_pass(base, L, prefix, k_rem, D0, D1, BLOCK)
-        prefix = (prefix << D1) | d
-        d, k_rem = _radix_pass(base, L, prefix, k_rem, D0 + D1, D2, BLOCK)
-        ukey = (prefix << D2) | d
-        bits = ukey ^ (((ukey >> 31) ^ -1) | -2147483648)
+        bits = _radix_select(base, L, k, D0, D1, D2, BLOCK)
     tl.store(out_ptr + row, bits.to(tl.float32, bitcast=True))
 
 
