@@ -151,6 +151,11 @@ def select_capacity(L, sample=SAMPLE, spread=SPREAD):
     return max(256, triton.next_power_of_2(int(1.5 * L * 2 * spread / sample) + 1))
 
 
+def _check_digits(digits):
+    if len(digits) != 3 or sum(digits) != 32:
+        raise ValueError(f"digits={digits!r} must be three digit widths adding up to 32 bits")
+
+
 def _check_rows(rows, k):
     R, L = rows.shape
     if not 1 <= k <= L:
@@ -169,8 +174,7 @@ def kth_smallest(rows, k, sample=SAMPLE, spread=SPREAD, digits=DIGITS, num_warps
     R, L = rows.shape
     if L > MAX_SELECT_LEN:
         return kth_smallest_radix(rows, k, digits)
-    if len(digits) != 3 or sum(digits) != 32:
-        raise ValueError(f"digits={digits!r} must be three digit widths adding up to 32 bits")
+    _check_digits(digits)
     cap = select_capacity(L, sample, spread)
     out = torch.empty(R, dtype=torch.float32, device=rows.device)
     scratch = torch.empty(R, cap, dtype=torch.int32, device=rows.device)
@@ -182,8 +186,7 @@ def kth_smallest(rows, k, sample=SAMPLE, spread=SPREAD, digits=DIGITS, num_warps
 def kth_smallest_radix(rows, k, digits=DIGITS):
     """The same by radix selection alone (three histogram passes over every row)."""
     rows = _check_rows(rows, k)
-    if len(digits) != 3 or sum(digits) != 32:
-        raise ValueError(f"digits={digits!r} must be three digit widths adding up to 32 bits")
+    _check_digits(digits)
     R, L = rows.shape
     out = torch.empty(R, dtype=torch.float32, device=rows.device)
     _kth_smallest_kernel[(R,)](rows, out, L, rows.stride(0), k, *digits, BLOCK=BLOCK, num_warps=NUM_WARPS)
@@ -357,7 +360,8 @@ def _mask_reduce_kernel(p_ptr, tau_ptr, out_ptr, colsum_ptr, diag_ptr, N, HAS_TA
 
 
 def mask_and_reduce(probs, tau=None, out_dtype=None):
-    """probs [B, H, N, N], tau [B*H] or None -> (masked map in out_dtype, column sums, diagonal).
+    """probs [B, H, N, N], tau [B, H] (or its B*H values flat) or None -> (masked map in out_dtype,
+    column sums, diagonal).
 
     masked = probs with entries < tau set to 0; column sums and diagonal [B, H, N] of the masked
     map in probs' dtype (accumulated in float32, or float64 for float64).

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gtp_ref._checks import check_propagate_args, check_sparsity
+from gtp_ref._checks import check_propagate_args
 from gtp_ref.graph import token_graph as dense_token_graph
 from gtp_ref.propagate import gather_tokens
-from gtp_ref.select import COLUMN_SELECTIONS, column_scores, select_tokens, sparsity_k, token_scores
+from gtp_ref.select import (COLUMN_SELECTIONS, column_scores, head_thresholds, select_tokens, token_scores,
+                            sparsify_attention as dense_sparsify_attention)
 
 
 def _triton_kernels():
@@ -66,13 +67,7 @@ def kth_smallest(rows, k):
 
 def sparsify_attention(attn, sparsity):
     """``gtp_ref.dense.sparsify_attention`` with the threshold from ``kth_smallest``."""
-    check_sparsity(sparsity)
-    B, H, N, _ = attn.shape
-    k = sparsity_k(N, sparsity)
-    if sparsity >= 1.0 or k < 1:
-        return attn
-    tau = kth_smallest(attn.reshape(B * H, N * N), k).view(B, H, 1, 1)
-    return attn.masked_fill(attn < tau, 0.0)  # (B, H, N, N)
+    return dense_sparsify_attention(attn, sparsity, kth_smallest)
 
 
 MAX_FUSED_TOKENS = 1024  # the fused softmax holds a whole row of the map in one program
@@ -99,9 +94,7 @@ def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
     probs_dtype = (torch.float32 if torch.is_autocast_enabled(x.device.type) else
                    logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
     probs = kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
-    B, H = probs.shape[:2]
-    k_th = sparsity_k(N, sparsity)
-    tau = kth_smallest(probs.view(B * H, N * N), k_th) if sparsity < 1 and k_th >= 1 else None
+    tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
     masked, col_sums, diagonal = kernels.mask_and_reduce(probs, tau, v.dtype)
     x = x + attn.project(masked @ v)
     if selection is None:

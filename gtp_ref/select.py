@@ -17,18 +17,33 @@ def sparsity_k(N, sparsity):
     return int(N * N * (1.0 - float(sparsity)))
 
 
-def sparsify_attention(attn, sparsity):
-    """Att [B, H, N, N] -> same shape: entries below the k-th smallest of each head's map set to 0.
+def _kthvalue(rows, k):
+    return rows.kthvalue(k, dim=-1).values
 
-    k = int(N^2 (1 - theta)); one threshold tau per image and head over all N^2 entries (not per
-    row); entries < tau become 0, no renormalisation.  theta = 1 or k = 0: unchanged.
+
+def head_thresholds(attn, sparsity, kth_smallest=_kthvalue):
+    """tau [B, H]: the k-th smallest of each head's N^2 entries of Att [B, H, N, N], with
+    k = int(N^2 (1 - theta)); None for theta = 1 or k = 0 (nothing is zeroed then).
+
+    ``kth_smallest(rows [R, L], k) -> [R]`` finds it (default ``torch.kthvalue``).
     """
     check_sparsity(sparsity)
     B, H, N, _ = attn.shape
     k = sparsity_k(N, sparsity)
     if sparsity >= 1.0 or k < 1:
+        return None
+    return kth_smallest(attn.reshape(B * H, N * N), k).view(B, H)
+
+
+def sparsify_attention(attn, sparsity, kth_smallest=_kthvalue):
+    """Att [B, H, N, N] -> same shape: entries below the k-th smallest of each head's map set to 0.
+
+    k = int(N^2 (1 - theta)); one threshold tau per image and head over all N^2 entries (not per
+    row); entries < tau become 0, no renormalisation.  theta = 1 or k = 0: unchanged.
+    """
+    tau = head_thresholds(attn, sparsity, kth_smallest)  # (B, H) or None
+    if tau is None:
         return attn
-    tau = attn.reshape(B, H, N * N).kthvalue(k, dim=-1).values  # (B, H)
     return attn.masked_fill(attn < tau[..., None, None], 0.0)  # (B, H, N, N)
 
 
