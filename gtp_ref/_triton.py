@@ -38,6 +38,10 @@ import torch
 import triton
 import triton.language as tl
 
+# Triton decides when a kernel is defined (here, at import) whether it is compiled for the GPU or
+# run by the interpreter on CPU tensors (TRITON_INTERPRET=1); the fast backend asks which.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
 # Digits of the 32-bit key, most significant first.  The first digit covers the sign, the
 # exponent and 3 mantissa bits, so one pass already splits values by their binade.
 DIGITS = (12, 10, 10)
@@ -306,9 +310,8 @@ def _softmax_kernel(logits_ptr, log_s_ptr, out_ptr, num_rows, N, H, scale, HAS_L
     if HAS_LOG_S:
         image = rows // (H * N)
         z = z + tl.load(log_s_ptr + image.to(tl.int64)[:, None] * N + cols[None, :], mask=m, other=0.0)
-    z = tl.where(m, z, float("-inf"))
+    z = tl.where((cols < N)[None, :], z, float("-inf"))  # rows past the end stay finite (0): no NaN
     e = tl.exp(z - tl.max(z, 1)[:, None])
-    e = tl.where(m, e, 0.0)
     p = e / tl.sum(e, 1)[:, None]
     tl.store(out_ptr + off, p.to(out_ptr.dtype.element_ty), mask=m)
 

@@ -22,11 +22,14 @@ Same results as the dense reference (the property tests and the conformance suit
   It applies to the selections scored from columns and diagonal (``COLUMN_SELECTIONS``, the
   paper's ``mixed_attn_max`` among them); elsewhere (CPU, no Triton, other selections, N > 1024)
   it returns None and the model takes the reference path with the ops above.  The map kernels
-  take float16 / bfloat16 / float32 / float64 logits (float64 computes in float64).
+  take float16 / bfloat16 / float32 / float64 logits (float64 computes in float64).  Under
+  Triton's interpreter (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the fused
+  path runs on CPU tensors instead, slowly: how the test suite checks it without a GPU.
 
 Token scores and selection are the dense reference's (static shapes already: a sort of the n
 scores per image).
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +42,7 @@ from gtp_ref.select import (COLUMN_SELECTIONS, column_scores, head_thresholds, s
                             sparsify_attention as dense_sparsify_attention)
 
 
+@functools.cache
 def _triton_kernels():
     """``gtp_ref._triton``, or None where Triton is not installed."""
     try:
@@ -81,9 +85,10 @@ def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
     where the fused kernels do not apply (see the module docstring) -- the caller then takes
     the reference path.
     """
-    kernels = _triton_kernels() if x.is_cuda else None
+    kernels = _triton_kernels()
+    runs_here = kernels is not None and (x.is_cuda if not kernels.INTERPRETED else x.device.type == "cpu")
     N = x.shape[1]
-    if (kernels is None or N > MAX_FUSED_TOKENS
+    if (not runs_here or N > MAX_FUSED_TOKENS
             or (selection is not None and selection not in COLUMN_SELECTIONS)):
         return None
     attn = block.attn

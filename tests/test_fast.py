@@ -219,18 +219,47 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"
 
 
-@on_gpu
-@given(configs(propagation="graph"), st.sampled_from(COLUMN_SELECTIONS), st.booleans())
-def test_cuda_fused_model_equals_dense(cfg, selection, ties):
-    """The fused path (float64 on CUDA: every kernel but the threshold's topk) against the dense
-    reference (float64 on the CPU), barring decisions within rounding of a tie."""
+def fused_device():
+    """Where the fast backend's fused kernels run: "cuda" (compiled), "cpu" (Triton's
+    interpreter, TRITON_INTERPRET=1), or None (no Triton, or no GPU and no interpreter)."""
+    if not HAS_TRITON:
+        return None
+    from gtp_ref import _triton
+    if _triton.INTERPRETED:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+FUSED = fused_device()
+
+
+@pytest.mark.skipif(FUSED is None, reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1")
+@(pytest.mark.cuda if FUSED == "cuda" else lambda f: f)
+@given(configs(propagation="graph"), st.sampled_from(COLUMN_SELECTIONS), st.booleans(),
+       st.sampled_from([torch.float64, torch.float32]))
+def test_fused_model_equals_dense(cfg, selection, ties, dtype):
+    """The whole model on the fused path (every kernel but the threshold's selection), on the GPU
+    or in Triton's interpreter, against the dense reference on the CPU in the same dtype, barring
+    decisions within rounding of a tie."""
     cfg = {**cfg, "selection": selection}
-    x = images_for(cfg, 2, ties=ties)
-    model = build({**cfg, "backend": "fast"}).cuda()
+    x = images_for(cfg, 2, ties=ties, dtype=dtype)
+    model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
     with torch.no_grad():
-        assert fast.attend_and_score(model.blocks[0], model.embed(x.cuda()), None, cfg["sparsity"],
+        assert fast.attend_and_score(model.blocks[0], model.embed(x.to(FUSED)), None, cfg["sparsity"],
                                      selection, cfg["class_token"]) is not None, "the fused path is taken"
-        trace = build(cfg).forward_trace(x, margins=True)
-        got = model(x.cuda()).cpu()
-    assume(trace.min_margin() > NEAR_TIE[torch.float64])
-    assert torch.allclose(got, trace.logits, rtol=1e-7, atol=1e-9), cfg
+        trace = build(cfg, dtype=dtype).forward_trace(x, margins=True)
+        got = model(x.to(FUSED)).cpu()
+    assume(trace.min_margin() > NEAR_TIE[dtype])
+    rtol, atol = (1e-7, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5)  # as test_models_agree
+    assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (FUSED, dtype, cfg)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (its interpreter runs the kernels on the CPU)")
+def test_fused_model_in_the_triton_interpreter():
+    """The fused model test above, in a fresh process with TRITON_INTERPRET=1: the fused path
+    end to end without a GPU."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                        "tests/test_fast.py::test_fused_model_equals_dense"],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
