@@ -12,7 +12,9 @@ throughput: images per second of the plain ViT (fused and explicit attention), G
 paper's settings (each backend) and ToMe, at the P / r of supplement Tables 1-3; warm-up,
 median of >= 5 repeats with min and max, the ideal speed-up from the backbone MAC ratio;
 ``--json`` and ``--figure PATH``.  On the CPU it defaults to a tiny smoke model.  Methods ending in
-``+graph`` (CUDA only) replay the model from a CUDA graph.
+``+graph`` (CUDA only) replay the model from a CUDA graph; ``+compile`` (asked for by name, since
+compiling takes a minute per model) runs ``torch.compile(model)`` (Inductor, default mode), on
+CUDA replayed from a CUDA graph as well, so it compares with ``+graph``.
 
 threshold: the attention-sparsity threshold alone (k-th smallest of each head's N^2 entries) by
 every available method -- ``kthvalue``, ``topk``, the Triton candidates on CUDA -- each checked
@@ -142,6 +144,8 @@ SPARSITY = {"deit_base": 0.5}  # theta: 0.6 for DeiT-S (C.2) and the others, 0.5
 METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
 # Also timed on CUDA: the same model replayed from a CUDA graph (gtp_ref.fast.cuda_graphed).
 GRAPHED = ("baseline_fused+graph", "gtp_fast+graph", "tome+graph")
+# Only when named in --methods: torch.compile(model); on CUDA also replayed from a CUDA graph.
+COMPILED = ("baseline_fused+compile", "gtp_dense+compile", "gtp_fast+compile", "tome+compile")
 
 
 def geometry_of(model):
@@ -160,7 +164,7 @@ def build_model(model, method, P, device):
     from gtp_ref.vit import ViT
 
     geometry = vit_kwargs(geometry_of(model))
-    method = method.removesuffix("+graph")
+    method = method.split("+")[0]
     with torch.device(device):  # initialised where it runs: large models build in seconds, not minutes
         if method.startswith("baseline"):
             net = ViT(**geometry, fused_attn=method == "baseline_fused")
@@ -194,7 +198,8 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
                progress=None):
     """Images per second for every model x method x P x batch x dtype; baselines at P = 0.
 
-    A method ending in ``+graph`` is replayed from a CUDA graph (captured after warm-up).
+    A method ending in ``+graph`` is replayed from a CUDA graph (captured after warm-up); one
+    ending in ``+compile`` runs ``torch.compile(model)``, on CUDA replayed from a CUDA graph too.
     """
     from gtp_ref.fast import cuda_graphed
     rows = []
@@ -207,8 +212,11 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
                     for P in ([0] if method.startswith("baseline") else SCHEDULES[model]):
                         if progress:
                             progress(f"{model} {method} P={P} batch={batch} {dtype}")
-                        forward = forward_fn(build_model(model, method, P, device), device, dtype)
-                        if method.endswith("+graph"):
+                        net = build_model(model, method, P, device)
+                        if method.endswith("+compile"):
+                            net = torch.compile(net)  # compiled by the first call (cuda_graphed's or time_it's warm-up)
+                        forward = forward_fn(net, device, dtype)
+                        if method.endswith("+graph") or (method.endswith("+compile") and device == "cuda"):
                             forward = cuda_graphed(forward, x)
                         times = time_it(lambda: forward(x), device, repeats)
                         med = statistics.median(times)
@@ -216,19 +224,19 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
                                      "dtype": dtype, "img_per_s": batch / med,
                                      "min_img_per_s": batch / max(times), "max_img_per_s": batch / min(times),
                                      "ideal_speedup": ideal_speedup(model, P) if P else 1.0})
-                        del forward
+                        del forward, net
     return rows
 
 
 def format_throughput(rows, device):
     out = [f"throughput (img/s, median of repeats; min-max), device={device}, torch {torch.__version__}", "",
-           f"{'model':>10} {'method':>17} {'P':>3} {'batch':>5} {'dtype':>5} {'img/s':>10} "
+           f"{'model':>10} {'method':>22} {'P':>3} {'batch':>5} {'dtype':>5} {'img/s':>10} "
            f"{'min-max':>21} {'vs fused':>8} {'ideal':>6}"]
     base = {(r["model"], r["batch"], r["dtype"]): r["img_per_s"] for r in rows if r["method"] == "baseline_fused"}
     for r in rows:
         b = base.get((r["model"], r["batch"], r["dtype"]))
         rel = f"{r['img_per_s'] / b:8.3f}" if b else f"{'':>8}"
-        out.append(f"{r['model']:>10} {r['method']:>17} {r['P']:>3} {r['batch']:>5} {r['dtype']:>5} "
+        out.append(f"{r['model']:>10} {r['method']:>22} {r['P']:>3} {r['batch']:>5} {r['dtype']:>5} "
                    f"{r['img_per_s']:>10.2f} {r['min_img_per_s']:>10.2f}-{r['max_img_per_s']:<10.2f} {rel} "
                    f"{r['ideal_speedup']:6.2f}")
     return "\n".join(out) + "\n"
@@ -241,6 +249,14 @@ QUOTED = {("deit_small", 256, "fp16"): {"authors' GTP": {8: 6086, 16: 8816},
 
 
 COLORS = {"gtp_dense": "tab:blue", "gtp_sparse": "tab:orange", "gtp_fast": "tab:green", "tome": "tab:red"}
+STYLES = {"": ("-", "o-"), "graph": ("--", "o--"), "compile": ("-.", "s-.")}  # suffix -> baseline line, P curve
+
+
+def _style(method):
+    """(baseline line style, P-curve format) of a method, by its +suffix; explicit attention dotted."""
+    if method == "baseline_explicit":
+        return ":", "o:"
+    return STYLES[method.partition("+")[2]]
 
 
 def plot_throughput(rows, path):
@@ -262,17 +278,15 @@ def plot_throughput(rows, path):
         sel = [r for r in rows if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype)]
         Ps = sorted({r["P"] for r in sel if r["P"]})
         fused = next((r["img_per_s"] for r in sel if r["method"] == "baseline_fused"), None)
-        for method in METHODS + GRAPHED:
+        for method in METHODS + GRAPHED + COMPILED:
             pts = sorted((r["P"], r["img_per_s"]) for r in sel if r["method"] == method)
             if not pts:
                 continue
+            line, curve = _style(method)
             if method.startswith("baseline"):
-                ax.axhline(pts[0][1], ls=":" if method.endswith("explicit") else
-                           "--" if method.endswith("graph") else "-", color="gray",
-                           label=method.replace("_", " "))
+                ax.axhline(pts[0][1], ls=line, color="gray", label=method.replace("_", " "))
             else:
-                ax.plot(*zip(*pts), "o--" if method.endswith("graph") else "o-", color=COLORS[method.split("+")[0]],
-                        label=method.replace("_", " "))
+                ax.plot(*zip(*pts), curve, color=COLORS[method.split("+")[0]], label=method.replace("_", " "))
         if fused and Ps:
             ax.plot(Ps, [fused * ideal_speedup(model, P) for P in Ps], "k--", lw=1,
                     label="ideal: fused baseline x MAC ratio")
@@ -299,8 +313,8 @@ def main(argv=None):
                     help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
     tp.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "fp16", "bf16"],
                     help="default: fp32 and fp16 on CUDA, fp32 on the CPU")
-    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED),
-                    help="default: all (the +graph ones on CUDA only)")
+    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED + COMPILED),
+                    help="default: all but +compile (the +graph ones on CUDA only)")
     tp.add_argument("--repeats", type=int, default=5)
     tp.add_argument("--json", action="store_true")
     tp.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")

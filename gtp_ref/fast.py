@@ -29,7 +29,6 @@ Same results as the dense reference (the property tests and the conformance suit
 Token scores and selection are the dense reference's (static shapes already: a sort of the n
 scores per image).
 """
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +41,10 @@ from gtp_ref.select import (COLUMN_SELECTIONS, column_scores, head_thresholds, s
                             sparsify_attention as dense_sparsify_attention)
 
 
-@functools.cache
-def _triton_kernels():
-    """``gtp_ref._triton``, or None where Triton is not installed."""
-    try:
-        from gtp_ref import _triton
-    except ImportError:
-        return None
-    return _triton
+try:  # the fused kernels, where Triton is installed (the GPU machine has it; CPU CI does not)
+    from gtp_ref import _triton as _kernels
+except ImportError:
+    _kernels = None
 
 
 def kth_smallest(rows, k):
@@ -85,7 +80,7 @@ def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
     where the fused kernels do not apply (see the module docstring) -- the caller then takes
     the reference path.
     """
-    kernels = _triton_kernels()
+    kernels = _kernels
     runs_here = kernels is not None and (x.is_cuda if not kernels.INTERPRETED else x.device.type == "cpu")
     N = x.shape[1]
     if (not runs_here or N > MAX_FUSED_TOKENS

@@ -1,7 +1,10 @@
 """Smoke test of the benchmark command (a benchmark is not a test: no timing is asserted)."""
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from gtp_ref.bench import peak_added_bytes
 
@@ -92,3 +95,15 @@ def test_plot_redraws_from_json_out(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "plot", str(tmp_path / "missing.json"),
                         "--figure", str(fig)], capture_output=True, text=True)
     assert r.returncode == 2 and "cannot read throughput rows" in r.stderr
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_throughput_compile_smoke():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "smoke", "--repeats", "1",
+                        "--methods", "gtp_fast", "gtp_fast+compile", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [(x["method"], x["P"]) for x in rows] == [("gtp_fast", 1), ("gtp_fast", 2),
+                                                     ("gtp_fast+compile", 1), ("gtp_fast+compile", 2)]
+    assert all(x["img_per_s"] > 0 for x in rows)

@@ -1,5 +1,6 @@
 """GTPViT: invariants, timm layout, errors, dtypes, devices and gradients."""
 import math
+import shutil
 
 import pytest
 import torch
@@ -247,3 +248,24 @@ def test_cuda_matches_cpu(dtype):
         gpu = model.cuda()(x.cuda()).cpu()
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     assert torch.allclose(cpu, gpu, rtol=tol, atol=tol)
+
+
+# torch.compile's Inductor backend generates C++ on the CPU: it needs a C++ compiler.
+has_cxx = pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
+                             reason="torch.compile on the CPU needs a C++ compiler")
+
+
+@has_cxx
+@pytest.mark.parametrize("backend", ["dense", "fast"])
+def test_torch_compile_takes_the_whole_model_in_one_graph(backend):
+    """The static-shape backends compile whole (fullgraph=True: no graph break, no host sync) and
+    the compiled model equals the eager one in float64 (same decisions, rounding-level logits)."""
+    cfg = dict(BASE, img_size=(32, 24), num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3,
+               graph="mixed", num_neighbours=2, selection="mixed_attn_max", backend=backend)
+    model = build(cfg)
+    x = images_for(cfg, 3)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True)(x)
+        eager = model(x)
+    assert torch.allclose(compiled, eager, rtol=1e-12, atol=1e-12), (backend, (compiled - eager).abs().max())

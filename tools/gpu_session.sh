@@ -3,7 +3,7 @@
 # (its image has torch, triton, pytest and hypothesis; nothing is downloaded).
 #   bash tools/gpu_session.sh STEP...
 #   STEP in: env tests tests_fast threshold scaling profile deit_small deit_small_b1 deit_small_fp32
-#            deit_base vit_large eva_large all
+#            deit_base vit_large eva_large compile all
 # Logs go to $OUT (or ./gpu_out) as <step>.txt / .json.
 set -u
 OUT=${OUT:-gpu_out}
@@ -32,6 +32,9 @@ for s in "$@"; do case $s in
   deit_base|vit_large|eva_large) step "throughput_$s.txt" 300 python3 -m gtp_ref.bench throughput --device cuda \
       --models "$s" --dtypes fp16 --methods baseline_fused baseline_explicit gtp_fast tome baseline_fused+graph \
       gtp_fast+graph tome+graph --json-out "$OUT/throughput_$s.json" ;;
+  compile) step throughput_deit_small_compile.txt 580 python3 -m gtp_ref.bench throughput --device cuda \
+      --models deit_small --batches 256 --dtypes fp16 --methods baseline_fused+graph gtp_fast+graph tome+graph \
+      baseline_fused+compile gtp_fast+compile tome+compile --json-out "$OUT/throughput_deit_small_compile.json" ;;
   tests_fast) step tests_fast.txt 300 python3 -m pytest -m cuda -q -p no:cacheprovider tests/test_fast.py ;;
   all) step throughput_all.txt 580 python3 -m gtp_ref.bench throughput --device cuda \
       --json-out "$OUT/throughput_all.json" --figure "$OUT/throughput_h100.png" ;;
