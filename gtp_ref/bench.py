@@ -214,6 +214,9 @@ def throughput(models, device="cpu", batches=(1,), dtypes=("fp32",), repeats=5, 
                             progress(f"{model} {method} P={P} batch={batch} {dtype}")
                         net = build_model(model, method, P, device)
                         if method.endswith("+compile"):
+                            # a fresh compile cache per model: otherwise the models of one run pile up
+                            # recompilations of the same forward until Dynamo's limit quietly runs eager
+                            torch.compiler.reset()
                             net = torch.compile(net)  # compiled by the first call (cuda_graphed's or time_it's warm-up)
                         forward = forward_fn(net, device, dtype)
                         if method.endswith("+graph") or (method.endswith("+compile") and device == "cuda"):

@@ -264,7 +264,7 @@ def test_torch_compile_takes_the_whole_model_in_one_graph(backend):
                graph="mixed", num_neighbours=2, selection="mixed_attn_max", backend=backend)
     model = build(cfg)
     x = images_for(cfg, 3)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     with torch.no_grad():
         compiled = torch.compile(model, fullgraph=True)(x)
         eager = model(x)
