@@ -38,10 +38,6 @@ import torch
 import triton
 import triton.language as tl
 
-# Triton decides when a kernel is defined (here, at import) whether it is compiled for the GPU or
-# run by the interpreter on CPU tensors (TRITON_INTERPRET=1); the fast backend asks which.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-
 # Digits of the 32-bit key, most significant first.  The first digit covers the sign, the
 # exponent and 3 mantissa bits, so one pass already splits values by their binade.
 DIGITS = (12, 10, 10)
@@ -380,3 +376,9 @@ def mask_and_reduce(probs, tau=None, out_dtype=None):
     _mask_reduce_kernel[grid](probs, probs if tau is None else tau.contiguous(), masked, col_sums, diag, N,
                               HAS_TAU=tau is not None, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
     return masked, col_sums.to(probs.dtype), diag.to(probs.dtype)
+
+
+# Triton decides when a kernel is defined (at import) whether it is compiled for the GPU or run by
+# its interpreter on CPU tensors (TRITON_INTERPRET=1); the fast backend asks which.  The kernel's
+# own type says so in every Triton version (``triton.knobs`` exists only in recent ones).
+INTERPRETED = type(_softmax_kernel).__name__ == "InterpretedFunction"
