@@ -45,6 +45,8 @@ try:  # the fused kernels, where Triton is installed (the GPU machine has it; CP
     from gtp_ref import _triton as _kernels
 except ImportError:
     _kernels = None
+# The device type the fused kernels run on: "cuda" (compiled), "cpu" (Triton's interpreter), or None.
+FUSED_DEVICE = None if _kernels is None else "cpu" if _kernels.INTERPRETED else "cuda"
 
 
 def kth_smallest(rows, k):
@@ -80,10 +82,8 @@ def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
     where the fused kernels do not apply (see the module docstring) -- the caller then takes
     the reference path.
     """
-    kernels = _kernels
-    runs_here = kernels is not None and (x.is_cuda if not kernels.INTERPRETED else x.device.type == "cpu")
     N = x.shape[1]
-    if (not runs_here or N > MAX_FUSED_TOKENS
+    if (x.device.type != FUSED_DEVICE or N > MAX_FUSED_TOKENS
             or (selection is not None and selection not in COLUMN_SELECTIONS)):
         return None
     attn = block.attn
@@ -93,9 +93,9 @@ def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
     # softmax runs in float32 under autocast, else in the type promotion of logits and log s
     probs_dtype = (torch.float32 if torch.is_autocast_enabled(x.device.type) else
                    logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
-    probs = kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
+    probs = _kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
     tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
-    masked, col_sums, diagonal = kernels.mask_and_reduce(probs, tau, v.dtype)
+    masked, col_sums, diagonal = _kernels.mask_and_reduce(probs, tau, v.dtype)
     x = x + attn.project(masked @ v)
     if selection is None:
         return x, None

@@ -219,18 +219,8 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"
 
 
-def fused_device():
-    """Where the fast backend's fused kernels run: "cuda" (compiled), "cpu" (Triton's
-    interpreter, TRITON_INTERPRET=1), or None (no Triton, or no GPU and no interpreter)."""
-    if not HAS_TRITON:
-        return None
-    from gtp_ref import _triton
-    if _triton.INTERPRETED:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else None
-
-
-FUSED = fused_device()
+# Where the fused kernels can run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
+FUSED = fast.FUSED_DEVICE if fast.FUSED_DEVICE != "cuda" or torch.cuda.is_available() else None
 
 
 @pytest.mark.skipif(FUSED is None, reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1")
