@@ -15,6 +15,7 @@ from hypothesis import assume, given, strategies as st
 
 from gtp_ref import dense, fast
 from gtp_ref.select import COLUMN_SELECTIONS
+from tests.official import load, model_for
 from tests.strategies import DTYPES, NEAR_TIE, tensors
 from tests.test_model import build, configs, images_for
 
@@ -244,12 +245,32 @@ def test_fused_model_equals_dense(cfg, selection, ties, dtype):
     assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (FUSED, dtype, cfg)
 
 
+FUSED_VECTORS = [v for v in load()["vectors"] if v["config"]["selection"] in COLUMN_SELECTIONS]
+
+
+@pytest.mark.skipif(FUSED is None, reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1")
+@(pytest.mark.cuda if FUSED == "cuda" else lambda f: f)
+@pytest.mark.parametrize("vector", FUSED_VECTORS, ids=lambda v: v["id"])
+def test_fused_path_reproduces_the_authors_vectors(vector):
+    """Issue 5's "same semantics": the authors' logits from the fast backend's fused path."""
+    model, images = model_for(vector, backend="fast")
+    model, images = model.to(FUSED), images.to(FUSED)
+    cfg = vector["config"]
+    with torch.no_grad():
+        assert fast.attend_and_score(model.blocks[0], model.embed(images), None, cfg["sparsity"],
+                                     cfg["selection"], cfg["class_token"]) is not None, "the fused path is taken"
+        logits = model(images).cpu()
+    assert torch.allclose(logits, torch.tensor(vector["logits"], dtype=torch.float64), rtol=1e-6, atol=1e-8)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton (its interpreter runs the kernels on the CPU)")
-def test_fused_model_in_the_triton_interpreter():
-    """The fused model test above, in a fresh process with TRITON_INTERPRET=1: the fused path
+def test_fused_path_in_the_triton_interpreter():
+    """The two fused-path tests above, in a fresh process with TRITON_INTERPRET=1: the fused path
     end to end without a GPU."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                        "tests/test_fast.py::test_fused_model_equals_dense"],
+                        "tests/test_fast.py::test_fused_model_equals_dense",
+                        "tests/test_fast.py::test_fused_path_reproduces_the_authors_vectors"],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    want = f"{1 + len(FUSED_VECTORS)} passed"
+    assert r.returncode == 0 and want in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
