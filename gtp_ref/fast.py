@@ -7,10 +7,10 @@ Same results as the dense reference (the property tests and the conformance suit
   the input's shape and the schedule (no ``nonzero``, ``masked_select`` or ``.item()``), so
   the host never waits for the GPU and a whole forward can be captured in a CUDA graph
   (``cuda_graphed``).  A CUDA test runs the forward under ``torch.cuda.set_sync_debug_mode``.
-* **The sparsity threshold by ``topk``.**  On CUDA the k-th smallest of each head's N^2
-  attention entries comes from ``torch.topk`` (exact, a multi-block radix selection) instead
-  of ``torch.kthvalue`` (one block per head), the most expensive op of a GTP forward; on the
-  CPU ``kthvalue``.
+* **The sparsity threshold by ``topk``.**  The k-th smallest of each head's N^2 attention
+  entries comes from ``torch.topk`` (exact; on CUDA a multi-block radix selection) instead of
+  ``torch.kthvalue`` (on CUDA one block per head), the most expensive op of a GTP forward; on
+  the CPU ``topk`` is faster too.
 * **The graph is never shrunk.**  A ``LazyGraph`` keeps the first layer's Â and, per image, the
   original index of every current token; each layer gathers only Â[K, P] ((n - P) x P entries
   per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
@@ -52,14 +52,12 @@ FUSED_DEVICE = None if _kernels is None else "cpu" if _kernels.INTERPRETED else 
 def kth_smallest(rows, k):
     """The exact k-th smallest (1-based) of each row: rows [R, L] -> [R], rows' dtype.
 
-    On CUDA: the smallest of the L - k + 1 largest or the largest of the k smallest, by
-    ``torch.topk`` (a multi-block radix selection), whichever asks for fewer; it measured
-    0.64x ``kthvalue``'s time at B = 256, N = 197 and 0.013x at N = 4097 on an H100 (and
-    beat the Triton selection kernels in ``gtp_ref._triton``, see docs/performance.md).
-    Elsewhere ``torch.kthvalue``.
+    The smallest of the L - k + 1 largest or the largest of the k smallest, by ``torch.topk``,
+    whichever asks for fewer.  On an H100 (a multi-block radix selection) it measured 0.64x
+    ``kthvalue``'s time at B = 256, N = 197 and 0.013x at N = 4097, and beat the Triton
+    selection kernels in ``gtp_ref._triton``; on a 2-core CPU 0.65-0.89x (docs/performance.md,
+    ``python -m gtp_ref.bench threshold``).
     """
-    if not rows.is_cuda:
-        return rows.kthvalue(k, dim=-1).values
     L = rows.shape[-1]
     if k <= L - k + 1:
         return rows.topk(k, dim=-1, largest=False, sorted=False).values.amax(dim=-1)

@@ -68,7 +68,7 @@ def test_threshold_smoke():
                         "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert {x["method"] for x in rows} == {"kthvalue", "topk"} and all(x["exact"] for x in rows)
+    assert {x["method"] for x in rows} == {"kthvalue", "topk", "topk (fast)"} and all(x["exact"] for x in rows)
     bad = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "threshold", "--sizes", "2by9"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--sizes are BxN" in bad.stderr
