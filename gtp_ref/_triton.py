@@ -4,7 +4,9 @@ Used by the fast backend: ``softmax_rows`` and ``mask_and_reduce`` fuse GTP's at
 the scaled logits plus log s into a row softmax; the masking below the sparsity threshold with
 the cast for ``Att v`` and the column sums and diagonal the scores need -- one pass each.
 
-Benchmark candidates, not used by the fast backend: ``kth_smallest``, ``kth_smallest_radix``
+Benchmark candidates, not used by the fast backend: ``attention_probs`` (q k^T and the
+softmax in one kernel, reading q and k straight from the qkv projection; ``python -m
+gtp_ref.bench attention``, not yet timed on a GPU), and ``kth_smallest``, ``kth_smallest_radix``
 and ``kth_smallest_bracket``, exact k-th smallest values of every row of a [R, L] tensor (GTP's
 sparsity threshold with one row per image and head, L = N^2).  On an H100 the first two lost to
 ``torch.topk``, which the fast backend uses (``python -m gtp_ref.bench threshold``;
@@ -301,8 +303,10 @@ def _softmax_kernel(logits_ptr, log_s_ptr, out_ptr, num_rows, N, H, scale, HAS_L
     m = (rows < num_rows)[:, None] & (cols < N)[None, :]
     off = rows.to(tl.int64)[:, None] * N + cols[None, :]
     z = tl.load(logits_ptr + off, mask=m, other=0.0)
-    z = (z * scale).to(logits_ptr.dtype.element_ty)  # q k^T / sqrt(d), rounded as torch does
-    z = z.to(tl.float64) if F64 else z.to(tl.float32)
+    if F64:  # scaled by the caller, in float64
+        z = z.to(tl.float64)
+    else:  # q k^T / sqrt(d) as torch computes it: in float32, rounded to the logits' dtype
+        z = (z.to(tl.float32) * scale).to(logits_ptr.dtype.element_ty).to(tl.float32)
     if HAS_LOG_S:
         image = rows // (H * N)
         z = z + tl.load(log_s_ptr + image.to(tl.int64)[:, None] * N + cols[None, :], mask=m, other=0.0)
@@ -319,7 +323,7 @@ def softmax_rows(logits, scale, log_s=None, out_dtype=torch.float32):
     """
     B, H, N, _ = logits.shape
     f64 = torch.float64 in (logits.dtype, out_dtype)
-    if f64:  # a Python float reaches the kernel as float32: scale float64 logits here, exactly as torch does
+    if f64:  # a Python float reaches the kernel as float32: scale here, exactly as torch does
         logits, scale = logits * scale, 1.0
     logits = logits.contiguous()
     out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
@@ -376,6 +380,68 @@ def mask_and_reduce(probs, tau=None, out_dtype=None):
     _mask_reduce_kernel[grid](probs, probs if tau is None else tau.contiguous(), masked, col_sums, diag, N,
                               HAS_TAU=tau is not None, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
     return masked, col_sums.to(probs.dtype), diag.to(probs.dtype)
+
+
+# ---- a benchmark candidate: q k^T and the softmax in one kernel ----------------------------------
+@triton.jit
+def _attention_probs_kernel(q_ptr, k_ptr, log_s_ptr, out_ptr, N, H, D, scale, sqb, sqh, sqn, skb, skh, skn,
+                            HAS_LOG_S: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh = tl.program_id(0)  # image x head
+    b, h = bh // H, bh % H
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)  # query rows of this program
+    cols = tl.arange(0, BLOCK_N)  # every key: the whole row of the map is in one tile
+    d = tl.arange(0, BLOCK_D)
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + rows[:, None] * sqn + d[None, :],
+                mask=(rows < N)[:, None] & (d < D)[None, :], other=0.0)
+    k = tl.load(k_ptr + b.to(tl.int64) * skb + h * skh + cols[:, None] * skn + d[None, :],
+                mask=(cols < N)[:, None] & (d < D)[None, :], other=0.0)
+    if IEEE:  # float32 inputs: full float32 products, as torch's matmul (no TF32)
+        z = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        z = tl.dot(q, tl.trans(k))  # float16 / bfloat16 products, float32 accumulation
+    z = z.to(q_ptr.dtype.element_ty).to(tl.float32)  # q k^T in the inputs' dtype, as the matmul returns it
+    z = (z * scale).to(q_ptr.dtype.element_ty).to(tl.float32)  # / sqrt(d) in float32, rounded as torch does
+    if HAS_LOG_S:
+        z = z + tl.load(log_s_ptr + b.to(tl.int64) * N + cols, mask=cols < N, other=0.0)[None, :]
+    z = tl.where((cols < N)[None, :], z, float("-inf"))
+    e = tl.exp(z - tl.max(z, 1)[:, None])
+    p = e / tl.sum(e, 1)[:, None]
+    tl.store(out_ptr + bh.to(tl.int64) * N * N + rows[:, None] * N + cols[None, :], p,
+             mask=(rows < N)[:, None] & (cols < N)[None, :])
+
+
+def attention_probs(q, k, scale, log_s=None, block_m=32):
+    """softmax(q k^T * scale + log s) in one kernel: q, k [B, H, N, d] float16 / bfloat16 /
+    float32 (any strides with a unit last one, e.g. views of the qkv projection), log_s [B, N]
+    -> float32 [B, H, N, N] (a benchmark candidate, ``python -m gtp_ref.bench attention``).
+
+    The same rounding steps as the reference under autocast: q k^T accumulated in float32 and
+    rounded to the inputs' dtype, scaled and rounded again, then + log s and the softmax in
+    float32.  The products are summed in another order than cuBLAS's, so a logit can round to
+    the neighbouring float16 value: not bit-identical to the torch path.
+    """
+    B, H, N, D = q.shape
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype:
+        raise ValueError(f"attention_probs takes float16, bfloat16 or float32 q and k of one dtype, "
+                         f"not {q.dtype} and {k.dtype}")
+    if N > MAX_ROW_TOKENS:
+        raise ValueError(f"attention_probs holds a whole row of the map in one tile: N={N} must be <= {MAX_ROW_TOKENS}")
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    out = torch.empty(B, H, N, N, dtype=torch.float32, device=q.device)
+    has_log_s = log_s is not None
+    log_s = log_s.float().contiguous() if has_log_s else out
+    grid = (B * H, triton.cdiv(N, block_m))
+    _attention_probs_kernel[grid](q, k, log_s, out, N, H, D, float(scale), q.stride(0), q.stride(1), q.stride(2),
+                                  k.stride(0), k.stride(1), k.stride(2), HAS_LOG_S=has_log_s,
+                                  IEEE=q.dtype == torch.float32, BLOCK_M=block_m,
+                                  BLOCK_N=max(16, triton.next_power_of_2(N)),
+                                  BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=8)
+    return out
+
+
+MAX_ROW_TOKENS = 512  # a [BLOCK_M, N] float32 tile per program
 
 
 # Triton decides when a kernel is defined (at import) whether it is compiled for the GPU or run by

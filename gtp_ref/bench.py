@@ -1,4 +1,4 @@
-"""Benchmarks.  ``python -m gtp_ref.bench scaling|throughput|threshold|profile|plot ...``.
+"""Benchmarks.  ``python -m gtp_ref.bench scaling|throughput|threshold|attention|profile|plot ...``.
 
 scaling: the token graph plus 12 layers of selection and graph propagation (random scores,
 P = n/64 per layer, token sizes on, B = 2, C = 64, mixed graph with M = 8) for grids
@@ -18,7 +18,9 @@ CUDA replayed from a CUDA graph as well, so it compares with ``+graph``.
 
 threshold: the attention-sparsity threshold alone (k-th smallest of each head's N^2 entries) by
 every available method -- ``kthvalue``, ``topk``, the Triton candidates on CUDA -- each checked
-exact against ``kthvalue``.  profile: a ``torch.profiler`` table of one configuration's forward.
+exact against ``kthvalue``.  attention: the attention-map stage alone (logits and softmax, float32
+out) by torch, by the fast backend's fused path and by a one-kernel Triton candidate, each with its
+largest difference from torch's map.  profile: a ``torch.profiler`` table of one configuration's forward.
 plot: redraws the throughput figure from ``--json-out`` files (no GPU needed).
 scaling, throughput and threshold take ``--json-out PATH`` to keep their rows (plot reads them back).
 """
@@ -329,6 +331,14 @@ def main(argv=None):
     th.add_argument("--repeats", type=int, default=20)
     th.add_argument("--json", action="store_true")
     th.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")
+    at = sub.add_parser("attention", help="the attention map: torch vs the fused path vs a one-kernel candidate")
+    at.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    at.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
+                    help="batch x tokens, H = 6, d = 64 (default on CUDA: 16x197 256x197 64x577; CPU: 2x50)")
+    at.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="q and k (default: fp16 on CUDA, fp32 on the CPU)")
+    at.add_argument("--repeats", type=int, default=20)
+    at.add_argument("--json", action="store_true")
+    at.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON rows to PATH")
     pr = sub.add_parser("profile", help="torch.profiler table of one forward configuration")
     pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     pr.add_argument("--model", default="smoke", choices=list(SCHEDULES))
@@ -355,6 +365,8 @@ def main(argv=None):
         return _throughput_main(p, args)
     if args.command == "threshold":
         return _threshold_main(p, args)
+    if args.command == "attention":
+        return _attention_main(p, args)
     if args.command == "profile":
         return _profile_main(p, args)
     if args.repeats < 1 or any(g < 1 for g in args.grids):
@@ -479,15 +491,87 @@ def format_threshold(rows, device):
     return "\n".join(out) + "\n"
 
 
-def _threshold_main(p, args):
-    default = ["16x197", "256x197", "1x4097"] if args.device == "cuda" else ["2x50"]
+def attention_map_methods(device):
+    """name -> f(q, k, scale, log_s): the float32 map softmax(q k^T scale + log s), or (GEMM-only
+    rows, whose name starts with "q kT") just the logits."""
+    def reference(q, k, scale, log_s):
+        return ((q @ k.transpose(-2, -1)) * scale + log_s[:, None, None, :]).softmax(-1, dtype=torch.float32)
+
+    def padded_logits(q, k, scale, log_s):  # keys padded to a multiple of 8: 16-byte aligned fp16 rows
+        pad = -k.shape[2] % 8
+        return q @ torch.nn.functional.pad(k, (0, 0, 0, pad)).transpose(-2, -1)
+
+    methods = {"torch": reference,
+               "q kT (torch)": lambda q, k, scale, log_s: q @ k.transpose(-2, -1),
+               "q kT, keys padded to 8": padded_logits}
+    if device == "cuda":
+        from gtp_ref import _triton
+        methods["q kT + triton softmax"] = (  # the fast backend's path now
+            lambda q, k, scale, log_s: _triton.softmax_rows(q @ k.transpose(-2, -1), scale, log_s))
+        methods["triton q kT+softmax"] = _triton.attention_probs  # one kernel (candidate)
+    return methods
+
+
+def attention_map(sizes, device, repeats, dtype, heads=6, head_dim=64):
+    """Time the attention-map stage of a GTP block (logits and row softmax, float32 out) on
+    q, k [B, H, N, d] viewed from a qkv projection [B, N, 3, H, d], as the model has them."""
+    rows = []
+    g = torch.Generator(device=device).manual_seed(0)
+    for B, N in sizes:
+        qkv = torch.randn(B, N, 3, heads, head_dim, generator=g, device=device).to(dtype)
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views
+        log_s = torch.rand(B, N, generator=g, device=device).add(0.5).log()  # (B, N) float32
+        scale = head_dim ** -0.5
+        want = attention_map_methods(device)["torch"](q, k, scale, log_s)
+        for name, f in attention_map_methods(device).items():
+            try:
+                med, best = time_op_us(lambda: f(q, k, scale, log_s), device, repeats)
+                out = f(q, k, scale, log_s)
+            except Exception as e:  # noqa: BLE001 -- a candidate that fails is reported, not fatal
+                rows.append({"B": B, "N": N, "H": heads, "method": name, "error": f"{type(e).__name__}: {e}"[:200]})
+                continue
+            diff = None if name.startswith("q kT") else float((out - want).abs().max())
+            rows.append({"B": B, "N": N, "H": heads, "dtype": str(dtype).removeprefix("torch."), "method": name,
+                         "median_us": med, "min_us": best, "max_abs_diff": diff})
+    return rows
+
+
+def format_attention_map(rows, device):
+    out = [f"attention map softmax(q kT / sqrt(d) + log s), float32 out, H = 6, d = 64, device={device}, "
+           f"torch {torch.__version__}; diff: max |p - torch's p|", "",
+           f"{'B':>4} {'N':>5} {'dtype':>8} {'method':>24} {'median us':>11} {'min us':>10} {'vs torch':>9} {'diff':>9}"]
+    base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "torch"}
+    for r in rows:
+        if "error" in r:
+            out.append(f"{r['B']:>4} {r['N']:>5} {'':>8} {r['method']:>24} failed: {r['error']}")
+            continue
+        diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
+        out.append(f"{r['B']:>4} {r['N']:>5} {r['dtype']:>8} {r['method']:>24} {r['median_us']:>11.1f} "
+                   f"{r['min_us']:>10.1f} {r['median_us'] / base[(r['B'], r['N'])]:>9.3f} {diff:>9}")
+    return "\n".join(out) + "\n"
+
+
+def _sizes(p, args, default):
+    """--sizes BxN ... as (B, N) pairs (exit 2 on a malformed one); checks --repeats too."""
     try:
         sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes or default]
     except ValueError:
         sizes = [()]
     if args.repeats < 1 or any(len(s) != 2 or min(s) < 1 for s in sizes):
         p.error("--sizes are BxN with B, N >= 1 (e.g. 256x197); --repeats must be >= 1")
+    return sizes
+
+
+def _threshold_main(p, args):
+    sizes = _sizes(p, args, ["16x197", "256x197", "1x4097"] if args.device == "cuda" else ["2x50"])
     return _emit(args, threshold(sizes, args.device, args.repeats), format_threshold)
+
+
+def _attention_main(p, args):
+    cuda = args.device == "cuda"
+    sizes = _sizes(p, args, ["16x197", "256x197", "64x577"] if cuda else ["2x50"])
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if cuda else "fp32")]
+    return _emit(args, attention_map(sizes, args.device, args.repeats, dtype), format_attention_map)
 
 
 def _profile_main(p, args):

@@ -107,3 +107,17 @@ def test_throughput_compile_smoke():
     assert [(x["method"], x["P"]) for x in rows] == [("gtp_fast", 1), ("gtp_fast", 2),
                                                      ("gtp_fast+compile", 1), ("gtp_fast+compile", 2)]
     assert all(x["img_per_s"] > 0 for x in rows)
+
+
+def test_attention_map_smoke():
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "attention", "--sizes", "2x9", "3x10", "--repeats", "1",
+                        "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [(x["B"], x["method"]) for x in rows] == [(B, m) for B in (2, 3) for m in
+                                                     ("torch", "q kT (torch)", "q kT, keys padded to 8")]
+    assert all(x["median_us"] > 0 and x["dtype"] == "float32" for x in rows)
+    assert [x["max_abs_diff"] for x in rows if x["method"] == "torch"] == [0.0, 0.0]
+    bad = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "attention", "--sizes", "0x9"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--sizes are BxN" in bad.stderr

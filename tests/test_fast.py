@@ -112,6 +112,20 @@ INTERPRETED_CHECK = textwrap.dedent("""
     if not (torch.allclose(p64, want64, rtol=1e-13, atol=1e-15) and torch.equal(m64, ref64)
             and torch.allclose(c64, ref64.sum(2), rtol=1e-13, atol=1e-15)):
         failures.append(["float64"])
+    # the scale in float32, rounded to the logits' dtype, as torch does (1/sqrt(6) is not a float16)
+    half, scale = logits.half(), 6 ** -0.5
+    want16 = ((half * scale).float() + s.log()[:, None, None, :]).softmax(-1)
+    if not torch.allclose(K.softmax_rows(half, scale, s.log()), want16, rtol=1e-6, atol=1e-7):
+        failures.append(["softmax float16, inexact scale"])
+    # the one-kernel candidate: q, k strided views of a qkv projection, head dim 8 (padded to 16)
+    qkv = torch.randn(B, N, 3, H, 8, generator=g)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    for dtype in (torch.float32, torch.float16):  # bfloat16: the interpreter's tl.dot is wrong on it
+        qq, kk = q.to(dtype), k.to(dtype)
+        want = (((qq @ kk.transpose(-2, -1)) * scale).float() + s.log()[:, None, None, :]).softmax(-1)
+        got = K.attention_probs(qq, kk, scale, s.log())
+        if not (got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-6, atol=1e-7)):
+            failures.append(["attention_probs", str(dtype), (got - want).abs().max().item()])
     print(json.dumps(failures[:5]))
 """)
 
@@ -140,6 +154,13 @@ def test_kernel_rejects_bad_arguments():
     from gtp_ref._triton import kth_smallest_bracket
     with pytest.raises(ValueError, match=r"buckets=100 must be a power of 2 in \[2, 4096\]"):
         kth_smallest_bracket(x, 1, buckets=100)
+    from gtp_ref._triton import attention_probs
+    q = torch.rand(1, 1, 4, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32 q and k"):
+        attention_probs(q, q, 1.0)
+    big = torch.rand(1, 1, 513, 8)
+    with pytest.raises(ValueError, match=r"N=513 must be <= 512"):
+        attention_probs(big, big, 1.0)
 
 
 needs_triton_gpu = [cuda, pytest.mark.cuda, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
@@ -187,6 +208,26 @@ def test_cuda_fused_map_kernels():
         masked, col_sums, diag = _triton.mask_and_reduce(want, tau, dtype)
         assert torch.equal(masked, ref.to(dtype)) and torch.equal(diag, ref.diagonal(dim1=-2, dim2=-1))
         assert torch.allclose(col_sums, ref.sum(2), rtol=1e-5, atol=1e-7)
+
+
+@on_gpu
+@pytest.mark.parametrize("dtype, atol", [
+    # The kernel sums the products in another order than cuBLAS, so a logit may round to the
+    # neighbouring value: |q k^T| < 64 here (d = 64, unit normal entries), where a float16 ulp is
+    # 2^-5; times the scale 1/8 that is 0.004, which moves a probability by at most
+    # p (1 - p) 0.004 <= 1e-3.  A bfloat16 ulp is 8x larger.  float32 (IEEE products): rounding.
+    (torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_cuda_attention_probs_candidate(dtype, atol):
+    from gtp_ref import _triton
+    g = torch.Generator(device="cuda").manual_seed(0)
+    B, H, N, d = 8, 6, 197, 64
+    q, k, _ = torch.randn(B, N, 3, H, d, generator=g, device="cuda").to(dtype).permute(2, 0, 3, 1, 4).unbind(0)
+    log_s = torch.rand(B, N, generator=g, device="cuda").add(0.5).log()
+    want = ((q @ k.transpose(-2, -1)) * 0.125 + log_s[:, None, None, :]).softmax(-1, dtype=torch.float32)
+    got = _triton.attention_probs(q, k, 0.125, log_s)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert torch.allclose(got.sum(-1), torch.ones_like(got[..., 0]), atol=1e-5), "rows sum to 1"
+    assert torch.allclose(got, want, rtol=0, atol=atol), (dtype, (got - want).abs().max().item())
 
 
 PAPER = dict(img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, num_heads=2,
