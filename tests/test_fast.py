@@ -120,7 +120,7 @@ INTERPRETED_CHECK = textwrap.dedent("""
     # the one-kernel candidate: q, k strided views of a qkv projection, head dim 8 (padded to 16)
     qkv = torch.randn(B, N, 3, H, 8, generator=g)
     q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    for dtype in (torch.float32, torch.float16):  # bfloat16: the interpreter's tl.dot is wrong on it
+    for dtype in (torch.float32, torch.float16):  # bfloat16: the interpreter's tl.dot is wrong on it (Triton 3.6, 3.8)
         qq, kk = q.to(dtype), k.to(dtype)
         want = (((qq @ kk.transpose(-2, -1)) * scale).float() + s.log()[:, None, None, :]).softmax(-1)
         got = K.attention_probs(qq, kk, scale, s.log())
@@ -130,7 +130,7 @@ INTERPRETED_CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (its interpreter runs the kernel on the CPU)")
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (the kernels extra; its interpreter runs the kernels on the CPU)")
 def test_radix_kernel_in_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-c", INTERPRETED_CHECK], capture_output=True, text=True,
@@ -141,7 +141,7 @@ def test_radix_kernel_in_the_triton_interpreter():
 
 def test_kernel_rejects_bad_arguments():
     if not HAS_TRITON:
-        pytest.skip("needs triton")
+        pytest.skip("needs triton (the kernels extra)")
     from gtp_ref._triton import kth_smallest
     x = torch.rand(2, 5)
     for k in (0, 6):
@@ -304,7 +304,7 @@ def test_fused_path_reproduces_the_authors_vectors(vector):
     assert torch.allclose(logits, torch.tensor(vector["logits"], dtype=torch.float64), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (its interpreter runs the kernels on the CPU)")
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (the kernels extra; its interpreter runs the kernels on the CPU)")
 def test_fused_path_in_the_triton_interpreter():
     """The two fused-path tests above, in a fresh process with TRITON_INTERPRET=1: the fused path
     end to end without a GPU."""
