@@ -465,15 +465,25 @@ def threshold(sizes, device, repeats, heads=6, theta=0.6):
         attn = torch.randn(B * heads, N, N, generator=g, device=device).softmax(-1).view(B * heads, N * N)
         k = sparsity_k(N, theta)
         want = attn.kthvalue(k, dim=-1).values
-        for name, f in threshold_methods(device).items():
-            try:
-                med, best = time_op_us(lambda: f(attn, k), device, repeats)
-                exact = bool(torch.equal(f(attn, k), want))
-            except Exception as e:  # noqa: BLE001 -- a candidate that fails is reported, not fatal
-                rows.append({"B": B, "N": N, "H": heads, "k": k, "method": name, "error": f"{type(e).__name__}: {e}"[:200]})
-                continue
-            rows.append({"B": B, "N": N, "H": heads, "k": k, "method": name, "median_us": med,
-                         "min_us": best, "exact": exact})
+        rows += _time_candidates(threshold_methods(device), lambda f: f(attn, k),
+                                 lambda name, out: {"exact": bool(torch.equal(out, want))},
+                                 {"B": B, "N": N, "H": heads, "k": k}, device, repeats)
+    return rows
+
+
+def _time_candidates(methods, call, check, row, device, repeats):
+    """One row per method: ``row``, the method's name, the median and min of its timed calls
+    (``call(f)``) in us and ``check(name, result)``'s fields -- or the error a failing
+    candidate raised (reported in its row, not fatal to the run)."""
+    rows = []
+    for name, f in methods.items():
+        try:
+            med, best = time_op_us(lambda: call(f), device, repeats)
+            fields = check(name, call(f))
+        except Exception as e:  # noqa: BLE001 -- a candidate that fails is reported, not fatal
+            rows.append({**row, "method": name, "error": f"{type(e).__name__}: {e}"[:200]})
+            continue
+        rows.append({**row, "method": name, "median_us": med, "min_us": best, **fields})
     return rows
 
 
@@ -522,17 +532,14 @@ def attention_map(sizes, device, repeats, dtype, heads=6, head_dim=64):
         q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) views
         log_s = torch.rand(B, N, generator=g, device=device).add(0.5).log()  # (B, N) float32
         scale = head_dim ** -0.5
-        want = attention_map_methods(device)["torch"](q, k, scale, log_s)
-        for name, f in attention_map_methods(device).items():
-            try:
-                med, best = time_op_us(lambda: f(q, k, scale, log_s), device, repeats)
-                out = f(q, k, scale, log_s)
-            except Exception as e:  # noqa: BLE001 -- a candidate that fails is reported, not fatal
-                rows.append({"B": B, "N": N, "H": heads, "method": name, "error": f"{type(e).__name__}: {e}"[:200]})
-                continue
-            diff = None if name.startswith("q kT") else float((out - want).abs().max())
-            rows.append({"B": B, "N": N, "H": heads, "dtype": str(dtype).removeprefix("torch."), "method": name,
-                         "median_us": med, "min_us": best, "max_abs_diff": diff})
+        methods = attention_map_methods(device)
+        want = methods["torch"](q, k, scale, log_s)
+
+        def check(name, out):  # the logits-only rows have no map to compare
+            return {"max_abs_diff": None if name.startswith("q kT") else float((out - want).abs().max())}
+        rows += _time_candidates(methods, lambda f: f(q, k, scale, log_s), check,
+                                 {"B": B, "N": N, "H": heads, "dtype": str(dtype).removeprefix("torch.")},
+                                 device, repeats)
     return rows
 
 
