@@ -334,7 +334,7 @@ def main(argv=None):
     at = sub.add_parser("attention", help="the attention map: torch vs the fused path vs a one-kernel candidate")
     at.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     at.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
-                    help="batch x tokens, H = 6, d = 64 (default on CUDA: 16x197 256x197 64x577; CPU: 2x50)")
+                    help="batch x tokens, H = 6, d = 64 (default on CUDA: 16x197 256x197 64x257; CPU: 2x50)")
     at.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="q and k (default: fp16 on CUDA, fp32 on the CPU)")
     at.add_argument("--repeats", type=int, default=20)
     at.add_argument("--json", action="store_true")
@@ -576,7 +576,7 @@ def _threshold_main(p, args):
 
 def _attention_main(p, args):
     cuda = args.device == "cuda"
-    sizes = _sizes(p, args, ["16x197", "256x197", "64x577"] if cuda else ["2x50"])
+    sizes = _sizes(p, args, ["16x197", "256x197", "64x257"] if cuda else ["2x50"])
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or ("fp16" if cuda else "fp32")]
     return _emit(args, attention_map(sizes, args.device, args.repeats, dtype), format_attention_map)
 
