@@ -8,8 +8,8 @@ Benchmark candidates, not used by the fast backend: ``attention_probs`` (q k^T a
 softmax in one kernel, reading q and k straight from the qkv projection; ``python -m
 gtp_ref.bench attention``, not yet timed on a GPU), and ``kth_smallest``, ``kth_smallest_radix``
 and ``kth_smallest_bracket``, exact k-th smallest values of every row of a [R, L] tensor (GTP's
-sparsity threshold with one row per image and head, L = N^2).  On an H100 the first two lost to
-``torch.topk``, which the fast backend uses (``python -m gtp_ref.bench threshold``;
+sparsity threshold with one row per image and head, L = N^2).  On an H100 ``kth_smallest`` and
+``kth_smallest_radix`` lost to ``torch.topk``, which the fast backend uses (``python -m gtp_ref.bench threshold``;
 docs/performance.md): one program per row is a long serial chain at about one resident program
 per SM.  ``kth_smallest_bracket`` spreads every row over many programs; it was written after
 the GPU session and is tested exact (interpreter), but not yet timed on a GPU.
