@@ -487,18 +487,30 @@ def _time_candidates(methods, call, check, row, device, repeats):
     return rows
 
 
-def format_threshold(rows, device):
-    out = [f"k-th smallest of each head's N^2 attention entries (theta = 0.6), device={device}, "
-           f"torch {torch.__version__}", "",
-           f"{'B':>4} {'N':>5} {'H':>2} {'method':>18} {'median us':>11} {'min us':>10} {'vs kthvalue':>11} exact"]
-    base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "kthvalue"}
+def _candidate_table(title, rows, label, method_width, baseline, last):
+    """The rows of ``_time_candidates`` as a table: B, N, the ``label`` = (header, key, width)
+    column, method, median and min us, the time relative to the ``baseline`` method's, and the
+    ``last`` = (header, width, format(row)) column; a failed candidate's row shows its error."""
+    (lh, lk, lw), (xh, xw, xf) = label, last
+    ratio = f"vs {baseline}"
+    rw = max(9, len(ratio))
+    out = [title, "", f"{'B':>4} {'N':>5} {lh:>{lw}} {'method':>{method_width}} {'median us':>11} "
+                      f"{'min us':>10} {ratio:>{rw}} {xh:>{xw}}"]
+    base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == baseline}
     for r in rows:
+        head = f"{r['B']:>4} {r['N']:>5} {r[lk]:>{lw}} {r['method']:>{method_width}}"
         if "error" in r:
-            out.append(f"{r['B']:>4} {r['N']:>5} {r['H']:>2} {r['method']:>18} failed: {r['error']}")
+            out.append(f"{head} failed: {r['error']}")
             continue
-        out.append(f"{r['B']:>4} {r['N']:>5} {r['H']:>2} {r['method']:>18} {r['median_us']:>11.1f} "
-                   f"{r['min_us']:>10.1f} {r['median_us'] / base[(r['B'], r['N'])]:>11.3f} {r['exact']}")
+        out.append(f"{head} {r['median_us']:>11.1f} {r['min_us']:>10.1f} "
+                   f"{r['median_us'] / base[(r['B'], r['N'])]:>{rw}.3f} {xf(r):>{xw}}")
     return "\n".join(out) + "\n"
+
+
+def format_threshold(rows, device):
+    return _candidate_table(f"k-th smallest of each head's N^2 attention entries (theta = 0.6), device={device}, "
+                            f"torch {torch.__version__}", rows, ("H", "H", 2), 18, "kthvalue",
+                            ("exact", 0, lambda r: str(r["exact"])))
 
 
 def attention_map_methods(device):
@@ -544,18 +556,11 @@ def attention_map(sizes, device, repeats, dtype, heads=6, head_dim=64):
 
 
 def format_attention_map(rows, device):
-    out = [f"attention map softmax(q kT / sqrt(d) + log s), float32 out, H = 6, d = 64, device={device}, "
-           f"torch {torch.__version__}; diff: max |p - torch's p|", "",
-           f"{'B':>4} {'N':>5} {'dtype':>8} {'method':>24} {'median us':>11} {'min us':>10} {'vs torch':>9} {'diff':>9}"]
-    base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "torch"}
-    for r in rows:
-        if "error" in r:
-            out.append(f"{r['B']:>4} {r['N']:>5} {'':>8} {r['method']:>24} failed: {r['error']}")
-            continue
-        diff = "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
-        out.append(f"{r['B']:>4} {r['N']:>5} {r['dtype']:>8} {r['method']:>24} {r['median_us']:>11.1f} "
-                   f"{r['min_us']:>10.1f} {r['median_us'] / base[(r['B'], r['N'])]:>9.3f} {diff:>9}")
-    return "\n".join(out) + "\n"
+    def diff(r):
+        return "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
+    return _candidate_table(f"attention map softmax(q kT / sqrt(d) + log s), float32 out, H = 6, d = 64, "
+                            f"device={device}, torch {torch.__version__}; diff: max |p - torch's p|",
+                            rows, ("dtype", "dtype", 8), 24, "torch", ("diff", 9, diff))
 
 
 def _sizes(p, args, default):

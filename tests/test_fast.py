@@ -163,13 +163,16 @@ def test_kernel_rejects_bad_arguments():
         attention_probs(big, big, 1.0)
 
 
-needs_triton_gpu = [cuda, pytest.mark.cuda, pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
+def marked(*marks):
+    """A decorator applying ``marks`` (first listed = outermost)."""
+    def apply(f):
+        for mark in reversed(marks):
+            f = mark(f)
+        return f
+    return apply
 
 
-def on_gpu(f):
-    for mark in reversed(needs_triton_gpu):
-        f = mark(f)
-    return f
+on_gpu = marked(cuda, pytest.mark.cuda, pytest.mark.skipif(not HAS_TRITON, reason="needs triton"))
 
 
 @on_gpu
@@ -263,10 +266,11 @@ def test_cuda_graph_replay_equals_eager():
 
 # Where the fused kernels can run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
 FUSED = fast.FUSED_DEVICE if fast.FUSED_DEVICE != "cuda" or torch.cuda.is_available() else None
+on_fused = marked(pytest.mark.skipif(FUSED is None, reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1"),
+                  *([pytest.mark.cuda] if FUSED == "cuda" else []))
 
 
-@pytest.mark.skipif(FUSED is None, reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1")
-@(pytest.mark.cuda if FUSED == "cuda" else lambda f: f)
+@on_fused
 @given(configs(propagation="graph"), st.sampled_from(COLUMN_SELECTIONS), st.booleans(),
        st.sampled_from([torch.float64, torch.float32]))
 def test_fused_model_equals_dense(cfg, selection, ties, dtype):
@@ -289,8 +293,7 @@ def test_fused_model_equals_dense(cfg, selection, ties, dtype):
 FUSED_VECTORS = [v for v in load()["vectors"] if v["config"]["selection"] in COLUMN_SELECTIONS]
 
 
-@pytest.mark.skipif(FUSED is None, reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1")
-@(pytest.mark.cuda if FUSED == "cuda" else lambda f: f)
+@on_fused
 @pytest.mark.parametrize("vector", FUSED_VECTORS, ids=lambda v: v["id"])
 def test_fused_path_reproduces_the_authors_vectors(vector):
     """Issue 5's "same semantics": the authors' logits from the fast backend's fused path."""
