@@ -4,29 +4,19 @@ Every public function accepts Python ints (exact integer / rational results) or 
 symbols (symbolic expressions).  Notation follows supplement C.4, where ``M`` is the number
 of tokens *removed per layer* (the ``P`` of the method), **not** the number of semantic
 neighbours of the token graph.
-"""
-from complexity.extra import (
-    eq2_correction,
-    eq2_printed,
-    eq3_printed,
-    g_gtp,
-    g_gtp_closed,
-    g_tome,
-    g_tome_closed,
-)
-from complexity.backbone import ViTGeometry, PRESETS, backbone_macs, gtp_schedule, tome_schedule
 
-__all__ = [
-    "g_tome",
-    "g_gtp",
-    "eq2_printed",
-    "eq3_printed",
-    "g_tome_closed",
-    "g_gtp_closed",
-    "eq2_correction",
-    "ViTGeometry",
-    "PRESETS",
-    "backbone_macs",
-    "gtp_schedule",
-    "tome_schedule",
-]
+``complexity.backbone`` and ``complexity.schedule`` are plain Python (``gtp_ref`` uses them
+without importing sympy); the sympy expressions of ``complexity.extra`` load on first use.
+"""
+from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule, tome_schedule
+
+_SYMPY = ("g_tome", "g_gtp", "eq2_printed", "eq3_printed", "g_tome_closed", "g_gtp_closed", "eq2_correction")
+
+__all__ = [*_SYMPY, "ViTGeometry", "PRESETS", "backbone_macs", "gtp_schedule", "tome_schedule"]
+
+
+def __getattr__(name):
+    if name in _SYMPY:
+        from complexity import extra
+        return getattr(extra, name)
+    raise AttributeError(f"module 'complexity' has no attribute {name!r}")

@@ -12,7 +12,8 @@ and MLP, so the MLP runs on ``N_l - P_l`` tokens, and ``N_{l+1} = N_l - P_l``.
 """
 from dataclasses import dataclass
 
-from complexity._validate import count
+from complexity import schedule
+from complexity.schedule import prop_schedule
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ViTGeometry:
     mlp_ratio: float = 4.0
     num_classes: int = 1000
     class_token: bool = True
+    global_pool: str = "token"  # "avg": the mean of the image tokens ([CLS] left out)
 
     @property
     def grid(self):
@@ -54,8 +56,11 @@ PRESETS = {
     "deit_small": ViTGeometry("DeiT-S", embed_dim=384, depth=12, num_heads=6),
     "deit_base": ViTGeometry("DeiT-B", embed_dim=768, depth=12, num_heads=12),
     "vit_large": ViTGeometry("ViT-L/16", embed_dim=1024, depth=24, num_heads=16),
-    "eva_large": ViTGeometry("EVA-L-style (no [CLS], avg pool)", embed_dim=1024, depth=24,
-                             num_heads=16, class_token=False),
+    # As the authors' code builds EVA-L (graph_propagation_eva_large_patch14_196): patch 14 at
+    # 196 px, a [CLS] token, and the head averaging the image tokens (N = 197; the supplement's
+    # C.4 counts N = 196, without the [CLS] token).
+    "eva_large": ViTGeometry("EVA-L", img_size=196, patch_size=14, embed_dim=1024, depth=24,
+                             num_heads=16, global_pool="avg"),
 }
 
 
@@ -92,39 +97,17 @@ def head_macs(C, num_classes):
     return C * num_classes
 
 
-# ---- schedules ------------------------------------------------------------------------------
+# ---- schedules (the rules live in complexity.schedule) ----------------------------------------
 def gtp_schedule(geom, P):
-    """Tokens removed per layer for GTP: ``P`` (an int or one int per layer), unclamped.
-
-    Raises ValueError when the schedule would leave fewer than one image token.
-    """
-    per_layer = [P] * geom.depth if isinstance(P, int) else list(P)
-    if len(per_layer) != geom.depth:
-        raise ValueError(f"P must be an int or a list of depth={geom.depth} ints, got {len(per_layer)}")
-    per_layer = [int(count("P", p, minimum=0)) for p in per_layer]
-    if sum(per_layer) > geom.num_image_tokens - 1:
-        raise ValueError(
-            f"P={P} removes {sum(per_layer)} of {geom.num_image_tokens} image tokens; "
-            f"at most {geom.num_image_tokens - 1} may be removed over {geom.depth} layers"
-        )
-    return per_layer
+    """Tokens removed per layer for GTP: ``P`` (an int or one int per layer); ValueError when a
+    layer would keep no image token (``complexity.schedule.prop_schedule``)."""
+    return prop_schedule(P, geom.depth, geom.num_image_tokens)
 
 
 def tome_schedule(geom, r):
-    """Tokens merged per layer for ToMe at ``r``: clamped to half of the unprotected tokens.
-
-    ToMe's bipartite matching can merge at most ``(N_l - protected) // 2`` tokens in a layer,
-    where the [CLS] token (if any) is protected; late layers of an aggressive ``r`` merge fewer.
-    """
-    per_layer = [r] * geom.depth if isinstance(r, int) else list(r)
-    if len(per_layer) != geom.depth:
-        raise ValueError(f"r must be an int or a list of depth={geom.depth} ints, got {len(per_layer)}")
-    N_l, out = geom.num_tokens, []
-    for r_l in per_layer:
-        r_l = min(int(count("r", r_l, minimum=0)), (N_l - int(geom.class_token)) // 2)
-        out.append(r_l)
-        N_l -= r_l
-    return out
+    """Tokens merged per layer for ToMe at ``r``: clamped to half of the unprotected tokens
+    (``complexity.schedule.tome_schedule``; late layers of an aggressive ``r`` merge fewer)."""
+    return schedule.tome_schedule(r, geom.depth, geom.num_tokens, int(geom.class_token))
 
 
 def backbone_macs(geom, removed=0):

@@ -18,10 +18,7 @@ ToMe (Eq. 2: sum_l (1/4 N_l^2 C + M C))
   * merging (M C) is a weighted scatter-add, no matrix product.
 """
 from complexity._validate import count
-
-
-def _schedule(name, values):
-    return [int(count(name, v, minimum=0)) for v in values]
+from complexity.schedule import image_tokens, prop_schedule, tome_schedule
 
 
 def g_gtp_exact(n, P, C, *, semantic_graph=True, token_scale=False, propagation="graph",
@@ -33,18 +30,13 @@ def g_gtp_exact(n, P, C, *, semantic_graph=True, token_scale=False, propagation=
     cos_sim_tokens: for cos_sim_* selection, the total tokens N_l per layer ([CLS] included).
     """
     n, C = int(count("n", n)), int(count("C", C))
-    P = _schedule("P", P)
+    P = prop_schedule(list(P), len(P), n, propagation)
     total = n * n * C if semantic_graph and any(P) and propagation == "graph" else 0
-    n_l = n
-    for l, p in enumerate(P):
-        if p > n_l - 1:
-            raise ValueError(f"P={P} propagates {p} of the {n_l} image tokens left at layer {l}; "
-                             f"at most {n_l - 1}")
+    for l, (p, n_l) in enumerate(zip(P, image_tokens(n, P, propagation))):
         if p > 0 and propagation == "graph":
             total += (n_l - p) * p * (C + int(token_scale))
         if p > 0 and cos_sim_tokens is not None:
             total += n_l * n_l * cos_sim_tokens[l]
-        n_l -= p - (1 if propagation == "mean" and p > 0 else 0)  # "mean" appends one token
     return total
 
 
@@ -54,8 +46,7 @@ def g_tome_exact(N, r, C, H, *, class_token=True):
     if C % H:
         raise ValueError(f"C={C} is not divisible by H={H}")
     total, N_l = 0, N
-    for r_l in _schedule("r", r):
-        r_l = min(r_l, (N_l - int(class_token)) // 2)
+    for r_l in tome_schedule(list(r), len(r), N, int(class_token)):
         if r_l > 0:
             total += ((N_l + 1) // 2) * (N_l // 2) * (C // H)
         N_l -= r_l

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 from complexity._validate import count
+from complexity.schedule import prop_schedule, tome_schedule
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,7 @@ def gtp_uncounted(N, L, P, C, H, *, class_token=True, sparsity=0.6, bytes_per_el
                      (("N", N, 1), ("L", L, 1), ("P", P, 0), ("C", C, 1), ("H", H, 1)))
     b, c = bytes_per_element, int(class_token)
     n = N - c
-    if n - L * P < 1:
-        raise ValueError(f"P={P} over L={L} layers leaves {n - L * P} of n={n} image tokens; need >= 1")
+    prop_schedule(P, L, n)
     steps = {"semantic top-M (once)": Ops(comparisons=2 * n * n, additions=n * C, bytes=2 * n * n * b)}
     for name in ("sparsity threshold", "column sums", "score", "ranking", "gathers"):
         steps[name] = Ops()
@@ -80,8 +80,7 @@ def tome_uncounted(N, L, r, C, H, *, class_token=True, bytes_per_element=2):
     b, d = bytes_per_element, C // H
     steps = {name: Ops() for name in ("key average", "normalise", "best match", "sort", "merge")}
     N_l = N
-    for _ in range(L):
-        r_l = min(r, (N_l - int(class_token)) // 2)
+    for r_l in tome_schedule(r, L, N, int(class_token)):
         if r_l > 0:
             A, B = (N_l + 1) // 2, N_l // 2
             steps["key average"] += Ops(additions=N_l * C, bytes=(N_l * C + N_l * d) * b)

@@ -1,46 +1,158 @@
-"""Argument checks shared by the ops and the model: one message shape everywhere."""
-import math
+"""Argument checks shared by the ops, the models and the tools: one message shape everywhere.
+
+Every check raises before any work is done, with a ``ValueError`` (a value out of range, an
+unknown name, a shape that does not fit) or a ``TypeError`` (a value of the wrong kind: a
+string, ``None``, a ``bool`` where a count is meant, a float where an integer is meant), naming
+the argument, the value it got and what is valid.  numpy integer and floating-point scalars are
+accepted wherever a Python ``int`` / ``float`` is, and are returned as the Python value.
+docs/spec.md ("Errors") lists every rule.  The scalar checks and the token schedules are shared
+with the cost model, which must not need torch: they live in ``complexity._validate`` and
+``complexity.schedule``.
+"""
+import torch
+
+from complexity._validate import choice, flag, integer, pair, real  # noqa: F401  (re-exported)
+from complexity.schedule import PROPAGATIONS, prop_schedule  # noqa: F401  (re-exported)
 
 GRAPHS = ("spatial", "semantic", "mixed")
 SELECTIONS = ("cls_attn_mean", "cls_attn_max", "img_attn_mean", "img_attn_max",
               "diag_attn_mean", "diag_attn_max", "mixed_attn_mean", "mixed_attn_max",
               "sum_attn_max", "cos_sim_mean", "cos_sim_max", "random")
-PROPAGATIONS = ("graph", "mean", "none")
 GLOBAL_POOLS = ("token", "avg")
 BACKENDS = ("dense", "sparse", "fast")
+# The propagation weight: the paper sweeps [0, 1]; negative weights (without token sizes) are
+# allowed for experiments.  Beyond |alpha| = 1 the propagated features dominate the kept ones
+# and compound block after block (up to (1 + |alpha| sqrt(deg))^L), which overflows float16 /
+# float32 for deep models: refused, so that finite input always gives finite output.
+ALPHA_RANGE = (-1.0, 1.0)
 
 
-def choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
-
-
+# ---- method settings ---------------------------------------------------------------------------
 def check_sparsity(sparsity):
-    if not (isinstance(sparsity, (int, float)) and not isinstance(sparsity, bool)
-            and 0.0 < sparsity <= 1.0):
-        raise ValueError(f"sparsity={sparsity!r} must be a number in (0, 1]")
+    return real("sparsity", sparsity, 0.0, 1.0, low_open=True)
 
 
 def check_alpha(alpha):
-    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)):
-        raise ValueError(f"alpha={alpha!r} must be a finite number")
-
-
-def check_propagate_args(mode, alpha, G):
-    choice("propagation", mode, PROPAGATIONS)
-    check_alpha(alpha)
-    if mode == "graph" and G is None:
-        raise ValueError("propagation='graph' needs the token graph G, got None")
-
-
-def check_grid(grid, n):
-    h, w = grid
-    if h < 1 or w < 1 or h * w != n:
-        raise ValueError(f"grid={tuple(grid)!r} must have h*w equal to the {n} image tokens")
+    return real("alpha", alpha, *ALPHA_RANGE)
 
 
 def check_num_neighbours(num_neighbours, n):
-    if isinstance(num_neighbours, bool) or not isinstance(num_neighbours, int) \
-            or not 0 <= num_neighbours <= n - 1:
-        raise ValueError(f"num_neighbours={num_neighbours!r} must be an integer in [0, {n - 1}] "
-                         f"(fewer than the {n} image tokens)")
+    return integer("num_neighbours", num_neighbours, 0, max(n - 1, 0))
+
+
+def check_grid(grid, n):
+    h, w = pair("grid", grid)
+    if h * w != n:
+        raise ValueError(f"grid={tuple(grid)!r} must have h*w equal to the {n} image tokens of x_img")
+    return h, w
+
+
+# ---- tensors of the op-level API ---------------------------------------------------------------
+def check_tensor(name, t, ndim, *, floating=None, shape=None):
+    """t is a torch.Tensor with ``ndim`` dimensions (and, where given, a floating / integer dtype
+    and the dimensions in ``shape``, None = any)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {list(t.shape)}")
+    if floating is True and not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    if floating is False and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must have an integer dtype (torch.long), got {t.dtype}")
+    if shape is not None and any(want is not None and got != want for got, want in zip(t.shape, shape)):
+        want = ", ".join("*" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} has shape {list(t.shape)}, expected [{want}]")
+    return t
+
+
+def check_square_map(attn):
+    """attn [B, H, N, N]."""
+    check_tensor("attn", attn, 4, floating=True)
+    if attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f"attn must be [B, H, N, N] (square maps), got shape {list(attn.shape)}")
+    return attn
+
+
+def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, *, graph_type,
+                         values=True):
+    """All arguments of ``propagate``, for every backend alike.
+
+    ``graph_type`` is the backend's graph class.  Shapes, dtypes and the graph's size are checked always (free: they are host-side metadata);
+    with ``values`` also that kept and prop together hold every image-token index exactly once
+    (O(B n), and it reads the result, a host synchronisation on a GPU: the fast backend passes
+    ``values=False`` on CUDA).  Under ``torch.compile`` the value check is skipped (it would
+    break the graph).
+    """
+    choice("propagation", mode, PROPAGATIONS)
+    check_alpha(alpha)
+    c = int(flag("class_token", class_token))
+    check_tensor("x", x, 3, floating=True)
+    B, N, _ = x.shape
+    if N < c:
+        raise ValueError(f"x has {N} tokens; class_token=True needs at least the [CLS] token")
+    n = N - c
+    check_tensor("kept", kept, 2, floating=False, shape=(B, None))
+    check_tensor("prop", prop, 2, floating=False, shape=(B, None))
+    if kept.shape[1] + prop.shape[1] != n:
+        raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together "
+                         f"hold the n = {n} image tokens of x ({N} tokens, class_token={bool(c)})")
+    if token_scales is not None:
+        check_tensor("token_scales", token_scales, 2, floating=True, shape=(B, N))
+    if mode == "graph" and G is None:
+        raise ValueError("propagation='graph' needs the token graph G, got None")
+    if G is not None:
+        if not isinstance(G, graph_type):
+            raise TypeError(f"G must be a {graph_type.__module__}.{graph_type.__name__} (the graph this "
+                            f"backend's token_graph returns), got {type(G).__name__}")
+        shape = tuple(G.shape)
+        if shape != (B, n, n):
+            raise ValueError(f"G is a graph of shape {list(shape)}; x needs [{B}, {n}, {n}] "
+                             f"(batch {B}, n = {n} image tokens)")
+    if values and not torch.compiler.is_compiling():
+        check_partition(kept, prop, n)
+
+
+def check_partition(kept, prop, n):
+    """Every row of kept and prop together holds each of 0..n-1 exactly once: O(B n)."""
+    idx = torch.cat([kept, prop], dim=1)  # (B, n)
+    if idx.numel() == 0:
+        return
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= n:
+        raise ValueError(f"kept / prop hold index {low if low < 0 else high}, outside the n = {n} "
+                         f"image tokens (indices are 0-based among the image tokens)")
+    counts = torch.zeros(idx.shape[0], n, dtype=torch.long, device=idx.device)
+    counts.scatter_add_(1, idx, torch.ones_like(idx))  # (B, n): how often each token is named
+    if bool((counts != 1).any()):  # lengths add up to n, so some token is named twice
+        b, j = (counts > 1).nonzero()[0].tolist()
+        raise ValueError(f"kept / prop name image token {j} of image {b} {int(counts[b, j])} times; "
+                         f"each image token must be either kept or propagated, exactly once")
+
+
+def check_graph_input(x_img, grid, graph, num_neighbours):
+    """The arguments of ``token_graph``; returns (grid, n)."""
+    choice("graph", graph, GRAPHS)
+    check_tensor("x_img", x_img, 3, floating=True)
+    n = x_img.shape[1]
+    grid = check_grid(grid, n)
+    if graph == "spatial":
+        integer("num_neighbours", num_neighbours, minimum=0)
+    else:
+        check_num_neighbours(num_neighbours, n)
+    return grid, n
+
+
+def check_scores_input(attn, selection, class_token):
+    choice("selection", selection, SELECTIONS)
+    check_square_map(attn)
+    c = int(flag("class_token", class_token))
+    if attn.shape[-1] < c:
+        raise ValueError(f"attn has N = {attn.shape[-1]} tokens; class_token=True needs at least one")
+    if selection.startswith("cls_attn") and not c:
+        raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
+
+
+def check_select_input(scores, num_prop):
+    check_tensor("scores", scores, 2, floating=True)
+    n = scores.shape[1]
+    return integer("num_prop", num_prop, 0, n)

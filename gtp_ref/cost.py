@@ -9,6 +9,8 @@ counted by the flop counter; ``complexity.uncounted`` estimates it separately.
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gtp_ref._checks import check_tensor
+
 
 def _backbone_module(name, root):
     parts = name.split(".")
@@ -20,7 +22,14 @@ def _backbone_module(name, root):
 
 
 def measure_macs(model, images, **forward_kwargs):
-    """MACs per image: {"backbone", "overhead", "total"} for ``model(images)`` (no_grad)."""
+    """MACs per image: {"backbone", "overhead", "total"} for ``model(images)`` (no_grad).
+
+    ``images`` must hold at least one image (MACs *per image* of an empty batch are undefined:
+    ValueError).
+    """
+    check_tensor("images", images, 4)
+    if images.shape[0] == 0:
+        raise ValueError(f"images has shape {list(images.shape)}: MACs per image need at least one image")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(images, **forward_kwargs)
     counts = counter.get_flop_counts()

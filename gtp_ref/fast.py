@@ -145,7 +145,9 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
     same A0 with ids[K] (Â[K, K], not renormalised, never copied).
     """
-    check_propagate_args(mode, alpha, G)
+    # the index-value check reads its result (a host synchronisation): on the CPU only
+    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
+                         values=not x.is_cuda)
     c = int(class_token)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K = gather_tokens(x_img, kept)  # (B, n-P, C)

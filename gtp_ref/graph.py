@@ -9,7 +9,7 @@ Nodes are the n image tokens of an h x w patch grid in row-major order ([CLS] is
 """
 import torch
 
-from gtp_ref._checks import GRAPHS, check_grid, check_num_neighbours, choice
+from gtp_ref._checks import check_graph_input
 
 
 def spatial_graph(grid, *, dtype=torch.float32, device=None):
@@ -74,13 +74,11 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
     normalised (spec section 2).  Built once per image, from the tokens after the position
     embedding and before block 1.
     """
-    choice("graph", graph, GRAPHS)
-    B, n, _ = x_img.shape
-    check_grid(grid, n)
+    grid, n = check_graph_input(x_img, grid, graph, num_neighbours)
+    B = x_img.shape[0]
     A = torch.zeros(B, n, n, dtype=x_img.dtype, device=x_img.device)
     if graph in ("spatial", "mixed"):
         A = A + spatial_graph(grid, dtype=x_img.dtype, device=x_img.device)
     if graph in ("semantic", "mixed"):
-        check_num_neighbours(num_neighbours, n)
         A = torch.maximum(A, semantic_graph(x_img, num_neighbours))  # element-wise OR
     return normalise(A)

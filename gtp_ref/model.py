@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gtp_ref._checks import (BACKENDS, GRAPHS, PROPAGATIONS, SELECTIONS, check_alpha,
-                             check_num_neighbours, check_sparsity, choice)
+                             check_num_neighbours, check_sparsity, choice, flag, integer, prop_schedule)
 from gtp_ref.margins import attention_margin, selection_margin, semantic_margin
 from gtp_ref.select import sparsity_k
 from gtp_ref.vit import ViT
@@ -69,47 +69,34 @@ class GTPViT(ViT):
         choice("selection", selection, SELECTIONS)
         choice("propagation", propagation, PROPAGATIONS)
         choice("backend", backend, BACKENDS)
-        check_sparsity(sparsity)
-        check_alpha(alpha)
+        sparsity, alpha = check_sparsity(sparsity), check_alpha(alpha)
+        token_scale = flag("token_scale", token_scale)
         if token_scale and propagation == "graph" and alpha < 0:
             raise ValueError(f"alpha={alpha!r} must be >= 0 with token_scale=True: sizes "
                              "s_K + alpha Â[K, P] s_P must stay positive for log s")
         super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
                          mlp_ratio, qkv_bias, class_token, global_pool)
-        if not class_token and selection.startswith("cls_attn"):
+        if not self.class_token and selection.startswith("cls_attn"):
             raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
         n = self.num_image_tokens
-        if isinstance(num_neighbours, bool) or not isinstance(num_neighbours, int) or num_neighbours < 0:
-            raise ValueError(f"num_neighbours={num_neighbours!r} must be an integer >= 0")
+        num_neighbours = integer("num_neighbours", num_neighbours, minimum=0)
         if graph in ("semantic", "mixed"):
             check_num_neighbours(num_neighbours, n)
-        self.num_prop = self._schedule(num_prop, depth, n, propagation)
         self.graph, self.num_neighbours, self.selection = graph, num_neighbours, selection
-        self.propagation, self.sparsity, self.alpha = propagation, sparsity, float(alpha)
+        self.propagation, self.sparsity, self.alpha = propagation, sparsity, alpha
         self.token_scale, self.backend = token_scale, backend
+        self.num_prop = num_prop  # validated by the property
         self.ops = importlib.import_module(f"gtp_ref.{backend}")
 
-    @staticmethod
-    def _schedule(num_prop, depth, n, propagation):
-        """num_prop as one int per block; every block must keep at least one image token."""
-        if isinstance(num_prop, (list, tuple)):
-            if len(num_prop) != depth:
-                raise ValueError(f"num_prop has {len(num_prop)} entries; need one per block "
-                                 f"(depth={depth})")
-            schedule = list(num_prop)
-        else:
-            schedule = [num_prop] * depth
-        for P in schedule:
-            if isinstance(P, bool) or not isinstance(P, int) or P < 0:
-                raise ValueError(f"num_prop={num_prop!r}: every entry must be an integer >= 0")
-        n_l = n
-        for l, P in enumerate(schedule):
-            if P > n_l - 1:
-                raise ValueError(
-                    f"num_prop={num_prop!r} propagates {P} of the {n_l} image tokens left at block {l}; "
-                    f"at most {n_l - 1} (at least one image token must be kept)")
-            n_l = n_l - P + (1 if propagation == "mean" and P > 0 else 0)
-        return schedule
+    @property
+    def num_prop(self):
+        """Tokens propagated in each block, one int per block (assigning an int or a list of
+        one int per block is validated like the constructor's argument)."""
+        return self._num_prop
+
+    @num_prop.setter
+    def num_prop(self, value):
+        self._num_prop = prop_schedule(value, len(self.blocks), self.num_image_tokens, self.propagation)
 
     def forward_trace(self, x, generator=None, margins=False):
         """Logits and, per block, the tokens entering it, the sparsity k and the selection.

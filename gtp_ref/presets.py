@@ -12,7 +12,7 @@ def vit_kwargs(g):
     return dict(img_size=g.img_size, patch_size=g.patch_size, in_chans=g.in_chans,
                 num_classes=g.num_classes, embed_dim=g.embed_dim, depth=g.depth,
                 num_heads=g.num_heads, mlp_ratio=g.mlp_ratio, class_token=g.class_token,
-                global_pool="token" if g.class_token else "avg")
+                global_pool=g.global_pool)
 
 
 def _build(key, **kwargs):
@@ -40,5 +40,7 @@ def vit_large_patch16(**kwargs):
 
 
 def eva_large_style(**kwargs):
-    """EVA-L-style: the ViT-L/16 geometry without [CLS]; the head averages all tokens (fc_norm)."""
+    """EVA-L as the authors' code builds it: 196 px, patch 14 (14 x 14 image tokens), C = 1024,
+    24 blocks, 16 heads, a [CLS] token, and a head that averages the image tokens ([CLS] left
+    out) through ``fc_norm``."""
     return _build("eva_large", **kwargs)

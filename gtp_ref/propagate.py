@@ -15,6 +15,8 @@ def gather_tokens(x, idx):
 
 def gather_graph(G, rows, cols):
     """G [B, n, n], rows [B, r], cols [B, c] -> G[b, rows[b]][:, cols[b]]: [B, r, c]."""
+    if G.shape[0] == 0:
+        return G.new_empty(0, rows.shape[1], cols.shape[1])
     return torch.stack([g.index_select(0, r).index_select(1, c)  # (r, c) per image
                         for g, r, c in zip(G, rows, cols)])
 
@@ -30,7 +32,8 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     [CLS] (token 0 when class_token) and its size are never changed.  G may be None for
     mean / none, which need no graph; the returned graph is then None too.
     """
-    check_propagate_args(mode, alpha, G)
+    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode,
+                         graph_type=torch.Tensor)
     c = int(class_token)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K, x_P = gather_tokens(x_img, kept), gather_tokens(x_img, prop)  # (B, n-P, C), (B, P, C)

@@ -5,7 +5,7 @@ over the n = N - [CLS] image tokens; indices are 0-based among the image tokens.
 """
 import torch
 
-from gtp_ref._checks import SELECTIONS, check_sparsity, choice
+from gtp_ref._checks import check_scores_input, check_select_input, check_sparsity, check_square_map
 from gtp_ref.graph import cosine_similarity
 
 
@@ -27,7 +27,8 @@ def head_thresholds(attn, sparsity, kth_smallest=_kthvalue):
 
     ``kth_smallest(rows [R, L], k) -> [R]`` finds it (default ``torch.kthvalue``).
     """
-    check_sparsity(sparsity)
+    check_square_map(attn)
+    sparsity = check_sparsity(sparsity)
     B, H, N, _ = attn.shape
     k = sparsity_k(N, sparsity)
     if sparsity >= 1.0 or k < 1:
@@ -73,15 +74,13 @@ def token_scores(attn, selection, class_token=True, generator=None):
         cos_sim_*    -sum_k cos(R_j, R_k), R_j = agg_h Att[h, c+j, :]
         random       uniform in [0, 1), from ``generator``
     """
-    choice("selection", selection, SELECTIONS)
+    check_scores_input(attn, selection, class_token)
     c = int(class_token)
     B, H, N, _ = attn.shape
     n = N - c
     img_cols = attn[..., c:]  # (B, H, N, n)
     if selection == "random":
         return torch.rand(B, n, generator=generator, dtype=attn.dtype, device=attn.device)
-    if selection.startswith("cls_attn") and not class_token:
-        raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
     how = selection.rsplit("_", 1)[1]
     if selection in COLUMN_SELECTIONS:
         return column_scores(img_cols.sum(dim=2), attn.diagonal(dim1=-2, dim2=-1)[..., c:], selection)
@@ -124,9 +123,8 @@ def select_tokens(scores, num_prop):
     The P = num_prop lowest scores are propagated; on equal scores the token with the larger
     index is propagated first.  prop lists the tokens from the lowest score up.
     """
+    num_prop = check_select_input(scores, num_prop)
     B, n = scores.shape
-    if not 0 <= num_prop <= n:
-        raise ValueError(f"num_prop={num_prop} must be in [0, {n}] for {n} image tokens")
     # Rank by (score ascending, index descending): a stable sort of the reversed scores.
     order = torch.sort(scores.flip(-1), dim=-1, stable=True).indices  # (B, n), reversed positions
     ranked = (n - 1) - order  # (B, n): original indices, first = first to propagate

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from gtp_ref._checks import GRAPHS, check_grid, check_num_neighbours, check_propagate_args, choice
+from gtp_ref._checks import check_graph_input, check_propagate_args, check_select_input
 from gtp_ref.graph import inv_sqrt_degree, unit_rows
 from gtp_ref.select import sparsify_attention, token_scores
 
@@ -118,9 +118,8 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
     Same graph as ``gtp_ref.dense.token_graph``: S, E or S or E, then D^-1/2 A D^-1/2 with
     D = row degrees (0 on degree-0 rows), applied to the edge weights.
     """
-    choice("graph", graph, GRAPHS)
-    B, n, _ = x_img.shape
-    check_grid(grid, n)
+    grid, n = check_graph_input(x_img, grid, graph, num_neighbours)
+    B = x_img.shape[0]
     dev = x_img.device
     bs, rs, cs = [], [], []
     h, w = grid
@@ -130,7 +129,6 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
         rs.append(i.repeat(B))
         cs.append(j.repeat(B))
     if graph in ("semantic", "mixed"):
-        check_num_neighbours(num_neighbours, n)
         b, i, j = semantic_edges(x_img, num_neighbours)
         if graph == "mixed":  # the union: drop semantic edges that are already spatial
             spatial = ((i // w - j // w).abs() <= 1) & ((i % w - j % w).abs() <= 1)
@@ -152,15 +150,15 @@ def select_tokens(scores, num_prop):
     The P lowest scores are propagated; at equal scores the larger index goes first.  O(n) per
     image plus a sort of the P propagated tokens (for their order), never of all n.
     """
+    P = check_select_input(scores, num_prop)
     B, n = scores.shape
-    P = num_prop
-    if not 0 <= P <= n:
-        raise ValueError(f"num_prop={P} must be in [0, {n}] for {n} image tokens")
     idx = torch.arange(n, device=scores.device).expand(B, n)
-    if P == 0:
-        return idx.clone(), idx[:, :0].clone()
+    if P == 0 or B == 0:
+        return idx[:, P:].clone(), idx[:, :P].clone()
     t = scores.kthvalue(P, dim=-1, keepdim=True).values  # (B, 1): the P-th smallest score
-    below, at = scores < t, scores == t  # (B, n)
+    # NaN ranks above every number (as in the dense reference's sort) and equals NaN
+    below = (scores < t) | (t.isnan() & ~scores.isnan())  # (B, n)
+    at = (scores == t) | (scores.isnan() & t.isnan())  # (B, n)
     need = P - below.sum(-1, keepdim=True)  # (B, 1): how many tokens at t are propagated
     from_end = at.flip(-1).cumsum(-1).flip(-1)  # (B, n): # tokens at t with index >= j
     is_prop = below | (at & (from_end <= need))  # (B, n): exactly P per row
@@ -176,7 +174,7 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     graph: x_K[a] += alpha * sum over edges (b, i, j, w) with i = K[a], j in P of w x_j, by one
     ``index_add_`` over the batch's edges; next graph: the K-K edges, renumbered.
     """
-    check_propagate_args(mode, alpha, G)
+    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=SparseGraph)
     c = int(class_token)
     B, n, C = x.shape[0], x.shape[1] - c, x.shape[2]
     nk, P = kept.shape[1], prop.shape[1]

@@ -8,17 +8,22 @@ Written from the ToMe paper's description.  In every block, between attention an
    best match are merged into it.  [CLS] (token 0, in A) is protected: it is never merged.
    r is clamped to half of the unprotected tokens, (N - protected) // 2;
 3. merge: a size-weighted average, x_dst <- (s_dst x_dst + sum s_src x_src) / (s_dst + sum s_src),
-   sizes add; the output is the unmerged A tokens (original order, [CLS] first) then B;
+   sizes add; the output is the unmerged A tokens, then B (in its order);
 4. proportional attention: softmax(q k^T / sqrt(d) + log s) in every later block.
 
-Tie rules (the paper leaves them open): a best match ties to the lowest B index; equally
-similar A tokens are merged lowest index first.
+Token order, as the official implementation (facebookresearch/ToMe) has it: with a class token
+the unmerged A tokens keep their order ([CLS] first); without one they come in descending order
+of their best-match score.  The order decides the next block's alternating split, so it changes
+the logits from the second block on; the official vectors (``vectors/tome_official_visible.json``)
+pin it down.  Tie rules (the paper leaves them open): a best match ties to the lowest B index;
+equally similar A tokens are merged lowest index first (and listed in that order).
 """
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
+from complexity.schedule import clamp_r, per_block
 from gtp_ref.graph import unit_rows
 from gtp_ref.margins import smallest_positive
 from gtp_ref.vit import ViT
@@ -27,25 +32,21 @@ from gtp_ref.vit import ViT
 class Match(NamedTuple):
     """One layer's matching; indices into A = x[:, 0::2] and B = x[:, 1::2]."""
 
-    unm: torch.Tensor  # (B, |A| - r) unmerged A tokens, ascending
+    unm: torch.Tensor  # (B, |A| - r) unmerged A tokens: ascending with [CLS], else by score
     src: torch.Tensor  # (B, r) merged A tokens, most similar first
     dst: torch.Tensor  # (B, r) the B token each src merges into
     score: torch.Tensor  # (B, |A|) every A token's best similarity (-inf for [CLS])
     margin: float = float("inf")  # with margins=True: the closest call (see gtp_ref.margins)
 
 
-def clamp_r(r, num_tokens, class_token):
-    """ToMe merges at most half of the unprotected tokens: min(r, (N - protected) // 2)."""
-    return min(r, (num_tokens - int(class_token)) // 2)
-
-
 def bipartite_soft_matching(metric, r, class_token=True, margins=False):
     """metric [B, N, d] -> Match removing r = clamp_r(r, N) tokens (see the module docstring).
 
-    ``margins=True`` also records the smallest non-zero gap of the two decisions: best vs
-    second-best B token of an A token, and the r-th vs (r+1)-th most similar A token.
+    ``margins=True`` also records the smallest non-zero gap of the decisions: best vs
+    second-best B token of an A token, the r-th vs (r+1)-th most similar A token, and, without a
+    class token, adjacent unmerged A tokens (their score order is the next block's order).
     """
-    r = clamp_r(r, metric.shape[1], class_token)
+    r = clamp_r(r, metric.shape[1], int(class_token))
     B, N = metric.shape[:2]
     if r == 0:  # nothing to merge (also when B would be empty, N = 1)
         unm = torch.arange((N + 1) // 2, device=metric.device).expand(B, -1)
@@ -59,12 +60,17 @@ def bipartite_soft_matching(metric, r, class_token=True, margins=False):
     score, best = sim.max(dim=-1)  # (B, |A|): best similarity and its B token (first on ties)
     order = score.argsort(dim=-1, descending=True, stable=True)  # most similar first
     src = order[:, :r]
-    margin = _matching_margin(sim, score.gather(1, order), r) if margins else float("inf")
-    return Match(order[:, r:].sort(dim=-1).values, src, best.gather(1, src), score, margin)
+    margin = _matching_margin(sim, score.gather(1, order), r, class_token) if margins else float("inf")
+    unm = order[:, r:]  # (B, |A| - r) by descending score
+    if class_token:
+        unm = unm.sort(dim=-1).values  # original order: [CLS] stays first
+    return Match(unm, src, best.gather(1, src), score, margin)
 
 
-def _matching_margin(sim, ranked, r):
+def _matching_margin(sim, ranked, r, class_token):
     gaps = []
+    if not class_token and ranked.shape[1] - r > 1:
+        gaps.append((ranked[:, r:-1] - ranked[:, r + 1:]).flatten())
     if sim.shape[-1] > 1:
         top2 = sim.topk(2, dim=-1).values  # (B, |A|, 2)
         gaps.append((top2[..., 0] - top2[..., 1]).flatten())
@@ -106,12 +112,17 @@ class ToMeViT(ViT):
 
     def __init__(self, *args, r=0, **kwargs):
         super().__init__(*args, **kwargs)
-        depth = len(self.blocks)
-        schedule = list(r) if isinstance(r, (list, tuple)) else [r] * depth
-        if len(schedule) != depth or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
-                                         for v in schedule):
-            raise ValueError(f"r={r!r} must be an integer >= 0 or a list of depth={depth} of them")
-        self.r = schedule
+        self.r = r  # validated by the property
+
+    @property
+    def r(self):
+        """Tokens to merge in each block, one int per block (before ToMe's clamp).  Assigning an
+        int or a list of one int per block is validated like the constructor's argument."""
+        return self._r
+
+    @r.setter
+    def r(self, value):
+        self._r = per_block("r", value, len(self.blocks))
 
     def forward_trace(self, x, margins=False):
         x = self.embed(x)  # (B, N, C)
@@ -119,7 +130,7 @@ class ToMeViT(ViT):
         trace = ToMeTrace()
         for block, r in zip(self.blocks, self.r):
             x, a = block.attend(x, size, fused=self.fused_attn)  # proportional attention
-            r = clamp_r(r, x.shape[1], self.class_token)
+            r = clamp_r(r, x.shape[1], int(self.class_token))
             if r > 0:
                 match = bipartite_soft_matching(a.k.mean(dim=1), r, self.class_token, margins)  # keys over heads
                 x, size = merge_wavg(x, size, match)

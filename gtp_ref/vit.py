@@ -10,17 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gtp_ref._checks import GLOBAL_POOLS, choice
+from gtp_ref._checks import GLOBAL_POOLS, choice, flag, integer, pair, real
 from gtp_ref.select import sparsify_attention
 
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
-
-
-def _pair(v, name):
-    v = (v, v) if isinstance(v, int) else tuple(v)
-    if len(v) != 2 or any(isinstance(a, bool) or not isinstance(a, int) or a < 1 for a in v):
-        raise ValueError(f"{name}={v!r} must be a positive int or a pair of positive ints")
-    return v
 
 
 class PatchEmbed(nn.Module):
@@ -123,14 +116,25 @@ class ViT(nn.Module):
                  depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, class_token=True,
                  global_pool="token", fused_attn=False):
         super().__init__()
+        img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
+        in_chans = integer("in_chans", in_chans, minimum=1)
+        num_classes = integer("num_classes", num_classes, minimum=0)
+        embed_dim = integer("embed_dim", embed_dim, minimum=1)
+        depth = integer("depth", depth, minimum=1)
+        num_heads = integer("num_heads", num_heads, minimum=1)
+        mlp_ratio = real("mlp_ratio", mlp_ratio, 0.0, low_open=True)
+        qkv_bias, class_token = flag("qkv_bias", qkv_bias), flag("class_token", class_token)
+        fused_attn = flag("fused_attn", fused_attn)
         choice("global_pool", global_pool, GLOBAL_POOLS)
-        img_size, patch_size = _pair(img_size, "img_size"), _pair(patch_size, "patch_size")
         if patch_size[0] != patch_size[1]:
             raise ValueError(f"patch_size={patch_size!r} must be square (timm's PatchEmbed)")
         if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
             raise ValueError(f"img_size={img_size!r} is not divisible by patch_size={patch_size[0]}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        if int(embed_dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio={mlp_ratio!r} gives an MLP of int({embed_dim} * {mlp_ratio}) = 0 "
+                             "hidden units; need at least 1")
         if not class_token and global_pool == "token":
             raise ValueError("global_pool='token' needs a [CLS] token (class_token=True); "
                              "use global_pool='avg'")
@@ -169,8 +173,8 @@ class ViT(nn.Module):
         return x + self.pos_embed
 
     def forward_head(self, x):
-        if self.global_pool == "avg":
-            return self.head(self.fc_norm(x.mean(dim=1)))  # plain mean of all remaining tokens
+        if self.global_pool == "avg":  # plain mean of the image tokens; [CLS] is left out (timm)
+            return self.head(self.fc_norm(x[:, int(self.class_token):].mean(dim=1)))
         return self.head(self.norm(x)[:, 0])  # [CLS]
 
     def forward(self, x):

@@ -7,8 +7,7 @@ from complexity.exact import g_gtp_exact, g_tome_exact
 from gtp_ref import GTPViT
 from gtp_ref.cost import measure_macs
 from gtp_ref.tome import ToMeViT
-from tests.test_model import configs, images_for
-from tests.test_tome import tome_configs
+from tests.helpers import configs, images_for, tome_configs
 
 
 def geometry(cfg):

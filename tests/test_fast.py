@@ -15,9 +15,7 @@ from hypothesis import assume, given, strategies as st
 
 from gtp_ref import dense, fast
 from gtp_ref.select import COLUMN_SELECTIONS
-from tests.official import load, model_for
-from tests.strategies import DTYPES, NEAR_TIE, tensors
-from tests.test_model import build, configs, images_for
+from tests.helpers import DTYPES, NEAR_TIE, build, configs, images_for, model_for, official_vectors, tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -290,7 +288,7 @@ def test_fused_model_equals_dense(cfg, selection, ties, dtype):
     assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (FUSED, dtype, cfg)
 
 
-FUSED_VECTORS = [v for v in load()["vectors"] if v["config"]["selection"] in COLUMN_SELECTIONS]
+FUSED_VECTORS = [v for v in official_vectors() if v["config"]["selection"] in COLUMN_SELECTIONS]
 
 
 @on_fused

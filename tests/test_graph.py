@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from gtp_ref import dense
 from gtp_ref.graph import cosine_similarity, normalise, semantic_graph, spatial_graph
-from tests.strategies import grids, tensors
+from tests.helpers import grids, tensors
 
 
 def expected_degree(r, c, h, w):
@@ -131,11 +131,3 @@ def test_semantic_graph_is_permutation_equivariant(x, data):
     assert torch.allclose(Gp, G[:, perm][:, :, perm], rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(grid=(2, 2)), "grid"), (dict(graph="knn"), "graph='knn'"),
-    (dict(num_neighbours=6), r"num_neighbours=6 .*\[0, 5\]"), (dict(num_neighbours=-1), "num_neighbours"),
-])
-def test_graph_errors(kwargs, match):
-    args = dict(grid=(2, 3), graph="mixed", num_neighbours=2) | kwargs
-    with pytest.raises(ValueError, match=match):
-        dense.token_graph(torch.randn(1, 6, 3), **args)

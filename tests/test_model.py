@@ -1,90 +1,16 @@
-"""GTPViT: invariants, timm layout, errors, dtypes, devices and gradients."""
-import math
+"""GTPViT: invariants, timm layout, dtypes, devices and gradients.  (Argument errors:
+test_errors.py.)"""
 import shutil
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, strategies as st
 
 import gtp_ref
 from gtp_ref import GTPViT
-from gtp_ref._checks import SELECTIONS
-from tests.strategies import near_tie
+from tests.helpers import BACKENDS, build, configs, images_for, near_tie, plain_vit
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def plain_vit(state, images, *, patch_size, num_heads, class_token, global_pool):
-    """A ViT written from scratch from a timm state_dict: the backbone GTP must reduce to."""
-    x = F.conv2d(images, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=patch_size)
-    x = x.flatten(2).transpose(1, 2)
-    if class_token:
-        x = torch.cat([state["cls_token"].expand(x.shape[0], -1, -1), x], 1)
-    x = x + state["pos_embed"]
-    C, l = x.shape[-1], 0
-    ln = lambda t, name: F.layer_norm(t, (C,), state[f"{name}.weight"], state[f"{name}.bias"], 1e-6)  # noqa: E731
-    while f"blocks.{l}.norm1.weight" in state:
-        p = f"blocks.{l}."
-        B, N, _ = x.shape
-        qkv = F.linear(ln(x, p + "norm1"), state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"])
-        q, k, v = qkv.reshape(B, N, 3, num_heads, C // num_heads).permute(2, 0, 3, 1, 4)
-        a = (q @ k.transpose(-2, -1) / math.sqrt(C // num_heads)).softmax(-1)
-        x = x + F.linear((a @ v).transpose(1, 2).reshape(B, N, C), state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
-        h = F.gelu(F.linear(ln(x, p + "norm2"), state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"]))
-        x = x + F.linear(h, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"])
-        l += 1
-    pooled = ln(x, "norm")[:, 0] if global_pool == "token" else ln(x.mean(1), "fc_norm")
-    return F.linear(pooled, state["head.weight"], state["head.bias"])
-
-
-@st.composite
-def configs(draw, **fixed):
-    """Small GTPViT configurations: rectangular grids, both poolings, any selection and mode."""
-    class_token = fixed.get("class_token", draw(st.booleans()))
-    patch = draw(st.sampled_from([2, 4]))
-    h = draw(st.integers(1, 5))
-    w = h if fixed.get("square") else draw(st.integers(1, 5))
-    n, depth = h * w, draw(st.integers(1, 3))
-    heads = draw(st.integers(1, 3))
-    propagation = fixed.get("propagation", draw(st.sampled_from(["graph", "mean", "none"])))
-    sel = [s for s in SELECTIONS if class_token or not s.startswith("cls")]
-    num_prop, n_l = [], n
-    for _ in range(depth):
-        P = draw(st.integers(0, n_l - 1))
-        num_prop.append(P)
-        n_l = n_l - P + (1 if propagation == "mean" and P > 0 else 0)
-    cfg = dict(img_size=(h * patch, w * patch), patch_size=patch, in_chans=draw(st.integers(1, 3)),
-               num_classes=draw(st.integers(1, 5)), embed_dim=heads * draw(st.integers(1, 4)),
-               depth=depth, num_heads=heads, class_token=class_token,
-               global_pool="token" if class_token else "avg", num_prop=num_prop,
-               graph=draw(st.sampled_from(["spatial", "semantic", "mixed"])),
-               num_neighbours=draw(st.integers(0, n - 1)), selection=draw(st.sampled_from(sel)),
-               propagation=propagation, sparsity=draw(st.sampled_from([1.0, 0.9, 0.6, 0.3])),
-               token_scale=draw(st.booleans()))
-    # Negative alpha could make token sizes non-positive: the model refuses it with sizes on.
-    cfg["alpha"] = draw(st.floats(0 if cfg["token_scale"] else -1, 1))
-    cfg.update({k: v for k, v in fixed.items() if k not in ("class_token", "propagation", "square")})
-    return cfg
-
-
-def build(cfg, seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    model = GTPViT(**cfg).to(dtype).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a layout slip shows
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.5 if p.ndim < 2 else 1 / math.sqrt(p[0].numel())) + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-    return model
-
-
-def images_for(cfg, B, seed=1, dtype=torch.float64, ties=False):
-    """Random images; ``ties``: integer-valued in [-2, 2], so equal patches and exact ties abound."""
-    g = torch.Generator().manual_seed(seed)
-    size = cfg["img_size"] if isinstance(cfg["img_size"], tuple) else (cfg["img_size"],) * 2
-    shape = (B, cfg.get("in_chans", 3), *size)
-    if ties:
-        return torch.randint(-2, 3, shape, generator=g).to(dtype)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 @given(configs(), st.integers(1, 3))
@@ -155,17 +81,19 @@ def timm_keys(depth, class_token, global_pool):
     return keys
 
 
-@pytest.mark.parametrize("factory, depth, C, cls", [
-    (gtp_ref.deit_tiny, 12, 192, True), (gtp_ref.deit_small, 12, 384, True),
-    (gtp_ref.deit_base, 12, 768, True), (gtp_ref.vit_large_patch16, 24, 1024, True),
-    (gtp_ref.eva_large_style, 24, 1024, False),
+@pytest.mark.parametrize("factory, depth, C, pool, patch", [
+    (gtp_ref.deit_tiny, 12, 192, "token", 16), (gtp_ref.deit_small, 12, 384, "token", 16),
+    (gtp_ref.deit_base, 12, 768, "token", 16), (gtp_ref.vit_large_patch16, 24, 1024, "token", 16),
+    (gtp_ref.eva_large_style, 24, 1024, "avg", 14),  # the authors' EVA-L: [CLS], average pooling
 ])
-def test_presets_have_timm_state_dicts(factory, depth, C, cls):
+def test_presets_have_timm_state_dicts(factory, depth, C, pool, patch):
     with torch.device("meta"):
         model = factory(num_prop=8)
     sd = model.state_dict()
-    assert set(sd) == timm_keys(depth, cls, "token" if cls else "avg")
-    assert sd["pos_embed"].shape == (1, 196 + int(cls), C)
+    assert set(sd) == timm_keys(depth, True, pool)
+    assert model.class_token and model.global_pool == pool
+    assert sd["pos_embed"].shape == (1, 196 + 1, C)
+    assert sd["patch_embed.proj.weight"].shape == (C, 3, patch, patch)
     assert sd["blocks.0.attn.qkv.weight"].shape == (3 * C, C)
     assert sd["blocks.0.mlp.fc1.weight"].shape == (4 * C, C)
     assert sd["head.weight"].shape == (1000, C)
@@ -182,29 +110,60 @@ def test_strict_load_of_a_timm_layout_state_dict():
 BASE = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(graph="knn"), "graph='knn'"), (dict(selection="top"), "selection='top'"),
-    (dict(propagation="merge"), "propagation='merge'"), (dict(global_pool="max"), "global_pool='max'"),
-    (dict(backend="cuda"), "backend='cuda'"), (dict(sparsity=0.0), r"sparsity=0.0 .*\(0, 1\]"),
-    (dict(sparsity=1.01), "sparsity"), (dict(alpha=float("nan")), "alpha=nan"),
-    (dict(num_neighbours=-1), "num_neighbours=-1"), (dict(num_neighbours=16), r"num_neighbours=16 .*\[0, 15\]"),
-    (dict(num_prop=-1), "num_prop"), (dict(num_prop=[1, 2, 3]), "depth=2"),
-    (dict(num_prop=[10, 6]), "at most 5"), (dict(num_prop=16), "at most 15"),
-    (dict(class_token=False), "global_pool='token' needs a \\[CLS\\]"),
-    (dict(class_token=False, global_pool="avg", selection="cls_attn_mean"), "cls_attn_mean"),
-    (dict(img_size=30), "not divisible by patch_size=8"),
-    (dict(token_scale=True, alpha=-0.1), r"alpha=-0.1 must be >= 0 with token_scale=True"),
-])
-def test_construction_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        GTPViT(**{**BASE, **kwargs})
+GTP = dict(BASE, num_prop=[3, 2], graph="mixed", num_neighbours=2, selection="mixed_attn_max",
+           sparsity=0.6, alpha=0.3, token_scale=True)
+METHODS = [*BACKENDS, "tome"]
 
 
-@pytest.mark.parametrize("shape", [(1, 3, 32, 16), (1, 1, 32, 32), (3, 32, 32)])
-def test_forward_input_errors(shape):
-    model = GTPViT(**BASE)
-    with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, 32, 32\], got"):
-        model(torch.randn(*shape))
+def method_cfg(method, **extra):
+    """GTP at its paper settings on one of the backends, or ToMe, on the BASE geometry."""
+    if method == "tome":
+        return dict(BASE, r=[3, 2], **extra)
+    return dict(GTP, backend=method, **extra)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("head", [(True, "token"), (True, "avg"), (False, "avg")])
+def test_an_empty_batch_gives_empty_logits(method, head):
+    cfg = method_cfg(method, class_token=head[0], global_pool=head[1])
+    with torch.no_grad():
+        out = build(cfg)(images_for(cfg, 0))
+    assert out.shape == (0, BASE["num_classes"]) and out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_image_gives_nan_logits_and_leaves_the_others_alone(method, bad):
+    """Decided: an image with a NaN or infinite pixel gets NaN logits (every entry), in every
+    backend and in ToMe; no error (it would need a host synchronisation), and the other images
+    of the batch get exactly what they get alone."""
+    cfg = method_cfg(method)
+    model, x = build(cfg), images_for(cfg, 3)
+    x[1, 0, 5, 7] = bad
+    with torch.no_grad():
+        out = model(x)
+        alone = torch.cat([model(x[b:b + 1]) for b in (0, 2)])
+    assert out[1].isnan().all(), (method, out[1])
+    assert torch.allclose(out[[0, 2]], alone, rtol=1e-12, atol=1e-12), method
+
+
+def test_num_prop_can_be_changed_and_is_checked_on_assignment():
+    model = GTPViT(**BASE, num_prop=2)
+    model.num_prop = 3
+    assert model.num_prop == [3, 3]
+    model.num_prop = [4, 0]
+    assert model.num_prop == [4, 0]
+    import numpy as np
+    model.num_prop = np.int64(1)
+    assert model.num_prop == [1, 1] and all(type(P) is int for P in model.num_prop)
+    for bad, error, match in [(16, ValueError, "at most 15"), ([1], ValueError, "depth=2"),
+                              (-1, ValueError, r"num_prop=-1 must be an integer >= 0"),
+                              ("3", TypeError, "num_prop='3' must be an integer"),
+                              (2.0, TypeError, "num_prop=2.0"), (None, TypeError, "num_prop=None"),
+                              (True, TypeError, "num_prop=True")]:
+        with pytest.raises(error, match=match):
+            model.num_prop = bad
+        assert model.num_prop == [1, 1], "a refused assignment leaves the schedule as it was"
 
 
 def test_rectangular_images():

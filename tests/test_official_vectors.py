@@ -2,14 +2,15 @@
 import pytest
 import torch
 
-from tests import official
+from gtp_ref import GTPViT
+from tests.helpers import model_for, official_vectors
 
-VECTORS = official.load()["vectors"]
+VECTORS = official_vectors()
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["id"] for v in VECTORS])
 def test_logits_match_the_authors_implementation(vector):
-    model, images = official.model_for(vector)
+    model, images = model_for(vector)
     with torch.no_grad():
         trace = model.forward_trace(images)
     expected = torch.tensor(vector["logits"], dtype=torch.float64)
@@ -22,6 +23,6 @@ def test_logits_match_the_authors_implementation(vector):
 
 def test_state_dict_keys_are_timms():
     for vector in VECTORS:
-        model = official.GTPViT(**vector["config"])
+        model = GTPViT(**vector["config"])
         shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert shapes == vector["state_dict_shapes"], vector["id"]

@@ -8,9 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gtp_ref import dense, fast, sparse
 from gtp_ref import margins
 from gtp_ref.margins import semantic_margin
-from tests.official import load, model_for
-from tests.strategies import DTYPES, NEAR_TIE, grids, near_tie, scores_and_P, tensors
-from tests.test_model import build, configs, images_for
+from tests.helpers import DTYPES, NEAR_TIE, build, configs, grids, images_for, model_for, near_tie, official_vectors, scores_and_P, tensors
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -114,7 +112,7 @@ def test_models_agree(backend, cfg, dtype, ties):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("vector", load()["vectors"], ids=lambda v: v["id"])
+@pytest.mark.parametrize("vector", official_vectors(), ids=lambda v: v["id"])
 def test_model_reproduces_the_authors_vectors(vector, backend):
     model, images = model_for(vector, backend=backend)
     with torch.no_grad():

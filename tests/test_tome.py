@@ -1,36 +1,59 @@
-"""ToMe on the same backbone: its invariants, and agreement with the complexity model's schedule."""
+"""ToMe on the same backbone: the official implementation's vectors, its invariants, and
+agreement with the complexity model's schedule."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given, strategies as st
 
 from complexity.backbone import ViTGeometry, tome_schedule
-from gtp_ref.tome import ToMeViT, bipartite_soft_matching, clamp_r, merge_wavg
+from complexity.schedule import clamp_r
+from gtp_ref.conformance.seeded import tome_model_for, tome_vectors
+from gtp_ref.tome import ToMeViT, bipartite_soft_matching, merge_wavg
 from gtp_ref.vit import ViT
-from tests.strategies import tensors
-from tests.test_model import images_for, plain_vit
+from tests.helpers import build, images_for, plain_vit, tensors, tome_configs
+
+VECTORS = tome_vectors()
 
 
-@st.composite
-def tome_configs(draw, square=False):
-    class_token = draw(st.booleans())
-    patch, heads = draw(st.sampled_from([2, 4])), draw(st.integers(1, 3))
-    h = draw(st.integers(1, 5))
-    w = h if square else draw(st.integers(1, 5))
-    depth = draw(st.integers(1, 3))
-    return dict(img_size=(h * patch, w * patch), patch_size=patch, in_chans=draw(st.integers(1, 3)),
-                num_classes=draw(st.integers(1, 4)), embed_dim=heads * draw(st.integers(1, 4)),
-                depth=depth, num_heads=heads, class_token=class_token,
-                global_pool="token" if class_token else "avg",
-                r=draw(st.lists(st.integers(0, 12), min_size=depth, max_size=depth)))
-
-
-def build(cfg, dtype=torch.float64, seed=0):
-    torch.manual_seed(seed)
-    model = ToMeViT(**cfg).to(dtype).eval()
+@pytest.mark.parametrize("vector", VECTORS, ids=[f"{v['id']}-{v['family']}" for v in VECTORS])
+def test_logits_match_the_official_tome(vector):
+    """Vectors computed by running the official ToMe (tome.patch.timm) on timm's ViT, float64:
+    with and without [CLS], token and average pooling, int and per-block schedules."""
+    model, images = tome_model_for(vector)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return model
+        trace = model.forward_trace(images)
+    want = torch.tensor(vector["logits"], dtype=torch.float64)
+    assert trace.merged == vector["merged_per_layer"], vector["config"]
+    assert trace.sizes.shape[1] == vector["final_tokens"]
+    assert trace.sizes.sum(-1).tolist() == vector["sizes_sum"]
+    assert torch.allclose(trace.logits, want, rtol=1e-6, atol=1e-8), \
+        f"{vector['id']}: max abs error {(trace.logits - want).abs().max().item():.3e}, config {vector['config']}"
+
+
+def test_without_a_class_token_unmerged_tokens_follow_their_score():
+    """The official order: with [CLS] the unmerged A tokens keep their order, without one they
+    come by descending best-match score (which the next block's alternating split sees)."""
+    # A = tokens 0, 2, 4, 6; B = 1, 3, 5.  Best-match scores of A: 0.0, 0.6, 1.0, 0.8
+    m = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.0, 1.0], [0.0, 1.0], [0.0, -1.0],
+                       [0.6, 0.8]]])
+    no_cls = bipartite_soft_matching(m, 1, class_token=False)
+    assert no_cls.src.tolist() == [[2]] and no_cls.unm.tolist() == [[3, 1, 0]]
+    cls = bipartite_soft_matching(m, 1, class_token=True)
+    assert cls.src.tolist() == [[2]] and cls.unm.tolist() == [[0, 1, 3]]
+
+
+def test_r_can_be_changed_and_is_checked_on_assignment():
+    model = ToMeViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, r=2)
+    model.r = 16
+    assert model.r == [16, 16]
+    model.r = [np.int32(1), 0]
+    assert model.r == [1, 0] and all(type(r) is int for r in model.r)
+    for bad, error, match in [([1], ValueError, "depth=2"), (-1, ValueError, "r=-1"),
+                              ("4", TypeError, "r='4'"), (1.5, TypeError, "r=1.5"),
+                              ([1, None], TypeError, r"r\[1\]=None")]:
+        with pytest.raises(error, match=match):
+            model.r = bad
+        assert model.r == [1, 0]
 
 
 @given(tome_configs(), st.booleans())
@@ -56,7 +79,7 @@ def test_merged_counts_follow_the_complexity_models_clamp(cfg):
     n = model.num_image_tokens + int(cfg["class_token"])
     expected = []
     for r in cfg["r"]:
-        expected.append(clamp_r(r, n, cfg["class_token"]))
+        expected.append(clamp_r(r, n, int(cfg["class_token"])))
         n -= expected[-1]
     assert trace.merged == expected
     if cfg["img_size"][0] == cfg["img_size"][1]:
@@ -93,7 +116,7 @@ def test_merge_is_the_size_weighted_average(B, N, C, class_token, r, data):
         size[:, 0] = 1.0  # as in the model: [CLS] always has size 1
     match = bipartite_soft_matching(data.draw(tensors((B, N, 3))), r, class_token)
     out, out_size = merge_wavg(x, size, match)
-    r = clamp_r(r, N, class_token)
+    r = clamp_r(r, N, int(class_token))
     assert out.shape == (B, N - r, C)
     for b in range(B):
         groups = {1 + 2 * j: [1 + 2 * j] for j in range(N // 2)}  # B tokens by original index

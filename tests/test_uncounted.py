@@ -49,7 +49,7 @@ def test_exact_variants_relate_to_eqs_2_3(side, L, P, H):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="leaves"):
+    with pytest.raises(ValueError, match="17 of the 9 image tokens left at block 11"):
         gtp_uncounted(197, 12, 17, 384, 6)
     with pytest.raises(ValueError, match="C=10 is not divisible by H=4"):
         g_tome_exact(197, [1], 10, 4)

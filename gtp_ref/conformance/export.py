@@ -155,7 +155,7 @@ def model_cases():
                 break
             seed += 1000
         json_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-        cases.append({"seed": seed, "rule": "weights and images by the rule of official_visible.json's header "
+        cases.append({"seed": seed, "rule": "weights and images by the rule of gtp_official_visible.json's header "
                                             "(also stored here)",
                       "inputs": {"config": json_cfg, "batch": 2, "images": images.tolist(),
                                  "state_dict": {k: v.tolist() for k, v in sorted(model.state_dict().items())}},

@@ -1,8 +1,9 @@
 """Seeded inputs any language can regenerate: numpy's PCG64 ``default_rng(seed)`` streams.
 
-Model weights follow the rule of the authors'-implementation vectors (``vectors/
-official_visible.json``, header "weights"): one Generator, state_dict keys in sorted (Python str)
-order, value = mean + std * standard_normal(shape), then the images from the same Generator.
+Model weights follow the rule of the authors'-implementation vectors
+(``vectors/gtp_official_visible.json``, header "weights"; the official-ToMe vectors use the same
+rule): one Generator, state_dict keys in sorted (Python str) order, value = mean + std *
+standard_normal(shape), then the images from the same Generator.
 """
 import json
 from pathlib import Path
@@ -51,4 +52,20 @@ def model_for(vector, **overrides):
 
 
 def official_vectors():
-    return json.loads((VECTORS / "official_visible.json").read_text())["vectors"]
+    return json.loads((VECTORS / "gtp_official_visible.json").read_text())["vectors"]
+
+
+def tome_vectors():
+    """The vectors computed by running the official ToMe on timm (``tome_official_visible.json``)."""
+    return json.loads((VECTORS / "tome_official_visible.json").read_text())["vectors"]
+
+
+def tome_model_for(vector):
+    """A float64 ToMeViT with the vector's config and seeded weights (same rule), and its images."""
+    from gtp_ref.tome import ToMeViT
+    model = ToMeViT(**vector["config"]).double().eval()
+    cfg = vector["config"]
+    state, images = weights_and_images(vector["seed"], vector["state_dict_shapes"], vector["batch"],
+                                       cfg["in_chans"], cfg["img_size"])
+    model.load_state_dict(state, strict=True)
+    return model, images
