@@ -1,5 +1,13 @@
-"""The project's command-line parsers: a usage error is one line on stderr and exit code 2."""
+"""The project's command-line plumbing: one-line usage errors, and output files written safely.
+
+A usage error is one line on stderr and exit code 2.  Output files are checked before anything
+is written: an empty path is an error, a file that is a symbolic link is never written through
+(it could point anywhere outside the target directory), and each file written is reported as
+``wrote PATH`` or, where it existed before, ``replaced PATH``.
+"""
 import argparse
+import os
+from pathlib import Path
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -9,13 +17,61 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def write_files(parser, where, write):
-    """Run ``write()`` (which returns the paths it wrote), report each path, exit 0; an OSError
-    becomes the parser's one-line error naming ``where``."""
+def output_path(parser, option, value, *, suffixes=None):
+    """``value`` of ``option`` as a Path, checked before any work: not empty, not a symbolic link,
+    not a directory, in an existing folder, and (where given) ending in one of ``suffixes``."""
+    if value is None:
+        return None
+    if not str(value).strip():
+        parser.error(f"{option} '': give a file path")
+    path = Path(value)
+    if suffixes and path.suffix.lower() not in suffixes:
+        parser.error(f"{option} {value!r}: must end in {' or '.join(suffixes)}")
+    problem = _target_problem(path) or (None if path.parent.is_dir() else
+                                         f"its folder {str(path.parent)!r} does not exist")
+    if problem:
+        parser.error(f"{option} {value!r}: {problem}")
+    return path
+
+
+def output_dir(parser, option, value):
+    """``value`` of ``option`` as a directory Path: not empty and not an existing file."""
+    if not str(value).strip():
+        parser.error(f"{option} '': give a directory")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        parser.error(f"{option} {value!r} is a file, not a directory")
+    return path
+
+
+def _target_problem(path):
+    if path.is_symlink():
+        return f"is a symbolic link (to {os.readlink(path)}); not writing through it -- remove it or choose another path"
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        return f"its folder {str(parent)!r} is a file"
+    return None
+
+
+def write_files(parser, where, paths, write):
+    """Write ``paths`` (all known beforehand) by calling ``write()``; report each as wrote/replaced.
+
+    Every path is checked first (``_target_problem``), so nothing is written when one is bad; an
+    OSError while writing becomes the parser's one-line error naming ``where``.
+    """
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        problem = _target_problem(p)
+        if problem:
+            parser.error(f"cannot write {p} in {where}: {problem}")
+    existed = {p for p in paths if p.exists()}
     try:
-        paths = write()
+        written = [Path(p) for p in write()]
     except OSError as e:
         parser.error(f"cannot write into {where}: {e}")
-    for path in paths:
-        print(f"wrote {path}")
+    assert written == paths, (written, paths)  # the list above is the one written
+    for p in paths:
+        print(f"{'replaced' if p in existed else 'wrote'} {p}")
     return 0

@@ -13,7 +13,7 @@ import numpy as np
 import sympy as sp
 
 from complexity import symbols as s
-from complexity._cli import OneLineParser, write_files
+from complexity._cli import OneLineParser, output_dir, write_files
 from complexity.extra import eq2_printed, g_gtp_closed, g_tome_closed
 
 FIXED = {s.L: 12, s.M: 8}
@@ -169,7 +169,9 @@ def main(argv=None):
     p.add_argument("--out", default="figures", help="output folder (default: figures/)")
     # also writes uncounted.png / .pdf: the work Eqs. 2-3 leave out, vs N
     args = p.parse_args(argv)
-    return write_files(p, f"--out {args.out!r}", lambda: make_figure(args.out) + make_uncounted_figure(args.out))
+    out = output_dir(p, "--out", args.out)
+    paths = [out / f"{name}.{ext}" for name in ("figure3", "uncounted") for ext in ("png", "pdf")]
+    return write_files(p, f"--out {args.out!r}", paths, lambda: make_figure(out) + make_uncounted_figure(out))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ class Backbone:
     class_token: bool = True  # N counts the [CLS] token when there is one
 
 
-# Supplement C.4's settings.  EVA-L-style has no [CLS]: its N is the 14x14 = 196 image tokens.
+# Supplement C.4's settings.  C.4 counts EVA-L without [CLS]: N = the 14x14 = 196 image tokens (the
+# authors' code, and the eva_large_style preset, have a [CLS] token: N = 197).
 BACKBONES = [
     Backbone("DeiT-S", N=197, L=12, C=384, H=6),
     Backbone("DeiT-B", N=197, L=12, C=768, H=12),

@@ -15,6 +15,17 @@ from gtp_ref.select import sparsify_attention
 
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
 
+# Parts of timm ViT checkpoints that this model does not have, by a key component they carry.
+FOREIGN_KEYS = {
+    "ls1": "layer scale (DeiT-III style ls1 / ls2)", "ls2": "layer scale (DeiT-III style ls1 / ls2)",
+    "reg_token": "register tokens", "dist_token": "a distillation token (distilled DeiT)",
+    "head_dist": "a distillation head (distilled DeiT)", "norm_pre": "a LayerNorm before the blocks (CLIP-style)",
+    "q_norm": "query / key normalisation", "k_norm": "query / key normalisation",
+    "attn_pool": "attention pooling (global_pool='map')", "backbone": "a convolutional stem (hybrid ViT)",
+    "cls_token": "a [CLS] token", "fc_norm": "a LayerNorm after average pooling (fc_norm)",
+    "norm": "a final LayerNorm (norm)",
+}
+
 
 class PatchEmbed(nn.Module):
     """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid."""
@@ -176,6 +187,20 @@ class ViT(nn.Module):
         if self.global_pool == "avg":  # plain mean of the image tokens; [CLS] is left out (timm)
             return self.head(self.fc_norm(x[:, int(self.class_token):].mean(dim=1)))
         return self.head(self.norm(x)[:, 0])  # [CLS]
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """``nn.Module.load_state_dict``, but a checkpoint of an architecture this model does not
+        have is refused with a ValueError naming the feature (not a list of unexpected keys).
+        Keys cannot show every difference: a post-norm ViT has the same keys as a pre-norm one
+        (docs/spec.md, "Which checkpoints load")."""
+        own = set(self.state_dict())
+        for key in state_dict:
+            if key in own:
+                continue
+            for marker, feature in FOREIGN_KEYS.items():
+                if marker in key.split("."):
+                    raise ValueError(f"state_dict has {key!r}: {feature}, which this model was not built with")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x):
         x = self.embed(x)

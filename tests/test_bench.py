@@ -1,123 +1,156 @@
-"""Smoke test of the benchmark command (a benchmark is not a test: no timing is asserted)."""
+"""The benchmark commands as a user runs them (a benchmark is not a test: no timing is asserted):
+smoke runs of each command, arguments checked before anything is measured, results printed
+before they are written."""
 import json
 import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from gtp_ref.bench import peak_added_bytes
+from gtp_ref.bench import __main__ as bench, scaling
+from gtp_ref.bench.scaling import peak_added_bytes
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "gtp_ref.bench", *args], capture_output=True, text=True)
 
 
 def test_scaling_smoke():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "scaling", "--grids", "4", "8",
-                        "--repeats", "1", "--json"], capture_output=True, text=True)
+    r = run("scaling", "--grids", "8", "16", "--repeats", "1", "--json")
     assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)["rows"]
+    doc = json.loads(r.stdout)
+    assert doc["device"] == "cpu" and doc["threads"] == torch.get_num_threads() and doc["torch"] == torch.__version__
+    rows = doc["rows"]
     assert [(x["grid"], x["backend"]) for x in rows] == [
-        ("4x4", "dense"), ("4x4", "sparse"), ("8x8", "dense"), ("8x8", "sparse")]
-    assert all(x["median_ms"] > 0 and x["peak_mb"] >= 0 for x in rows)
+        ("8x8", "dense"), ("8x8", "sparse"), ("16x16", "dense"), ("16x16", "sparse")]
+    assert all(x["median_ms"] > 0 and x["peak_mb"] >= 0 and x["rounds"] == 1 for x in rows)
     assert "time_ratio" in rows[1] and "mem_ratio" in rows[3]
 
 
 def test_peak_memory_counts_a_known_allocation():
-    import torch
-
-    def run():
+    def work():
         a = torch.empty(1 << 20, dtype=torch.float64)  # 8 MiB
         b = torch.empty(1 << 19, dtype=torch.float64)  # 4 MiB, while a is alive
         del a, b
 
-    assert peak_added_bytes(run, "cpu") == 12 * 2**20
+    assert peak_added_bytes(work, "cpu") == 12 * 2**20
 
 
-def test_bad_arguments_exit_2():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "scaling", "--repeats", "0"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--repeats" in r.stderr
+@pytest.mark.parametrize("args, message", [
+    (("scaling", "--repeats", "0"), "--repeats 0: must be >= 1"),
+    (("scaling", "--grids", "1"), "--grids 1: each side must be >= 8"),
+    (("threshold", "--sizes", "2x1"), "--sizes '2x1': need B >= 1 and N >= 2"),
+    (("threshold", "--sizes", "0x9"), "--sizes '0x9': need B >= 1"),
+    (("threshold", "--sizes", "2by9"), "--sizes '2by9': write BxN"),
+    (("profile", "--P", "1000"), "--P 1000 for smoke: num_prop=1000 propagates 1000 of the 16 image tokens"),
+    (("profile", "--batch", "0"), "--batch 0: must be >= 1"),
+    (("throughput", "--models", "deit_small", "--repeats", "2"), "--repeats 2: a measurement needs >= 5"),
+    (("throughput", "--methods", "gtp_fast+graph"), "the +graph methods need --device cuda"),
+    (("throughput", "--P", "1000"), "--P 1000 for smoke"),
+    (("throughput", "--batches", "0"), "--batches 0: must be >= 1"),
+    (("throughput", "--figure", "out.pdf"), "--figure 'out.pdf': must end in .png"),
+    (("throughput", "--json-out", "/no/such/folder/rows.json"), "its folder '/no/such/folder' does not exist"),
+    (("throughput", "--json-out", ""), "--json-out '': give a file path"),
+    (("scaling", "--device", "cuda"), "no CUDA device") if not torch.cuda.is_available() else
+    (("scaling", "--repeats", "-1"), "--repeats -1"),
+    (("plot", "/no/such.json", "--figure", "x.png"), "cannot read throughput rows from /no/such.json"),
+], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout[-500:], r.stderr[-500:])
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stdout == "", "nothing measured, nothing printed"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "cannot read throughput rows"), ('{"rows": []}', "not a throughput result"),
+    ('{"rows": [{"model": "smoke"}]}', "row 0 lacks or mistypes method, P, batch"),
+    ('[1, 2]', "not a throughput result"),
+])
+def test_plot_refuses_malformed_rows_in_one_line(tmp_path, content, message):
+    bad = tmp_path / "rows.json"
+    bad.write_text(content)
+    r = run("plot", str(bad), "--figure", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_failing_write_does_not_lose_the_measurement(tmp_path, monkeypatch, capsys):
+    """The table is printed first; the write that fails afterwards is one line and exit 1."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    measure = scaling.run
+
+    def run_then_lose_the_folder(args):
+        rows = measure(args)
+        shutil.rmtree(folder)  # e.g. a disk unmounted during a long measurement
+        return rows
+
+    monkeypatch.setattr(scaling, "run", run_then_lose_the_folder)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["scaling", "--grids", "8", "--repeats", "1", "--json-out", str(folder / "rows.json")])
+    out, err = capsys.readouterr()
+    assert e.value.code == 1
+    assert "8x8" in out and "sparse" in out, "the finished table is on the screen"
+    assert "the measurement above was not saved" in err and len(err.strip().splitlines()[-1:]) == 1
 
 
 def test_throughput_smoke(tmp_path):
     fig = tmp_path / "tp.png"
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "smoke",
-                        "--repeats", "1", "--json", "--figure", str(fig)], capture_output=True, text=True)
+    r = run("throughput", "--models", "smoke", "--repeats", "1", "--json", "--figure", str(fig))
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    methods = {x["method"] for x in rows}
-    assert methods == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome"}
+    assert {x["method"] for x in rows} == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse",
+                                           "gtp_fast", "tome"}
     assert {x["P"] for x in rows if x["method"] == "tome"} == {1, 2}
-    assert all(x["img_per_s"] > 0 for x in rows)
-    assert all(x["ideal_speedup"] > 1 for x in rows if x["P"])
+    assert all(x["img_per_s"] > 0 and x["speedup"] > 0 for x in rows)
+    assert all(x["expected_speedup"] > 1 for x in rows if x["P"])
     assert int.from_bytes(fig.read_bytes()[16:20], "big") >= 800
 
 
-def test_throughput_refuses_too_few_repeats_for_a_measurement():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "deit_small",
-                        "--repeats", "2"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--repeats must be >= 5" in r.stderr
-
-
-def test_graph_methods_need_cuda():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--methods", "gtp_fast+graph",
-                        "--repeats", "1"], capture_output=True, text=True)
-    assert r.returncode == 2 and "need --device cuda" in r.stderr
+def test_throughput_table_says_plainly_how_each_method_compares():
+    r = run("throughput", "--models", "smoke", "--repeats", "1", "--methods", "baseline_fused", "gtp_fast")
+    assert r.returncode == 0, r.stderr
+    assert "device=cpu" in r.stdout and f"{torch.get_num_threads()} threads" in r.stdout
+    verdict = [line for line in r.stdout.splitlines() if line.startswith("smoke, batch 2, fp32: gtp_fast is")]
+    assert len(verdict) == 1 and ("SLOWER than the unreduced model" in verdict[0]
+                                  or "faster than the unreduced model at every P" in verdict[0])
 
 
 def test_threshold_smoke():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "threshold", "--sizes", "2x9", "--repeats", "1",
-                        "--json"], capture_output=True, text=True)
+    r = run("threshold", "--sizes", "2x9", "1x12", "--repeats", "1", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert {x["method"] for x in rows} == {"kthvalue", "topk", "topk (fast)"} and all(x["exact"] for x in rows)
-    bad = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "threshold", "--sizes", "2by9"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "--sizes are BxN" in bad.stderr
+    assert {x["method"] for x in rows} == {"kthvalue", "topk", "fast.kth_smallest"}
+    assert all(x["exact"] for x in rows) and {(x["B"], x["N"]) for x in rows} == {(2, 9), (1, 12)}
 
 
 def test_profile_smoke():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "profile", "--rows", "5"],
-                       capture_output=True, text=True)
+    r = run("profile", "--rows", "5")
     assert r.returncode == 0, r.stderr
     assert "smoke gtp_fast P=1" in r.stdout and "Name" in r.stdout
 
 
 def test_plot_redraws_from_json_out(tmp_path):
     rows = tmp_path / "rows.json"
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--methods", "baseline_fused", "gtp_fast",
-                        "--repeats", "1", "--json-out", str(rows)], capture_output=True, text=True)
+    r = run("throughput", "--methods", "baseline_fused", "gtp_fast", "--repeats", "1", "--json-out", str(rows))
     assert r.returncode == 0, r.stderr
     assert {x["method"] for x in json.loads(rows.read_text())["rows"]} == {"baseline_fused", "gtp_fast"}
     fig = tmp_path / "again.png"
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "plot", str(rows), "--figure", str(fig)],
-                       capture_output=True, text=True)
+    r = run("plot", str(rows), "--figure", str(fig))
     assert r.returncode == 0 and f"wrote {fig}" in r.stdout, r.stderr
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "plot", str(tmp_path / "missing.json"),
-                        "--figure", str(fig)], capture_output=True, text=True)
-    assert r.returncode == 2 and "cannot read throughput rows" in r.stderr
+    r = run("plot", str(rows), "--figure", str(fig))
+    assert r.returncode == 0 and f"replaced {fig}" in r.stdout, r.stderr
 
 
 @pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_throughput_compile_smoke():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--models", "smoke", "--repeats", "1",
-                        "--methods", "gtp_fast", "gtp_fast+compile", "--json"], capture_output=True, text=True)
+    r = run("throughput", "--models", "smoke", "--repeats", "1", "--methods", "gtp_fast", "gtp_fast+compile", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert [(x["method"], x["P"]) for x in rows] == [("gtp_fast", 1), ("gtp_fast", 2),
                                                      ("gtp_fast+compile", 1), ("gtp_fast+compile", 2)]
     assert all(x["img_per_s"] > 0 for x in rows)
-
-
-def test_attention_map_smoke():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "attention", "--sizes", "2x9", "3x10", "--repeats", "1",
-                        "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)["rows"]
-    assert [(x["B"], x["method"]) for x in rows] == [(B, m) for B in (2, 3) for m in
-                                                     ("torch", "q kT (torch)", "q kT, keys padded to 8")]
-    assert all(x["median_us"] > 0 and x["dtype"] == "float32" for x in rows)
-    assert [x["max_abs_diff"] for x in rows if x["method"] == "torch"] == [0.0, 0.0]
-    bad = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "attention", "--sizes", "0x9"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "--sizes are BxN" in bad.stderr

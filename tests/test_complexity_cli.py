@@ -85,3 +85,24 @@ def test_plot_bad_out_is_one_line(tmp_path):
     blocker.write_text("x")
     r = run("complexity.plot", "--out", str(blocker))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_plot_says_which_files_it_replaced(tmp_path):
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "figure3.png").write_bytes(b"old")
+    r = run("complexity.plot", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"replaced {out / 'figure3.png'}" in r.stdout and f"wrote {out / 'figure3.pdf'}" in r.stdout
+
+
+@pytest.mark.parametrize("case", ["empty", "symlink"])
+def test_plot_never_writes_through_a_symlink_nor_into_an_empty_path(tmp_path, case):
+    out, outside = tmp_path / "figs", tmp_path / "outside.png"
+    out.mkdir()
+    outside.write_bytes(b"keep me")
+    (out / "uncounted.png").symlink_to(outside)
+    r = run("complexity.plot", "--out", "" if case == "empty" else str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("give a directory" if case == "empty" else "is a symbolic link") in r.stderr
+    assert outside.read_bytes() == b"keep me" and not (out / "figure3.png").exists(), "nothing is written"

@@ -63,3 +63,10 @@ def test_deit_small_paper_settings():
     # The paper's Eq. 3 (20.26 MMACs) vs executed; Eq. 2 vs executed: H times smaller.
     assert m_gtp["overhead"] < g_gtp(197, 12, 8, 384, 6)
     assert m_tome["overhead"] * 5 < eq2_printed(197, 12, 8, 384)
+
+
+def test_macs_per_image_need_an_image():
+    import pytest
+    model = GTPViT(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2, num_prop=1)
+    with pytest.raises(ValueError, match=r"images has shape \[0, 3, 16, 16\]: MACs per image need at least one"):
+        measure_macs(model, torch.zeros(0, 3, 16, 16))

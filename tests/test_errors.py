@@ -233,3 +233,15 @@ def test_sparse_graph_type_is_checked_by_the_other_backends():
     assert isinstance(G, SparseGraph)
     with pytest.raises(TypeError, match="G must be a torch.Tensor"):
         dense.propagate(x, G, t([0, 1, 3, 5], [0, 1, 3, 5]), t([4, 2], [4, 2]), 0.1)
+
+
+@pytest.mark.parametrize("key, feature", [
+    ("blocks.0.ls1.gamma", "layer scale"), ("reg_token", "register tokens"), ("norm_pre.weight", "CLIP-style"),
+    ("attn_pool.latent", "attention pooling"), ("blocks.1.attn.q_norm.weight", "query / key normalisation"),
+    ("fc_norm.weight", r"fc_norm"),  # an average-pooled checkpoint into a [CLS]-pooled model
+])
+def test_a_checkpoint_of_another_architecture_is_refused_by_name(key, feature):
+    model = GTPViT(**BASE)
+    state = {**model.state_dict(), key: torch.zeros(16)}
+    with pytest.raises(ValueError, match=f"state_dict has '{key}': .*{feature}.*which this model was not built with"):
+        model.load_state_dict(state)

@@ -2,7 +2,7 @@
 # The GPU checks and measurements of docs/performance.md, in one call on the device machine
 # (its image has torch, triton, pytest and hypothesis; nothing is downloaded).
 #   bash tools/gpu_session.sh STEP...
-#   STEP in: env tests tests_fast threshold attention scaling profile deit_small deit_small_b1
+#   STEP in: env tests tests_fast threshold scaling profile deit_small deit_small_b1
 #            deit_small_fp32 deit_base vit_large eva_large compile all
 # Logs go to $OUT (or ./gpu_out) as <step>.txt / .json.
 set -u
@@ -18,7 +18,6 @@ for s in "$@"; do case $s in
   env) step env.txt 60 bash -c 'nvidia-smi -L; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"' ;;
   tests) step tests_cuda.txt 300 python3 -m pytest -m cuda -q -p no:cacheprovider ;;
   threshold) step threshold.txt 120 python3 -m gtp_ref.bench threshold --device cuda --json-out "$OUT/threshold.json" ;;
-  attention) step attention.txt 120 python3 -m gtp_ref.bench attention --device cuda --json-out "$OUT/attention.json" ;;
   scaling) step scaling_cuda.txt 180 python3 -m gtp_ref.bench scaling --device cuda --json-out "$OUT/scaling_cuda.json" ;;
   profile) for m in gtp_fast tome; do
       step "profile_$m.txt" 120 python3 -m gtp_ref.bench profile --device cuda --model deit_small \

@@ -1,8 +1,8 @@
 """``python -m gtp_ref.conformance export DIR``: write the language-neutral JSON vectors."""
 import sys
 
-from complexity._cli import OneLineParser, write_files
-from gtp_ref.conformance.export import export
+from complexity._cli import OneLineParser, output_dir, write_files
+from gtp_ref.conformance.export import export, paths
 
 
 def main(argv=None):
@@ -13,7 +13,8 @@ def main(argv=None):
     e = sub.add_parser("export", help="write JSON vectors (one file per op, and model.json) into DIR")
     e.add_argument("dir")
     args = p.parse_args(argv)
-    return write_files(p, repr(args.dir), lambda: export(args.dir))
+    out = output_dir(p, "DIR", args.dir)
+    return write_files(p, repr(args.dir), paths(out), lambda: export(out))
 
 
 if __name__ == "__main__":

@@ -167,15 +167,20 @@ OPS = {"token_graph": token_graph_cases, "sparsify_attention": sparsify_cases, "
        "select_tokens": select_cases, "propagate": propagate_cases, "model": model_cases}
 
 
+def paths(out_dir):
+    """The files ``export`` writes into ``out_dir``: one per op."""
+    return [Path(out_dir) / f"{op}.json" for op in OPS]
+
+
 def export(out_dir):
     """Write one JSON file per op into ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
+    written = []
     for op, make in OPS.items():
         doc = {"format": FORMAT, "op": op, "dtype": "float64", "tolerance": TOL,
                "generated_by": "python -m gtp_ref.conformance export DIR (gtp_ref.dense)", "cases": make()}
         path = out / f"{op}.json"
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
-        paths.append(path)
-    return paths
+        written.append(path)
+    return written

@@ -91,6 +91,13 @@ def reproduce(test):
             "(hypothesis prints the failing example and its seed above)")
 
 
+def assert_shape(what, got, shape, *, test):
+    """The output has exactly ``shape``."""
+    got = as_tensor(got)
+    if tuple(got.shape) != tuple(shape):
+        raise AssertionError(f"{what}: shape {list(got.shape)}, expected {list(shape)}\n{reproduce(test)}")
+
+
 def assert_close(what, got, want, *, rtol, atol, test):
     """got ≈ want elementwise; on failure name the first differing entry, both values and the call."""
     got = as_tensor(got, want)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from hypothesis import assume, given, strategies as st
 
-from gtp_ref.conformance.harness import assert_close, assert_equal, call, load_impl, oracle
+from gtp_ref.conformance.harness import assert_close, assert_equal, assert_shape, call, load_impl, oracle
 from gtp_ref.conformance.strategies import grids, tensors
 from gtp_ref.margins import semantic_margin
 
@@ -72,8 +72,10 @@ def test_no_nan_from_degree_zero_or_zero_norm(inputs):
     x = x.clone()
     x[:, 0] = 0.0  # a zero-norm token
     G = torch.as_tensor(dense_graph(x, grid, graph, M))
-    assert torch.isfinite(G).all(), call("token_graph", x_img=x, grid=grid, graph=graph, num_neighbours=M) + \
-        " returned NaN/inf (degree-0 rows get D^-1/2 = 0; a zero-norm token has cosine 0)"
+    what = call("token_graph", x_img=x, grid=grid, graph=graph, num_neighbours=M)
+    assert_shape(what + " -> to_dense", G, (x.shape[0], x.shape[1], x.shape[1]), test="test_no_nan_from_degree_zero")
+    assert torch.isfinite(G).all(), what + " returned NaN/inf (degree-0 rows get D^-1/2 = 0; a zero-norm token " \
+                                           "has cosine 0)"
 
 
 @pytest.mark.parametrize("kwargs", [dict(graph="knn"), dict(num_neighbours=6), dict(grid=(2, 2))],

@@ -2,7 +2,7 @@
 import torch
 from hypothesis import assume, given, strategies as st
 
-from gtp_ref.conformance.harness import assert_close, assert_equal, call, load_impl, oracle
+from gtp_ref.conformance.harness import assert_close, assert_equal, assert_shape, call, load_impl, oracle
 from gtp_ref.conformance.strategies import tensors
 from gtp_ref.margins import semantic_margin
 
@@ -57,5 +57,8 @@ def test_alpha_zero_is_pruning(case):
     rest = (case["sizes"], case["class_token"])
     a = impl.propagate(case["x"], G, case["kept"], case["prop"], 0.0, *rest, "graph")
     b = impl.propagate(case["x"], G, case["kept"], case["prop"], 0.0, *rest, "none")
+    B, N, C = case["x"].shape
+    assert_shape("propagate(mode='graph', alpha=0) -> x", a[0], (B, N - case["prop"].shape[1], C),
+                 test="test_alpha_zero_is_pruning")
     assert_close("propagate(mode='graph', alpha=0) vs mode='none'", a[0], torch.as_tensor(b[0]).to(case["x"].dtype),
                  rtol=0, atol=0, test="test_alpha_zero_is_pruning")

@@ -2,7 +2,7 @@
 import torch
 from hypothesis import given, strategies as st
 
-from gtp_ref.conformance.harness import assert_close, call, load_impl, oracle
+from gtp_ref.conformance.harness import assert_close, assert_shape, call, load_impl, oracle
 from gtp_ref.conformance.strategies import attention_maps
 
 impl = load_impl()
@@ -22,6 +22,8 @@ def test_k_is_truncated_in_double_precision():
     """N = 10, theta = 0.9: k = int(100 * 0.09999999999999998) = 9, so 8 entries are zeroed."""
     attn = (torch.arange(100, dtype=torch.float64) + 1).reshape(1, 1, 10, 10) / 1000
     got = torch.as_tensor(impl.sparsify_attention(attn, 0.9))
+    assert_shape(call("sparsify_attention", attn=attn, sparsity=0.9), got, attn.shape,
+                 test="test_k_is_truncated_in_double_precision")
     zeros = int((got == 0).sum())
     assert zeros == 8, f"{call('sparsify_attention', attn=attn, sparsity=0.9)} zeroed {zeros} entries, " \
                        "expected 8 (k = 9, entries below the 9th smallest)"

@@ -1,0 +1,13 @@
+"""Benchmarks: ``python -m gtp_ref.bench COMMAND ...`` (``--help`` on each).
+
+scaling     the dense reference vs the sparse backend as the grid grows (time, memory)
+throughput  images / s of the unreduced model, GTP (each backend) and ToMe; speed-ups
+threshold   GTP's sparsity threshold alone, by every exact method
+profile     a torch.profiler table of one configuration's forward
+plot        the throughput figure, redrawn from saved ``--json-out`` files
+
+Every argument and output path is checked before anything is measured (a bad one is one line
+and exit status 2); results are printed before they are written, so a failing write cannot
+lose a finished measurement.  Timing: ``gtp_ref.bench.common.measure``.  docs/performance.md
+has the results, each with its command.
+"""

@@ -1,0 +1,46 @@
+"""``python -m gtp_ref.bench COMMAND``: see ``gtp_ref.bench``."""
+import sys
+
+from complexity._cli import OneLineParser, output_path
+from gtp_ref.bench import common, plot, profile, scaling, threshold, throughput
+
+COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "profile": profile,
+            "plot": plot}
+
+
+def main(argv=None):
+    parser = OneLineParser(prog="python -m gtp_ref.bench",
+                           description="Benchmarks of gtp-ref (docs/performance.md has the results).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS.values():
+        module.add_arguments(sub)
+    args = parser.parse_args(argv)
+    command = COMMANDS[args.command]
+    if hasattr(args, "device"):
+        common.check_device(parser, args.device)
+    if hasattr(args, "json_out"):
+        output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
+    command.validate(parser, args)  # everything checked before anything is measured
+    args.parser = parser
+    if args.command in ("profile", "plot"):
+        return command.run(args)
+    env = common.environment(args.device)
+    rows = command.run(args)
+    common.emit(parser, args, env, rows, command.table(rows, env))
+    if getattr(args, "figure", None):
+        label = plot.device_label(env)
+        panels = {}
+        throughput.add_speedups(rows)
+        for r in rows:
+            panels.setdefault((label, r["model"], r["batch"], r["dtype"]), []).append(r)
+        try:
+            plot.draw(panels, args.figure)
+        except OSError as e:
+            parser.exit(1, f"{parser.prog}: error: the figure was not drawn: cannot write --figure "
+                           f"{args.figure!r}: {e}\n")
+        print(f"wrote {args.figure}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

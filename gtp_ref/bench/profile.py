@@ -1,0 +1,48 @@
+"""``python -m gtp_ref.bench profile``: a ``torch.profiler`` table of one configuration's forward."""
+import torch
+
+from complexity.schedule import per_block, prop_schedule
+from gtp_ref.bench import common, throughput
+
+
+def add_arguments(sub):
+    pr = sub.add_parser("profile", help="torch.profiler table of one forward configuration")
+    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    pr.add_argument("--model", default="smoke", choices=list(throughput.SCHEDULES))
+    pr.add_argument("--method", default="gtp_fast", choices=list(throughput.METHODS))
+    pr.add_argument("--P", type=int, default=None, help="tokens removed per block (default: the schedule's first)")
+    pr.add_argument("--batch", type=int, default=2)
+    pr.add_argument("--dtype", default="fp32", choices=list(throughput.DTYPES))
+    pr.add_argument("--rows", type=int, default=25, help="rows of the table (default 25)")
+
+
+def validate(parser, args):
+    common.positive(parser, "--batch", args.batch)
+    common.positive(parser, "--rows", args.rows)
+    g = throughput.geometry(args.model)
+    args.P = throughput.SCHEDULES[args.model][0] if args.P is None else args.P
+    try:
+        (per_block("r", args.P, g.depth) if args.method == "tome"
+         else prop_schedule(args.P, g.depth, g.num_image_tokens))
+    except (TypeError, ValueError) as e:
+        parser.error(f"--P {args.P} for {args.model}: {e}")
+
+
+def run(args):
+    from torch.profiler import ProfilerActivity, profile
+    g = throughput.geometry(args.model)
+    x = torch.randn(args.batch, g.in_chans, g.img_size, g.img_size, device=args.device)
+    forward = throughput.forward_fn(throughput.build_model(args.model, args.method, args.P, args.device),
+                                    args.device, args.dtype)
+    forward(x)  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            forward(x)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if args.device == "cuda" else "cpu_time_total"
+    env = common.environment(args.device)
+    print(f"{args.model} {args.method} P={args.P} batch={args.batch} {args.dtype}, 3 forwards; {common.header(env)}")
+    print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
+    return 0

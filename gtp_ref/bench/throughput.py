@@ -1,0 +1,216 @@
+"""``python -m gtp_ref.bench throughput``: images per second of the unreduced model, GTP and ToMe.
+
+Per model, batch and dtype, every method at every P (ToMe's r) is timed in the same interleaved
+rounds (``common.measure``), so the speed-ups -- each against the unreduced model with fused
+attention (``baseline_fused``, timm's default) -- compare like with like.  ``expected`` is the
+speed-up the backbone's MACs allow (``complexity.backbone``): what a reduction would give if its
+own overhead were free and time followed MACs.
+
+Methods: ``baseline_fused`` / ``baseline_explicit`` (the plain ViT with
+``scaled_dot_product_attention`` / the explicit softmax), ``gtp_dense`` / ``gtp_sparse`` /
+``gtp_fast`` (GTP at the paper's settings on each backend), ``tome``.  A ``+graph`` suffix (CUDA
+only) replays the model from a CUDA graph; ``+compile`` runs ``torch.compile(model)`` (on CUDA
+replayed from a CUDA graph too), and is only run when named.  On the CPU the default model is a
+tiny smoke geometry; name ``--models deit_small`` for a measurement.
+"""
+import torch
+
+from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule, tome_schedule
+from complexity.schedule import per_block, prop_schedule
+from gtp_ref.bench import common
+
+# P (= ToMe's r) per model, from supplement Tables 1-3.
+SCHEDULES = {"deit_small": [8, 11, 14, 16], "deit_base": [4, 8, 11, 14, 16],
+             "vit_large": list(range(1, 9)), "eva_large": list(range(1, 9)), "smoke": [1, 2]}
+SMOKE = ViTGeometry("smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+# GTP at the paper's settings (supplement C.2-C.3): theta 0.6 (0.5 for DeiT-B), alpha 0.1.
+SPARSITY = {"deit_base": 0.5}
+GTP_SETTINGS = dict(graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph",
+                    alpha=0.1, token_scale=True)
+METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
+GRAPHED = ("baseline_fused+graph", "gtp_fast+graph", "tome+graph")
+COMPILED = ("baseline_fused+compile", "gtp_dense+compile", "gtp_fast+compile", "tome+compile")
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def add_arguments(sub):
+    tp = sub.add_parser("throughput", help="img/s of the unreduced model, GTP and ToMe, and their speed-ups")
+    tp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    tp.add_argument("--models", nargs="+", default=None, choices=list(SCHEDULES),
+                    help="default: the four paper backbones on CUDA, 'smoke' on the CPU")
+    tp.add_argument("--P", type=int, nargs="+", default=None, dest="P",
+                    help="tokens removed per block (default: the supplement's values for the model)")
+    tp.add_argument("--batches", type=int, nargs="+", default=None,
+                    help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
+    tp.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
+                    help="default: fp32 and fp16 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
+    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED + COMPILED),
+                    help="default: all but +compile (the +graph ones on CUDA only)")
+    tp.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7; >= 5 "
+                                                           "for a measurement, 1 for a smoke run)")
+    tp.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    tp.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+    tp.add_argument("--figure", default=None, metavar="PNG", help="also draw the speed-ups into this PNG")
+
+
+def validate(parser, args):
+    from complexity._cli import output_path
+    cuda = args.device == "cuda"
+    args.models = args.models or (["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"])
+    args.dtypes = args.dtypes or (["fp32", "fp16"] if cuda else ["fp32"])
+    args.methods = args.methods or list(METHODS + GRAPHED if cuda else METHODS)
+    common.positive(parser, "--repeats", args.repeats)
+    if args.repeats < 5 and args.models != ["smoke"]:
+        parser.error(f"--repeats {args.repeats}: a measurement needs >= 5 rounds (the smoke model accepts fewer)")
+    for b in args.batches or []:
+        common.positive(parser, "--batches", b)
+    if not cuda and any(m.endswith("+graph") for m in args.methods):
+        parser.error("--methods: the +graph methods need --device cuda")
+    for model in args.models:
+        g = geometry(model)
+        for P in args.P or []:
+            try:
+                prop_schedule(P, g.depth, g.num_image_tokens)
+                per_block("r", P, g.depth)
+            except (TypeError, ValueError) as e:
+                parser.error(f"--P {P} for {model}: {e}")
+    output_path(parser, "--figure", args.figure, suffixes=[".png"])
+    output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
+
+
+def geometry(model):
+    return SMOKE if model == "smoke" else PRESETS[model]
+
+
+def build_model(model, method, P, device):
+    """A randomly initialised model of the geometry running ``method`` at P (or r), eval mode."""
+    from gtp_ref.model import GTPViT
+    from gtp_ref.presets import vit_kwargs
+    from gtp_ref.tome import ToMeViT
+    from gtp_ref.vit import ViT
+
+    kwargs = vit_kwargs(geometry(model))
+    base = method.split("+")[0]
+    with torch.device(device):  # initialised where it runs: large models build in seconds, not minutes
+        if base.startswith("baseline"):
+            net = ViT(**kwargs, fused_attn=base == "baseline_fused")
+        elif base == "tome":
+            net = ToMeViT(**kwargs, r=P, fused_attn=True)
+        else:
+            net = GTPViT(**kwargs, num_prop=P, sparsity=SPARSITY.get(model, 0.6), backend=base.split("_")[1],
+                         **GTP_SETTINGS)
+    return net.eval()
+
+
+def expected_speedup(g, method, P):
+    """Backbone MACs unreduced / with P removed per block (ToMe: r, clamped as ToMe does)."""
+    removed = tome_schedule(g, P) if method.startswith("tome") else gtp_schedule(g, P)
+    return backbone_macs(g)["total"] / backbone_macs(g, removed)["total"]
+
+
+def forward_fn(net, device, dtype):
+    """x -> net(x) without gradients, under autocast for fp16 / bf16."""
+    amp = DTYPES[dtype]
+
+    def forward(x):
+        with torch.no_grad(), torch.autocast(device, dtype=amp, enabled=amp is not None):
+            return net(x)
+    return forward
+
+
+def prepared(net, method, x, device, dtype):
+    """The callable timed for ``method``: eager, compiled, and / or replayed from a CUDA graph."""
+    from gtp_ref.fast import cuda_graphed
+    if method.endswith("+compile"):
+        net = torch.compile(net)  # compiled by the first call (the graph capture's or the warm-up)
+    forward = forward_fn(net, device, dtype)
+    if method.endswith("+graph") or (method.endswith("+compile") and device == "cuda"):
+        forward = cuda_graphed(forward, x)
+    return lambda: forward(x)
+
+
+def _compile_limits(n_models):
+    """Each compiled model is a recompilation of the same forward: allow them all, and fail
+    loudly rather than run eager quietly past the limit."""
+    import torch._dynamo.config as dynamo
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), 4 * n_models))
+    if hasattr(dynamo, "fail_on_recompile_limit_hit"):
+        dynamo.fail_on_recompile_limit_hit = True
+
+
+def run(args):
+    rows = []
+    for model in args.models:
+        g = geometry(model)
+        schedule = args.P or SCHEDULES[model]
+        cuda = args.device == "cuda"
+        batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
+        for batch in batches:
+            for dtype in args.dtypes:
+                x = torch.randn(batch, g.in_chans, g.img_size, g.img_size, device=args.device)
+                configs = [(m, P) for m in args.methods for P in ([0] if m.startswith("baseline") else schedule)]
+                torch.compiler.reset()
+                _compile_limits(len(configs))
+                fns = {}
+                for method, P in configs:
+                    common.progress(f"{model} batch {batch} {dtype}: building {method} P={P}")
+                    fns[(method, P)] = prepared(build_model(model, method, P, args.device), method, x, args.device,
+                                                dtype)
+                timings = common.measure(fns, args.device, args.repeats, min_block_s=0.1,
+                                         progress=lambda m: common.progress(f"{model} batch {batch} {dtype}: {m}"))
+                for (method, P), t in timings.items():
+                    rows.append({"model": model, "method": method, "P": P, "batch": batch, "dtype": dtype,
+                                 "img_per_s": batch / t.median, "img_per_s_q1": batch / t.quartiles[1],
+                                 "img_per_s_q3": batch / t.quartiles[0], **t.row(1e3, "ms"),
+                                 "expected_speedup": expected_speedup(g, method, P) if P else 1.0})
+                add_speedups(rows)
+                del fns, timings
+    return rows
+
+
+def add_speedups(rows):
+    """speedup = img/s over the same run's baseline_fused img/s (model, batch, dtype)."""
+    base = {(r["model"], r["batch"], r["dtype"]): r["img_per_s"] for r in rows if r["method"] == "baseline_fused"}
+    for r in rows:
+        b = base.get((r["model"], r["batch"], r["dtype"]))
+        r["speedup"] = r["img_per_s"] / b if b else None
+
+
+def table(rows, env):
+    out = ["throughput: images / s (median of interleaved rounds, interquartile range); speed-up over the "
+           "unreduced model with fused attention (baseline_fused) in the same run; expected: its backbone-MAC ratio",
+           common.header(env), "",
+           f"{'model':>10} {'batch':>5} {'dtype':>5} {'method':>22} {'P':>3} {'img/s':>10} {'IQR img/s':>21} "
+           f"{'speed-up':>8} {'expected':>8}"]
+    for r in rows:
+        flag = "!" if r["noisy"] else " "
+        speedup = f"{r['speedup']:8.3f}" if r["speedup"] else f"{'':>8}"
+        out.append(f"{r['model']:>10} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['P']:>3} "
+                   f"{r['img_per_s']:>10.1f}{flag}{r['img_per_s_q1']:>10.1f}-{r['img_per_s_q3']:<10.1f} "
+                   f"{speedup} {r['expected_speedup']:8.2f}")
+    if any(r["noisy"] for r in rows):
+        out.append(f"! noisy: interquartile range above {common.NOISY:.0%} of the median; rerun before trusting it")
+    out += [""] + verdicts(rows)
+    return "\n".join(out) + "\n"
+
+
+def verdicts(rows):
+    """One plain sentence per (model, batch, dtype, method): faster than the unreduced model or not."""
+    lines = []
+    groups = {}
+    for r in rows:
+        if r["P"] and r["speedup"] is not None:
+            groups.setdefault((r["model"], r["batch"], r["dtype"], r["method"]), []).append(r)
+    for (model, batch, dtype, method), rs in groups.items():
+        slower = [r for r in rs if r["speedup"] < 1.0]
+        where = f"{model}, batch {batch}, {dtype}: {method}"
+        if not slower:
+            lines.append(f"{where} is faster than the unreduced model at every P "
+                         f"({min(r['speedup'] for r in rs):.2f}-{max(r['speedup'] for r in rs):.2f}x).")
+        else:
+            lines.append(f"{where} is SLOWER than the unreduced model at P = "
+                         f"{', '.join(str(r['P']) for r in slower)} "
+                         f"({', '.join(format(r['speedup'], '.2f') + 'x' for r in slower)}).")
+    return lines
