@@ -8,7 +8,13 @@ neighbours of the token graph.
 ``complexity.backbone`` and ``complexity.schedule`` are plain Python (``gtp_ref`` uses them
 without importing sympy); the sympy expressions of ``complexity.extra`` load on first use.
 """
-from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule, tome_schedule
+from complexity.backbone import (
+    PRESETS,
+    ViTGeometry,
+    backbone_macs,
+    gtp_schedule,
+    tome_schedule,
+)
 
 _SYMPY = ("g_tome", "g_gtp", "eq2_printed", "eq3_printed", "g_tome_closed", "g_gtp_closed", "eq2_correction")
 

@@ -1,12 +1,20 @@
 """``python -m complexity``: the C.4 cost report.  See ``--help``."""
 import json
 import sys
+from collections.abc import Sequence
 
 from complexity._cli import OneLineParser
-from complexity.report import BACKBONES, PAPER_M, Backbone, build_report, format_report, to_json
+from complexity.report import (
+    BACKBONES,
+    PAPER_M,
+    Backbone,
+    build_report,
+    format_report,
+    to_json,
+)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(
         prog="python -m complexity",
         description="Extra MACs of ToMe vs GTP (supplement C.4, Eqs. 2-3), the erratum in Eq. 2, "

@@ -11,6 +11,7 @@ reduction step (GTP propagation or ToMe merging) removes ``P_l`` of them *betwee
 and MLP, so the MLP runs on ``N_l - P_l`` tokens, and ``N_{l+1} = N_l - P_l``.
 """
 from dataclasses import dataclass
+from typing import Any
 
 from complexity import schedule
 from complexity.schedule import prop_schedule
@@ -33,21 +34,21 @@ class ViTGeometry:
     global_pool: str = "token"  # "avg": the mean of the image tokens ([CLS] left out)
 
     @property
-    def grid(self):
+    def grid(self) -> tuple[int, int]:
         return (self.img_size // self.patch_size, self.img_size // self.patch_size)
 
     @property
-    def num_image_tokens(self):
+    def num_image_tokens(self) -> int:
         h, w = self.grid
         return h * w
 
     @property
-    def num_tokens(self):
+    def num_tokens(self) -> int:
         """N: image tokens plus [CLS] when the model has one."""
         return self.num_image_tokens + int(self.class_token)
 
     @property
-    def hidden(self):
+    def hidden(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
 
 
@@ -65,52 +66,52 @@ PRESETS = {
 
 
 # ---- one named term per matrix product (N tokens, C channels) -------------------------------
-def patch_embed_macs(n_img, C, in_chans, patch_size):
+def patch_embed_macs(n_img: int, C: int, in_chans: int, patch_size: int) -> int:
     """Conv with kernel = stride = patch: n_img C (in_chans p^2)."""
     return n_img * C * in_chans * patch_size**2
 
 
-def qkv_macs(N, C):
+def qkv_macs(N: int, C: int) -> int:
     return 3 * N * C * C
 
 
-def attn_scores_macs(N, C):
+def attn_scores_macs(N: int, C: int) -> int:
     """q k^T over all heads: H N N (C / H) = N^2 C, independent of H."""
     return N * N * C
 
 
-def attn_values_macs(N, C):
+def attn_values_macs(N: int, C: int) -> int:
     """Att v over all heads: N^2 C."""
     return N * N * C
 
 
-def proj_macs(N, C):
+def proj_macs(N: int, C: int) -> int:
     return N * C * C
 
 
-def mlp_macs(N, C, hidden):
+def mlp_macs(N: int, C: int, hidden: int) -> int:
     return 2 * N * C * hidden
 
 
-def head_macs(C, num_classes):
+def head_macs(C: int, num_classes: int) -> int:
     """One pooled token ([CLS] or the mean) through the linear classifier."""
     return C * num_classes
 
 
 # ---- schedules (the rules live in complexity.schedule) ----------------------------------------
-def gtp_schedule(geom, P):
+def gtp_schedule(geom: ViTGeometry, P: int | list[int]) -> list[int]:
     """Tokens removed per layer for GTP: ``P`` (an int or one int per layer); ValueError when a
     layer would keep no image token (``complexity.schedule.prop_schedule``)."""
     return prop_schedule(P, geom.depth, geom.num_image_tokens)
 
 
-def tome_schedule(geom, r):
+def tome_schedule(geom: ViTGeometry, r: int | list[int]) -> list[int]:
     """Tokens merged per layer for ToMe at ``r``: clamped to half of the unprotected tokens
     (``complexity.schedule.tome_schedule``; late layers of an aggressive ``r`` merge fewer)."""
     return schedule.tome_schedule(r, geom.depth, geom.num_tokens, int(geom.class_token))
 
 
-def backbone_macs(geom, removed=0):
+def backbone_macs(geom: ViTGeometry, removed: int | list[int] = 0) -> dict[str, Any]:
     """MACs of ``geom`` when ``removed[l]`` tokens are removed between attention and MLP of block l.
 
     Returns a dict of named terms (each summed over the blocks), ``total`` and

@@ -17,12 +17,14 @@ ToMe (Eq. 2: sum_l (1/4 N_l^2 C + M C))
   * r_l is clamped to (N_l - [CLS]) // 2;
   * merging (M C) is a weighted scatter-add, no matrix product.
 """
+from collections.abc import Sequence
+
 from complexity._validate import count
 from complexity.schedule import image_tokens, prop_schedule, tome_schedule
 
 
-def g_gtp_exact(n, P, C, *, semantic_graph=True, token_scale=False, propagation="graph",
-                cos_sim_tokens=None):
+def g_gtp_exact(n: int, P: Sequence[int], C: int, *, semantic_graph: bool = True, token_scale: bool = False,
+                propagation: str = "graph", cos_sim_tokens: Sequence[int] | None = None) -> int:
     """MACs of GTP's matrix products: n image tokens, P = tokens propagated per layer (a list).
 
     semantic_graph: whether the cosine-similarity graph is computed (n^2 C);
@@ -40,7 +42,7 @@ def g_gtp_exact(n, P, C, *, semantic_graph=True, token_scale=False, propagation=
     return total
 
 
-def g_tome_exact(N, r, C, H, *, class_token=True):
+def g_tome_exact(N: int, r: Sequence[int], C: int, H: int, *, class_token: bool = True) -> int:
     """MACs of ToMe's matrix products: N tokens, r merged per layer (a list, clamped as ToMe does)."""
     N, C, H = int(count("N", N)), int(count("C", C)), int(count("H", H))
     if C % H:

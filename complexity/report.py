@@ -2,13 +2,23 @@
 with the numbers the paper quotes, then the backbone MAC model against supplement Tables 1-2."""
 from dataclasses import asdict, dataclass
 from itertools import product
+from typing import Any
 
 import sympy as sp
 
 from complexity import symbols as s
 from complexity.backbone import PRESETS, backbone_macs, gtp_schedule, tome_schedule
-from complexity.extra import (eq2_correction, eq2_printed, eq3_difference, eq3_printed, g_gtp,
-                              g_gtp_closed, g_tome, g_tome_closed, m2c_coefficient)
+from complexity.extra import (
+    eq2_correction,
+    eq2_printed,
+    eq3_difference,
+    eq3_printed,
+    g_gtp,
+    g_gtp_closed,
+    g_tome,
+    g_tome_closed,
+    m2c_coefficient,
+)
 
 
 @dataclass(frozen=True)
@@ -37,19 +47,18 @@ QUOTED = [
     ("DeiT-B", "GTP", 40.5), ("DeiT-B", "ToMe", 57.3),
 ]
 
-# Supplement Tables 1-2: "approximate computational complexity" (GMACs) per P (= ToMe's r);
-# P = 0 is DeiT-S's own 4.6 GMACs, which the issue quotes beside Table 1.
+# Supplement Tables 1-2: "approximate computational complexity" (GMACs) per P (= ToMe's r).
 TABLES = {
-    "deit_small": {0: 4.6, 8: 3.5, 11: 3.0, 14: 2.6, 16: 2.3},
+    "deit_small": {8: 3.5, 11: 3.0, 14: 2.6, 16: 2.3},
     "deit_base": {4: 15.3, 8: 13.1, 11: 11.6, 14: 9.8, 16: 8.8},
 }
 
 
-def mmacs(x):
+def mmacs(x: Any) -> float:
     return float(x) / 1e6
 
 
-def extra_cost_row(b, M):
+def extra_cost_row(b: Backbone, M: int) -> dict[str, Any]:
     """Exact sums and printed closed forms for one backbone, in MACs (exact sympy numbers)."""
     return {
         "backbone": b.name, "N": b.N, "L": b.L, "M": M, "C": b.C, "H": b.H,
@@ -60,7 +69,7 @@ def extra_cost_row(b, M):
     }
 
 
-def reproductions(b, method, quoted, M=PAPER_M):
+def reproductions(b: Backbone, method: str, quoted: float, M: int = PAPER_M) -> list[dict[str, Any]]:
     """Which of N in {N-1, N} x {exact sum, printed closed form} round to the quoted value."""
     found = []
     for N, form in product((b.N - 1, b.N), ("sum", "printed")):
@@ -74,7 +83,7 @@ def reproductions(b, method, quoted, M=PAPER_M):
     return found
 
 
-def tables_check():
+def tables_check() -> list[dict[str, Any]]:
     rows = []
     for key, table in TABLES.items():
         geom = PRESETS[key]
@@ -86,7 +95,7 @@ def tables_check():
     return rows
 
 
-def executed_rows(M=PAPER_M):
+def executed_rows(M: int = PAPER_M) -> list[dict[str, Any]]:
     """Per backbone: the matrix products GTP and ToMe execute (complexity.exact, equal to
     torch.utils.flop_counter on gtp_ref) and the element work no MAC count sees."""
     from complexity.exact import g_gtp_exact, g_tome_exact
@@ -102,7 +111,7 @@ def executed_rows(M=PAPER_M):
     return rows
 
 
-def executed_table(report):
+def executed_table(report: dict[str, Any]) -> str:
     """Eqs. 2-3 (from the extra-cost rows) beside what a forward pass executes."""
     header = ["backbone", "GTP Eq.3", "GTP executed", "GTP cmp", "GTP add", "GTP MB",
               "ToMe Eq.2", "ToMe executed", "ToMe cmp", "ToMe add", "ToMe MB"]
@@ -116,7 +125,7 @@ def executed_table(report):
     return _table(header, rows)
 
 
-def build_report(backbones=None, M=PAPER_M):
+def build_report(backbones: list[Backbone] | None = None, M: int = PAPER_M) -> dict[str, Any]:
     """Everything the report prints, as plain data (exact values as sympy numbers)."""
     paper = backbones is None
     backbones = BACKBONES if paper else backbones
@@ -148,7 +157,7 @@ def _table(header, rows):
     return "\n".join(lines + [fmt.format(*r) for r in rows])
 
 
-def extra_cost_table(report):
+def extra_cost_table(report: dict[str, Any]) -> str:
     """The main numbers table (also embedded in docs/complexity.md and checked by a test)."""
     header = ["backbone", "N", "L", "M", "C", "H", "ToMe sum", "ToMe Eq.2 printed",
               "GTP sum", "GTP Eq.3 printed", "GTP/ToMe"]
@@ -159,7 +168,7 @@ def extra_cost_table(report):
     return _table(header, rows)
 
 
-def quoted_table(report):
+def quoted_table(report: dict[str, Any]) -> str:
     header = ["backbone", "method", "quoted", "N=196 sum", "N=196 printed", "N=197 sum",
               "N=197 printed", "reproduced by"]
     rows = []
@@ -171,7 +180,7 @@ def quoted_table(report):
     return _table(header, rows)
 
 
-def tables_table(report):
+def tables_table(report: dict[str, Any]) -> str:
     header = ["backbone", "P (=r)", "table", "GTP ours", "diff", "ToMe ours", "diff", "ToMe r per layer"]
     rows = []
     for r in report["tables"]:
@@ -214,7 +223,7 @@ def _quoted_summary(report):
     return lines
 
 
-def format_report(report):
+def format_report(report: dict[str, Any]) -> str:
     d = report["derived"]
     out = [
         "Extra cost of ToMe and GTP beyond the backbone, supplement C.4 (Eqs. 2-3), in MMACs",
@@ -256,7 +265,7 @@ def format_report(report):
     return "\n".join(out).rstrip() + "\n"
 
 
-def to_json(report):
+def to_json(report: dict[str, Any]) -> str:
     """The report as JSON-able data: exact values as strings, MACs also as float MMACs."""
     def conv(v):
         if isinstance(v, dict):

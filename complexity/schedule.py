@@ -9,12 +9,14 @@ ToMe: ``r`` is an int or one int per block; block ``l`` merges min(r_l, (N_l - p
 tokens, since bipartite matching pairs at most half of the unprotected tokens ([CLS] is
 protected), and N_{l+1} = N_l - (merged).
 """
+from collections.abc import Sequence
+
 from complexity._validate import choice, integer
 
 PROPAGATIONS = ("graph", "mean", "none")
 
 
-def per_block(name, value, depth):
+def per_block(name: str, value: int | Sequence[int], depth: int) -> list[int]:
     """An int, or a list / tuple of ``depth`` ints (each >= 0), as a list of ``depth`` Python ints."""
     if isinstance(value, (list, tuple)):
         if len(value) != depth:
@@ -23,7 +25,7 @@ def per_block(name, value, depth):
     return [integer(name, value, minimum=0)] * depth
 
 
-def prop_schedule(num_prop, depth, n, propagation="graph"):
+def prop_schedule(num_prop: int | Sequence[int], depth: int, n: int, propagation: str = "graph") -> list[int]:
     """GTP's P per block for ``n`` image tokens; ValueError if a block would keep no image token."""
     choice("propagation", propagation, PROPAGATIONS)
     schedule = per_block("num_prop", num_prop, depth)
@@ -37,7 +39,7 @@ def prop_schedule(num_prop, depth, n, propagation="graph"):
     return schedule
 
 
-def image_tokens(n, schedule, propagation="graph"):
+def image_tokens(n: int, schedule: Sequence[int], propagation: str = "graph") -> list[int]:
     """Image tokens entering each block, and after the last: [n_0, n_1, ..., n_L]."""
     out = [n]
     for P in schedule:
@@ -45,12 +47,12 @@ def image_tokens(n, schedule, propagation="graph"):
     return out
 
 
-def clamp_r(r, num_tokens, protected):
+def clamp_r(r: int, num_tokens: int, protected: int) -> int:
     """ToMe merges at most half of the unprotected tokens: min(r, (N - protected) // 2)."""
     return max(0, min(r, (num_tokens - protected) // 2))
 
 
-def tome_schedule(r, depth, num_tokens, protected):
+def tome_schedule(r: int | Sequence[int], depth: int, num_tokens: int, protected: int) -> list[int]:
     """Tokens ToMe merges in each block for ``r`` (an int or one int per block), clamped."""
     out, N_l = [], num_tokens
     for r_l in per_block("r", r, depth):

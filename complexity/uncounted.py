@@ -37,21 +37,22 @@ class Ops:
     additions: float = 0
     bytes: float = 0
 
-    def __add__(self, other):
+    def __add__(self, other: "Ops") -> "Ops":
         return Ops(self.comparisons + other.comparisons, self.additions + other.additions,
                    self.bytes + other.bytes)
 
     @property
-    def element_ops(self):
+    def element_ops(self) -> float:
         """comparisons + additions: the element operations, for comparison with MACs."""
         return self.comparisons + self.additions
 
 
-def _log2(m):
+def _log2(m: int) -> float:
     return math.log2(m) if m > 1 else 0.0
 
 
-def gtp_uncounted(N, L, P, C, H, *, class_token=True, sparsity=0.6, bytes_per_element=2):
+def gtp_uncounted(N: int, L: int, P: int, C: int, H: int, *, class_token: bool = True, sparsity: float = 0.6,
+                  bytes_per_element: int = 2) -> dict[str, Ops]:
     """Named steps -> Ops, summed over L layers removing P tokens each (spec settings)."""
     N, L, P, C, H = (int(count(k, v, m)) for k, v, m in
                      (("N", N, 1), ("L", L, 1), ("P", P, 0), ("C", C, 1), ("H", H, 1)))
@@ -73,7 +74,8 @@ def gtp_uncounted(N, L, P, C, H, *, class_token=True, sparsity=0.6, bytes_per_el
     return steps
 
 
-def tome_uncounted(N, L, r, C, H, *, class_token=True, bytes_per_element=2):
+def tome_uncounted(N: int, L: int, r: int, C: int, H: int, *, class_token: bool = True,
+                   bytes_per_element: int = 2) -> dict[str, Ops]:
     """Named steps -> Ops for ToMe merging r tokens per layer (clamped as ToMe does)."""
     N, L, r, C, H = (int(count(k, v, m)) for k, v, m in
                      (("N", N, 1), ("L", L, 1), ("r", r, 0), ("C", C, 1), ("H", H, 1)))
@@ -92,7 +94,7 @@ def tome_uncounted(N, L, r, C, H, *, class_token=True, bytes_per_element=2):
     return steps
 
 
-def total(steps):
+def total(steps: dict[str, Ops]) -> Ops:
     out = Ops()
     for ops in steps.values():
         out = out + ops

@@ -4,7 +4,13 @@
 token_scores, select_tokens, propagate); ``GTPViT`` wires it into a timm-compatible ViT.
 """
 from gtp_ref.model import GTPTrace, GTPViT, LayerTrace
-from gtp_ref.presets import deit_base, deit_small, deit_tiny, eva_large_style, vit_large_patch16
+from gtp_ref.presets import (
+           deit_base,
+           deit_small,
+           deit_tiny,
+           eva_large_style,
+           vit_large_patch16,
+)
 
 __all__ = ["GTPViT", "GTPTrace", "LayerTrace", "deit_tiny", "deit_small", "deit_base",
            "vit_large_patch16", "eva_large_style"]

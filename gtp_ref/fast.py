@@ -29,17 +29,26 @@ Same results as the dense reference (the property tests and the conformance suit
 Token scores and selection are the dense reference's (static shapes already: a sort of the n
 scores per image).
 """
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from gtp_ref._checks import check_propagate_args
+from gtp_ref.backends import Backend
 from gtp_ref.graph import token_graph as dense_token_graph
 from gtp_ref.propagate import gather_tokens
-from gtp_ref.select import (COLUMN_SELECTIONS, column_scores, head_thresholds, select_tokens, token_scores,
-                            sparsify_attention as dense_sparsify_attention)
-
+from gtp_ref.select import (
+    COLUMN_SELECTIONS,
+    column_scores,
+    head_thresholds,
+    select_tokens,
+    token_scores,
+)
+from gtp_ref.select import sparsify_attention as dense_sparsify_attention
+from gtp_ref.vit import Block
 
 try:  # the fused kernels, where Triton is installed (the GPU machine has it; CPU CI does not)
     from gtp_ref import _triton as _kernels
@@ -49,14 +58,12 @@ except ImportError:
 FUSED_DEVICE = None if _kernels is None else "cpu" if _kernels.INTERPRETED else "cuda"
 
 
-def kth_smallest(rows, k):
+def kth_smallest(rows: Tensor, k: int) -> Tensor:
     """The exact k-th smallest (1-based) of each row: rows [R, L] -> [R], rows' dtype.
 
     The smallest of the L - k + 1 largest or the largest of the k smallest, by ``torch.topk``,
-    whichever asks for fewer.  On an H100 (a multi-block radix selection) it measured 0.64x
-    ``kthvalue``'s time at B = 256, N = 197 and 0.013x at N = 4097, and beat the Triton
-    selection kernels in ``gtp_ref._triton``; on a 2-core CPU 0.65-0.89x (docs/performance.md,
-    ``python -m gtp_ref.bench threshold``).
+    whichever asks for fewer (on CUDA a multi-block radix selection; ``torch.kthvalue`` runs one
+    block per row).  docs/performance.md compares them (``python -m gtp_ref.bench threshold``).
     """
     L = rows.shape[-1]
     if k <= L - k + 1:
@@ -64,7 +71,7 @@ def kth_smallest(rows, k):
     return rows.topk(L - k + 1, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
 
 
-def sparsify_attention(attn, sparsity):
+def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
     """``gtp_ref.dense.sparsify_attention`` with the threshold from ``kth_smallest``."""
     return dense_sparsify_attention(attn, sparsity, kth_smallest)
 
@@ -72,13 +79,14 @@ def sparsify_attention(attn, sparsity):
 MAX_FUSED_TOKENS = 1024  # the fused softmax holds a whole row of the map in one program
 
 
-def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
-    """``block.attend`` and the token scores in one fused pass over the attention map.
+def attend_and_score(block: Block, x: Tensor, token_scales: Tensor | None, sparsity: float, selection: str | None,
+                     class_token: bool) -> tuple[Tensor, Tensor | None] | None:
+    """A GTP block's attention and the token scores in one fused pass over the attention map.
 
     x [B, N, C] -> (x + Attn(LN1 x) [B, N, C], scores [B, n] or None when selection is None),
-    the same as ``block.attend`` followed by ``token_scores`` on the sparsified map; or None
-    where the fused kernels do not apply (see the module docstring) -- the caller then takes
-    the reference path.
+    the same as ``GTPBlock.attend``'s explicit path (attention with the sparsified map, then
+    ``token_scores``); or None where the fused kernels do not apply (see the module docstring)
+    -- the caller then takes the explicit path.
     """
     N = x.shape[1]
     if (x.device.type != FUSED_DEVICE or N > MAX_FUSED_TOKENS
@@ -94,7 +102,7 @@ def attend_and_score(block, x, token_scales, sparsity, selection, class_token):
     probs = _kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
     tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
     masked, col_sums, diagonal = _kernels.mask_and_reduce(probs, tau, v.dtype)
-    x = x + attn.project(masked @ v)
+    x = x + attn.proj(attn.mix(masked, v))
     if selection is None:
         return x, None
     c = int(class_token)
@@ -110,22 +118,22 @@ class LazyGraph:
     current token.  Â[b, i, j] = A0[b, ids[b, i], ids[b, j]].
     """
 
-    A0: torch.Tensor
-    ids: torch.Tensor
+    A0: Tensor
+    ids: Tensor
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int]:
         B, n = self.ids.shape
         return (B, n, n)
 
-    def block(self, rows, cols):
+    def block(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Â[b, rows[b]][:, cols[b]] for rows [B, r], cols [B, c] (current-token indices) -> [B, r, c]."""
         r, c = self.ids.gather(1, rows), self.ids.gather(1, cols)  # (B, r), (B, c) rows of A0
         b = torch.arange(r.shape[0], device=r.device)[:, None, None]
         return self.A0[b, r[:, :, None], c[:, None, :]]
 
 
-def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
+def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> LazyGraph:
     """The dense reference's Â, wrapped as a LazyGraph over all n tokens."""
     A = dense_token_graph(x_img, grid, graph, num_neighbours)  # (B, n, n)
     B, n, _ = A.shape
@@ -133,13 +141,15 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
     return LazyGraph(F.pad(A, (0, 1, 0, 1)), ids)
 
 
-def to_dense(G):
+def to_dense(G: LazyGraph) -> Tensor:
     """LazyGraph -> Â [B, n, n] (for tests and inspection)."""
     everyone = torch.arange(G.ids.shape[1], device=G.ids.device).expand_as(G.ids)
     return G.block(everyone, everyone)
 
 
-def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha: float,
+              token_scales: Tensor | None = None, class_token: bool = True,
+              mode: str = "graph") -> tuple[Tensor, LazyGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.dense.propagate``, with G a LazyGraph (or None for mean/none).
 
     graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
@@ -175,7 +185,7 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     return x, G_next, scales
 
 
-def cuda_graphed(fn, example, warmup=3):
+def cuda_graphed(fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3) -> Callable[[Tensor], Tensor]:
     """``fn`` replayed from a CUDA graph, for inputs shaped like ``example`` (a CUDA tensor).
 
     The returned callable copies its input into the captured input buffer, replays, and returns
@@ -204,6 +214,9 @@ def cuda_graphed(fn, example, warmup=3):
 
     return replay
 
+
+BACKEND = Backend("fast", token_graph, to_dense, sparsify_attention, token_scores, select_tokens, propagate,
+                  attend_and_score)
 
 __all__ = ["token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens",
            "propagate", "LazyGraph", "kth_smallest", "attend_and_score", "cuda_graphed"]

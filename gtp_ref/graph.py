@@ -8,11 +8,13 @@ Nodes are the n image tokens of an h x w patch grid in row-major order ([CLS] is
     Â = D^-1/2 A D^-1/2, D = diag(row sums of A), with D^-1/2 = 0 on degree-0 rows
 """
 import torch
+from torch import Tensor
 
 from gtp_ref._checks import check_graph_input
 
 
-def spatial_graph(grid, *, dtype=torch.float32, device=None):
+def spatial_graph(grid: tuple[int, int], *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str | None = None) -> Tensor:
     """S: [n, n], n = h*w.  S_ij = 1 iff i != j, |row_i - row_j| <= 1 and |col_i - col_j| <= 1."""
     h, w = grid
     rows = torch.arange(h, device=device).repeat_interleave(w)  # (n,)
@@ -22,19 +24,19 @@ def spatial_graph(grid, *, dtype=torch.float32, device=None):
     return (near & not_self).to(dtype)  # (n, n)
 
 
-def unit_rows(x):
+def unit_rows(x: Tensor) -> Tensor:
     """x / ||x|| along the last dimension; a zero row stays zero (cosine 0 with all, not NaN)."""
     norm = x.norm(dim=-1, keepdim=True)
     return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
 
 
-def cosine_similarity(x):
+def cosine_similarity(x: Tensor) -> Tensor:
     """K = x^ x^T: [B, n, C] -> [B, n, n], x^ = x / ||x||; a zero-norm token has K = 0 with all."""
     x_hat = unit_rows(x)  # (B, n, C)
     return x_hat @ x_hat.transpose(-2, -1)  # (B, n, n)
 
 
-def semantic_graph(x_img, num_neighbours):
+def semantic_graph(x_img: Tensor, num_neighbours: int) -> Tensor:
     """E: [B, n, C] -> [B, n, n].  E_ij = 1 iff j != i and K_ij >= T_i (M-th largest off-diagonal).
 
     Each row has exactly M edges, more only on exact ties at the threshold; M = 0 gives none.
@@ -46,11 +48,16 @@ def semantic_graph(x_img, num_neighbours):
         return torch.zeros(B, n, n, dtype=x_img.dtype, device=x_img.device)
     K = cosine_similarity(x_img)  # (B, n, n)
     K_off = K.masked_fill(~not_self, float("-inf"))  # a token is never its own neighbour
-    T = K_off.topk(M, dim=-1).values[..., -1:]  # (B, n, 1): the M-th largest
+    T = semantic_threshold(K_off, M)  # (B, n, 1)
     return ((K_off >= T) & not_self).to(x_img.dtype)  # (B, n, n)
 
 
-def normalise(A):
+def semantic_threshold(K_off: Tensor, num_neighbours: int) -> Tensor:
+    """T_i, the M-th largest of each row: K_off [..., rows, n] with the diagonal at -inf -> [..., rows, 1]."""
+    return K_off.topk(num_neighbours, dim=-1).values[..., -1:]
+
+
+def normalise(A: Tensor) -> Tensor:
     """Â = D^-1/2 A D^-1/2 with D = row sums of A: [B, n, n] -> [B, n, n].
 
     Done by broadcasting (Â_ij = A_ij d_i d_j, d = deg^-1/2), never with diagonal matrices.
@@ -61,13 +68,13 @@ def normalise(A):
     return A * d[..., :, None] * d[..., None, :]  # (B, n, n)
 
 
-def inv_sqrt_degree(deg):
+def inv_sqrt_degree(deg: Tensor) -> Tensor:
     """deg^-1/2 where deg > 0, else 0 (a node without edges contributes nothing, not NaN)."""
     safe = torch.where(deg > 0, deg, torch.ones_like(deg))
     return torch.where(deg > 0, safe.rsqrt(), torch.zeros_like(deg))
 
 
-def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
+def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> Tensor:
     """Â of the image tokens: x_img [B, n, C], grid = (h, w) with h*w = n -> [B, n, n].
 
     graph = "spatial" (S), "semantic" (E with M = num_neighbours) or "mixed" (S or E), then

@@ -1,19 +1,31 @@
-"""GTPViT: a pre-norm ViT with GTP between attention and MLP of every block (spec section 3).
+"""GTPViT: a pre-norm ViT with Graph-based Token Propagation in every block (docs/spec.md).
 
-The backbone is ``gtp_ref.vit.ViT`` (timm's layout: timm / DeiT checkpoints load unchanged).
-The GTP ops come from the backend module (``gtp_ref.dense`` or ``gtp_ref.sparse``); this file
-only wires them in.
+The whole GTP step is ``GTPBlock.forward``: attention with the sparsified map, the scores, the
+selection of the tokens to propagate, their propagation over the token graph, then the MLP.  The
+ops come from a backend object (``gtp_ref.backends``: dense, sparse or fast); the backbone is
+``gtp_ref.vit`` (timm's layout, so timm checkpoints of a plain ViT load unchanged).
 """
-import importlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import Tensor
 
-from gtp_ref._checks import (BACKENDS, GRAPHS, PROPAGATIONS, SELECTIONS, check_alpha,
-                             check_num_neighbours, check_sparsity, choice, flag, integer, prop_schedule)
-from gtp_ref.margins import attention_margin, selection_margin, semantic_margin
+from gtp_ref._checks import (
+    GRAPHS,
+    PROPAGATIONS,
+    SELECTIONS,
+    check_alpha,
+    check_num_neighbours,
+    check_sparsity,
+    choice,
+    flag,
+    integer,
+    prop_schedule,
+)
+from gtp_ref.backends import Backend, get_backend
 from gtp_ref.select import sparsity_k
-from gtp_ref.vit import ViT
+from gtp_ref.vit import Block, ViT
 
 
 @dataclass
@@ -22,33 +34,79 @@ class LayerTrace:
 
     tokens: int
     attn_k: int | None
-    scores: torch.Tensor | None = None  # (B, n_l)
-    kept: torch.Tensor | None = None  # (B, n_l - P)
-    prop: torch.Tensor | None = None  # (B, P)
-    margins: dict = field(default_factory=dict)  # only with forward_trace(..., margins=True)
+    scores: Tensor | None = None  # (B, n_l) scores of the image tokens; None where P = 0
+    kept: Tensor | None = None  # (B, n_l - P) image tokens kept, ascending
+    prop: Tensor | None = None  # (B, P) image tokens propagated, lowest score first
+    attn_raw: Tensor | None = None  # (B, H, N_l, N_l) the map before sparsity; only with record=True
 
 
 @dataclass
 class GTPTrace:
-    """A forward pass: the logits, one LayerTrace per block, the token count at the end."""
+    """A forward pass: the logits, one LayerTrace per block, the token count at the end, and (with
+    ``record=True``) what ``gtp_ref.diagnostics`` needs to say how close each decision came to
+    going the other way."""
 
-    logits: torch.Tensor | None = None
-    layers: list = field(default_factory=list)
+    logits: Tensor | None = None
+    layers: list[LayerTrace] = field(default_factory=list)
     final_tokens: int = 0
-    semantic_margin: float = float("inf")
-
-    def min_margin(self):
-        """The closest call of the whole pass (see ``gtp_ref.margins``); needs margins=True."""
-        return min([self.semantic_margin] + [m for t in self.layers for m in t.margins.values()])
+    sparsity: float = 1.0
+    num_neighbours: int | None = None  # M of the semantic graph built; None: no semantic graph
+    graph_input: Tensor | None = None  # (B, n, C) the image tokens the graph was built from (record=True)
 
     @property
-    def tokens_per_layer(self):
-        """Token count after each block ([CLS] included), as in the conformance vectors."""
+    def tokens_per_layer(self) -> list[int]:
+        """Token count after each block (prefix tokens included), as in the conformance vectors."""
         return [t.tokens for t in self.layers[1:]] + [self.final_tokens]
 
     @property
-    def attn_k_per_layer(self):
+    def attn_k_per_layer(self) -> list[int]:
         return [t.attn_k for t in self.layers if t.attn_k is not None]
+
+
+@dataclass
+class GTPRun:
+    """One forward pass: the model's GTP settings, and what passes from block to block."""
+
+    ops: Backend
+    selection: str
+    sparsity: float
+    alpha: float
+    propagation: str
+    class_token: bool
+    graph: Any = None  # Â of the current image tokens, in the backend's representation
+    sizes: Tensor | None = None  # (B, N) token sizes s; None without proportional attention
+    generator: torch.Generator | None = None  # for selection="random"
+    record: bool = False  # keep the attention maps (and so take the explicit path)
+
+
+class GTPBlock(Block):
+    """A pre-norm block with GTP between attention and MLP; the parameters of ``vit.Block``."""
+
+    def forward(self, x: Tensor, P: int, run: GTPRun) -> tuple[Tensor, LayerTrace]:  # type: ignore[override]
+        """One GTP block (spec 3): x [B, N, C] -> [B, N - P, C], and what it did."""
+        layer = LayerTrace(tokens=x.shape[1], attn_k=sparsity_k(x.shape[1], run.sparsity) if run.sparsity < 1 else None)
+        x, layer.scores = self.attend(x, run.selection if P > 0 else None, run, layer)  # x + Attn(LN1 x)
+        if P > 0:
+            layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
+            x, run.graph, run.sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
+                                                        run.sizes, run.class_token, run.propagation)
+        return x + self.mlp(self.norm2(x)), layer  # (B, N - P, C)
+
+    def attend(self, x: Tensor, selection: str | None, run: GTPRun,
+               layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
+        """x + Attn(LN1 x) with the sparsified map, and the image tokens' scores (None without a
+        selection): by the backend's fused attention where it applies, else explicitly."""
+        if run.ops.attend_and_score is not None and not run.record:
+            fused = run.ops.attend_and_score(self, x, run.sizes, run.sparsity, selection, run.class_token)
+            if fused is not None:
+                return fused
+        q, k, v = self.attn.heads(self.norm1(x))  # (B, H, N, d)
+        raw = self.attn.map(q, k, run.sizes)  # (B, H, N, N): softmax(q k^T / sqrt(d) + log s)
+        attn = run.ops.sparsify_attention(raw, run.sparsity)  # entries below the head's threshold set to 0
+        if run.record:
+            layer.attn_raw = raw
+        x = x + self.attn.proj(self.attn.mix(attn, v))  # (B, N, C)
+        return x, None if selection is None else run.ops.token_scores(attn, selection, run.class_token, run.generator)
 
 
 class GTPViT(ViT):
@@ -57,18 +115,23 @@ class GTPViT(ViT):
     num_prop: tokens propagated per block (an int, or one int per block); 0 disables GTP there.
     graph / num_neighbours: the token graph (spec 2); selection: the score (spec 3.4);
     propagation: "graph" (GTP), "mean" or "none"; sparsity: theta in (0, 1]; alpha: the
-    propagation weight; token_scale: proportional attention with token sizes.
+    propagation weight; token_scale: proportional attention with token sizes; backend: "dense"
+    (the reference), "sparse" or "fast".
     """
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
-                 depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, class_token=True,
-                 global_pool="token", num_prop=0, graph="mixed", num_neighbours=4,
-                 selection="mixed_attn_max", propagation="graph", sparsity=1.0, alpha=0.1,
-                 token_scale=False, backend="dense"):
+    block_class = GTPBlock
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
+                 global_pool: str = "token", num_prop: int | list[int] = 0, graph: str = "mixed",
+                 num_neighbours: int = 4, selection: str = "mixed_attn_max", propagation: str = "graph",
+                 sparsity: float = 1.0, alpha: float = 0.1, token_scale: bool = False,
+                 backend: str = "dense") -> None:
         choice("graph", graph, GRAPHS)
         choice("selection", selection, SELECTIONS)
         choice("propagation", propagation, PROPAGATIONS)
-        choice("backend", backend, BACKENDS)
+        ops = get_backend(backend)
         sparsity, alpha = check_sparsity(sparsity), check_alpha(alpha)
         token_scale = flag("token_scale", token_scale)
         if token_scale and propagation == "graph" and alpha < 0:
@@ -78,77 +141,47 @@ class GTPViT(ViT):
                          mlp_ratio, qkv_bias, class_token, global_pool)
         if not self.class_token and selection.startswith("cls_attn"):
             raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
-        n = self.num_image_tokens
         num_neighbours = integer("num_neighbours", num_neighbours, minimum=0)
         if graph in ("semantic", "mixed"):
-            check_num_neighbours(num_neighbours, n)
+            check_num_neighbours(num_neighbours, self.num_image_tokens)
         self.graph, self.num_neighbours, self.selection = graph, num_neighbours, selection
         self.propagation, self.sparsity, self.alpha = propagation, sparsity, alpha
-        self.token_scale, self.backend = token_scale, backend
+        self.token_scale, self.backend, self.ops = token_scale, backend, ops
         self.num_prop = num_prop  # validated by the property
-        self.ops = importlib.import_module(f"gtp_ref.{backend}")
 
     @property
-    def num_prop(self):
+    def num_prop(self) -> list[int]:
         """Tokens propagated in each block, one int per block (assigning an int or a list of
         one int per block is validated like the constructor's argument)."""
         return self._num_prop
 
     @num_prop.setter
-    def num_prop(self, value):
+    def num_prop(self, value: int | list[int]) -> None:
         self._num_prop = prop_schedule(value, len(self.blocks), self.num_image_tokens, self.propagation)
 
-    def forward_trace(self, x, generator=None, margins=False):
-        """Logits and, per block, the tokens entering it, the sparsity k and the selection.
+    def forward_trace(self, x: Tensor, generator: torch.Generator | None = None, record: bool = False) -> GTPTrace:
+        """Logits and, per block, the tokens entering it, the sparsity k, the scores and the selection.
 
-        ``margins=True`` also records how close every discrete decision came to flipping
-        (``gtp_ref.margins``): where two implementations may legitimately disagree by rounding.
+        ``record=True`` also keeps the attention maps and the graph's input, for
+        ``gtp_ref.diagnostics`` (and takes the explicit attention path, which has the maps).
         """
-        ops, c = self.ops, int(self.class_token)
         x = self.embed(x)  # (B, N, C)
-        G, trace_semantic = None, float("inf")
-        if self.propagation == "graph" and any(self.num_prop):
-            G = ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
-            if margins and self.graph != "spatial":
-                trace_semantic = semantic_margin(x[:, c:], self.num_neighbours)
-        token_scales = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
-        trace = GTPTrace(semantic_margin=trace_semantic)
+        c = int(self.class_token)
+        run = GTPRun(self.ops, self.selection, self.sparsity, self.alpha, self.propagation, self.class_token,
+                     generator=generator, record=record)
+        trace = GTPTrace(sparsity=self.sparsity)
+        if self.propagation == "graph" and any(self.num_prop):  # only graph propagation reads a graph
+            run.graph = self.ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
+            trace.num_neighbours = None if self.graph == "spatial" else self.num_neighbours
+            trace.graph_input = x[:, c:] if record else None
+        run.sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
         for block, P in zip(self.blocks, self.num_prop):
-            N_l = x.shape[1]
-            layer = LayerTrace(tokens=N_l, attn_k=sparsity_k(N_l, self.sparsity) if self.sparsity < 1 else None)
-            x, layer.scores = self._attend(block, x, token_scales, P, generator, margins, layer)
-            if P > 0:
-                layer.kept, layer.prop = ops.select_tokens(layer.scores, P)
-                if margins:
-                    layer.margins["selection"] = selection_margin(layer.scores, layer.kept, layer.prop)
-                x, G, token_scales = ops.propagate(x, G, layer.kept, layer.prop, self.alpha,
-                                                   token_scales, self.class_token, self.propagation)
-            x = block.feed_forward(x)  # (B, N_l - P, C)
+            x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
         trace.final_tokens = x.shape[1]
         trace.logits = self.forward_head(x)
         return trace
 
-    def _attend(self, block, x, token_scales, P, generator, margins, layer):
-        """x + Attn(LN1 x) and, where P > 0, the token scores (None otherwise).
-
-        A backend with ``attend_and_score`` (``gtp_ref.fast``) may do both in one fused pass;
-        it returns None where it does not apply, and margins need the raw map, so then the
-        reference path: ``block.attend`` with the backend's sparsity, then ``token_scores``.
-        """
-        fused = getattr(self.ops, "attend_and_score", None)
-        if fused is not None and not margins:
-            out = fused(block, x, token_scales, self.sparsity, self.selection if P > 0 else None,
-                        self.class_token)
-            if out is not None:
-                return out
-        x, a = block.attend(x, token_scales, self.sparsity, sparsify=self.ops.sparsify_attention)
-        if margins:
-            layer.margins["attn"] = attention_margin(a.raw, self.sparsity)
-        if P == 0:
-            return x, None
-        return x, self.ops.token_scores(a.attn, self.selection, self.class_token, generator)
-
-    def forward(self, x, generator=None):
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """[B, in_chans, H, W] -> logits [B, num_classes]."""
         return self.forward_trace(x, generator).logits

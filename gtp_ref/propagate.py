@@ -4,16 +4,17 @@ x [B, N, C] holds [CLS] first when class_token, then the n image tokens; G = Â 
 kept [B, n-P] and prop [B, P] index the image tokens; token_scales [B, N] or None.
 """
 import torch
+from torch import Tensor
 
 from gtp_ref._checks import check_propagate_args
 
 
-def gather_tokens(x, idx):
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
     """x [B, n, ...] , idx [B, k] -> x[b, idx[b]]: [B, k, ...]."""
     return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
-def gather_graph(G, rows, cols):
+def gather_graph(G: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """G [B, n, n], rows [B, r], cols [B, c] -> G[b, rows[b]][:, cols[b]]: [B, r, c]."""
     if G.shape[0] == 0:
         return G.new_empty(0, rows.shape[1], cols.shape[1])
@@ -21,7 +22,9 @@ def gather_graph(G, rows, cols):
                         for g, r, c in zip(G, rows, cols)])
 
 
-def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: float,
+              token_scales: Tensor | None = None, class_token: bool = True,
+              mode: str = "graph") -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Remove the tokens ``prop``; returns (x [B, N', C], G [B, n', n'] or None, token_scales).
 
     graph:  x_K <- x_K + alpha Â[K, P] x_P,  s_K <- s_K + alpha Â[K, P] s_P;  next graph Â[K, K]

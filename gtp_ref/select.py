@@ -3,13 +3,21 @@
 Layout: attn [B, H, N, N] (heads H, all N tokens, [CLS] first when present); scores [B, n]
 over the n = N - [CLS] image tokens; indices are 0-based among the image tokens.
 """
-import torch
+from collections.abc import Callable
 
-from gtp_ref._checks import check_scores_input, check_select_input, check_sparsity, check_square_map
+import torch
+from torch import Tensor
+
+from gtp_ref._checks import (
+    check_scores_input,
+    check_select_input,
+    check_sparsity,
+    check_square_map,
+)
 from gtp_ref.graph import cosine_similarity
 
 
-def sparsity_k(N, sparsity):
+def sparsity_k(N: int, sparsity: float) -> int:
     """k = int(N^2 (1 - theta)) in double precision, exactly as the authors compute it.
 
     So N = 10, theta = 0.9 gives 100 * 0.09999999999999998 -> k = 9, not 10.
@@ -17,11 +25,12 @@ def sparsity_k(N, sparsity):
     return int(N * N * (1.0 - float(sparsity)))
 
 
-def _kthvalue(rows, k):
+def _kthvalue(rows: Tensor, k: int) -> Tensor:
     return rows.kthvalue(k, dim=-1).values
 
 
-def head_thresholds(attn, sparsity, kth_smallest=_kthvalue):
+def head_thresholds(attn: Tensor, sparsity: float,
+                    kth_smallest: Callable[[Tensor, int], Tensor] = _kthvalue) -> Tensor | None:
     """tau [B, H]: the k-th smallest of each head's N^2 entries of Att [B, H, N, N], with
     k = int(N^2 (1 - theta)); None for theta = 1 or k = 0 (nothing is zeroed then).
 
@@ -36,7 +45,8 @@ def head_thresholds(attn, sparsity, kth_smallest=_kthvalue):
     return kth_smallest(attn.reshape(B * H, N * N), k).view(B, H)
 
 
-def sparsify_attention(attn, sparsity, kth_smallest=_kthvalue):
+def sparsify_attention(attn: Tensor, sparsity: float,
+                       kth_smallest: Callable[[Tensor, int], Tensor] = _kthvalue) -> Tensor:
     """Att [B, H, N, N] -> same shape: entries below the k-th smallest of each head's map set to 0.
 
     k = int(N^2 (1 - theta)); one threshold tau per image and head over all N^2 entries (not per
@@ -48,12 +58,12 @@ def sparsify_attention(attn, sparsity, kth_smallest=_kthvalue):
     return attn.masked_fill(attn < tau[..., None, None], 0.0)  # (B, H, N, N)
 
 
-def _over_heads(s, how):
+def _over_heads(s: Tensor, how: str) -> Tensor:
     """Aggregate [B, H, n] over heads: mean or max -> [B, n]."""
     return s.mean(dim=1) if how == "mean" else s.amax(dim=1)
 
 
-def _cos_sim_score(R):
+def _cos_sim_score(R: Tensor) -> Tensor:
     """-sum_k cos(R_j, R_k) over image tokens k (itself included): R [B, n, N] -> [B, n].
 
     A zero row (possible after sparsity) has cosine 0 with every row, not NaN.
@@ -61,7 +71,8 @@ def _cos_sim_score(R):
     return -cosine_similarity(R).sum(dim=-1)  # (B, n)
 
 
-def token_scores(attn, selection, class_token=True, generator=None):
+def token_scores(attn: Tensor, selection: str, class_token: bool = True,
+                 generator: torch.Generator | None = None) -> Tensor:
     """Score per image token from Att [B, H, N, N] -> [B, n]; the lowest scores are propagated.
 
     With c = 1 if class_token else 0, image token j is row / column c + j.  Rows i run over all
@@ -95,7 +106,7 @@ COLUMN_SELECTIONS = ("img_attn_mean", "img_attn_max", "diag_attn_mean", "diag_at
                      "mixed_attn_mean", "mixed_attn_max", "sum_attn_max")
 
 
-def column_scores(col_sums, diagonal, selection):
+def column_scores(col_sums: Tensor, diagonal: Tensor, selection: str) -> Tensor:
     """The scores of COLUMN_SELECTIONS from col_sums [B, H, n] (sum_i Att[h, i, c+j]) and
     diagonal [B, H, n] (Att[h, c+j, c+j]) -> [B, n]; see ``token_scores``."""
     how = selection.rsplit("_", 1)[1]
@@ -117,7 +128,7 @@ def column_scores(col_sums, diagonal, selection):
     raise ValueError(f"selection={selection!r} is not one of {', '.join(map(repr, COLUMN_SELECTIONS))}")
 
 
-def select_tokens(scores, num_prop):
+def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     """scores [B, n] -> (kept [B, n - P] ascending, prop [B, P] in propagation order).
 
     The P = num_prop lowest scores are propagated; on equal scores the token with the larger

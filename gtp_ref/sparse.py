@@ -16,13 +16,16 @@ as edge lists and never as n x n matrices.
 Attention sparsity and token scores work on the dense attention map the model has anyway;
 they are the dense reference's.
 """
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from torch import Tensor
 
 from gtp_ref._checks import check_graph_input, check_propagate_args, check_select_input
-from gtp_ref.graph import inv_sqrt_degree, unit_rows
+from gtp_ref.backends import Backend
+from gtp_ref.graph import inv_sqrt_degree, semantic_threshold, unit_rows
 from gtp_ref.select import sparsify_attention, token_scores
 
 # Largest [B, rows, n] similarity block the semantic graph materialises (elements).
@@ -38,20 +41,20 @@ class SparseGraph:
     Â[b, i, j] = weight of the edge (b, i, j), 0 where there is none; no edge appears twice.
     """
 
-    index: torch.Tensor
-    weight: torch.Tensor
-    shape: tuple
+    index: Tensor
+    weight: Tensor
+    shape: tuple[int, int, int]
 
     batch = property(lambda self: self.index[0])
     row = property(lambda self: self.index[1])
     col = property(lambda self: self.index[2])
 
     @property
-    def num_edges(self):
+    def num_edges(self) -> int:
         return self.weight.numel()
 
 
-def to_dense(G):
+def to_dense(G: SparseGraph) -> Tensor:
     """SparseGraph -> Â [B, n, n] (for tests and inspection; the backend never does this)."""
     out = torch.zeros(G.shape, dtype=G.weight.dtype, device=G.weight.device)
     out[G.batch, G.row, G.col] = G.weight
@@ -59,7 +62,7 @@ def to_dense(G):
 
 
 @lru_cache(maxsize=64)
-def spatial_edges(grid, device=None):
+def spatial_edges(grid: tuple[int, int], device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """The 8-neighbour edges of an h x w grid, generated directly: (row, col) [E_s] each.
 
     A pure function of the grid, cached (the tensors are never modified in place).
@@ -79,7 +82,7 @@ def spatial_edges(grid, device=None):
     return torch.cat(rows), torch.cat(cols)
 
 
-def similarity_blocks(x_img, block_elements=None):
+def similarity_blocks(x_img: Tensor, block_elements: int | None = None) -> Iterator[tuple[int, Tensor]]:
     """Yield (r0, K) for row blocks: K [B, rb, n] = cosine similarities of rows r0..r0+rb-1 with
     every token, the token itself set to -inf.  At most ``block_elements`` (default
     ``BLOCK_ELEMENTS``) similarities exist at once, but never fewer than MIN_BLOCK_ROWS rows.
@@ -96,7 +99,8 @@ def similarity_blocks(x_img, block_elements=None):
         yield r0, K
 
 
-def semantic_edges(x_img, num_neighbours, block_elements=None):
+def semantic_edges(x_img: Tensor, num_neighbours: int,
+                   block_elements: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Edges (batch, row, col) of E: j != i and K_ij >= T_i, T_i the M-th largest off-diagonal."""
     M = num_neighbours
     empty = torch.empty(0, dtype=torch.long, device=x_img.device)
@@ -104,7 +108,7 @@ def semantic_edges(x_img, num_neighbours, block_elements=None):
         return empty, empty, empty
     out_b, out_i, out_j = [], [], []
     for r0, K in similarity_blocks(x_img, block_elements):
-        T = K.topk(M, dim=-1).values[..., -1:]  # (B, rb, 1): M-th largest per row
+        T = semantic_threshold(K, M)  # (B, rb, 1): M-th largest per row
         b, i, j = torch.nonzero((K >= T) & (K > float("-inf")), as_tuple=True)
         out_b.append(b)
         out_i.append(i + r0)
@@ -112,7 +116,7 @@ def semantic_edges(x_img, num_neighbours, block_elements=None):
     return torch.cat(out_b), torch.cat(out_i), torch.cat(out_j)
 
 
-def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
+def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> SparseGraph:
     """Â of the image tokens as a SparseGraph: x_img [B, n, C], grid (h, w), h*w = n.
 
     Same graph as ``gtp_ref.dense.token_graph``: S, E or S or E, then D^-1/2 A D^-1/2 with
@@ -144,7 +148,7 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
     return SparseGraph(index, weight, (B, n, n))
 
 
-def select_tokens(scores, num_prop):
+def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     """scores [B, n] -> (kept [B, n - P] ascending, prop [B, P]); the dense reference's rule.
 
     The P lowest scores are propagated; at equal scores the larger index goes first.  O(n) per
@@ -168,7 +172,9 @@ def select_tokens(scores, num_prop):
     return kept, prop.gather(1, order)
 
 
-def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alpha: float,
+              token_scales: Tensor | None = None, class_token: bool = True,
+              mode: str = "graph") -> tuple[Tensor, SparseGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.dense.propagate``, with G a SparseGraph (or None for mean/none).
 
     graph: x_K[a] += alpha * sum over edges (b, i, j, w) with i = K[a], j in P of w x_j, by one
@@ -220,6 +226,8 @@ def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode
     scales = None if s_K is None else torch.cat([s_cls, s_K], dim=1)
     return x, G_next, scales
 
+
+BACKEND = Backend("sparse", token_graph, to_dense, sparsify_attention, token_scores, select_tokens, propagate)
 
 __all__ = ["token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens",
            "propagate", "SparseGraph"]

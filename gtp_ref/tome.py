@@ -19,68 +19,51 @@ pin it down.  Tie rules (the paper leaves them open): a best match ties to the l
 equally similar A tokens are merged lowest index first (and listed in that order).
 """
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from complexity.schedule import clamp_r, per_block
 from gtp_ref.graph import unit_rows
-from gtp_ref.margins import smallest_positive
-from gtp_ref.vit import ViT
+from gtp_ref.vit import Block, ViT
 
 
 class Match(NamedTuple):
     """One layer's matching; indices into A = x[:, 0::2] and B = x[:, 1::2]."""
 
-    unm: torch.Tensor  # (B, |A| - r) unmerged A tokens: ascending with [CLS], else by score
-    src: torch.Tensor  # (B, r) merged A tokens, most similar first
-    dst: torch.Tensor  # (B, r) the B token each src merges into
-    score: torch.Tensor  # (B, |A|) every A token's best similarity (-inf for [CLS])
-    margin: float = float("inf")  # with margins=True: the closest call (see gtp_ref.margins)
+    unm: Tensor  # (B, |A| - r) unmerged A tokens: ascending with [CLS], else by score
+    src: Tensor  # (B, r) merged A tokens, most similar first
+    dst: Tensor  # (B, r) the B token each src merges into
 
 
-def bipartite_soft_matching(metric, r, class_token=True, margins=False):
-    """metric [B, N, d] -> Match removing r = clamp_r(r, N) tokens (see the module docstring).
-
-    ``margins=True`` also records the smallest non-zero gap of the decisions: best vs
-    second-best B token of an A token, the r-th vs (r+1)-th most similar A token, and, without a
-    class token, adjacent unmerged A tokens (their score order is the next block's order).
-    """
-    r = clamp_r(r, metric.shape[1], int(class_token))
-    B, N = metric.shape[:2]
-    if r == 0:  # nothing to merge (also when B would be empty, N = 1)
-        unm = torch.arange((N + 1) // 2, device=metric.device).expand(B, -1)
-        none = unm[:, :0]
-        return Match(unm, none, none, metric.new_full(unm.shape, float("-inf")))
+def similarity(metric: Tensor, class_token: bool = True) -> Tensor:
+    """The matching's cosine similarities of A = metric[:, 0::2] with B = metric[:, 1::2]:
+    metric [B, N, d] -> [B, |A|, |B|]; [CLS] (A's first) gets -inf, so it is never merged."""
     m = unit_rows(metric)  # cosine similarity: normalised keys
     a, b = m[:, 0::2], m[:, 1::2]  # (B, ceil(N/2), d), (B, floor(N/2), d)
     sim = a @ b.transpose(-2, -1)  # (B, |A|, |B|): the matching cost, ceil(N/2) floor(N/2) d MACs
     if class_token:
         sim[:, 0, :] = float("-inf")  # [CLS] is never merged
-    score, best = sim.max(dim=-1)  # (B, |A|): best similarity and its B token (first on ties)
+    return sim
+
+
+def bipartite_soft_matching(metric: Tensor, r: int, class_token: bool = True) -> Match:
+    """metric [B, N, d] -> the Match removing r = clamp_r(r, N) tokens (see the module docstring)."""
+    r = clamp_r(r, metric.shape[1], int(class_token))
+    B, N = metric.shape[:2]
+    if r == 0:  # nothing to merge (also when B would be empty, N = 1)
+        unm = torch.arange((N + 1) // 2, device=metric.device).expand(B, -1)
+        return Match(unm, unm[:, :0], unm[:, :0])
+    score, best = similarity(metric, class_token).max(dim=-1)  # (B, |A|): best match, first on ties
     order = score.argsort(dim=-1, descending=True, stable=True)  # most similar first
-    src = order[:, :r]
-    margin = _matching_margin(sim, score.gather(1, order), r, class_token) if margins else float("inf")
-    unm = order[:, r:]  # (B, |A| - r) by descending score
+    src, unm = order[:, :r], order[:, r:]  # (B, r), (B, |A| - r) by descending score
     if class_token:
         unm = unm.sort(dim=-1).values  # original order: [CLS] stays first
-    return Match(unm, src, best.gather(1, src), score, margin)
+    return Match(unm, src, best.gather(1, src))
 
 
-def _matching_margin(sim, ranked, r, class_token):
-    gaps = []
-    if not class_token and ranked.shape[1] - r > 1:
-        gaps.append((ranked[:, r:-1] - ranked[:, r + 1:]).flatten())
-    if sim.shape[-1] > 1:
-        top2 = sim.topk(2, dim=-1).values  # (B, |A|, 2)
-        gaps.append((top2[..., 0] - top2[..., 1]).flatten())
-    if 0 < r < ranked.shape[1]:
-        gaps.append(ranked[:, r - 1] - ranked[:, r])
-    gaps = torch.cat(gaps) if gaps else sim.new_empty(0)
-    return smallest_positive(gaps[torch.isfinite(gaps)])  # [CLS]'s -inf row is no decision
-
-
-def merge_wavg(x, size, match):
+def merge_wavg(x: Tensor, size: Tensor, match: Match) -> tuple[Tensor, Tensor]:
     """Size-weighted merge: x [B, N, C], size [B, N] -> ([B, N - r, C], [B, N - r])."""
     xs = x * size[..., None]  # (B, N, C) size-weighted features
     ar = torch.arange(x.shape[0], device=x.device)[:, None]
@@ -96,12 +79,31 @@ def merge_wavg(x, size, match):
 
 @dataclass
 class ToMeTrace:
-    """A ToMe forward pass: logits, tokens merged per block, the final token sizes."""
+    """A ToMe forward pass: logits, tokens merged per block, the final token sizes, and (with
+    ``record=True``) each block's matching metric, for ``gtp_ref.diagnostics.tome_margin``."""
 
-    logits: torch.Tensor | None = None
-    merged: list = field(default_factory=list)  # r actually merged in each block
-    sizes: torch.Tensor | None = None  # (B, N_final): how many input tokens each one holds
-    matches: list = field(default_factory=list)  # one Match per block that merged
+    logits: Tensor | None = None
+    merged: list[int] = field(default_factory=list)  # r actually merged in each block
+    sizes: Tensor | None = None  # (B, N_final): how many input tokens each one holds
+    class_token: bool = True
+    metrics: list[Tensor | None] = field(default_factory=list)  # (B, N_l, d) per block (record=True)
+
+
+class ToMeBlock(Block):
+    """A pre-norm block with ToMe between attention and MLP; the parameters of ``vit.Block``."""
+
+    def forward(self, x: Tensor, r: int, trace: ToMeTrace, fused: bool = False,  # type: ignore[override]
+                record: bool = False) -> Tensor:
+        """x [B, N, C] -> [B, N - r', C], r' = r clamped; trace.sizes updated."""
+        x_attn, k = self.attn(self.norm1(x), trace.sizes, fused)  # proportional attention
+        x = x + x_attn
+        metric = k.mean(dim=1)  # (B, N, d): the keys averaged over heads
+        r = clamp_r(r, x.shape[1], int(trace.class_token))
+        if r > 0:
+            x, trace.sizes = merge_wavg(x, trace.sizes, bipartite_soft_matching(metric, r, trace.class_token))
+        trace.merged.append(r)
+        trace.metrics.append(metric if record else None)
+        return x + self.mlp(self.norm2(x))
 
 
 class ToMeViT(ViT):
@@ -110,39 +112,31 @@ class ToMeViT(ViT):
     Takes the same state_dict as ``GTPViT`` / timm's VisionTransformer of the same geometry.
     """
 
-    def __init__(self, *args, r=0, **kwargs):
+    block_class = ToMeBlock
+
+    def __init__(self, *args: Any, r: int | list[int] = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.r = r  # validated by the property
 
     @property
-    def r(self):
+    def r(self) -> list[int]:
         """Tokens to merge in each block, one int per block (before ToMe's clamp).  Assigning an
         int or a list of one int per block is validated like the constructor's argument."""
         return self._r
 
     @r.setter
-    def r(self, value):
+    def r(self, value: int | list[int]) -> None:
         self._r = per_block("r", value, len(self.blocks))
 
-    def forward_trace(self, x, margins=False):
+    def forward_trace(self, x: Tensor, record: bool = False) -> ToMeTrace:
+        """Logits, tokens merged per block and the final sizes; ``record=True`` keeps the metrics."""
         x = self.embed(x)  # (B, N, C)
-        size = x.new_ones(x.shape[:2])  # (B, N)
-        trace = ToMeTrace()
+        trace = ToMeTrace(sizes=x.new_ones(x.shape[:2]), class_token=self.class_token)  # sizes (B, N)
         for block, r in zip(self.blocks, self.r):
-            x, a = block.attend(x, size, fused=self.fused_attn)  # proportional attention
-            r = clamp_r(r, x.shape[1], int(self.class_token))
-            if r > 0:
-                match = bipartite_soft_matching(a.k.mean(dim=1), r, self.class_token, margins)  # keys over heads
-                x, size = merge_wavg(x, size, match)
-                trace.matches.append(match)
-            trace.merged.append(r)
-            x = block.feed_forward(x)
-        trace.sizes, trace.logits = size, self.forward_head(x)
+            x = block(x, r, trace, self.fused_attn, record)
+        trace.logits = self.forward_head(x)
         return trace
 
-    @staticmethod
-    def min_margin(trace):
-        return min([m.margin for m in trace.matches], default=float("inf"))
-
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, in_chans, H, W] -> logits [B, num_classes]."""
         return self.forward_trace(x).logits

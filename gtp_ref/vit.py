@@ -4,14 +4,14 @@ Module names and parameter shapes are those of timm's ``VisionTransformer`` of t
 geometry (LayerNorm eps 1e-6; ``fc_norm`` instead of ``norm`` for ``global_pool="avg"``), so
 ``load_state_dict`` takes timm / DeiT checkpoints unchanged; timm itself is not needed.
 """
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from gtp_ref._checks import GLOBAL_POOLS, choice, flag, integer, pair, real
-from gtp_ref.select import sparsify_attention
 
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
 
@@ -30,102 +30,111 @@ FOREIGN_KEYS = {
 class PatchEmbed(nn.Module):
     """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid."""
 
-    def __init__(self, in_chans, embed_dim, patch_size):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, n, C)
 
 
-class AttentionOut(NamedTuple):
-    out: torch.Tensor  # (B, N, C) after the output projection
-    attn: torch.Tensor | None  # (B, H, N, N) the map used for Att v (sparsified); None if fused
-    raw: torch.Tensor | None  # (B, H, N, N) the map before sparsity; None if fused
-    k: torch.Tensor  # (B, H, N, d) the keys (ToMe's similarity metric)
+class AttentionMap(nn.Module):
+    """Att = softmax(q k^T / sqrt(d) + log s): q, k [B, H, N, d], sizes s [B, N] or None -> [B, H, N, N]."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, q: Tensor, k: Tensor, token_sizes: Tensor | None = None) -> Tensor:
+        logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
+        if token_sizes is not None:
+            logits = logits + token_sizes.log()[:, None, None, :]  # + log s per key column
+        return logits.softmax(dim=-1)
+
+
+class ValueMix(nn.Module):
+    """Att v with the heads concatenated: Att [B, H, N, N], v [B, H, N, d] -> [B, N, H d]."""
+
+    def forward(self, attn: Tensor, v: Tensor) -> Tensor:
+        out = attn @ v  # (B, H, N, d)
+        B, H, N, d = out.shape
+        return out.transpose(1, 2).reshape(B, N, H * d)
 
 
 class Attention(nn.Module):
-    """Multi-head attention with proportional attention and attention sparsity.
+    """Multi-head self-attention with proportional attention: x [B, N, C] -> [B, N, C].
 
-    Att = softmax(q k^T / sqrt(d_h) + log s) (log s only with token sizes s), then entries
-    below the sparsity threshold are zeroed (spec 3.2; theta = 1: none).  ``fused=True`` uses
-    ``scaled_dot_product_attention`` (as timm does by default) and returns no map.
+    Att = softmax(q k^T / sqrt(d_h) + log s), the log s per key column only with token sizes s.
+    ``forward`` computes it fused (``scaled_dot_product_attention``, timm's default) or
+    explicitly.  The token-reduction blocks call the steps themselves -- ``heads``, ``map``,
+    ``mix``, ``proj`` -- so that a block can change the map between them; each step is a module
+    (``map`` and ``mix`` have no parameters), so ``gtp_ref.cost`` counts it as the backbone's.
     """
 
-    def __init__(self, dim, num_heads, qkv_bias):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.map = AttentionMap(self.scale)
+        self.mix = ValueMix()
         self.proj = nn.Linear(dim, dim)
 
-    def heads(self, x):
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v [B, H, N, d] of x [B, N, C]."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
+        q, k, v = qkv.unbind(0)
+        return q, k, v
 
-    def project(self, out):
-        """Att v [B, H, N, d] -> the output projection [B, N, C]."""
-        B, H, N, d = out.shape
-        return self.proj(out.transpose(1, 2).reshape(B, N, H * d))
-
-    def forward(self, x, token_scales=None, sparsity=1.0, fused=False, sparsify=sparsify_attention):
+    def forward(self, x: Tensor, token_sizes: Tensor | None = None, fused: bool = False) -> tuple[Tensor, Tensor]:
+        """(Attn(x) [B, N, C], the keys k [B, H, N, d]); ``fused``: by scaled_dot_product_attention."""
         q, k, v = self.heads(x)  # (B, H, N, d)
-        log_s = None if token_scales is None else token_scales.log()[:, None, None, :]  # (B, 1, 1, N)
-        if fused and sparsity >= 1.0:
+        if fused:
+            log_s = None if token_sizes is None else token_sizes.log()[:, None, None, :]  # (B, 1, 1, N)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=log_s)  # (B, H, N, d)
-            return AttentionOut(self.project(out), None, None, k)
-        logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
-        if log_s is not None:
-            logits = logits + log_s  # + log s per key column
-        raw = logits.softmax(dim=-1)  # (B, H, N, N)
-        attn = sparsify(raw, sparsity)  # (B, H, N, N)
-        return AttentionOut(self.project(attn @ v), attn, raw, k)
+            return self.proj(out.transpose(1, 2).flatten(2)), k
+        return self.proj(self.mix(self.map(q, k, token_sizes), v)), k
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
-    """Pre-norm block: x <- x + Attn(LN1 x), [token reduction], x <- x + MLP(LN2 x).
+    """Pre-norm block: x <- x + Attn(LN1 x), then x <- x + MLP(LN2 x).
 
-    The reduction (GTP or ToMe) sits between the two halves, so the models call them in turn.
+    GTP and ToMe subclass it (``gtp_ref.model.GTPBlock``, ``gtp_ref.tome.ToMeBlock``) and put
+    their token reduction between the two halves; the parameters are the same.
     """
 
-    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def attend(self, x, token_scales=None, sparsity=1.0, fused=False, sparsify=sparsify_attention):
-        """x + Attn(LN1 x), and the AttentionOut (maps, keys) for the reduction step."""
-        a = self.attn(self.norm1(x), token_scales, sparsity, fused, sparsify)
-        return x + a.out, a
-
-    def feed_forward(self, x):
+    def forward(self, x: Tensor, fused: bool = False) -> Tensor:
+        x = x + self.attn(self.norm1(x), fused=fused)[0]  # (B, N, C)
         return x + self.mlp(self.norm2(x))
-
-    def forward(self, x):
-        return self.feed_forward(self.attend(x)[0])
 
 
 class ViT(nn.Module):
     """A plain ViT: [B, in_chans, H, W] -> logits [B, num_classes].  ``fused_attn`` chooses
     ``scaled_dot_product_attention`` (timm's default) over the explicit softmax attention."""
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768,
-                 depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, class_token=True,
-                 global_pool="token", fused_attn=False):
+    block_class: type[Block] = Block  # the token-reduction models put their own block here
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
+                 global_pool: str = "token", fused_attn: bool = False) -> None:
         super().__init__()
         img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
         in_chans = integer("in_chans", in_chans, minimum=1)
@@ -158,7 +167,7 @@ class ViT(nn.Module):
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.randn(1, n + int(class_token), embed_dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth))
+        self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth))
         if global_pool == "avg":
             self.fc_norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         else:
@@ -166,16 +175,16 @@ class ViT(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @property
-    def num_image_tokens(self):
+    def num_image_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def check_input(self, x):
+    def check_input(self, x: Tensor) -> None:
         want = (self.in_chans, *self.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, want))}], "
                              f"got {list(x.shape)}")
 
-    def embed(self, x):
+    def embed(self, x: Tensor) -> Tensor:
         """Patch embedding, [CLS], position embedding: [B, in_chans, H, W] -> [B, N, C]."""
         self.check_input(x)
         x = self.patch_embed(x)  # (B, n, C)
@@ -183,12 +192,13 @@ class ViT(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, C)
         return x + self.pos_embed
 
-    def forward_head(self, x):
+    def forward_head(self, x: Tensor) -> Tensor:
+        """The tokens after the last block [B, N_L, C] -> logits [B, num_classes]."""
         if self.global_pool == "avg":  # plain mean of the image tokens; [CLS] is left out (timm)
             return self.head(self.fc_norm(x[:, int(self.class_token):].mean(dim=1)))
         return self.head(self.norm(x)[:, 0])  # [CLS]
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``, but a checkpoint of an architecture this model does not
         have is refused with a ValueError naming the feature (not a list of unexpected keys).
         Keys cannot show every difference: a post-norm ViT has the same keys as a pre-norm one
@@ -202,9 +212,9 @@ class ViT(nn.Module):
                     raise ValueError(f"state_dict has {key!r}: {feature}, which this model was not built with")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def forward(self, x):
-        x = self.embed(x)
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, in_chans, H, W] -> logits [B, num_classes]."""
+        x = self.embed(x)  # (B, N, C)
         for block in self.blocks:
-            x, _ = block.attend(x, fused=self.fused_attn)
-            x = block.feed_forward(x)
+            x = block(x, self.fused_attn)
         return self.forward_head(x)

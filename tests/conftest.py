@@ -1,12 +1,29 @@
+"""Test-session settings: hypothesis profiles and the two hardware markers.
+
+Default profile: fast enough for CI, derandomized there (CI=true) so a green main stays green;
+local runs explore new examples.  ``--hypothesis-profile long`` (or HYPOTHESIS_PROFILE=long) for
+soak runs.  ``@pytest.mark.cuda``: needs a CUDA device; ``@pytest.mark.fused``: needs the fast
+backend's fused kernels (CUDA with Triton, or Triton's interpreter with TRITON_INTERPRET=1) --
+both skip cleanly, with the reason, where that is missing.
+"""
 import os
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
-# Default: fast enough for CI, and derandomized there (CI=true) so a green main stays green;
-# local runs explore new examples.  `--hypothesis-profile long` (or HYPOTHESIS_PROFILE=long)
-# for soak runs.
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=bool(os.environ.get("CI")),
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    from tests.helpers import FUSED
+    for item in items:
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "fused" in item.keywords and FUSED is None:
+            item.add_marker(pytest.mark.skip(reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1 "
+                                                    "(test_fused_path_in_the_triton_interpreter runs them so)"))

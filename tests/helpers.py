@@ -7,14 +7,24 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from gtp_ref import GTPViT
+from gtp_ref import GTPViT, fast
 from gtp_ref._checks import SELECTIONS
 from gtp_ref.conformance.seeded import model_for, official_vectors, tome_vectors  # noqa: F401
 from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the tests)
-    DTYPES, NEAR_TIE, attention_maps, grids, near_tie, scores_and_P, selections, tensors)
+    DTYPES,
+    NEAR_TIE,
+    attention_maps,
+    grids,
+    near_tie,
+    scores_and_P,
+    selections,
+    tensors,
+)
 from gtp_ref.tome import ToMeViT
 
 BACKENDS = ("dense", "sparse", "fast")
+# Where the fast backend's fused kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
+FUSED = fast.FUSED_DEVICE if fast.FUSED_DEVICE != "cuda" or torch.cuda.is_available() else None
 
 
 def plain_vit(state, images, *, patch_size, num_heads, class_token, global_pool):

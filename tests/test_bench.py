@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from gtp_ref.bench import __main__ as bench, scaling
+from gtp_ref.bench import __main__ as bench
+from gtp_ref.bench import scaling
 from gtp_ref.bench.scaling import peak_added_bytes
 
 

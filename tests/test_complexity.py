@@ -1,10 +1,18 @@
 """The C.4 cost model: exact algebra of Eqs. 2-3, the erratum, the quoted values, bad input."""
 import pytest
 import sympy as sp
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from complexity import (eq2_correction, eq2_printed, eq3_printed, g_gtp, g_gtp_closed, g_tome,
-                        g_tome_closed)
+from complexity import (
+    eq2_correction,
+    eq2_printed,
+    eq3_printed,
+    g_gtp,
+    g_gtp_closed,
+    g_tome,
+    g_tome_closed,
+)
 from complexity import symbols as s
 from complexity.extra import eq3_difference, m2c_coefficient
 

@@ -1,8 +1,15 @@
 """Backbone MAC model (supplement Tables 1-2) and the ToMe / GTP schedules."""
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule, tome_schedule
+from complexity.backbone import (
+    PRESETS,
+    ViTGeometry,
+    backbone_macs,
+    gtp_schedule,
+    tome_schedule,
+)
 
 
 def plain_vit_macs(g, tokens_attn, tokens_mlp):

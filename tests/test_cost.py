@@ -67,6 +67,6 @@ def test_deit_small_paper_settings():
 
 def test_macs_per_image_need_an_image():
     import pytest
-    model = GTPViT(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2, num_prop=1)
+    model = GTPViT(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2, num_prop=1, num_neighbours=2)
     with pytest.raises(ValueError, match=r"images has shape \[0, 3, 16, 16\]: MACs per image need at least one"):
         measure_macs(model, torch.zeros(0, 3, 16, 16))

@@ -3,7 +3,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gtp_ref import dense
 from gtp_ref.graph import cosine_similarity, normalise, semantic_graph, spatial_graph

@@ -1,7 +1,7 @@
 """Propagation (spec 3.5): graph / mean / none against the equations, with token sizes."""
-import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gtp_ref import dense
 from tests.helpers import tensors

@@ -1,7 +1,7 @@
 """Attention sparsity, token scores and selection (spec 3.2 and 3.4) against brute force."""
-import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gtp_ref import dense
 from gtp_ref.select import sparsity_k

@@ -2,15 +2,26 @@
 materialises an n x n matrix; the fast backend (``gtp_ref.fast``) is held to the same equalities."""
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gtp_ref import dense, fast, sparse
-from gtp_ref import margins
-from gtp_ref.margins import semantic_margin
-from tests.helpers import DTYPES, NEAR_TIE, build, configs, grids, images_for, model_for, near_tie, official_vectors, scores_and_P, tensors
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from gtp_ref import dense, diagnostics, fast, sparse
+from gtp_ref.diagnostics import semantic_margin
+from gtp_ref.graph import semantic_threshold
+from tests.helpers import (
+    DTYPES,
+    NEAR_TIE,
+    build,
+    configs,
+    grids,
+    images_for,
+    model_for,
+    near_tie,
+    official_vectors,
+    scores_and_P,
+    tensors,
+)
 
 
 def threshold_gap(x_img, M, block_elements=None):
@@ -21,7 +32,7 @@ def threshold_gap(x_img, M, block_elements=None):
         return float("inf")
     gaps = [semantic_margin(x_img, M)]
     for _, K in sparse.similarity_blocks(x_img, block_elements):
-        gap = margins.threshold_gap(K, K.topk(M, dim=-1).values[..., -1:])
+        gap = diagnostics.threshold_gap(K, semantic_threshold(K, M))
         gaps.append(gap[gap > 0].min().item() if (gap > 0).any() else float("inf"))
     return min(gaps)
 
@@ -101,8 +112,8 @@ def test_models_agree(backend, cfg, dtype, ties):
         cfg["selection"] = "img_attn_mean"
     x = images_for(cfg, 2, dtype=dtype, ties=ties)
     with torch.no_grad():
-        td = build(cfg, dtype=dtype).forward_trace(x, margins=True)
-        ts = build({**cfg, "backend": backend}, dtype=dtype).forward_trace(x, margins=True)
+        td = build(cfg, dtype=dtype).forward_trace(x, record=True)
+        ts = build({**cfg, "backend": backend}, dtype=dtype).forward_trace(x, record=True)
     assume(not near_tie(td, ts, tol=NEAR_TIE[dtype]))
     for a, b in zip(td.layers, ts.layers):
         if a.kept is not None:
@@ -148,7 +159,6 @@ def test_sparse_never_materialises_n_by_n():
     assert G.num_edges < (8 + 8) * n
 
 
-@cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(configs(propagation="graph"))
@@ -157,8 +167,8 @@ def test_cuda_backend_equals_cpu_dense(backend, cfg):
         cfg["selection"] = "img_attn_max"
     x = images_for(cfg, 2)
     with torch.no_grad():
-        td = build(cfg).forward_trace(x, margins=True)
-        ts = build({**cfg, "backend": backend}).cuda().forward_trace(x.cuda(), margins=True)
+        td = build(cfg).forward_trace(x, record=True)
+        ts = build({**cfg, "backend": backend}).cuda().forward_trace(x.cuda(), record=True)
     assume(not near_tie(td, ts))
     assert torch.allclose(td.logits, ts.logits.cpu(), rtol=1e-7, atol=1e-9)
 

@@ -3,11 +3,13 @@ agreement with the complexity model's schedule."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from complexity.backbone import ViTGeometry, tome_schedule
 from complexity.schedule import clamp_r
 from gtp_ref.conformance.seeded import tome_model_for, tome_vectors
+from gtp_ref.diagnostics import tome_margin
 from gtp_ref.tome import ToMeViT, bipartite_soft_matching, merge_wavg
 from gtp_ref.vit import ViT
 from tests.helpers import build, images_for, plain_vit, tensors, tome_configs
@@ -101,10 +103,10 @@ def test_r_zero_is_the_plain_backbone(cfg, B):
 def test_each_sample_is_the_same_alone_and_in_a_batch(cfg):
     model, x = build(cfg), images_for(cfg, 3)
     with torch.no_grad():
-        batched = model.forward_trace(x, margins=True)
+        batched = model.forward_trace(x, record=True)
         for b in range(3):
-            alone = model.forward_trace(x[b:b + 1], margins=True)
-            assume(min(ToMeViT.min_margin(alone), ToMeViT.min_margin(batched)) > 1e-9)
+            alone = model.forward_trace(x[b:b + 1], record=True)
+            assume(min(tome_margin(alone), tome_margin(batched)) > 1e-9)
             assert torch.allclose(alone.logits, batched.logits[b:b + 1], rtol=1e-9, atol=1e-10)
 
 

@@ -1,6 +1,7 @@
 """The uncounted-work model and the exact variants of Eqs. 2-3."""
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from complexity import g_gtp, g_tome
 from complexity.exact import g_gtp_exact, g_tome_exact

@@ -1,5 +1,6 @@
 """``python -m gtp_ref.bench COMMAND``: see ``gtp_ref.bench``."""
 import sys
+from collections.abc import Sequence
 
 from complexity._cli import OneLineParser, output_path
 from gtp_ref.bench import common, plot, profile, scaling, threshold, throughput
@@ -8,7 +9,7 @@ COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold
             "plot": plot}
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m gtp_ref.bench",
                            description="Benchmarks of gtp-ref (docs/performance.md has the results).")
     sub = parser.add_subparsers(dest="command", required=True)

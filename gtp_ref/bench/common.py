@@ -9,13 +9,16 @@ On the CPU a block is timed by ``torch.utils.benchmark.Timer`` (which also picks
 block, ``blocked_autorange``); on CUDA by CUDA events around the block (the calls are queued
 asynchronously, the events time the GPU work).
 """
+import argparse
 import datetime
 import json
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,27 +33,27 @@ class Timing:
     calls_per_round: int
 
     @property
-    def median(self):
+    def median(self) -> float:
         return statistics.median(self.seconds)
 
     @property
-    def quartiles(self):
+    def quartiles(self) -> tuple[float, float]:
         if len(self.seconds) < 2:
             return self.seconds[0], self.seconds[0]
         q = statistics.quantiles(self.seconds, n=4, method="inclusive")
         return q[0], q[2]
 
     @property
-    def spread(self):
+    def spread(self) -> float:
         """Interquartile range relative to the median."""
         q1, q3 = self.quartiles
         return (q3 - q1) / self.median
 
     @property
-    def noisy(self):
+    def noisy(self) -> bool:
         return self.spread > NOISY
 
-    def row(self, per_call=1.0, prefix="s"):
+    def row(self, per_call: float = 1.0, prefix: str = "s") -> dict[str, Any]:
         """The JSON fields of a timing (median, quartiles, extremes, spread, noisy)."""
         q1, q3 = self.quartiles
         return {f"median_{prefix}": self.median * per_call, f"q1_{prefix}": q1 * per_call,
@@ -59,17 +62,17 @@ class Timing:
                 "rounds": len(self.seconds), "calls_per_round": self.calls_per_round}
 
 
-def _sync(device):
+def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
 
-def _cpu_timer(fn):
+def _cpu_timer(fn: Callable[[], Any]) -> Any:
     from torch.utils.benchmark import Timer
     return Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
 
 
-def _block(fn, device, calls):
+def _block(fn: Callable[[], Any], device: str, calls: int) -> float:
     """Seconds for ``calls`` calls of ``fn``."""
     if device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -82,7 +85,7 @@ def _block(fn, device, calls):
     return _cpu_timer(fn).timeit(calls).median * calls
 
 
-def _calls_per_block(fn, device, min_block_s):
+def _calls_per_block(fn: Callable[[], Any], device: str, min_block_s: float) -> int:
     if device == "cuda":
         calls, t = 1, _block(fn, device, 1)
         while t < min_block_s and calls < 1 << 16:
@@ -92,7 +95,8 @@ def _calls_per_block(fn, device, min_block_s):
     return _cpu_timer(fn).blocked_autorange(min_run_time=min_block_s).number_per_run
 
 
-def measure(fns, device, rounds, *, warmup=2, min_block_s=0.05, progress=None):
+def measure(fns: dict[Any, Callable[[], Any]], device: str, rounds: int, *, warmup: int = 2,
+            min_block_s: float = 0.05, progress: Callable[[str], None] | None = None) -> dict[Any, Timing]:
     """{name: Timing} for the callables ``fns`` ({name: fn}), timed in interleaved rounds."""
     calls = {}
     for name, fn in fns.items():
@@ -112,7 +116,7 @@ def measure(fns, device, rounds, *, warmup=2, min_block_s=0.05, progress=None):
     return {name: Timing(seconds[name], calls[name]) for name in fns}
 
 
-def device_name(device):
+def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
     try:
@@ -124,7 +128,7 @@ def device_name(device):
     return platform.processor() or platform.machine()
 
 
-def environment(device):
+def environment(device: str) -> dict[str, Any]:
     """What a reader needs to compare a table: device, versions, threads, date."""
     env = {"device": device, "device_name": device_name(device), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "python": platform.python_version(),
@@ -138,17 +142,17 @@ def environment(device):
     return env
 
 
-def header(env):
+def header(env: dict[str, Any]) -> str:
     extra = f", Triton {env['triton']}" if env.get("triton") else ""
     return (f"device={env['device']} ({env['device_name']}), torch {env['torch']}{extra}, "
             f"{env['threads']} threads, {env['date']}")
 
 
-def progress(message):
+def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def emit(parser, args, env, rows, table):
+def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], table: str) -> int:
     """Print the table (or the JSON with --json), then write --json-out: a finished measurement
     is on the screen before anything can fail; a failing write is one line and exit status 1."""
     doc = {**env, "command": " ".join(["python -m gtp_ref.bench", *sys.argv[1:]]), "rows": rows}
@@ -164,7 +168,7 @@ def emit(parser, args, env, rows, table):
     return 0
 
 
-def parse_sizes(parser, values, *, min_tokens):
+def parse_sizes(parser: argparse.ArgumentParser, values: list[str], *, min_tokens: int) -> list[tuple[int, int]]:
     """--sizes BxN ... as (B, N) pairs; exit 2 with one line on a malformed or too small one."""
     sizes = []
     for s in values:
@@ -178,12 +182,12 @@ def parse_sizes(parser, values, *, min_tokens):
     return sizes
 
 
-def check_device(parser, device):
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
 
 
-def positive(parser, option, value, minimum=1):
+def positive(parser: argparse.ArgumentParser, option: str, value: int | None, minimum: int = 1) -> int | None:
     if value is not None and value < minimum:
         parser.error(f"{option} {value}: must be >= {minimum}")
     return value

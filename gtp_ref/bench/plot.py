@@ -5,31 +5,32 @@ One panel per (device, model, batch, dtype): each method's speed-up over the unr
 1, and the speed-up the backbone's MACs allow (dashed).  Speed-ups, not images per second, so the expected line and
 the measurements share one scale.  The same colour marks a method in every figure.
 """
+import argparse
 import json
+from typing import Any
 
-from gtp_ref.bench import common
+from complexity.style import COLORS
 
-# One colour per method family, in every figure; the suffix sets the line style.
-COLORS = {"gtp_dense": "tab:blue", "gtp_sparse": "tab:orange", "gtp_fast": "tab:green", "tome": "tab:red",
-          "baseline_explicit": "tab:gray"}
+
+# The suffix sets the line style; the colour is the method's in every figure (complexity.style).
 STYLES = {"": "o-", "graph": "o--", "compile": "s-."}
 ROW_KEYS = {"model": str, "method": str, "P": int, "batch": int, "dtype": str, "img_per_s": (int, float),
             "expected_speedup": (int, float)}
 
 
-def add_arguments(sub):
+def add_arguments(sub: Any) -> None:
     pl = sub.add_parser("plot", help="redraw the throughput figure from saved --json-out files")
     pl.add_argument("json", nargs="+", help="JSON files written by 'throughput --json-out'")
     pl.add_argument("--figure", required=True, metavar="PNG", help="PNG path to write")
 
 
-def validate(parser, args):
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from complexity._cli import output_path
     output_path(parser, "--figure", args.figure, suffixes=[".png"])
     args.docs = [load(parser, path) for path in args.json]
 
 
-def load(parser, path):
+def load(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     """A throughput JSON document, checked: exit 2 with one line on anything malformed."""
     try:
         with open(path) as f:
@@ -47,13 +48,13 @@ def load(parser, path):
     return doc
 
 
-def device_label(env):
+def device_label(env: dict[str, Any]) -> str:
     """'cuda (NVIDIA H100 80GB HBM3)' or 'cpu (AMD EPYC), 2 threads': the title's second line."""
     label = f"{env.get('device', '?')} ({env.get('device_name', '?')})"
     return label + (f", {env['threads']} threads" if env.get("device") == "cpu" and env.get("threads") else "")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> Any:
     from gtp_ref.bench.throughput import add_speedups
     panels = {}
     for doc in args.docs:
@@ -65,7 +66,7 @@ def run(args):
     return write_files(args.parser, "--figure", [args.figure], lambda: draw(panels, args.figure))
 
 
-def draw(panels, path):
+def draw(panels: dict[tuple, list[dict[str, Any]]], path: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,11 +1,14 @@
 """``python -m gtp_ref.bench profile``: a ``torch.profiler`` table of one configuration's forward."""
+import argparse
+from typing import Any
+
 import torch
 
 from complexity.schedule import per_block, prop_schedule
 from gtp_ref.bench import common, throughput
 
 
-def add_arguments(sub):
+def add_arguments(sub: Any) -> None:
     pr = sub.add_parser("profile", help="torch.profiler table of one forward configuration")
     pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     pr.add_argument("--model", default="smoke", choices=list(throughput.SCHEDULES))
@@ -16,7 +19,7 @@ def add_arguments(sub):
     pr.add_argument("--rows", type=int, default=25, help="rows of the table (default 25)")
 
 
-def validate(parser, args):
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     common.positive(parser, "--batch", args.batch)
     common.positive(parser, "--rows", args.rows)
     g = throughput.geometry(args.model)
@@ -28,7 +31,7 @@ def validate(parser, args):
         parser.error(f"--P {args.P} for {args.model}: {e}")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> Any:
     from torch.profiler import ProfilerActivity, profile
     g = throughput.geometry(args.model)
     x = torch.randn(args.batch, g.in_chans, g.img_size, g.img_size, device=args.device)

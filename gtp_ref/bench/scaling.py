@@ -7,7 +7,10 @@ the work holds at once beyond its inputs -- on CUDA ``torch.cuda.max_memory_allo
 CPU the allocation timeline of ``torch.profiler`` (every tensor allocation and free; an op's
 scratch space freed before the op returns is not seen).
 """
+import argparse
 import importlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -18,7 +21,7 @@ BACKENDS = ("dense", "sparse")
 MIN_SIDE = 8  # P = n / 64 must be >= 1
 
 
-def add_arguments(sub):
+def add_arguments(sub: Any) -> None:
     s = sub.add_parser("scaling", help="dense vs sparse: token graph + 12 propagation layers, by grid size")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--grids", type=int, nargs="+", default=[14, 32, 64], metavar="SIDE",
@@ -28,14 +31,14 @@ def add_arguments(sub):
     s.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
 
 
-def validate(parser, args):
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     common.positive(parser, "--repeats", args.repeats)
     for side in args.grids:
         if side < MIN_SIDE:
             parser.error(f"--grids {side}: each side must be >= {MIN_SIDE} (P = n/64 tokens per layer must be >= 1)")
 
 
-def workload(backend, side, device, seed=0):
+def workload(backend: str, side: int, device: str, seed: int = 0) -> Callable[[], torch.Tensor]:
     """A closure running token_graph + LAYERS x (select + propagate) on fixed inputs."""
     ops = importlib.import_module(f"gtp_ref.{backend}")
     g = torch.Generator(device=device).manual_seed(seed)
@@ -54,7 +57,7 @@ def workload(backend, side, device, seed=0):
     return run
 
 
-def peak_added_bytes(run, device):
+def peak_added_bytes(run: Callable[[], Any], device: str) -> int:
     """The largest amount of memory ``run()`` holds at once beyond what existed before it."""
     if device == "cuda":
         torch.cuda.synchronize()
@@ -76,7 +79,7 @@ def peak_added_bytes(run, device):
     return peak
 
 
-def run(args):
+def run(args: argparse.Namespace) -> Any:
     rows = []
     for side in args.grids:
         fns = {backend: workload(backend, side, args.device) for backend in BACKENDS}
@@ -92,7 +95,7 @@ def run(args):
     return rows
 
 
-def table(rows, env):
+def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out = [f"token_graph + {LAYERS} x (select + graph propagation), B={BATCH}, C={CHANNELS}, mixed graph "
            f"M={NEIGHBOURS}, P=n/64, token sizes on", common.header(env), "",
            f"{'grid':>6} {'n':>5} {'backend':>7} {'median ms':>10} {'IQR ms':>17} {'peak MB':>9} "

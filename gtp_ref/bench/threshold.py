@@ -4,6 +4,10 @@ The threshold is the k-th smallest of each head's N^2 attention entries, k = int
 (theta = 0.6), on softmax maps [B, H, N, N] with H = 6.  Every method's result is compared with
 ``torch.kthvalue``'s (exact: bit-equal); times are interleaved rounds (``common.measure``).
 """
+import argparse
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from gtp_ref.bench import common
@@ -11,7 +15,7 @@ from gtp_ref.bench import common
 HEADS, THETA = 6, 0.6
 
 
-def add_arguments(sub):
+def add_arguments(sub: Any) -> None:
     th = sub.add_parser("threshold", help="the sparsity threshold: kthvalue vs topk vs the fast backend's")
     th.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     th.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
@@ -21,14 +25,14 @@ def add_arguments(sub):
     th.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
 
 
-def validate(parser, args):
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     common.positive(parser, "--repeats", args.repeats)
     default = ["16x197", "256x197", "1x4097"] if args.device == "cuda" else ["8x197", "1x577", "1x1025"]
     # N >= 2: k = int(N^2 (1 - theta)) must be >= 1 for there to be a threshold at all
     args.sizes = common.parse_sizes(parser, args.sizes or default, min_tokens=2)
 
 
-def methods():
+def methods() -> dict[str, Callable[[torch.Tensor, int], torch.Tensor]]:
     """name -> f(rows [R, L], k) -> [R]: the k-th smallest of every row."""
     from gtp_ref.fast import kth_smallest
     return {"kthvalue": lambda x, k: x.kthvalue(k, dim=-1).values,
@@ -36,7 +40,7 @@ def methods():
             "fast.kth_smallest": kth_smallest}
 
 
-def run(args):
+def run(args: argparse.Namespace) -> Any:
     from gtp_ref.select import sparsity_k
     rows = []
     g = torch.Generator(device=args.device).manual_seed(0)
@@ -53,7 +57,7 @@ def run(args):
     return rows
 
 
-def table(rows, env):
+def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out = [f"k-th smallest of each head's N^2 attention entries (theta = {THETA}, H = {HEADS})", common.header(env), "",
            f"{'B':>4} {'N':>5} {'method':>18} {'median us':>11} {'IQR us':>21} {'vs kthvalue':>11} {'exact':>6}"]
     base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "kthvalue"}

@@ -13,9 +13,19 @@ only) replays the model from a CUDA graph; ``+compile`` runs ``torch.compile(mod
 replayed from a CUDA graph too), and is only run when named.  On the CPU the default model is a
 tiny smoke geometry; name ``--models deit_small`` for a measurement.
 """
+import argparse
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from complexity.backbone import PRESETS, ViTGeometry, backbone_macs, gtp_schedule, tome_schedule
+from complexity.backbone import (
+    PRESETS,
+    ViTGeometry,
+    backbone_macs,
+    gtp_schedule,
+    tome_schedule,
+)
 from complexity.schedule import per_block, prop_schedule
 from gtp_ref.bench import common
 
@@ -33,7 +43,7 @@ COMPILED = ("baseline_fused+compile", "gtp_dense+compile", "gtp_fast+compile", "
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def add_arguments(sub):
+def add_arguments(sub: Any) -> None:
     tp = sub.add_parser("throughput", help="img/s of the unreduced model, GTP and ToMe, and their speed-ups")
     tp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     tp.add_argument("--models", nargs="+", default=None, choices=list(SCHEDULES),
@@ -53,7 +63,7 @@ def add_arguments(sub):
     tp.add_argument("--figure", default=None, metavar="PNG", help="also draw the speed-ups into this PNG")
 
 
-def validate(parser, args):
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from complexity._cli import output_path
     cuda = args.device == "cuda"
     args.models = args.models or (["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"])
@@ -78,11 +88,11 @@ def validate(parser, args):
     output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
 
 
-def geometry(model):
+def geometry(model: str) -> ViTGeometry:
     return SMOKE if model == "smoke" else PRESETS[model]
 
 
-def build_model(model, method, P, device):
+def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module:
     """A randomly initialised model of the geometry running ``method`` at P (or r), eval mode."""
     from gtp_ref.model import GTPViT
     from gtp_ref.presets import vit_kwargs
@@ -102,13 +112,13 @@ def build_model(model, method, P, device):
     return net.eval()
 
 
-def expected_speedup(g, method, P):
+def expected_speedup(g: ViTGeometry, method: str, P: int) -> float:
     """Backbone MACs unreduced / with P removed per block (ToMe: r, clamped as ToMe does)."""
     removed = tome_schedule(g, P) if method.startswith("tome") else gtp_schedule(g, P)
     return backbone_macs(g)["total"] / backbone_macs(g, removed)["total"]
 
 
-def forward_fn(net, device, dtype):
+def forward_fn(net: torch.nn.Module, device: str, dtype: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> net(x) without gradients, under autocast for fp16 / bf16."""
     amp = DTYPES[dtype]
 
@@ -118,7 +128,7 @@ def forward_fn(net, device, dtype):
     return forward
 
 
-def prepared(net, method, x, device, dtype):
+def prepared(net: torch.nn.Module, method: str, x: torch.Tensor, device: str, dtype: str) -> Callable[[], Any]:
     """The callable timed for ``method``: eager, compiled, and / or replayed from a CUDA graph."""
     from gtp_ref.fast import cuda_graphed
     if method.endswith("+compile"):
@@ -129,7 +139,7 @@ def prepared(net, method, x, device, dtype):
     return lambda: forward(x)
 
 
-def _compile_limits(n_models):
+def _compile_limits(n_models: int) -> None:
     """Each compiled model is a recompilation of the same forward: allow them all, and fail
     loudly rather than run eager quietly past the limit."""
     import torch._dynamo.config as dynamo
@@ -140,7 +150,7 @@ def _compile_limits(n_models):
         dynamo.fail_on_recompile_limit_hit = True
 
 
-def run(args):
+def run(args: argparse.Namespace) -> Any:
     rows = []
     for model in args.models:
         g = geometry(model)
@@ -170,7 +180,7 @@ def run(args):
     return rows
 
 
-def add_speedups(rows):
+def add_speedups(rows: list[dict[str, Any]]) -> None:
     """speedup = img/s over the same run's baseline_fused img/s (model, batch, dtype)."""
     base = {(r["model"], r["batch"], r["dtype"]): r["img_per_s"] for r in rows if r["method"] == "baseline_fused"}
     for r in rows:
@@ -178,7 +188,7 @@ def add_speedups(rows):
         r["speedup"] = r["img_per_s"] / b if b else None
 
 
-def table(rows, env):
+def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out = ["throughput: images / s (median of interleaved rounds, interquartile range); speed-up over the "
            "unreduced model with fused attention (baseline_fused) in the same run; expected: its backbone-MAC ratio",
            common.header(env), "",
@@ -196,7 +206,7 @@ def table(rows, env):
     return "\n".join(out) + "\n"
 
 
-def verdicts(rows):
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """One plain sentence per (model, batch, dtype, method): faster than the unreduced model or not."""
     lines = []
     groups = {}

@@ -1,11 +1,12 @@
 """``python -m gtp_ref.conformance export DIR``: write the language-neutral JSON vectors."""
 import sys
+from collections.abc import Sequence
 
 from complexity._cli import OneLineParser, output_dir, write_files
 from gtp_ref.conformance.export import export, paths
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m gtp_ref.conformance",
                       description="GTP conformance vectors (run the suite with: GTP_IMPL=module "
                                   "python -m pytest --pyargs gtp_ref.conformance)")

@@ -6,15 +6,21 @@ rule): one Generator, state_dict keys in sorted (Python str) order, value = mean
 standard_normal(shape), then the images from the same Generator.
 """
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from gtp_ref.model import GTPViT
+    from gtp_ref.tome import ToMeViT
+
 VECTORS = Path(__file__).parent / "vectors"
 
 
-def _mean_std(key, shape):
+def _mean_std(key: str, shape: Sequence[int]) -> tuple[float, float]:
     module, _, kind = key.rpartition(".")
     module = module.rsplit(".", 1)[-1]
     if key in ("cls_token", "pos_embed"):
@@ -29,7 +35,8 @@ def _mean_std(key, shape):
     raise ValueError(f"no weight rule for {key} {shape}")
 
 
-def weights_and_images(seed, shapes, batch, in_chans, img_size):
+def weights_and_images(seed: int, shapes: dict[str, Sequence[int]], batch: int, in_chans: int,
+                       img_size: int | Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(state_dict of float64 tensors, images [B, C, H, W] float64) from ``seed``."""
     rng = np.random.default_rng(seed)
     state = {}
@@ -40,7 +47,7 @@ def weights_and_images(seed, shapes, batch, in_chans, img_size):
     return state, torch.from_numpy(rng.standard_normal((batch, in_chans, h, w)))
 
 
-def model_for(vector, **overrides):
+def model_for(vector: dict[str, Any], **overrides: Any) -> tuple["GTPViT", torch.Tensor]:
     """A float64 GTPViT with the vector's config and seeded weights, and its images."""
     from gtp_ref import GTPViT
     model = GTPViT(**{**vector["config"], **overrides}).double().eval()
@@ -51,16 +58,16 @@ def model_for(vector, **overrides):
     return model, images
 
 
-def official_vectors():
+def official_vectors() -> list[dict[str, Any]]:
     return json.loads((VECTORS / "gtp_official_visible.json").read_text())["vectors"]
 
 
-def tome_vectors():
+def tome_vectors() -> list[dict[str, Any]]:
     """The vectors computed by running the official ToMe on timm (``tome_official_visible.json``)."""
     return json.loads((VECTORS / "tome_official_visible.json").read_text())["vectors"]
 
 
-def tome_model_for(vector):
+def tome_model_for(vector: dict[str, Any]) -> tuple["ToMeViT", torch.Tensor]:
     """A float64 ToMeViT with the vector's config and seeded weights (same rule), and its images."""
     from gtp_ref.tome import ToMeViT
     model = ToMeViT(**vector["config"]).double().eval()

@@ -7,17 +7,19 @@ select_tokens, propagate -- is the implementation's.
 """
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from gtp_ref._checks import SELECTIONS
 from gtp_ref.conformance.harness import Ops, assert_close, load_impl
 from gtp_ref.conformance.seeded import model_for, official_vectors
+from gtp_ref.diagnostics import margin
 
 impl = load_impl()
 
 
 def with_impl_ops(model):
-    model.ops = Ops(impl)
+    model.ops = Ops(impl).backend()
     return model
 
 
@@ -48,12 +50,12 @@ def test_model_logits_match_the_reference(cfg_seed):
     vector = {"config": cfg, "seed": seed, "batch": 2}
     reference, images = model_for(vector)
     with torch.no_grad():
-        want = reference.forward_trace(images, margins=True)
-        got = with_impl_ops(model_for(vector)[0]).forward_trace(images, margins=True)
+        want = reference.forward_trace(images, record=True)
+        got = with_impl_ops(model_for(vector)[0]).forward_trace(images, record=True)
     # A decision that rounding could flip (a non-zero gap below 1e-9 in either pass: e.g. scores
     # that are mathematically equal, computed exactly equal by one and not by the other) proves
     # nothing; exact ties seen by both are kept and must follow the tie rule.
-    assume(min(want.min_margin(), got.min_margin()) > 1e-9)
+    assume(min(margin(want), margin(got)) > 1e-9)
     assert_close(f"GTP forward composed from {impl.__name__}'s ops, config {cfg}, weight seed {seed}",
                  got.logits, want.logits, rtol=1e-7, atol=1e-9, test="test_model_logits_match")
 

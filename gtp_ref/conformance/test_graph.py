@@ -1,11 +1,19 @@
 """Spec section 2: the token graph Â (spatial, semantic, mixed; normalisation)."""
 import pytest
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from gtp_ref.conformance.harness import assert_close, assert_equal, assert_shape, call, load_impl, oracle
+from gtp_ref.conformance.harness import (
+    assert_close,
+    assert_equal,
+    assert_shape,
+    call,
+    load_impl,
+    oracle,
+)
 from gtp_ref.conformance.strategies import grids, tensors
-from gtp_ref.margins import semantic_margin
+from gtp_ref.diagnostics import semantic_margin
 
 impl = load_impl()
 GRAPHS = ["spatial", "semantic", "mixed"]

@@ -1,10 +1,18 @@
 """Spec section 3.5: graph / mean / none propagation, token sizes, the next graph Â[K, K]."""
 import torch
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from gtp_ref.conformance.harness import assert_close, assert_equal, assert_shape, call, load_impl, oracle
+from gtp_ref.conformance.harness import (
+    assert_close,
+    assert_equal,
+    assert_shape,
+    call,
+    load_impl,
+    oracle,
+)
 from gtp_ref.conformance.strategies import tensors
-from gtp_ref.margins import semantic_margin
+from gtp_ref.diagnostics import semantic_margin
 
 impl = load_impl()
 

@@ -1,8 +1,15 @@
 """Spec section 3.2: attention sparsity, k = int(N^2 (1 - theta)), one threshold per head."""
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gtp_ref.conformance.harness import assert_close, assert_shape, call, load_impl, oracle
+from gtp_ref.conformance.harness import (
+    assert_close,
+    assert_shape,
+    call,
+    load_impl,
+    oracle,
+)
 from gtp_ref.conformance.strategies import attention_maps
 
 impl = load_impl()
