@@ -8,8 +8,8 @@ this module is imported) runs them on CPU tensors, which is how the test suite c
 without a GPU.
 
 Selection kernels (sampled bracket, radix and Floyd-Rivest k-th value selection) and a one-kernel
-q k^T + softmax were tried here and lost to ``torch.topk`` / were never timed; they were removed
-in the commit after 8a087a5 (git history has them).
+q k^T + softmax were tried here and lost to ``torch.topk`` or were never timed on a GPU:
+``git show 8a087a5:gtp_ref/_triton.py`` has them.
 """
 import torch
 import triton

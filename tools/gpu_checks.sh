@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and measurements of docs/performance.md, in one call on the device machine
 # (its image has torch, triton, pytest and hypothesis; nothing is downloaded).
-#   bash tools/gpu_session.sh STEP...
+#   bash tools/gpu_checks.sh STEP...
 #   STEP in: env tests tests_fast threshold scaling profile deit_small deit_small_b1
 #            deit_small_fp32 deit_base vit_large eva_large compile all
 # Logs go to $OUT (or ./gpu_out) as <step>.txt / .json.
