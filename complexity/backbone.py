@@ -22,7 +22,7 @@ class ViTGeometry:
     """The shape of a ViT: enough to count its MACs and to build it (``gtp_ref.GTPViT``)."""
 
     name: str
-    img_size: int = 224
+    img_size: int | tuple[int, int] = 224  # an int for a square image, else (H, W)
     patch_size: int = 16
     in_chans: int = 3
     embed_dim: int = 384
@@ -32,10 +32,16 @@ class ViTGeometry:
     num_classes: int = 1000
     class_token: bool = True
     global_pool: str = "token"  # "avg": the mean of the image tokens ([CLS] left out)
+    reg_tokens: int = 0  # register tokens after [CLS]: prefix tokens like it, never reduced
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
 
     @property
     def grid(self) -> tuple[int, int]:
-        return (self.img_size // self.patch_size, self.img_size // self.patch_size)
+        h, w = self.image_hw
+        return (h // self.patch_size, w // self.patch_size)
 
     @property
     def num_image_tokens(self) -> int:
@@ -44,8 +50,8 @@ class ViTGeometry:
 
     @property
     def num_tokens(self) -> int:
-        """N: image tokens plus [CLS] when the model has one."""
-        return self.num_image_tokens + int(self.class_token)
+        """N: image tokens plus the prefix tokens ([CLS] when the model has one, registers)."""
+        return self.num_image_tokens + int(self.class_token) + self.reg_tokens
 
     @property
     def hidden(self) -> int:

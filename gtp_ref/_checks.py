@@ -48,6 +48,14 @@ def check_grid(grid, n):
 
 
 # ---- tensors of the op-level API ---------------------------------------------------------------
+def prefix_count(class_token):
+    """The prefix tokens that x and the attention map start with: ``class_token`` True / False
+    (one [CLS] token or none) or their number (a [CLS] token and register tokens)."""
+    if isinstance(class_token, bool) or type(class_token).__name__ == "bool_":
+        return int(class_token)
+    return integer("class_token", class_token, minimum=0)
+
+
 def check_tensor(name, t, ndim, *, floating=None, shape=None):
     """t is a torch.Tensor with ``ndim`` dimensions (and, where given, a floating / integer dtype
     and the dimensions in ``shape``, None = any)."""
@@ -85,17 +93,17 @@ def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mod
     """
     choice("propagation", mode, PROPAGATIONS)
     check_alpha(alpha)
-    c = int(flag("class_token", class_token))
+    c = prefix_count(class_token)
     check_tensor("x", x, 3, floating=True)
     B, N, _ = x.shape
     if N < c:
-        raise ValueError(f"x has {N} tokens; class_token=True needs at least the [CLS] token")
+        raise ValueError(f"x has {N} tokens; class_token={class_token!r} needs {c} prefix token(s) first")
     n = N - c
     check_tensor("kept", kept, 2, floating=False, shape=(B, None))
     check_tensor("prop", prop, 2, floating=False, shape=(B, None))
     if kept.shape[1] + prop.shape[1] != n:
         raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together "
-                         f"hold the n = {n} image tokens of x ({N} tokens, class_token={bool(c)})")
+                         f"hold the n = {n} image tokens of x ({N} tokens, {c} of them prefix tokens)")
     if token_scales is not None:
         check_tensor("token_scales", token_scales, 2, floating=True, shape=(B, N))
     if mode == "graph" and G is None:
@@ -145,9 +153,9 @@ def check_graph_input(x_img, grid, graph, num_neighbours):
 def check_scores_input(attn, selection, class_token):
     choice("selection", selection, SELECTIONS)
     check_square_map(attn)
-    c = int(flag("class_token", class_token))
+    c = prefix_count(class_token)
     if attn.shape[-1] < c:
-        raise ValueError(f"attn has N = {attn.shape[-1]} tokens; class_token=True needs at least one")
+        raise ValueError(f"attn has N = {attn.shape[-1]} tokens; class_token={class_token!r} needs {c} prefix token(s)")
     if selection.startswith("cls_attn") and not c:
         raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gtp_ref._checks import check_propagate_args
+from gtp_ref._checks import check_propagate_args, prefix_count
 from gtp_ref.backends import Backend
 from gtp_ref.graph import token_graph as dense_token_graph
 from gtp_ref.propagate import gather_tokens
@@ -83,7 +83,7 @@ def attend_and_score(block: Block, x: Tensor, token_scales: Tensor | None, spars
                      class_token: bool) -> tuple[Tensor, Tensor | None] | None:
     """A GTP block's attention and the token scores in one fused pass over the attention map.
 
-    x [B, N, C] -> (x + Attn(LN1 x) [B, N, C], scores [B, n] or None when selection is None),
+    x [B, N, C] -> (Attn(LN1 x) [B, N, C], scores [B, n] or None when selection is None),
     the same as ``GTPBlock.attend``'s explicit path (attention with the sparsified map, then
     ``token_scores``); or None where the fused kernels do not apply (see the module docstring)
     -- the caller then takes the explicit path.
@@ -102,11 +102,11 @@ def attend_and_score(block: Block, x: Tensor, token_scales: Tensor | None, spars
     probs = _kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
     tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
     masked, col_sums, diagonal = _kernels.mask_and_reduce(probs, tau, v.dtype)
-    x = x + attn.proj(attn.mix(masked, v))
+    out = attn.proj(attn.mix(masked, v))
     if selection is None:
-        return x, None
-    c = int(class_token)
-    return x, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
+        return out, None
+    c = prefix_count(class_token)
+    return out, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
 
 
 @dataclass
@@ -148,7 +148,7 @@ def to_dense(G: LazyGraph) -> Tensor:
 
 
 def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_scales: Tensor | None = None, class_token: bool = True,
+              token_scales: Tensor | None = None, class_token: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, LazyGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.dense.propagate``, with G a LazyGraph (or None for mean/none).
 
@@ -158,7 +158,7 @@ def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha:
     # the index-value check reads its result (a host synchronisation): on the CPU only
     check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
                          values=not x.is_cuda)
-    c = int(class_token)
+    c = prefix_count(class_token)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K = gather_tokens(x_img, kept)  # (B, n-P, C)
     s_cls = s_K = s_img = None

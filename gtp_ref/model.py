@@ -41,6 +41,25 @@ class LayerTrace:
 
 
 @dataclass
+class Provenance:
+    """Where every original patch went, for ``GTPViT.forward_trace(x, record=True)``.
+
+    Patches are the n image tokens of the input, 0-based, row-major over the patch grid.
+    propagated_at: [B, n] the block that propagated each patch, -1 for a patch kept to the end.
+    edges: one dict per block that propagated by the graph: ``image``, ``src`` (the propagated
+        patch), ``dst`` (the kept patch that received alpha * ``weight`` of its features),
+        ``weight`` (the entry of Â), each [E] -- the edges of Â[K, P] with a non-zero weight.
+        The tokens are named by the patch they started as, whatever they absorbed since.
+    final_sizes: [B, n] each patch's token size at the end (0 once propagated; all 1 without
+        token sizes).  ``mean`` propagation's appended tokens are no patch and are left out.
+    """
+
+    propagated_at: Tensor
+    edges: list[dict[str, Tensor]] = field(default_factory=list)
+    final_sizes: Tensor | None = None
+
+
+@dataclass
 class GTPTrace:
     """A forward pass: the logits, one LayerTrace per block, the token count at the end, and (with
     ``record=True``) what ``gtp_ref.diagnostics`` needs to say how close each decision came to
@@ -52,6 +71,7 @@ class GTPTrace:
     sparsity: float = 1.0
     num_neighbours: int | None = None  # M of the semantic graph built; None: no semantic graph
     graph_input: Tensor | None = None  # (B, n, C) the image tokens the graph was built from (record=True)
+    provenance: Provenance | None = None  # where every patch went (record=True)
 
     @property
     def tokens_per_layer(self) -> list[int]:
@@ -72,11 +92,33 @@ class GTPRun:
     sparsity: float
     alpha: float
     propagation: str
-    class_token: bool
+    prefix: bool | int  # the ops' class_token: the prefix tokens ([CLS], registers) x starts with
     graph: Any = None  # Â of the current image tokens, in the backend's representation
     sizes: Tensor | None = None  # (B, N) token sizes s; None without proportional attention
     generator: torch.Generator | None = None  # for selection="random"
-    record: bool = False  # keep the attention maps (and so take the explicit path)
+    record: bool = False  # keep the attention maps (and so take the explicit path) and the provenance
+    block: int = 0  # the block running
+    ids: Tensor | None = None  # (B, n_l) with record: the patch each current image token started as (-1: none)
+    provenance: Provenance | None = None
+
+    def record_propagation(self, layer: LayerTrace) -> None:
+        """With ``record``: note which patches block ``self.block`` propagates, along which edges."""
+        if not self.record:
+            return
+        prop_ids, kept_ids = self.ids.gather(1, layer.prop), self.ids.gather(1, layer.kept)  # (B, P), (B, n - P)
+        b = torch.arange(prop_ids.shape[0], device=prop_ids.device)[:, None].expand_as(prop_ids)
+        real = prop_ids >= 0
+        self.provenance.propagated_at[b[real], prop_ids[real]] = self.block
+        if self.propagation == "graph":
+            A = self.ops.to_dense(self.graph).to(layer.prop.device)  # (B, n_l, n_l)
+            A_KP = torch.stack([a[k][:, p] for a, k, p in zip(A, layer.kept, layer.prop)]) if len(A) else \
+                A.new_zeros(0, *kept_ids.shape[1:], prop_ids.shape[1])  # (B, n - P, P)
+            image, i, j = (A_KP != 0).nonzero(as_tuple=True)
+            self.provenance.edges.append({"block": torch.tensor(self.block), "image": image,
+                                          "src": prop_ids[image, j], "dst": kept_ids[image, i],
+                                          "weight": A_KP[image, i, j]})
+        mean_token = self.ids.new_full((self.ids.shape[0], 1), -1)
+        self.ids = kept_ids if self.propagation != "mean" else torch.cat([kept_ids, mean_token], dim=1)
 
 
 class GTPBlock(Block):
@@ -85,19 +127,21 @@ class GTPBlock(Block):
     def forward(self, x: Tensor, P: int, run: GTPRun) -> tuple[Tensor, LayerTrace]:  # type: ignore[override]
         """One GTP block (spec 3): x [B, N, C] -> [B, N - P, C], and what it did."""
         layer = LayerTrace(tokens=x.shape[1], attn_k=sparsity_k(x.shape[1], run.sparsity) if run.sparsity < 1 else None)
-        x, layer.scores = self.attend(x, run.selection if P > 0 else None, run, layer)  # x + Attn(LN1 x)
+        attn_out, layer.scores = self.attend(x, run.selection if P > 0 else None, run, layer)  # Attn(LN1 x)
+        x = x + self.ls1(attn_out)  # (B, N, C)
         if P > 0:
             layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
+            run.record_propagation(layer)
             x, run.graph, run.sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
-                                                        run.sizes, run.class_token, run.propagation)
-        return x + self.mlp(self.norm2(x)), layer  # (B, N - P, C)
+                                                        run.sizes, run.prefix, run.propagation)
+        return x + self.ls2(self.mlp(self.norm2(x))), layer  # (B, N - P, C)
 
     def attend(self, x: Tensor, selection: str | None, run: GTPRun,
                layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
-        """x + Attn(LN1 x) with the sparsified map, and the image tokens' scores (None without a
+        """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
         selection): by the backend's fused attention where it applies, else explicitly."""
         if run.ops.attend_and_score is not None and not run.record:
-            fused = run.ops.attend_and_score(self, x, run.sizes, run.sparsity, selection, run.class_token)
+            fused = run.ops.attend_and_score(self, x, run.sizes, run.sparsity, selection, run.prefix)
             if fused is not None:
                 return fused
         q, k, v = self.attn.heads(self.norm1(x))  # (B, H, N, d)
@@ -105,8 +149,8 @@ class GTPBlock(Block):
         attn = run.ops.sparsify_attention(raw, run.sparsity)  # entries below the head's threshold set to 0
         if run.record:
             layer.attn_raw = raw
-        x = x + self.attn.proj(self.attn.mix(attn, v))  # (B, N, C)
-        return x, None if selection is None else run.ops.token_scores(attn, selection, run.class_token, run.generator)
+        out = self.attn.proj(self.attn.mix(attn, v))  # (B, N, C)
+        return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix, run.generator)
 
 
 class GTPViT(ViT):
@@ -116,7 +160,10 @@ class GTPViT(ViT):
     graph / num_neighbours: the token graph (spec 2); selection: the score (spec 3.4);
     propagation: "graph" (GTP), "mean" or "none"; sparsity: theta in (0, 1]; alpha: the
     propagation weight; token_scale: proportional attention with token sizes; backend: "dense"
-    (the reference), "sparse" or "fast".
+    (the reference), "sparse" or "fast".  ``backbone``: the further keyword arguments of
+    ``gtp_ref.vit.ViT`` (reg_tokens, no_embed_class, pre_norm, fc_norm, init_values, norm_eps,
+    patch_bias).  Prefix tokens ([CLS] and registers) are never nodes of the graph, never
+    selected or propagated, and keep size 1; ``cls_attn_*`` reads the first prefix token's row.
     """
 
     block_class = GTPBlock
@@ -127,7 +174,7 @@ class GTPViT(ViT):
                  global_pool: str = "token", num_prop: int | list[int] = 0, graph: str = "mixed",
                  num_neighbours: int = 4, selection: str = "mixed_attn_max", propagation: str = "graph",
                  sparsity: float = 1.0, alpha: float = 0.1, token_scale: bool = False,
-                 backend: str = "dense") -> None:
+                 backend: str = "dense", **backbone: Any) -> None:
         choice("graph", graph, GRAPHS)
         choice("selection", selection, SELECTIONS)
         choice("propagation", propagation, PROPAGATIONS)
@@ -138,8 +185,8 @@ class GTPViT(ViT):
             raise ValueError(f"alpha={alpha!r} must be >= 0 with token_scale=True: sizes "
                              "s_K + alpha Â[K, P] s_P must stay positive for log s")
         super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
-                         mlp_ratio, qkv_bias, class_token, global_pool)
-        if not self.class_token and selection.startswith("cls_attn"):
+                         mlp_ratio, qkv_bias, class_token, global_pool, **backbone)
+        if not self.num_prefix_tokens and selection.startswith("cls_attn"):
             raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
         num_neighbours = integer("num_neighbours", num_neighbours, minimum=0)
         if graph in ("semantic", "mixed"):
@@ -166,19 +213,31 @@ class GTPViT(ViT):
         ``gtp_ref.diagnostics`` (and takes the explicit attention path, which has the maps).
         """
         x = self.embed(x)  # (B, N, C)
-        c = int(self.class_token)
-        run = GTPRun(self.ops, self.selection, self.sparsity, self.alpha, self.propagation, self.class_token,
-                     generator=generator, record=record)
+        c = self.num_prefix_tokens
+        run = GTPRun(self.ops, self.selection, self.sparsity, self.alpha, self.propagation,
+                     bool(c) if c <= 1 else c, generator=generator, record=record)
         trace = GTPTrace(sparsity=self.sparsity)
+        if record:
+            n = self.num_image_tokens
+            run.ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
+            run.provenance = trace.provenance = Provenance(torch.full((x.shape[0], n), -1, device=x.device))
         if self.propagation == "graph" and any(self.num_prop):  # only graph propagation reads a graph
             run.graph = self.ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
             trace.num_neighbours = None if self.graph == "spatial" else self.num_neighbours
             trace.graph_input = x[:, c:] if record else None
         run.sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
-        for block, P in zip(self.blocks, self.num_prop):
+        for l, (block, P) in enumerate(zip(self.blocks, self.num_prop)):
+            run.block = l
             x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
         trace.final_tokens = x.shape[1]
+        if record:
+            sizes = x.new_ones(x.shape[:2]) if run.sizes is None else run.sizes  # (B, N_L)
+            final = torch.zeros(trace.provenance.propagated_at.shape, dtype=sizes.dtype, device=x.device)
+            real = run.ids >= 0
+            b = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(run.ids)
+            final[b[real], run.ids[real]] = sizes[:, c:][real]
+            trace.provenance.final_sizes = final
         trace.logits = self.forward_head(x)
         return trace
 

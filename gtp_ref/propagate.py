@@ -1,12 +1,13 @@
 """Token propagation (spec section 3, step 5), dense reference.
 
-x [B, N, C] holds [CLS] first when class_token, then the n image tokens; G = Â [B, n, n];
+x [B, N, C] holds the prefix tokens first (class_token: True = one [CLS], False = none, or their
+number: [CLS] and registers), then the n image tokens; G = Â [B, n, n];
 kept [B, n-P] and prop [B, P] index the image tokens; token_scales [B, N] or None.
 """
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import check_propagate_args
+from gtp_ref._checks import check_propagate_args, prefix_count
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
@@ -23,7 +24,7 @@ def gather_graph(G: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
 
 
 def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_scales: Tensor | None = None, class_token: bool = True,
+              token_scales: Tensor | None = None, class_token: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Remove the tokens ``prop``; returns (x [B, N', C], G [B, n', n'] or None, token_scales).
 
@@ -32,12 +33,12 @@ def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: fl
     mean:   x_K, then one new token mean(x_P) (size sum(s_P)); the next graph is Â[K, K] with a
             zero row and column for the new token (it has no edges)
     none:   x_K, s_K, Â[K, K]  (plain pruning; graph with alpha = 0 is the same)
-    [CLS] (token 0 when class_token) and its size are never changed.  G may be None for
+    The prefix tokens and their sizes are never changed.  G may be None for
     mean / none, which need no graph; the returned graph is then None too.
     """
     check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode,
                          graph_type=torch.Tensor)
-    c = int(class_token)
+    c = prefix_count(class_token)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K, x_P = gather_tokens(x_img, kept), gather_tokens(x_img, prop)  # (B, n-P, C), (B, P, C)
     s_cls = s_K = s_P = None

@@ -1,7 +1,7 @@
 """Attention sparsity and token selection (spec section 3, steps 2 and 4), dense reference.
 
-Layout: attn [B, H, N, N] (heads H, all N tokens, [CLS] first when present); scores [B, n]
-over the n = N - [CLS] image tokens; indices are 0-based among the image tokens.
+Layout: attn [B, H, N, N] (heads H, all N tokens, the prefix tokens -- [CLS], registers -- first);
+scores [B, n] over the n image tokens; indices are 0-based among the image tokens.
 """
 from collections.abc import Callable
 
@@ -13,6 +13,7 @@ from gtp_ref._checks import (
     check_select_input,
     check_sparsity,
     check_square_map,
+    prefix_count,
 )
 from gtp_ref.graph import cosine_similarity
 
@@ -71,12 +72,13 @@ def _cos_sim_score(R: Tensor) -> Tensor:
     return -cosine_similarity(R).sum(dim=-1)  # (B, n)
 
 
-def token_scores(attn: Tensor, selection: str, class_token: bool = True,
+def token_scores(attn: Tensor, selection: str, class_token: bool | int = True,
                  generator: torch.Generator | None = None) -> Tensor:
     """Score per image token from Att [B, H, N, N] -> [B, n]; the lowest scores are propagated.
 
-    With c = 1 if class_token else 0, image token j is row / column c + j.  Rows i run over all
-    N tokens ([CLS] included).  Over heads h (mean or max, by the name's suffix):
+    c = the prefix tokens (class_token: True = one [CLS] token, False = none, or their number);
+    image token j is row / column c + j.  Rows i run over all N tokens, prefix tokens included;
+    ``cls_attn_*`` reads the first prefix token's row.  Over heads h (mean or max, by the name's suffix):
         cls_attn_*   Att[h, 0, c+j]                       (needs [CLS])
         img_attn_*   sum_i Att[h, i, c+j]                 (column sums)
         diag_attn_*  Att[h, c+j, c+j]
@@ -86,7 +88,7 @@ def token_scores(attn: Tensor, selection: str, class_token: bool = True,
         random       uniform in [0, 1), from ``generator``
     """
     check_scores_input(attn, selection, class_token)
-    c = int(class_token)
+    c = prefix_count(class_token)
     B, H, N, _ = attn.shape
     n = N - c
     img_cols = attn[..., c:]  # (B, H, N, n)

@@ -23,7 +23,12 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import check_graph_input, check_propagate_args, check_select_input
+from gtp_ref._checks import (
+    check_graph_input,
+    check_propagate_args,
+    check_select_input,
+    prefix_count,
+)
 from gtp_ref.backends import Backend
 from gtp_ref.graph import inv_sqrt_degree, semantic_threshold, unit_rows
 from gtp_ref.select import sparsify_attention, token_scores
@@ -173,7 +178,7 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
 
 
 def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_scales: Tensor | None = None, class_token: bool = True,
+              token_scales: Tensor | None = None, class_token: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, SparseGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.dense.propagate``, with G a SparseGraph (or None for mean/none).
 
@@ -181,7 +186,7 @@ def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alph
     ``index_add_`` over the batch's edges; next graph: the K-K edges, renumbered.
     """
     check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=SparseGraph)
-    c = int(class_token)
+    c = prefix_count(class_token)
     B, n, C = x.shape[0], x.shape[1] - c, x.shape[2]
     nk, P = kept.shape[1], prop.shape[1]
     cls = x[:, :c]  # (B, c, C)

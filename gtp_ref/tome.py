@@ -96,14 +96,14 @@ class ToMeBlock(Block):
                 record: bool = False) -> Tensor:
         """x [B, N, C] -> [B, N - r', C], r' = r clamped; trace.sizes updated."""
         x_attn, k = self.attn(self.norm1(x), trace.sizes, fused)  # proportional attention
-        x = x + x_attn
+        x = x + self.ls1(x_attn)
         metric = k.mean(dim=1)  # (B, N, d): the keys averaged over heads
         r = clamp_r(r, x.shape[1], int(trace.class_token))
         if r > 0:
             x, trace.sizes = merge_wavg(x, trace.sizes, bipartite_soft_matching(metric, r, trace.class_token))
         trace.merged.append(r)
         trace.metrics.append(metric if record else None)
-        return x + self.mlp(self.norm2(x))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class ToMeViT(ViT):
@@ -116,6 +116,9 @@ class ToMeViT(ViT):
 
     def __init__(self, *args: Any, r: int | list[int] = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.num_prefix_tokens > int(self.class_token):
+            raise ValueError("ToMe with register tokens is not supported: the official ToMe protects only the "
+                             "[CLS] token, so it would merge registers with image tokens")
         self.r = r  # validated by the property
 
     @property

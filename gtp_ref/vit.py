@@ -1,8 +1,10 @@
 """The plain pre-norm ViT that GTP and ToMe plug into, in timm's layout.
 
 Module names and parameter shapes are those of timm's ``VisionTransformer`` of the same
-geometry (LayerNorm eps 1e-6; ``fc_norm`` instead of ``norm`` for ``global_pool="avg"``), so
-``load_state_dict`` takes timm / DeiT checkpoints unchanged; timm itself is not needed.
+geometry (LayerNorm eps 1e-6 by default; ``fc_norm`` instead of ``norm`` for average pooling),
+so ``load_state_dict`` takes timm / DeiT checkpoints unchanged; timm itself is not needed.
+``gtp_ref.timm_models.from_timm`` builds the model from a timm model and checks that it is one
+this layout can represent.
 """
 from collections.abc import Mapping
 from typing import Any
@@ -22,17 +24,17 @@ FOREIGN_KEYS = {
     "head_dist": "a distillation head (distilled DeiT)", "norm_pre": "a LayerNorm before the blocks (CLIP-style)",
     "q_norm": "query / key normalisation", "k_norm": "query / key normalisation",
     "attn_pool": "attention pooling (global_pool='map')", "backbone": "a convolutional stem (hybrid ViT)",
-    "cls_token": "a [CLS] token", "fc_norm": "a LayerNorm after average pooling (fc_norm)",
-    "norm": "a final LayerNorm (norm)",
+    "cls_token": "a [CLS] token", "fc_norm": "a LayerNorm after pooling (fc_norm)",
+    "norm": "a LayerNorm before pooling (norm)",
 }
 
 
 class PatchEmbed(nn.Module):
     """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int) -> None:
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, n, C)
@@ -106,35 +108,61 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    """x * gamma, one learned scale per channel (DeiT-III, timm's ``ls1`` / ``ls2``)."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-norm block: x <- x + Attn(LN1 x), then x <- x + MLP(LN2 x).
+    """Pre-norm block: x <- x + ls1(Attn(LN1 x)), then x <- x + ls2(MLP(LN2 x)); ls1, ls2 are the
+    identity without layer scale.
 
     GTP and ToMe subclass it (``gtp_ref.model.GTPBlock``, ``gtp_ref.tome.ToMeBlock``) and put
     their token reduction between the two halves; the parameters are the same.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
+                 init_values: float | None = None, norm_eps: float = LN_EPS) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.ls1 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
 
     def forward(self, x: Tensor, fused: bool = False) -> Tensor:
-        x = x + self.attn(self.norm1(x), fused=fused)[0]  # (B, N, C)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.ls1(self.attn(self.norm1(x), fused=fused)[0])  # (B, N, C)
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):
-    """A plain ViT: [B, in_chans, H, W] -> logits [B, num_classes].  ``fused_attn`` chooses
-    ``scaled_dot_product_attention`` (timm's default) over the explicit softmax attention."""
+    """A plain pre-norm ViT in timm's layout: [B, in_chans, H, W] -> logits [B, num_classes].
+
+    The tokens are the prefix tokens -- a ``[CLS]`` token (``class_token``) and ``reg_tokens``
+    register tokens, in that order -- then the image tokens of the patch grid, row-major.  As in
+    timm: ``no_embed_class`` adds the position embedding to the image tokens only; ``pre_norm``
+    puts a LayerNorm (``norm_pre``) before the blocks; ``init_values`` turns on layer scale;
+    ``fc_norm`` chooses the final LayerNorm after pooling (``fc_norm``) over the one before it
+    (``norm``), by default after for average pooling and before for ``[CLS]`` pooling;
+    ``global_pool="avg"`` averages the image tokens (prefix tokens left out).  ``fused_attn``
+    chooses ``scaled_dot_product_attention`` (timm's default) over the explicit softmax attention.
+    """
 
     block_class: type[Block] = Block  # the token-reduction models put their own block here
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
                  num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
-                 global_pool: str = "token", fused_attn: bool = False) -> None:
+                 global_pool: str = "token", fused_attn: bool = False, *, reg_tokens: int = 0,
+                 no_embed_class: bool = False, pre_norm: bool = False, fc_norm: bool | None = None,
+                 init_values: float | None = None, norm_eps: float = LN_EPS, patch_bias: bool = True) -> None:
         super().__init__()
         img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
         in_chans = integer("in_chans", in_chans, minimum=1)
@@ -144,8 +172,13 @@ class ViT(nn.Module):
         num_heads = integer("num_heads", num_heads, minimum=1)
         mlp_ratio = real("mlp_ratio", mlp_ratio, 0.0, low_open=True)
         qkv_bias, class_token = flag("qkv_bias", qkv_bias), flag("class_token", class_token)
-        fused_attn = flag("fused_attn", fused_attn)
+        fused_attn, no_embed_class = flag("fused_attn", fused_attn), flag("no_embed_class", no_embed_class)
+        pre_norm, patch_bias = flag("pre_norm", pre_norm), flag("patch_bias", patch_bias)
+        reg_tokens = integer("reg_tokens", reg_tokens, minimum=0)
+        norm_eps = real("norm_eps", norm_eps, 0.0, low_open=True)
+        init_values = None if init_values is None else real("init_values", init_values)
         choice("global_pool", global_pool, GLOBAL_POOLS)
+        fc_norm = global_pool == "avg" if fc_norm is None else flag("fc_norm", fc_norm)
         if patch_size[0] != patch_size[1]:
             raise ValueError(f"patch_size={patch_size!r} must be square (timm's PatchEmbed)")
         if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
@@ -161,17 +194,21 @@ class ViT(nn.Module):
         self.grid = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         self.img_size, self.in_chans = img_size, in_chans
         self.class_token, self.global_pool, self.fused_attn = class_token, global_pool, fused_attn
+        self.num_prefix_tokens, self.no_embed_class = int(class_token) + reg_tokens, no_embed_class
         n = self.grid[0] * self.grid[1]
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size[0])
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size[0], patch_bias)
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, n + int(class_token), embed_dim) * 0.02)
-        self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth))
-        if global_pool == "avg":
-            self.fc_norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
-        else:
-            self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        if reg_tokens:
+            self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim))
+        embed_len = n if no_embed_class else n + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_eps)
+                                    for _ in range(depth))
+        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @property
@@ -185,18 +222,25 @@ class ViT(nn.Module):
                              f"got {list(x.shape)}")
 
     def embed(self, x: Tensor) -> Tensor:
-        """Patch embedding, [CLS], position embedding: [B, in_chans, H, W] -> [B, N, C]."""
+        """Patch embedding, prefix tokens, position embedding, norm_pre: [B, in_chans, H, W] -> [B, N, C]."""
         self.check_input(x)
         x = self.patch_embed(x)  # (B, n, C)
-        if self.class_token:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, N, C)
-        return x + self.pos_embed
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (getattr(self, "cls_token", None),
+                                                         getattr(self, "reg_token", None)) if t is not None]
+        if self.no_embed_class:  # the position embedding covers the image tokens only
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)  # (B, N, C)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed  # (B, N, C)
+        return self.norm_pre(x)
 
     def forward_head(self, x: Tensor) -> Tensor:
         """The tokens after the last block [B, N_L, C] -> logits [B, num_classes]."""
-        if self.global_pool == "avg":  # plain mean of the image tokens; [CLS] is left out (timm)
-            return self.head(self.fc_norm(x[:, int(self.class_token):].mean(dim=1)))
-        return self.head(self.norm(x)[:, 0])  # [CLS]
+        x = self.norm(x)  # (B, N_L, C); the identity with fc_norm
+        if self.global_pool == "avg":  # plain mean of the image tokens; prefix tokens left out (timm)
+            pooled = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, C)
+        else:
+            pooled = x[:, 0]  # [CLS]
+        return self.head(self.fc_norm(pooled))
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict``, but a checkpoint of an architecture this model does not

@@ -128,3 +128,19 @@ def images_for(cfg, B, seed=1, dtype=torch.float64, ties=False):
     if ties:
         return torch.randint(-2, 3, shape, generator=g).to(dtype)
     return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def import_timm():
+    """timm, or a skip of the calling test module that prints why it cannot be imported.
+
+    A torchvision that does not match the installed torch fails on import with a RuntimeError
+    (e.g. the CUDA torchvision 0.28.0 beside the CPU torch 2.13.0: 'operator torchvision::nms does
+    not exist'), not an ImportError, so every exception counts.
+    """
+    import pytest
+    try:
+        import timm
+    except Exception as e:  # noqa: BLE001 -- any failure to import is the reason to print
+        pytest.skip(f"timm cannot be imported ({type(e).__name__}: {e}); the README's test command installs "
+                    "a torch / torchvision pair that timm can use", allow_module_level=True)
+    return timm

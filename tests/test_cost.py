@@ -70,3 +70,25 @@ def test_macs_per_image_need_an_image():
     model = GTPViT(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2, num_prop=1, num_neighbours=2)
     with pytest.raises(ValueError, match=r"images has shape \[0, 3, 16, 16\]: MACs per image need at least one"):
         measure_macs(model, torch.zeros(0, 3, 16, 16))
+
+
+def test_a_product_the_counter_cannot_see_raises():
+    import pytest
+
+    class Projection(torch.nn.Module):  # torch.mv: a product without a flop formula
+        def forward(self, x):
+            return torch.mv(x.flatten(1), torch.ones(x[0].numel()))[:, None]
+
+    with pytest.raises(ValueError, match="aten.mv, a product the flop counter has no formula for"):
+        measure_macs(Projection(), torch.zeros(2, 3, 4, 4))
+
+
+def test_the_fused_attention_is_counted_on_the_cpu():
+    """scaled_dot_product_attention on the CPU: the backbone MACs of the fused and the explicit
+    plain ViT are the same, and the complexity model's."""
+    from gtp_ref.vit import ViT
+    g = ViTGeometry("t", img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+    x = torch.zeros(1, 3, 32, 32)
+    fused = measure_macs(ViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3,
+                             fused_attn=True).eval(), x)
+    assert fused["total"] == fused["backbone"] == backbone_macs(g)["total"]

@@ -65,7 +65,9 @@ BAD = [
     ("token_scores", "unknown selection", dict(selection="best"), ValueError, "selection='best' is not one of"),
     ("token_scores", "cls without [CLS]", dict(selection="cls_attn_max", class_token=False), ValueError,
      r"selection='cls_attn_max' needs a \[CLS\] token"),
-    ("token_scores", "class_token str", dict(class_token="yes"), TypeError, "class_token='yes' must be True or False"),
+    ("token_scores", "class_token str", dict(class_token="yes"), TypeError, "class_token='yes' must be an integer"),
+    ("token_scores", "class_token < 0", dict(class_token=-1), ValueError, "class_token=-1 must be an integer >= 0"),
+    ("token_scores", "more prefix than tokens", dict(class_token=8), ValueError, "attn has N = 7 tokens; class_token=8"),
     ("token_scores", "attn rank 3", lambda a, o: dict(attn=a["attn"][0]), ValueError, "attn must have 4"),
     ("select_tokens", "P > n", dict(num_prop=7), ValueError, r"num_prop=7 must be an integer in \[0, 6\]"),
     ("select_tokens", "P < 0", dict(num_prop=-1), ValueError, r"num_prop=-1 must be an integer in \[0, 6\]"),
@@ -97,7 +99,8 @@ BAD = [
     ("propagate", "sizes shape", lambda a, o: dict(token_scales=torch.ones(2, 6, dtype=torch.float64)), ValueError,
      r"token_scales has shape \[2, 6\], expected \[2, 7\]"),
     ("propagate", "x rank 2", lambda a, o: dict(x=a["x"][0]), ValueError, "x must have 3 dimensions"),
-    ("propagate", "class_token int", dict(class_token=1), TypeError, "class_token=1 must be True or False"),
+    ("propagate", "class_token float", dict(class_token=1.0), TypeError, "class_token=1.0 must be an integer"),
+    ("propagate", "prefix count off", dict(class_token=2), ValueError, r"must together hold the n = 5 image tokens"),
 ]
 
 

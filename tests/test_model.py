@@ -226,3 +226,37 @@ def test_torch_compile_takes_the_whole_model_in_one_graph(backend):
         compiled = torch.compile(model, fullgraph=True)(x)
         eager = model(x)
     assert torch.allclose(compiled, eager, rtol=1e-12, atol=1e-12), (backend, (compiled - eager).abs().max())
+
+
+@given(configs(propagation="graph"))
+def test_the_provenance_follows_every_patch(cfg):
+    """record=True: each block's propagated patches are marked with the block, every edge runs from
+    a patch propagated there to a patch kept there with Â's weight, and the final sizes sit on the
+    patches kept to the end -- the same in every backend."""
+    if cfg["selection"] == "random":
+        cfg["selection"] = "img_attn_max"
+    x = images_for(cfg, 2)
+    traces = {}
+    for backend in BACKENDS:
+        with torch.no_grad():
+            traces[backend] = build({**cfg, "backend": backend}).forward_trace(x, record=True)
+    assume(not near_tie(*traces.values()))
+    trace, n = traces["dense"], build(cfg).num_image_tokens
+    prov = trace.provenance
+    assert prov.propagated_at.shape == (2, n)
+    for l, P in enumerate(cfg["num_prop"]):
+        assert ((prov.propagated_at == l).sum(1) == P).all(), (l, P)
+    for edges in prov.edges:
+        l = int(edges["block"])
+        assert (prov.propagated_at[edges["image"], edges["src"]] == l).all(), "the source was propagated there"
+        receiver = prov.propagated_at[edges["image"], edges["dst"]]
+        assert ((receiver == -1) | (receiver > l)).all(), "the receiver was kept there"
+        assert (edges["weight"] > 0).all()
+    kept = prov.propagated_at == -1
+    assert ((prov.final_sizes > 0) == kept).all()
+    if not cfg["token_scale"]:
+        assert (prov.final_sizes[kept] == 1).all()
+    for backend in ("sparse", "fast"):
+        other = traces[backend].provenance
+        assert torch.equal(other.propagated_at, prov.propagated_at), backend
+        assert torch.allclose(other.final_sizes, prov.final_sizes, rtol=1e-9, atol=1e-12), backend

@@ -12,7 +12,6 @@ from typing import Any
 
 from complexity.style import COLORS
 
-
 # The suffix sets the line style; the colour is the method's in every figure (complexity.style).
 STYLES = {"": "o-", "graph": "o--", "compile": "s-."}
 ROW_KEYS = {"model": str, "method": str, "P": int, "batch": int, "dtype": str, "img_per_s": (int, float),

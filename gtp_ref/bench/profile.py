@@ -34,7 +34,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> Any:
     from torch.profiler import ProfilerActivity, profile
     g = throughput.geometry(args.model)
-    x = torch.randn(args.batch, g.in_chans, g.img_size, g.img_size, device=args.device)
+    x = torch.randn(args.batch, g.in_chans, *g.image_hw, device=args.device)
     forward = throughput.forward_fn(throughput.build_model(args.model, args.method, args.P, args.device),
                                     args.device, args.dtype)
     forward(x)  # warm-up

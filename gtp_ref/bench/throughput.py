@@ -12,6 +12,11 @@ Methods: ``baseline_fused`` / ``baseline_explicit`` (the plain ViT with
 only) replays the model from a CUDA graph; ``+compile`` runs ``torch.compile(model)`` (on CUDA
 replayed from a CUDA graph too), and is only run when named.  On the CPU the default model is a
 tiny smoke geometry; name ``--models deit_small`` for a measurement.
+
+``--timm NAME [--checkpoint FILE]`` measures your timm model instead: the baseline is timm's own
+model (``baseline_fused``: timm's fused attention), GTP and ToMe come from it by
+``gtp_ref.from_timm`` / ``tome_from_timm`` (random weights unless a checkpoint is given; the P
+values default to those of 4, 8, 12 and 16 that the model's token count allows).
 """
 import argparse
 from collections.abc import Callable
@@ -48,6 +53,10 @@ def add_arguments(sub: Any) -> None:
     tp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     tp.add_argument("--models", nargs="+", default=None, choices=list(SCHEDULES),
                     help="default: the four paper backbones on CUDA, 'smoke' on the CPU")
+    tp.add_argument("--timm", default=None, metavar="NAME",
+                    help="measure this timm model (timm.create_model(NAME)) instead of --models")
+    tp.add_argument("--checkpoint", default=None, metavar="FILE",
+                    help="with --timm: a state_dict to load into it (torch.save(model.state_dict(), FILE))")
     tp.add_argument("--P", type=int, nargs="+", default=None, dest="P",
                     help="tokens removed per block (default: the supplement's values for the model)")
     tp.add_argument("--batches", type=int, nargs="+", default=None,
@@ -66,11 +75,24 @@ def add_arguments(sub: Any) -> None:
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from complexity._cli import output_path
     cuda = args.device == "cuda"
+    if args.timm is not None:
+        _validate_timm(parser, args)
+    elif args.checkpoint is not None:
+        parser.error("--checkpoint needs --timm NAME (the presets load no weights)")
     args.models = args.models or (["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"])
     args.dtypes = args.dtypes or (["fp32", "fp16"] if cuda else ["fp32"])
     args.methods = args.methods or list(METHODS + GRAPHED if cuda else METHODS)
+    if args.timm is not None:
+        g = geometry(args.timm)
+        unavailable = {"baseline_explicit": "the baseline is timm's own model",
+                       "tome": "ToMe with register tokens is not supported"} if g.reg_tokens else \
+            {"baseline_explicit": "the baseline is timm's own model"}
+        asked = [m for m in args.methods if m.split("+")[0] in unavailable]
+        if asked and set(args.methods) != set(METHODS + GRAPHED) and set(args.methods) != set(METHODS):
+            parser.error(f"--methods {asked[0]} with --timm: {unavailable[asked[0].split('+')[0]]}")
+        args.methods = [m for m in args.methods if m.split("+")[0] not in unavailable]
     common.positive(parser, "--repeats", args.repeats)
-    if args.repeats < 5 and args.models != ["smoke"]:
+    if args.repeats < 5 and args.models != ["smoke"] and args.timm is None:
         parser.error(f"--repeats {args.repeats}: a measurement needs >= 5 rounds (the smoke model accepts fewer)")
     for b in args.batches or []:
         common.positive(parser, "--batches", b)
@@ -88,7 +110,44 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
 
 
+def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--timm NAME [--checkpoint FILE]: timm importable, the model known and supported, the
+    checkpoint loadable -- all before anything is measured; args.models becomes [NAME]."""
+    from gtp_ref.timm_models import timm_geometry
+    if args.models:
+        parser.error("--timm and --models: measure one or the other")
+    try:
+        import timm
+    except Exception as e:  # noqa: BLE001 -- a torchvision that does not match torch raises RuntimeError
+        parser.error(f"--timm needs timm, which cannot be imported: {type(e).__name__}: {e}")
+    try:
+        net = timm.create_model(args.timm, pretrained=False)
+    except Exception as e:  # noqa: BLE001 -- timm's errors for unknown names vary by version
+        parser.error(f"--timm {args.timm!r}: timm cannot build it: {e}")
+    if args.checkpoint is not None:
+        try:
+            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+            state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
+            net.load_state_dict(state, strict=True)
+        except Exception as e:  # noqa: BLE001 -- a missing file, a pickle, mismatched keys: one line each
+            parser.error(f"--checkpoint {args.checkpoint!r}: cannot load it into {args.timm}: "
+                         f"{' '.join(str(e).split())[:300]}")
+    try:
+        g = ViTGeometry(args.timm, **{k: v for k, v in timm_geometry(net).items() if k in ViTGeometry.__dataclass_fields__})
+    except ValueError as e:
+        parser.error(f"--timm {args.timm!r}: {e}")
+    TIMM_MODELS[args.timm] = (net.eval(), g)
+    SCHEDULES[args.timm] = [P for P in (4, 8, 12, 16) if P * g.depth < g.num_image_tokens]
+    args.models = [args.timm]
+
+
+# --timm NAME: the timm model and its geometry, by name (filled by _validate_timm)
+TIMM_MODELS: dict[str, tuple[torch.nn.Module, ViTGeometry]] = {}
+
+
 def geometry(model: str) -> ViTGeometry:
+    if model in TIMM_MODELS:
+        return TIMM_MODELS[model][1]
     return SMOKE if model == "smoke" else PRESETS[model]
 
 
@@ -99,8 +158,10 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
     from gtp_ref.tome import ToMeViT
     from gtp_ref.vit import ViT
 
-    kwargs = vit_kwargs(geometry(model))
     base = method.split("+")[0]
+    if model in TIMM_MODELS:
+        return _from_timm(TIMM_MODELS[model][0], base, P, device)
+    kwargs = vit_kwargs(geometry(model))
     with torch.device(device):  # initialised where it runs: large models build in seconds, not minutes
         if base.startswith("baseline"):
             net = ViT(**kwargs, fused_attn=base == "baseline_fused")
@@ -110,6 +171,20 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
             net = GTPViT(**kwargs, num_prop=P, sparsity=SPARSITY.get(model, 0.6), backend=base.split("_")[1],
                          **GTP_SETTINGS)
     return net.eval()
+
+
+def _from_timm(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn.Module:
+    """The timm model itself (the baseline, timm's fused attention) or GTP / ToMe made from it."""
+    import copy
+
+    from gtp_ref.timm_models import from_timm, tome_from_timm
+    if base == "baseline_explicit":
+        raise ValueError("--timm: baseline_explicit is not available (the baseline is timm's own model)")
+    if base == "baseline_fused":
+        return copy.deepcopy(net).to(device).eval()
+    if base == "tome":
+        return tome_from_timm(net, r=P).to(device).eval()
+    return from_timm(net, num_prop=P, sparsity=0.6, backend=base.split("_")[1], **GTP_SETTINGS).to(device).eval()
 
 
 def expected_speedup(g: ViTGeometry, method: str, P: int) -> float:
@@ -159,7 +234,7 @@ def run(args: argparse.Namespace) -> Any:
         batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
         for batch in batches:
             for dtype in args.dtypes:
-                x = torch.randn(batch, g.in_chans, g.img_size, g.img_size, device=args.device)
+                x = torch.randn(batch, g.in_chans, *g.image_hw, device=args.device)
                 configs = [(m, P) for m in args.methods for P in ([0] if m.startswith("baseline") else schedule)]
                 torch.compiler.reset()
                 _compile_limits(len(configs))
@@ -197,13 +272,14 @@ def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out = ["throughput: images / s (median of interleaved rounds, interquartile range); speed-up over the "
            "unreduced model with fused attention in the same run and execution mode (eager, +graph, +compile); "
            "expected: the backbone-MAC ratio",
-           common.header(env), "",
-           f"{'model':>10} {'batch':>5} {'dtype':>5} {'method':>22} {'P':>3} {'img/s':>10} {'IQR img/s':>21} "
+           common.header(env), ""]
+    mw = max([10] + [len(r["model"]) for r in rows])
+    out += [f"{'model':>{mw}} {'batch':>5} {'dtype':>5} {'method':>22} {'P':>3} {'img/s':>10} {'IQR img/s':>21} "
            f"{'speed-up':>8} {'expected':>8}"]
     for r in rows:
         flag = "!" if r["noisy"] else " "
         speedup = f"{r['speedup']:8.3f}" if r["speedup"] else f"{'':>8}"
-        out.append(f"{r['model']:>10} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['P']:>3} "
+        out.append(f"{r['model']:>{mw}} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['P']:>3} "
                    f"{r['img_per_s']:>10.1f}{flag}{r['img_per_s_q1']:>10.1f}-{r['img_per_s_q3']:<10.1f} "
                    f"{speedup} {r['expected_speedup']:8.2f}")
     if any(r["noisy"] for r in rows):

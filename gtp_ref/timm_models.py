@@ -1,0 +1,173 @@
+"""GTP and ToMe on your own timm model: ``from_timm(model, **gtp_settings)`` and ``tome_from_timm``.
+
+Both read the geometry and the weights of a timm ``VisionTransformer`` *instance* and return a
+``GTPViT`` / ``ToMeViT`` with the same weights, on the same device and in the same dtype.  The
+model is checked module by module -- not by its state_dict keys, which a different architecture
+can share (a post-norm ViT has a pre-norm ViT's keys) -- and anything this project's backbone
+cannot represent is refused with a ValueError naming it.
+
+Supported (docs/timm.md has the matrix and the timm versions tested): plain ViT / DeiT of any
+size, patch and image size (square or not); ``class_token=False`` with average pooling; a class
+token with average pooling (prefix tokens left out of the mean); layer scale (DeiT-III);
+register tokens (``reg_tokens``) and ``no_embed_class``; ``fc_norm`` either way (the ``*_gap_*``
+models); ``norm_pre`` (CLIP-style pre-norm); any LayerNorm eps; patch embeddings without bias;
+no head (``num_classes=0``, e.g. MAE weights).  Refused: post-norm blocks, parallel or other block
+types, ``map`` / ``max`` / no pooling, hybrid (convolutional) stems, q/k or attention / MLP
+norms, gated attention, activations other than exact GELU, MLPs of another kind, a dynamic image
+size or padding, rotary or no position embeddings, distilled DeiT (two heads), and every other
+model class (EVA, ...).  ToMe also refuses register tokens (the official ToMe protects only the
+[CLS] token).
+
+timm itself is not imported here: the model passed in is the user's, so timm is already loaded.
+"""
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from gtp_ref._checks import GLOBAL_POOLS
+from gtp_ref.model import GTPViT
+from gtp_ref.tome import ToMeViT
+
+
+def _name(obj: Any) -> str:
+    return type(obj).__name__
+
+
+def _layer_norm(module: nn.Module, where: str) -> float | None:
+    """eps of a LayerNorm with weight and bias, None for an identity; ValueError otherwise."""
+    if isinstance(module, nn.Identity):
+        return None
+    if type(module) is not nn.LayerNorm and _name(module) != "LayerNorm":  # timm's LayerNorm subclasses nn's
+        raise ValueError(f"{where} is a {_name(module)}; only LayerNorm is supported")
+    if not isinstance(module, nn.LayerNorm) or not module.elementwise_affine or module.bias is None:
+        raise ValueError(f"{where} is a LayerNorm without weight and bias; not supported")
+    return module.eps
+
+
+def _identity(module: nn.Module | None, what: str) -> None:
+    if module is not None and not isinstance(module, nn.Identity):
+        raise ValueError(f"the model has {what} ({_name(module)}); not supported")
+
+
+def timm_geometry(model: nn.Module) -> dict[str, Any]:
+    """The ``gtp_ref.vit.ViT`` keyword arguments of a timm VisionTransformer, after checking that
+    every part of it is one the backbone represents exactly; ValueError naming the first that is not."""
+    timm = sys.modules.get("timm")
+    vit_class = getattr(getattr(getattr(timm, "models", None), "vision_transformer", None), "VisionTransformer", None)
+    if vit_class is None or not isinstance(model, vit_class):
+        raise ValueError(f"model is a {_name(model)}: from_timm takes a timm VisionTransformer "
+                         "(timm.models.vision_transformer.VisionTransformer) instance")
+    if type(model) is not vit_class:
+        what = "distilled DeiT (a distillation token and a second head)" if hasattr(model, "dist_token") \
+            else f"a subclass of VisionTransformer ({_name(model)})"
+        raise ValueError(f"the model is {what}; not supported")
+    if getattr(model, "dynamic_img_size", False):
+        raise ValueError("the model has a dynamic image size (dynamic_img_size=True); not supported")
+    pe = model.patch_embed
+    if _name(pe) != "PatchEmbed":
+        raise ValueError(f"the model's patch embedding is a {_name(pe)} (a hybrid stem?); only a plain PatchEmbed "
+                         "(one convolution, kernel = stride = patch) is supported")
+    if getattr(pe, "dynamic_img_pad", False) or not getattr(pe, "flatten", True):
+        raise ValueError("the model pads images to the patch size (dynamic_img_pad=True); not supported")
+    _identity(getattr(pe, "norm", None), "a norm in the patch embedding")
+    conv = pe.proj
+    patch = tuple(conv.kernel_size)
+    if (not isinstance(conv, nn.Conv2d) or patch != tuple(conv.stride) or patch[0] != patch[1]
+            or tuple(conv.padding) != (0, 0) or conv.groups != 1):
+        raise ValueError("the model's patch embedding is not one square convolution with kernel = stride = patch")
+    img_size = tuple(pe.img_size)
+    if img_size[0] % patch[0] or img_size[1] % patch[1]:
+        raise ValueError(f"the image size {img_size} is not divisible by the patch {patch[0]}; not supported")
+    if getattr(model, "pos_embed", None) is None:
+        raise ValueError("the model has no learned position embedding (pos_embed=None or rotary); not supported")
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in GLOBAL_POOLS:
+        pool = "map" if getattr(model, "attn_pool", None) is not None else model.global_pool
+        raise ValueError(f"the model pools with global_pool={pool!r}; only 'token' and 'avg' are supported")
+    if getattr(model, "pool_include_prefix", False):
+        raise ValueError("the model averages the prefix tokens too (pool_include_prefix=True); not supported")
+    _identity(getattr(model, "patch_drop", None) if model.training else None, "patch dropout in training mode")
+
+    if isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity):
+        raise ValueError("the model has no final norm (final_norm=False); not supported")
+    C = model.embed_dim
+    eps = {_layer_norm(model.norm_pre, "norm_pre"), _layer_norm(model.norm, "norm"),
+           _layer_norm(model.fc_norm, "fc_norm")}
+    blocks = list(model.blocks)
+    heads, hidden, layer_scale = set(), set(), set()
+    qkv_bias = set()
+    for l, block in enumerate(blocks):
+        where = f"blocks.{l}"
+        if _name(block) != "Block":
+            post = " (post-norm: the norms after attention and MLP)" if _name(block) == "ResPostBlock" else ""
+            raise ValueError(f"{where} is a {_name(block)}{post}; only timm's pre-norm Block is supported")
+        attn, mlp = block.attn, block.mlp
+        if _name(attn) != "Attention":
+            raise ValueError(f"{where}.attn is a {_name(attn)}; only timm's Attention is supported")
+        _identity(getattr(attn, "q_norm", None), f"a query norm ({where}.attn.q_norm)")
+        _identity(getattr(attn, "k_norm", None), f"a key norm ({where}.attn.k_norm)")
+        _identity(getattr(attn, "norm", None), f"an attention output norm ({where}.attn.norm)")
+        if getattr(attn, "gate", None) is not None:
+            raise ValueError(f"{where}.attn is gated; not supported")
+        head_dim = attn.qkv.out_features // (3 * attn.num_heads)
+        if attn.qkv.out_features != 3 * C or abs(attn.scale - head_dim ** -0.5) > 1e-12 * head_dim ** -0.5:
+            raise ValueError(f"{where}.attn has an attention width or scale other than C and 1/sqrt(C/H); not supported")
+        if attn.proj.bias is None:
+            raise ValueError(f"{where}.attn.proj has no bias (proj_bias=False); not supported")
+        if _name(mlp) != "Mlp" or _name(mlp.act) != "GELU" or getattr(mlp.act, "approximate", "none") != "none":
+            what = _name(mlp) if _name(mlp) != "Mlp" else f"an Mlp with {_name(mlp.act)}"
+            raise ValueError(f"{where}.mlp is {what}; only an Mlp with exact GELU is supported")
+        _identity(getattr(mlp, "norm", None), f"an MLP norm ({where}.mlp.norm)")
+        if mlp.fc1.bias is None or mlp.fc2.bias is None:
+            raise ValueError(f"{where}.mlp has no biases; not supported")
+        eps |= {_layer_norm(block.norm1, f"{where}.norm1"), _layer_norm(block.norm2, f"{where}.norm2")}
+        scales = {_name(block.ls1), _name(block.ls2)}
+        if scales - {"Identity", "LayerScale"} or len(scales) != 1:
+            raise ValueError(f"{where} has layer scale {sorted(scales)}; only both ls1 and ls2 or neither is supported")
+        heads.add(attn.num_heads)
+        hidden.add(mlp.fc1.out_features)
+        layer_scale.add(scales.pop())
+        qkv_bias.add(attn.qkv.bias is not None)
+    eps.discard(None)
+    if len(eps) > 1 or len(heads) > 1 or len(hidden) > 1 or len(layer_scale) > 1 or len(qkv_bias) > 1:
+        raise ValueError("the model's blocks differ from each other (norm eps, heads, MLP width, layer scale or "
+                         "qkv bias); not supported")
+    (hidden,) = hidden
+    mlp_ratio = hidden / C
+    if int(C * mlp_ratio) != hidden:
+        raise ValueError(f"the MLP width {hidden} is not int(C * mlp_ratio) for any float mlp_ratio; not supported")
+    head = model.head
+    if not isinstance(head, (nn.Linear, nn.Identity)):
+        raise ValueError(f"the model's head is a {_name(head)}; only a Linear (or none) is supported")
+    return dict(img_size=img_size, patch_size=patch[0], in_chans=conv.in_channels,
+                num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
+                depth=len(blocks), num_heads=heads.pop(), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias.pop(),
+                class_token=model.cls_token is not None, global_pool=model.global_pool,
+                reg_tokens=getattr(model, "num_reg_tokens", 0), no_embed_class=model.no_embed_class,
+                pre_norm=not isinstance(model.norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
+                and isinstance(model.norm, nn.Identity), init_values=1.0 if layer_scale.pop() == "LayerScale" else None,
+                norm_eps=eps.pop() if eps else 1e-6, patch_bias=conv.bias is not None)
+
+
+def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
+    geometry = timm_geometry(model)
+    param = next(model.parameters())
+    with torch.device(param.device):
+        net = cls(**geometry, **settings)
+    net.to(param.dtype).load_state_dict(model.state_dict(), strict=True)
+    return net.train(model.training)
+
+
+def from_timm(model: nn.Module, **gtp_settings: Any) -> GTPViT:
+    """A ``GTPViT`` with the geometry and weights of the timm VisionTransformer ``model``, on its
+    device and in its dtype, with GTP's settings (``num_prop``, ``graph``, ``num_neighbours``,
+    ``selection``, ``propagation``, ``sparsity``, ``alpha``, ``token_scale``, ``backend``).
+    With ``num_prop=0, sparsity=1`` its logits are the timm model's."""
+    return _convert(model, GTPViT, **gtp_settings)
+
+
+def tome_from_timm(model: nn.Module, r: int | list[int] = 0, fused_attn: bool = True) -> ToMeViT:
+    """A ``ToMeViT`` with the geometry and weights of the timm VisionTransformer ``model``, merging
+    ``r`` tokens per block (an int or one per block)."""
+    return _convert(model, ToMeViT, r=r, fused_attn=fused_attn)

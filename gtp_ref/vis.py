@@ -1,0 +1,161 @@
+"""``python -m gtp_ref.vis IMAGE (--timm NAME [--checkpoint FILE] | --preset NAME) --out FILE.png``:
+what GTP did to one image.
+
+Left: the image as the model sees it (its own resolution, crop and mean / std, undone for display)
+with the patch grid; every propagated patch is shaded by the block that propagated it (a colour
+per block), and the graph edges along which its features went to kept patches are drawn (for
+``--block B``, or for every block with ``--block all``; line width by edge weight).  Right: the
+final token size of every patch (how much of the image each remaining token carries; blank:
+propagated).  The GTP settings default to the paper's (P = 8, mixed graph, mixed_attn_max,
+theta = 0.6, alpha = 0.1, token sizes on); ``--num-prop`` etc. change them.
+"""
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from complexity._cli import OneLineParser, output_path, write_files
+from gtp_ref._checks import GRAPHS, SELECTIONS
+
+PRESETS = ("deit_tiny", "deit_small", "deit_base", "vit_large_patch16", "eva_large_style")
+
+
+def shading(trace: Any, grid: tuple[int, int]) -> np.ndarray:
+    """[h, w] per image patch: the block that propagated it, -1 if kept to the end (image 0)."""
+    return trace.provenance.propagated_at[0].reshape(grid).cpu().numpy()
+
+
+def overlay(blocks: np.ndarray, depth: int, patch: int, cmap: Any) -> np.ndarray:
+    """An RGBA image [h*patch, w*patch, 4]: each propagated patch in its block's colour (alpha 0.55),
+    kept patches transparent."""
+    h, w = blocks.shape
+    rgba = np.zeros((h, w, 4))
+    propagated = blocks >= 0
+    rgba[propagated] = cmap(blocks[propagated] / max(depth - 1, 1))
+    rgba[..., 3] = np.where(propagated, 0.55, 0.0)
+    return np.kron(rgba, np.ones((patch, patch, 1)))
+
+
+def draw(image: np.ndarray, trace: Any, grid: tuple[int, int], patch: int, depth: int, block: str,
+         title: str, path: str) -> np.ndarray:
+    """The two panels, written to ``path`` (1400 x 650 px); returns the overlay drawn on the image."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    cmap = plt.get_cmap("viridis")
+    blocks = shading(trace, grid)
+    shade = overlay(blocks, depth, patch, cmap)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 6.5), constrained_layout=True)
+    ax.imshow(image)
+    ax.imshow(shade)
+    h, w = grid
+    for r in range(1, h):
+        ax.axhline(r * patch - 0.5, color="white", lw=0.3, alpha=0.5)
+    for c in range(1, w):
+        ax.axvline(c * patch - 0.5, color="white", lw=0.3, alpha=0.5)
+    centre = lambda i: ((i % w) * patch + patch / 2 - 0.5, (i // w) * patch + patch / 2 - 0.5)  # noqa: E731
+    segments, widths, colours = [], [], []
+    for edges in trace.provenance.edges:
+        l = int(edges["block"])
+        if block != "all" and l != int(block):
+            continue
+        mine = edges["image"] == 0
+        for src, dst, weight in zip(edges["src"][mine].tolist(), edges["dst"][mine].tolist(), edges["weight"][mine].tolist()):
+            segments.append([centre(src), centre(dst)])
+            widths.append(0.4 + 2.5 * weight)
+            colours.append(cmap(l / max(depth - 1, 1)))
+    ax.add_collection(LineCollection(segments, linewidths=widths, colors=colours, alpha=0.9))
+    norm = matplotlib.colors.Normalize(0, depth - 1)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="block that propagated the patch")
+    which = "every block" if block == "all" else f"block {block}"
+    ax.set(title=f"propagated patches, coloured by block;\nlines: graph edges to the kept patches that received "
+                 f"them ({which})", xticks=[], yticks=[])
+    sizes = trace.provenance.final_sizes[0].reshape(grid).cpu().numpy().astype(float)
+    im = ax2.imshow(np.ma.masked_equal(sizes, 0.0), cmap="magma")
+    fig.colorbar(im, ax=ax2, label="token size at the end (1 = the patch alone)")
+    ax2.set(title="final token sizes per patch (blank: propagated)", xticks=[], yticks=[])
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return shade
+
+
+def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, str]:
+    """The GTP model the arguments ask for, and how to name it."""
+    import gtp_ref
+    settings = dict(num_prop=args.num_prop, graph=args.graph, num_neighbours=args.num_neighbours,
+                    selection=args.selection, sparsity=args.sparsity, alpha=args.alpha, token_scale=True)
+    try:
+        if args.timm is None:
+            if args.checkpoint is not None:
+                parser.error("--checkpoint goes with --timm NAME (or load a state_dict into the preset yourself)")
+            return getattr(gtp_ref, args.preset)(**settings).eval(), f"{args.preset} (random weights)"
+        try:
+            import timm
+        except Exception as e:  # noqa: BLE001 -- a torchvision that does not match torch raises RuntimeError
+            parser.error(f"--timm needs timm, which cannot be imported: {type(e).__name__}: {e}")
+        try:
+            net = timm.create_model(args.timm, pretrained=False)
+        except Exception as e:  # noqa: BLE001
+            parser.error(f"--timm {args.timm!r}: timm cannot build it: {e}")
+        weights = "random weights"
+        if args.checkpoint is not None:
+            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+            net.load_state_dict(state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state)
+            weights = args.checkpoint
+        return gtp_ref.from_timm(net.eval(), **settings), f"{args.timm} ({weights})"
+    except (TypeError, ValueError, OSError, RuntimeError) as e:
+        parser.error(" ".join(str(e).split())[:300])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = OneLineParser(prog="python -m gtp_ref.vis", description=__doc__.splitlines()[0])
+    p.add_argument("image", help="an image file Pillow can read")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--timm", metavar="NAME", help="a timm model name (random weights unless --checkpoint)")
+    src.add_argument("--preset", choices=PRESETS, help="a gtp_ref preset (random weights)")
+    p.add_argument("--checkpoint", metavar="FILE", help="with --timm: a state_dict to load")
+    p.add_argument("--num-prop", type=int, default=8, help="tokens propagated per block (default 8)")
+    p.add_argument("--graph", default="mixed", choices=GRAPHS)
+    p.add_argument("--num-neighbours", type=int, default=4)
+    p.add_argument("--selection", default="mixed_attn_max", choices=SELECTIONS)
+    p.add_argument("--sparsity", type=float, default=0.6)
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--block", default="all", help="whose edges to draw: a block index or 'all' (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    args = p.parse_args(argv)
+    out = output_path(p, "--out", args.out, suffixes=[".png"])
+    from gtp_ref.preprocess import Preprocessing, load_image
+    try:
+        image = load_image(args.image)
+    except ValueError as e:
+        p.error(str(e))
+    torch.manual_seed(args.seed)
+    model, name = build(args, p)
+    if args.block != "all" and not (args.block.isdigit() and int(args.block) < len(model.blocks)):
+        p.error(f"--block {args.block!r}: a block index in [0, {len(model.blocks) - 1}] or 'all'")
+    pre = Preprocessing.of(model)
+    x = pre(image)[None].to(next(model.parameters()).dtype)
+    with torch.no_grad():
+        trace = model.forward_trace(x, record=True)
+    shown = np.asarray(pre.crop(image)) / 255.0
+    patch = model.img_size[0] // model.grid[0]
+    title = (f"GTP on {name}: P = {args.num_prop} per block, {args.graph} graph (M = {args.num_neighbours}), "
+             f"{args.selection}, θ = {args.sparsity}, α = {args.alpha}; {trace.final_tokens} of "
+             f"{model.num_image_tokens + model.num_prefix_tokens} tokens left")
+
+    def write() -> list:
+        draw(shown, trace, model.grid, patch, len(model.blocks), args.block, title, str(out))
+        return [out]
+
+    return write_files(p, "--out", [out], write)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
