@@ -5,7 +5,7 @@ from typing import Any
 # GTP blue (its backends in shades of it), ToMe red, the unreduced model grey.
 COLORS = {"gtp": "tab:blue", "gtp_dense": "tab:blue", "gtp_sparse": "tab:cyan", "gtp_fast": "navy",
           "tome": "tab:red", "baseline": "tab:gray", "baseline_fused": "black", "baseline_explicit": "tab:gray",
-          "pruning": "tab:olive"}
+          "pruning": "tab:olive", "pruned_free": "tab:olive"}
 
 
 def save(fig: Any, out_dir: str | Path, name: str) -> list[Path]:

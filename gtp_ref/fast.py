@@ -1,4 +1,4 @@
-"""The fast backend: the op-level API of ``gtp_ref.dense``, built for speed on a GPU.
+"""The fast backend: the op-level API of ``gtp_ref.dense``, built for speed on the CPU and the GPU.
 
 Same results as the dense reference (the property tests and the conformance suite check it,
 ``GTP_IMPL=gtp_ref.fast``); what differs is how they are computed:
@@ -7,47 +7,57 @@ Same results as the dense reference (the property tests and the conformance suit
   the input's shape and the schedule (no ``nonzero``, ``masked_select`` or ``.item()``), so
   the host never waits for the GPU and a whole forward can be captured in a CUDA graph
   (``cuda_graphed``).  A CUDA test runs the forward under ``torch.cuda.set_sync_debug_mode``.
-* **The sparsity threshold by ``topk``.**  The k-th smallest of each head's N^2 attention
-  entries comes from ``torch.topk`` (exact; on CUDA a multi-block radix selection) instead of
-  ``torch.kthvalue`` (on CUDA one block per head), the most expensive op of a GTP forward; on
-  the CPU ``topk`` is faster too.
+* **An exact threshold in about two passes, not a sort.**  The k-th smallest of each head's N^2
+  attention entries: on the CPU (float32 / float64) a compiled radix selection
+  (``gtp_ref._native``: a histogram of the top bits, a copy of the few values in the k-th
+  value's bin, the same again on the next bits, a quickselect among what is left); on CUDA
+  ``torch.topk`` (a multi-block radix selection) instead of ``torch.kthvalue`` (one block per
+  head); inside the one-kernel attention below, radix passes over the map's bits.  All three
+  give kthvalue's value.
 * **The graph is never shrunk.**  A ``LazyGraph`` keeps the first layer's Â and, per image, the
   original index of every current token; each layer gathers only Â[K, P] ((n - P) x P entries
   per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
   resolutions (n = 196 or 576); for very large grids use ``gtp_ref.sparse``.
-* **A fused attention map.**  ``attend_and_score`` (used by ``GTPViT`` with this backend) runs a
-  block's attention on CUDA with two Triton kernels around the threshold: the row softmax of
-  the scaled logits plus log s, then one pass that masks the map, casts it for ``Att v`` and
-  sums the columns and the diagonal the scores need -- instead of a dozen separate passes.
-  It applies to the selections scored from columns and diagonal (``COLUMN_SELECTIONS``, the
-  paper's ``mixed_attn_max`` among them); elsewhere (CPU, no Triton, other selections, N > 1024)
-  it returns None and the model takes the reference path with the ops above.  The map kernels
-  take float16 / bfloat16 / float32 / float64 logits (float64 computes in float64).  Under
-  Triton's interpreter (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the fused
-  path runs on CPU tensors instead, slowly: how the test suite checks it without a GPU.
+* **The attention without separate passes over its map.**  ``attend_and_score`` (used by
+  ``GTPViT`` with this backend) computes a block's attention and the selection's scores by one
+  of three paths, for the selections scored from columns, diagonal or the [CLS] row
+  (``COLUMN_SELECTIONS``, the paper's ``mixed_attn_max`` among them, and ``cls_attn_*``):
+
+  ``native`` (CPU, float32 / float64): the reference's map, then one compiled call per block
+  (``_native.mask_heads``) that finds each head's threshold, masks the map and sums its columns
+  while the head's map is in cache.
+
+  ``one_kernel`` (CUDA, N <= 256 -- ViTs at 224 px --, float32 / float64 or autocast): one Triton
+  program per image and head does it all (``_triton.gtp_attention``): q k^T + log s, the row
+  softmax, the exact threshold, the masking, Att v and the column sums / diagonal / first row,
+  recomputing the map for each pass instead of writing it -- no N x N tensor in memory.
+
+  ``two_kernel`` (CUDA, N <= 1024; column and diagonal selections): the row softmax kernel, a
+  ``topk`` threshold, then one kernel that masks the map, casts it for ``Att v`` and sums its
+  columns and diagonal.
+
+  Elsewhere (other selections, N > 1024, float16 on the CPU, no C compiler) it returns None and
+  the model takes the explicit path with the ops of this module.  Under Triton's interpreter
+  (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the Triton paths run on CPU
+  tensors instead, slowly: how the test suite checks them without a GPU.
 
 Token scores and selection are the dense reference's (static shapes already: a sort of the n
 scores per image).
 """
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gtp_ref._checks import check_propagate_args, prefix_count
+from gtp_ref import _native
+from gtp_ref._checks import check_propagate_args, check_sparsity, check_square_map, prefix_count
 from gtp_ref.backends import Backend
 from gtp_ref.graph import token_graph as dense_token_graph
 from gtp_ref.propagate import gather_tokens
-from gtp_ref.select import (
-    COLUMN_SELECTIONS,
-    column_scores,
-    head_thresholds,
-    select_tokens,
-    token_scores,
-)
-from gtp_ref.select import sparsify_attention as dense_sparsify_attention
+from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, select_tokens, sparsity_k, token_scores
 from gtp_ref.vit import Block
 
 try:  # the fused kernels, where Triton is installed (the GPU machine has it; CPU CI does not)
@@ -61,51 +71,156 @@ FUSED_DEVICE = None if _kernels is None else "cpu" if _kernels.INTERPRETED else 
 def kth_smallest(rows: Tensor, k: int) -> Tensor:
     """The exact k-th smallest (1-based) of each row: rows [R, L] -> [R], rows' dtype.
 
-    The smallest of the L - k + 1 largest or the largest of the k smallest, by ``torch.topk``,
-    whichever asks for fewer (on CUDA a multi-block radix selection; ``torch.kthvalue`` runs one
-    block per row).  docs/performance.md compares them (``python -m gtp_ref.bench threshold``).
+    On the CPU (float32 / float64) by the compiled selection of ``gtp_ref._native`` (two streaming
+    passes per row); elsewhere the smallest of the L - k + 1 largest or the largest of the k
+    smallest, by ``torch.topk``, whichever asks for fewer (on CUDA a multi-block radix selection;
+    ``torch.kthvalue`` runs one block per row).  docs/performance.md compares them
+    (``python -m gtp_ref.bench threshold``).
     """
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and _native.available():
+        return _native.kth_smallest_rows(rows, k)
     L = rows.shape[-1]
     if k <= L - k + 1:
         return rows.topk(k, dim=-1, largest=False, sorted=False).values.amax(dim=-1)
-    return rows.topk(L - k + 1, dim=-1, largest=True, sorted=False).values.amin(dim=-1)
+    # the smallest of the L - k + 1 largest; NaN ranks above +inf (topk's and kthvalue's order), so
+    # it is NaN only where all of them are
+    top = rows.topk(L - k + 1, dim=-1, largest=True, sorted=False).values
+    nan = top.isnan()
+    return torch.where(nan.all(dim=-1), top[..., 0], top.masked_fill(nan, float("inf")).amin(dim=-1))
+
+
+def _native_cpu(t: Tensor) -> bool:
+    """Whether ``gtp_ref._native``'s compiled selection takes t: CPU float32 / float64, not
+    under Triton's interpreter (which runs the GPU kernels on CPU tensors instead)."""
+    return (t.device.type == "cpu" and FUSED_DEVICE != "cpu" and t.dtype in (torch.float32, torch.float64)
+            and _native.available())
+
+
+def _kth(N: int, sparsity: float) -> int:
+    """The threshold's rank among a head's N^2 entries; 0 where theta = 1 keeps them all."""
+    return sparsity_k(N, sparsity) if check_sparsity(sparsity) < 1 else 0
 
 
 def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
-    """``gtp_ref.dense.sparsify_attention`` with the threshold from ``kth_smallest``."""
-    return dense_sparsify_attention(attn, sparsity, kth_smallest)
+    """``gtp_ref.dense.sparsify_attention`` with the threshold from ``kth_smallest``.  On the CPU
+    the compiled ``_native.mask_heads`` (threshold and masking, one call); elsewhere a product
+    with the kept entries' mask (one pass instead of masked_fill's two; the same values for
+    finite maps -- an infinite entry below the threshold would give NaN, which softmax maps have not)."""
+    if _native_cpu(attn):
+        check_square_map(attn)
+        return _native.mask_heads(attn, _kth(attn.shape[-1], sparsity))[0]
+    tau = head_thresholds(attn, sparsity, kth_smallest)  # (B, H) or None
+    if tau is None:
+        return attn
+    return attn * (attn >= tau[..., None, None])  # (B, H, N, N)
 
 
-MAX_FUSED_TOKENS = 1024  # the fused softmax holds a whole row of the map in one program
+MAX_FUSED_TOKENS = 1024  # the two-kernel path's softmax holds a whole row of the map in one program
+FUSED_PATHS = ("auto", "native", "one_kernel", "two_kernel")
+CLS_SELECTIONS = ("cls_attn_mean", "cls_attn_max")
+PATH_NEEDS = {"native": "a CPU float32 / float64 input without autocast, and a C compiler",
+              "one_kernel": "Triton on CUDA (or its interpreter), N <= 256, and float32 / float64 or autocast",
+              "two_kernel": "Triton on CUDA (or its interpreter), N <= 1024, and a selection scored from columns "
+                            "and diagonal"}
+
+
+def _fused_path(x: Tensor, selection: str | None) -> tuple[str | None, str]:
+    """The path attend_and_score takes for x [B, N, C] and the selection, or None and why not."""
+    N, cpu = x.shape[1], x.device.type == "cpu"
+    autocast = torch.is_autocast_enabled(x.device.type)
+    column = selection is None or selection in COLUMN_SELECTIONS
+    if selection is not None and selection not in COLUMN_SELECTIONS + CLS_SELECTIONS:
+        return None, f"selection={selection!r} is scored from more than columns, diagonal and [CLS] row"
+    if cpu and FUSED_DEVICE != "cpu":
+        if not autocast and _native_cpu(x):
+            return "native", ""
+        return None, f"on the CPU the native path takes float32 / float64 without autocast and a C compiler " \
+                     f"(got {x.dtype}, autocast={autocast}, compiled: {_native.REASON or 'yes'})"
+    if x.device.type != FUSED_DEVICE:
+        return None, f"the kernels run on {FUSED_DEVICE or 'CUDA with Triton (not installed)'}, not {x.device.type}"
+    if N <= _kernels.MAX_ONE_KERNEL_TOKENS and (autocast or x.dtype in (torch.float32, torch.float64)):
+        return "one_kernel", ""
+    if N <= MAX_FUSED_TOKENS and column:
+        return "two_kernel", ""
+    return None, f"N={N} tokens: the kernels take at most {MAX_FUSED_TOKENS} ({_kernels.MAX_ONE_KERNEL_TOKENS} " \
+                 f"for float16 / bfloat16 without autocast and for the [CLS]-row scores)"
+
+
+NATIVE_MAP_ENTRIES = 1 << 23  # a larger map (32 MB in float32) is processed in pieces ...
+NATIVE_PIECE_ENTRIES = 1 << 21  # ... of at most this many entries (or one head), which stay in cache
+
+
+def _native_attention(attn: Any, q: Tensor, k: Tensor, v: Tensor, sizes: Tensor | None, kth: int
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``native`` path: Att v [B, N, H d] and the masked map's column sums, diagonal and first
+    row [B, H, N] -- the map by the reference's own op, then ``_native.mask_heads``.  A map beyond
+    NATIVE_MAP_ENTRIES is computed a few heads of one image at a time, so that each piece's
+    passes (softmax, threshold, masking, Att v) find it in cache rather than in memory."""
+    B, H, N, d = q.shape
+    if B * H * N * N <= NATIVE_MAP_ENTRIES:
+        masked, col_sums, diagonal, first_row, _ = _native.mask_heads(attn.map(q, k, sizes), kth)
+        return attn.mix(masked, v), col_sums, diagonal, first_row
+    out = v.new_empty(B, H, N, d)
+    col_sums, diagonal, first_row = (q.new_empty(B, H, N) for _ in range(3))
+    per = max(1, NATIVE_PIECE_ENTRIES // (N * N))  # heads per piece
+    for b in range(B):
+        for h in range(0, H, per):
+            piece = (slice(b, b + 1), slice(h, h + per))
+            part = attn.map(q[piece], k[piece], None if sizes is None else sizes[b:b + 1])  # (1, h, N, N)
+            masked, col_sums[piece], diagonal[piece], first_row[piece], _ = _native.mask_heads(part, kth)
+            torch.matmul(masked, v[piece], out=out[piece])
+    return out.transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, first_row
 
 
 def attend_and_score(block: Block, x: Tensor, token_scales: Tensor | None, sparsity: float, selection: str | None,
-                     class_token: bool) -> tuple[Tensor, Tensor | None] | None:
-    """A GTP block's attention and the token scores in one fused pass over the attention map.
+                     class_token: bool, path: str = "auto") -> tuple[Tensor, Tensor | None] | None:
+    """A GTP block's attention and the token scores, without the explicit path's separate passes
+    over the attention map.
 
     x [B, N, C] -> (Attn(LN1 x) [B, N, C], scores [B, n] or None when selection is None),
     the same as ``GTPBlock.attend``'s explicit path (attention with the sparsified map, then
-    ``token_scores``); or None where the fused kernels do not apply (see the module docstring)
-    -- the caller then takes the explicit path.
+    ``token_scores``); or None where no path applies (see the module docstring) -- the caller
+    then takes the explicit path.  ``path``: "auto" picks ``native`` on the CPU, ``one_kernel``
+    on CUDA up to 256 tokens and ``two_kernel`` up to 1024; naming one times or tests it (a
+    ValueError says why where it does not apply).
     """
-    N = x.shape[1]
-    if (x.device.type != FUSED_DEVICE or N > MAX_FUSED_TOKENS
-            or (selection is not None and selection not in COLUMN_SELECTIONS)):
+    if path not in FUSED_PATHS:
+        raise ValueError(f"path={path!r}: one of {', '.join(FUSED_PATHS)}")
+    chosen, why = _fused_path(x, selection)
+    if path == "two_kernel" and chosen == "one_kernel" and selection not in CLS_SELECTIONS:
+        chosen = "two_kernel"
+    if path != "auto" and chosen != path:
+        raise ValueError(f"path={path!r} needs {PATH_NEEDS[path]}; this input (N={x.shape[1]}, {x.dtype} on "
+                         f"{x.device.type}, selection={selection!r}) takes {chosen or 'the explicit path'}"
+                         f"{': ' + why if why else ''}")
+    if chosen is None:
         return None
-    attn = block.attn
+    B, N, C = x.shape
+    attn, c = block.attn, prefix_count(class_token)
     q, k, v = attn.heads(block.norm1(x))  # (B, H, N, d)
-    logits = q @ k.transpose(-2, -1)  # (B, H, N, N), autocast's dtype
-    log_s = None if token_scales is None else token_scales.log()  # (B, N)
-    # softmax runs in float32 under autocast, else in the type promotion of logits and log s
-    probs_dtype = (torch.float32 if torch.is_autocast_enabled(x.device.type) else
-                   logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
-    probs = _kernels.softmax_rows(logits, attn.scale, log_s, probs_dtype)  # (B, H, N, N)
-    tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
-    masked, col_sums, diagonal = _kernels.mask_and_reduce(probs, tau, v.dtype)
-    out = attn.proj(attn.mix(masked, v))
+    first_row = None
+    if chosen == "one_kernel":  # one Triton program per image and head: no N x N tensor in memory
+        log_s = None if token_scales is None else token_scales.log()  # (B, N)
+        out, col_sums, diagonal, first_row = _kernels.gtp_attention(q * attn.scale, k, v, log_s, _kth(N, sparsity))
+        out = attn.proj(out.reshape(B, N, C))  # (B, N, C)
+    elif chosen == "native":  # the reference's map, then threshold, masking and reductions in one C call
+        out, col_sums, diagonal, first_row = _native_attention(attn, q, k, v, token_scales, _kth(N, sparsity))
+        out = attn.proj(out)
+    else:  # two Triton kernels around a topk threshold
+        logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, N, N), autocast's dtype; scaled as the reference
+        log_s = None if token_scales is None else token_scales.log()  # (B, N)
+        # softmax runs in float32 under autocast, else in the type promotion of logits and log s
+        probs_dtype = (torch.float32 if torch.is_autocast_enabled(x.device.type) else
+                       logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
+        probs = _kernels.softmax_rows(logits, log_s, probs_dtype)  # (B, H, N, N)
+        tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
+        masked, col_sums, diagonal = _kernels.mask_and_reduce(probs, tau, v.dtype)
+        out = attn.proj(attn.mix(masked, v))
     if selection is None:
         return out, None
-    c = prefix_count(class_token)
+    if selection in CLS_SELECTIONS:  # the first prefix token's row over the image tokens' columns
+        first = first_row[..., c:]  # (B, H, n)
+        return out, first.mean(dim=1) if selection.endswith("mean") else first.amax(dim=1)
     return out, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
 
 

@@ -9,6 +9,11 @@ from complexity.backbone import PRESETS, ViTGeometry
 from gtp_ref.model import GTPViT
 
 
+# the factories below by name (the command-line tools' --preset) -> their complexity.backbone.PRESETS key
+FACTORIES = {"deit_tiny": "deit_tiny", "deit_small": "deit_small", "deit_base": "deit_base",
+             "vit_large_patch16": "vit_large", "eva_large_style": "eva_large"}
+
+
 def vit_kwargs(g: ViTGeometry) -> dict[str, Any]:
     """The ViT / GTPViT / ToMeViT keyword arguments of a ``complexity.backbone.ViTGeometry``."""
     return dict(img_size=g.img_size, patch_size=g.patch_size, in_chans=g.in_chans,

@@ -19,8 +19,7 @@ import torch
 
 from complexity._cli import OneLineParser, output_path, write_files
 from gtp_ref._checks import GRAPHS, SELECTIONS
-
-PRESETS = ("deit_tiny", "deit_small", "deit_base", "vit_large_patch16", "eva_large_style")
+from gtp_ref.presets import FACTORIES
 
 
 def shading(trace: Any, grid: tuple[int, int]) -> np.ndarray:
@@ -88,6 +87,7 @@ def draw(image: np.ndarray, trace: Any, grid: tuple[int, int], patch: int, depth
 def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, str]:
     """The GTP model the arguments ask for, and how to name it."""
     import gtp_ref
+    from gtp_ref.loading import timm_model
     settings = dict(num_prop=args.num_prop, graph=args.graph, num_neighbours=args.num_neighbours,
                     selection=args.selection, sparsity=args.sparsity, alpha=args.alpha, token_scale=True)
     try:
@@ -95,21 +95,9 @@ def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[An
             if args.checkpoint is not None:
                 parser.error("--checkpoint goes with --timm NAME (or load a state_dict into the preset yourself)")
             return getattr(gtp_ref, args.preset)(**settings).eval(), f"{args.preset} (random weights)"
-        try:
-            import timm
-        except Exception as e:  # noqa: BLE001 -- a torchvision that does not match torch raises RuntimeError
-            parser.error(f"--timm needs timm, which cannot be imported: {type(e).__name__}: {e}")
-        try:
-            net = timm.create_model(args.timm, pretrained=False)
-        except Exception as e:  # noqa: BLE001
-            parser.error(f"--timm {args.timm!r}: timm cannot build it: {e}")
-        weights = "random weights"
-        if args.checkpoint is not None:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-            net.load_state_dict(state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state)
-            weights = args.checkpoint
-        return gtp_ref.from_timm(net.eval(), **settings), f"{args.timm} ({weights})"
-    except (TypeError, ValueError, OSError, RuntimeError) as e:
+        net = timm_model(args.timm, args.checkpoint)
+        return gtp_ref.from_timm(net, **settings), f"{args.timm} ({args.checkpoint or 'random weights'})"
+    except (TypeError, ValueError) as e:
         parser.error(" ".join(str(e).split())[:300])
 
 
@@ -118,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("image", help="an image file Pillow can read")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--timm", metavar="NAME", help="a timm model name (random weights unless --checkpoint)")
-    src.add_argument("--preset", choices=PRESETS, help="a gtp_ref preset (random weights)")
+    src.add_argument("--preset", choices=list(FACTORIES), help="a gtp_ref preset (random weights)")
     p.add_argument("--checkpoint", metavar="FILE", help="with --timm: a state_dict to load")
     p.add_argument("--num-prop", type=int, default=8, help="tokens propagated per block (default 8)")
     p.add_argument("--graph", default="mixed", choices=GRAPHS)

@@ -41,14 +41,16 @@ class PatchEmbed(nn.Module):
 
 
 class AttentionMap(nn.Module):
-    """Att = softmax(q k^T / sqrt(d) + log s): q, k [B, H, N, d], sizes s [B, N] or None -> [B, H, N, N]."""
+    """Att = softmax(q k^T / sqrt(d) + log s): q, k [B, H, N, d], sizes s [B, N] or None -> [B, H, N, N].
+
+    The scale multiplies q (N d products, as timm does), not the N^2 logits."""
 
     def __init__(self, scale: float) -> None:
         super().__init__()
         self.scale = scale
 
     def forward(self, q: Tensor, k: Tensor, token_sizes: Tensor | None = None) -> Tensor:
-        logits = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
+        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
         if token_sizes is not None:
             logits = logits + token_sizes.log()[:, None, None, :]  # + log s per key column
         return logits.softmax(dim=-1)
@@ -210,6 +212,7 @@ class ViT(nn.Module):
         self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes  # 0: no head, the pooled features are the output (as timm)
 
     @property
     def num_image_tokens(self) -> int:

@@ -57,6 +57,10 @@ def test_peak_memory_counts_a_known_allocation():
     (("scaling", "--device", "cuda"), "no CUDA device") if not torch.cuda.is_available() else
     (("scaling", "--repeats", "-1"), "--repeats -1"),
     (("plot", "/no/such.json", "--figure", "x.png"), "cannot read throughput rows from /no/such.json"),
+    (("throughput", "--img-size", "44"), "--img-size 44: a positive multiple of smoke's patch size 8"),
+    (("throughput", "--timm", "vit_tiny_patch16_224", "--img-size", "64"), "--img-size goes with the presets"),
+    (("attention", "--dtypes", "fp16"), "--dtypes: fp16 / bf16 autocast is measured on CUDA"),
+    (("attention", "--sizes", "4x1"), "--sizes '4x1': need B >= 1 and N >= 2"),
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
     r = run(*args)
@@ -125,6 +129,46 @@ def test_threshold_smoke():
     rows = json.loads(r.stdout)["rows"]
     assert {x["method"] for x in rows} == {"kthvalue", "topk", "fast.kth_smallest"}
     assert all(x["exact"] for x in rows) and {(x["B"], x["N"]) for x in rows} == {(2, 9), (1, 12)}
+
+
+def test_attention_smoke():
+    """On the CPU the fused attention, GTP's explicit one and the native path, which agrees."""
+    r = run("attention", "--sizes", "2x17", "--repeats", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["method"] for x in rows] == ["sdpa", "explicit", "native"]
+    assert rows[0]["max_abs_diff_out"] is None and rows[1]["max_abs_diff_out"] == 0.0
+    assert rows[2]["max_abs_diff_out"] < 1e-5 and rows[2]["max_abs_diff_scores"] < 1e-5
+    assert all(x["median_us"] > 0 and (x["B"], x["N"], x["dtype"]) == (2, 17, "fp32") for x in rows)
+
+
+def test_pruned_free_drops_tokens_at_gtps_schedule():
+    """Free pruning keeps GTP's token count per block, and at P = 0 it is the plain model."""
+    from gtp_ref.bench.throughput import PrunedViT
+    from gtp_ref.vit import ViT
+    kw = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=3, num_heads=2)
+    torch.manual_seed(0)
+    plain = ViT(**kw, fused_attn=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    same = PrunedViT(**kw, num_prop=0).eval()
+    same.load_state_dict(plain.state_dict())
+    pruned = PrunedViT(**kw, num_prop=4).eval()
+    pruned.load_state_dict(plain.state_dict())
+    seen = []
+    pruned.blocks[2].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    with torch.no_grad():
+        assert torch.allclose(same(x), plain(x), atol=1e-6)
+        pruned(x)
+    assert seen == [1 + 16 - 3 * 4]
+
+
+def test_throughput_at_another_image_size():
+    r = run("throughput", "--models", "smoke", "--img-size", "48", "--repeats", "1", "--methods", "baseline_fused",
+            "pruned_free", "--P", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [x["method"] for x in rows] == ["baseline_fused", "pruned_free"]
+    assert rows[1]["expected_speedup"] > 1
 
 
 def test_profile_smoke():

@@ -10,6 +10,7 @@ interpreter on CPU tensors when TRITON_INTERPRET=1 is set before ``gtp_ref`` is 
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,120 @@ def test_kth_smallest_is_kthvalue(case):
     assert torch.equal(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values)
 
 
+SPECIAL = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 5e-324, -5e-324, 1e-40, 3.4e38, -3.4e38, 1.0, -1.0]
+
+
+@given(st.integers(1, 3), st.lists(st.sampled_from(SPECIAL) | st.floats(-4, 4), min_size=1, max_size=60),
+       st.sampled_from(DTYPES + (torch.float16, torch.bfloat16)), st.data())
+def test_kth_smallest_of_special_values(R, values, dtype, data):
+    """NaN ranks last, as in kthvalue; infinities, signed zeros, subnormals, every dtype (the
+    compiled selection for float32 / float64, topk for the others)."""
+    x = torch.tensor(values, dtype=torch.float64).to(dtype).repeat(R, 1)
+    x = x[:, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))]
+    k = data.draw(st.integers(1, x.shape[1]))
+    torch.testing.assert_close(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-6, 0.0])
+def test_kth_smallest_of_long_rows(spread):
+    """Rows of 25,000 to 1,050,625 entries (N = 1025) whose values crowd one histogram bin (the
+    spread) or are all equal."""
+    g = torch.Generator().manual_seed(0)
+    for R, L in ((12, 25_000), (1, 1025 ** 2)):
+        x = 0.5 + spread * torch.rand(R, L, generator=g)
+        for k in (1, L // 3, int(L * 0.4), L):
+            assert torch.equal(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values), (R, L, k)
+
+
+needs_native = pytest.mark.skipif(not fast._native.available(), reason="no C compiler for gtp_ref._native")
+
+
+@needs_native
+@given(st.data())
+def test_native_mask_heads_is_the_reference_masking(data):
+    """The compiled threshold-and-mask: the dense reference's sparsified map exactly, its
+    thresholds, and the column sums / diagonal / first row the selection reads."""
+    B, H, N = data.draw(st.integers(0, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 14))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    attn = data.draw(tensors((B, H, N, N), ties=data.draw(st.booleans()), low=0, high=1, dtype=dtype))
+    theta = data.draw(st.sampled_from([1.0, 0.999, 0.9, 0.6, 0.3, 0.01]))
+    k = fast._kth(N, theta)
+    masked, col_sums, diagonal, first_row, tau = fast._native.mask_heads(attn, k)
+    want = dense.sparsify_attention(attn, theta)
+    assert torch.equal(masked, want) and torch.equal(diagonal, want.diagonal(dim1=-2, dim2=-1))
+    assert torch.equal(first_row, want[:, :, 0]) and torch.allclose(col_sums, want.sum(2), rtol=1e-6, atol=1e-6)
+    if k:
+        assert torch.equal(tau, attn.reshape(B, H, N * N).kthvalue(k, dim=-1).values)
+    else:
+        assert (tau == float("-inf")).all()
+
+
+@needs_native
+def test_native_mask_heads_gradients():
+    """Gradients reach the kept entries through the map, its column sums, diagonal and first row
+    (the threshold passes none), as through the reference's masked_fill."""
+    attn = torch.rand(2, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: fast._native.mask_heads(a, 10)[:4], (attn,))
+    w = torch.randn(4, 5, dtype=torch.float64)
+    masked, col_sums, diagonal, first_row, _ = fast._native.mask_heads(attn, 10)
+    (masked.sum() + col_sums @ w[0] + diagonal @ w[1] + first_row @ w[2]).sum().backward()
+    got, attn.grad = attn.grad, None
+    ref = dense.sparsify_attention(attn, 0.6)
+    (ref.sum() + ref.sum(2) @ w[0] + ref.diagonal(dim1=-2, dim2=-1) @ w[1] + ref[:, :, 0] @ w[2]).sum().backward()
+    assert fast._kth(5, 0.6) == 10 and torch.allclose(got, attn.grad)
+
+
+@needs_native
+@pytest.mark.parametrize("piece_entries", [1, 2 * 17 ** 2])
+def test_native_path_in_pieces_equals_the_whole_map(monkeypatch, piece_entries):
+    """A map too large for the cache is processed a few heads of one image at a time: the same
+    logits, and the same as the explicit path."""
+    cfg = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=2, num_heads=3, num_prop=[3, 2],
+               graph="mixed", num_neighbours=3, selection="mixed_attn_max", propagation="graph", sparsity=0.6,
+               alpha=0.1, token_scale=True, backend="fast")
+    model, x = build(cfg, dtype=torch.float32), images_for(cfg, 3, dtype=torch.float32)
+    with torch.no_grad():
+        assert fast.attend_and_score(model.blocks[0], model.embed(x), None, 0.6, "mixed_attn_max", True,
+                                     path="native") is not None
+        whole = model(x)
+        monkeypatch.setattr(fast, "NATIVE_MAP_ENTRIES", 0)
+        monkeypatch.setattr(fast, "NATIVE_PIECE_ENTRIES", piece_entries)
+        pieces = model(x)
+        explicit = model.forward_trace(x, record=True).logits
+    assert torch.equal(pieces, whole) and torch.allclose(pieces, explicit, rtol=1e-5, atol=1e-6)
+
+
+def test_kth_smallest_compiles_into_one_graph():
+    """The compiled selection is a torch custom op: torch.compile keeps the threshold in the graph."""
+    from gtp_ref import _native
+    if not _native.available():
+        pytest.skip(f"no compiled selection here: {_native.REASON}")
+    x = torch.rand(6, 500, generator=torch.Generator().manual_seed(1))
+    f = torch.compile(lambda t: fast.kth_smallest(t.softmax(-1), 200) * 2, fullgraph=True, backend="eager")
+    assert torch.equal(f(x), x.softmax(-1).kthvalue(200, dim=-1).values * 2)
+    m = x.view(1, 6, 10, 50)[..., :10].softmax(-1)
+    g = torch.compile(lambda t: fast.sparsify_attention(t, 0.6) + 1, fullgraph=True, backend="eager")
+    assert torch.equal(g(m), dense.sparsify_attention(m, 0.6) + 1)
+
+
+def test_kth_smallest_without_a_compiler_uses_topk():
+    """Where the selection cannot be built, a warning says why once and the values stay exact."""
+    code = ("import warnings, torch\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from gtp_ref import fast, _native\n"
+            "    x = torch.rand(4, 300)\n"
+            "    a, b = fast.kth_smallest(x, 100), fast.kth_smallest(x, 7)\n"
+            "assert torch.equal(a, x.kthvalue(100, -1).values) and torch.equal(b, x.kthvalue(7, -1).values)\n"
+            "msgs = [str(m.message) for m in w if 'compiled CPU threshold' in str(m.message)]\n"
+            "assert len(msgs) == 1 and 'could not compile' in msgs[0], msgs\n"
+            "print('ok', _native.REASON)\n")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "CC": "false", "XDG_CACHE_HOME": cache}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("ok false could not compile"), r.stdout + r.stderr
+
+
 @given(st.data())
 def test_sparsify_attention_equals_dense(data):
     B, H, N = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)), data.draw(st.integers(1, 12))
@@ -79,27 +194,83 @@ def test_cuda_graphed_needs_a_cuda_input():
 @pytest.mark.fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_map_kernels(dtype):
-    """softmax_rows and mask_and_reduce against torch: the map to rounding, the masking exact; the
-    scale applied in float32 and rounded to the logits' dtype, as torch does (1/sqrt(6) is not a
-    float16)."""
+    """softmax_rows and mask_and_reduce against torch: the map to rounding, the masking exact."""
     from gtp_ref import _triton
     g = torch.Generator().manual_seed(0)
     B, H, N = 2, 3, 13
     logits = torch.randn(B, H, N, N, generator=g, dtype=dtype).to(FUSED)
     s = (torch.rand(B, N, generator=g, dtype=dtype) + 0.5).to(FUSED)
     tol = dict(rtol=1e-13, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
-    want = (logits * 0.125 + s.log()[:, None, None, :]).softmax(-1)
-    assert torch.allclose(_triton.softmax_rows(logits, 0.125, s.log(), dtype), want, **tol)
+    want = (logits + s.log()[:, None, None, :]).softmax(-1)
+    assert torch.allclose(_triton.softmax_rows(logits, s.log(), dtype), want, **tol)
     tau = want.reshape(B * H, -1).kthvalue(60, -1).values
     ref = want.masked_fill(want < tau.view(B, H, 1, 1), 0.0)
     for out_dtype in ([torch.float64] if dtype == torch.float64 else [torch.float32, torch.float16]):
         masked, col_sums, diag = _triton.mask_and_reduce(want, tau, out_dtype)
         assert torch.equal(masked, ref.to(out_dtype)) and torch.equal(diag, ref.diagonal(dim1=-2, dim2=-1))
         assert torch.allclose(col_sums, ref.sum(2), **tol)
-    if dtype == torch.float32:
-        half, scale = logits.half(), 6 ** -0.5
-        want16 = ((half * scale).float() + s.log()[:, None, None, :]).softmax(-1)
-        assert torch.allclose(_triton.softmax_rows(half, scale, s.log()), want16, rtol=1e-6, atol=1e-7)
+    if dtype == torch.float32:  # float16 logits are computed with in float32
+        half = logits.half()
+        want16 = (half.float() + s.log()[:, None, None, :]).softmax(-1)
+        assert torch.allclose(_triton.softmax_rows(half, s.log()), want16, rtol=1e-6, atol=1e-7)
+
+
+def one_kernel_reference(q, k, v, log_s, kth):
+    """What ``_triton.gtp_attention`` computes, with torch ops on the CPU: the map in float32
+    (float64) from the product rounded to q's dtype, masked below its head's kth smallest entry."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    z = (q.to(acc) @ k.to(acc).transpose(-2, -1)).to(q.dtype).to(acc)  # (B, H, N, N)
+    if log_s is not None:
+        z = z + log_s.to(acc)[:, None, None, :]
+    p = z.softmax(-1)
+    if kth:
+        B, H, N, _ = p.shape
+        tau = p.reshape(B, H, N * N).kthvalue(kth, -1).values
+        p = p.masked_fill(p < tau[..., None, None], 0.0)
+    out = (p.to(v.dtype).to(acc) @ v.to(acc)).to(v.dtype).transpose(1, 2)  # (B, N, H, d)
+    return out, p.sum(2), p.diagonal(dim1=-2, dim2=-1), p[:, :, 0, :]
+
+
+@pytest.mark.fused
+@pytest.mark.parametrize("N, d, dtype, sizes, theta", [
+    (1, 8, torch.float32, False, 0.6),     # a map of one entry
+    (13, 8, torch.float64, True, 0.6),     # one tile, token sizes, float64's six radix passes
+    (70, 16, torch.float32, True, 0.6),    # two row tiles
+    (70, 16, torch.float32, False, 1.0),   # no sparsity: no radix passes
+    (40, 32, torch.float16, True, 0.6),    # autocast's float16 q, k, v
+])
+def test_one_kernel_attention(N, d, dtype, sizes, theta):
+    """gtp_attention's four outputs against the same computation in torch.  Its threshold is the
+    kth smallest of the map it recomputes: a wrong threshold keeps or drops entries of about 1/N,
+    far above these tolerances (the random maps have no ties within rounding)."""
+    from gtp_ref import _triton
+    from gtp_ref.select import sparsity_k
+    g = torch.Generator().manual_seed(N)
+    B, H = 2, 3
+    q, k, v = (torch.randn(B, H, N, d, generator=g, dtype=torch.float64) for _ in range(3))
+    q, k, v = (q * d ** -0.5).to(dtype), k.to(dtype), v.to(dtype)  # q scaled, as the caller passes it
+    log_s = (torch.rand(B, N, generator=g, dtype=torch.float64) + 0.5).log() if sizes else None
+    kth = sparsity_k(N, theta) if theta < 1 else 0
+    want = one_kernel_reference(q, k, v, log_s, kth)
+    got = _triton.gtp_attention(*(t.to(FUSED) for t in (q, k, v)), None if log_s is None else log_s.to(FUSED), kth)
+    tol = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-5, atol=1e-6),
+           torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
+    assert got[0].dtype == dtype and got[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for name, a, b in zip(("out", "col_sums", "diagonal", "first_row"), got, want):
+        assert torch.allclose(a.cpu().to(b.dtype), b, **tol), (name, (a.cpu().to(b.dtype) - b).abs().max())
+
+
+@pytest.mark.fused
+def test_every_attention_path_agrees_with_the_explicit_one():
+    """``python -m gtp_ref.bench attention``'s methods, small: the two kernel paths' outputs and
+    scores are the explicit path's (DeiT-S's block: C = 384, six heads)."""
+    import argparse
+
+    from gtp_ref.bench import attention
+    rows = attention.run(argparse.Namespace(device=FUSED, sizes=[(2, 23)], dtypes=["fp32"], repeats=1))
+    assert [r["method"] for r in rows] == ["sdpa", "explicit", "two_kernel", "one_kernel"]
+    for r in rows[2:]:
+        assert r["max_abs_diff_out"] < 1e-5 and r["max_abs_diff_scores"] < 1e-5, r
 
 
 PAPER = dict(img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, num_heads=2,
@@ -133,13 +304,17 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"
 
 
+FUSED_SELECTIONS = COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
+
+
 @pytest.mark.fused
-@given(configs(propagation="graph"), st.sampled_from(COLUMN_SELECTIONS), st.booleans(),
+@given(configs(propagation="graph"), st.sampled_from(FUSED_SELECTIONS), st.booleans(),
        st.sampled_from([torch.float64, torch.float32]))
 def test_fused_model_equals_dense(cfg, selection, ties, dtype):
-    """The whole model on the fused path (every kernel but the threshold's selection), on the GPU
-    or in Triton's interpreter, against the dense reference on the CPU in the same dtype, barring
-    decisions within rounding of a tie."""
+    """The whole model on the fused path (one kernel per image and head at these sizes), on the
+    GPU or in Triton's interpreter, against the dense reference on the CPU in the same dtype,
+    barring decisions within rounding of a tie."""
+    assume(cfg["class_token"] or not selection.startswith("cls_attn"))
     cfg = {**cfg, "selection": selection}
     x = images_for(cfg, 2, ties=ties, dtype=dtype)
     model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
@@ -153,7 +328,30 @@ def test_fused_model_equals_dense(cfg, selection, ties, dtype):
     assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (FUSED, dtype, cfg)
 
 
-FUSED_VECTORS = [v for v in official_vectors() if v["config"]["selection"] in COLUMN_SELECTIONS]
+@pytest.mark.fused
+def test_fused_model_above_256_tokens_equals_dense():
+    """Above 256 tokens (here 257: a 16 x 16 grid and [CLS]) the two-kernel path, against the
+    dense reference, in float64 (with 256 tokens float32's closest decisions fall within its
+    rounding; test_every_attention_path_agrees_with_the_explicit_one covers it in float32)."""
+    dtype = torch.float64
+    cfg = dict(img_size=64, patch_size=4, num_classes=7, embed_dim=16, depth=2, num_heads=2, num_prop=40,
+               graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph", sparsity=0.6,
+               alpha=0.1, token_scale=True)
+    x = images_for(cfg, 2, seed=5, dtype=dtype)  # its closest decision: 3e-8 relative
+    model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
+    with torch.no_grad():
+        tokens = model.embed(x.to(FUSED))
+        assert tokens.shape[1] == 257 and fast.attend_and_score(model.blocks[0], tokens, None, 0.6, cfg["selection"],
+                                                                True) is not None, "the fused path is taken"
+        with pytest.raises(ValueError, match=r"path='one_kernel' needs Triton .* N <= 256.*\(N=257.* takes two_kernel"):
+            fast.attend_and_score(model.blocks[0], tokens, None, 0.6, cfg["selection"], True, path="one_kernel")
+        trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
+        got = model(x.to(FUSED)).cpu()
+    assert margin(trace) > NEAR_TIE[dtype]
+    assert torch.allclose(got, trace.logits, rtol=1e-7, atol=1e-9)
+
+
+FUSED_VECTORS = [v for v in official_vectors() if v["config"]["selection"] in FUSED_SELECTIONS]
 
 
 @pytest.mark.fused
@@ -177,5 +375,5 @@ def test_fused_path_in_the_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-m", "fused",
                         "tests/test_fast.py"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    want = f"{2 + 1 + len(FUSED_VECTORS)} passed"
-    assert r.returncode == 0 and want in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    assert r.returncode == 0 and " passed" in summary and "skipped" not in summary, r.stdout[-3000:] + r.stderr[-3000:]

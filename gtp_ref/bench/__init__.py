@@ -3,6 +3,7 @@
 scaling     the dense reference vs the sparse backend as the grid grows (time, memory)
 throughput  images / s of the unreduced model, GTP (each backend) and ToMe; speed-ups
 threshold   GTP's sparsity threshold alone, by every exact method
+attention   one block's attention: the fused one without GTP vs GTP's explicit and kernel paths
 profile     a torch.profiler table of one configuration's forward
 plot        the throughput figure, redrawn from saved ``--json-out`` files
 

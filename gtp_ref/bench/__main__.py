@@ -3,10 +3,10 @@ import sys
 from collections.abc import Sequence
 
 from complexity._cli import OneLineParser, output_path
-from gtp_ref.bench import common, plot, profile, scaling, threshold, throughput
+from gtp_ref.bench import attention, common, plot, profile, scaling, threshold, throughput
 
-COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "profile": profile,
-            "plot": plot}
+COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "attention": attention,
+            "profile": profile, "plot": plot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

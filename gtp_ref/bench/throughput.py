@@ -8,7 +8,11 @@ own overhead were free and time followed MACs.
 
 Methods: ``baseline_fused`` / ``baseline_explicit`` (the plain ViT with
 ``scaled_dot_product_attention`` / the explicit softmax), ``gtp_dense`` / ``gtp_sparse`` /
-``gtp_fast`` (GTP at the paper's settings on each backend), ``tome``.  A ``+graph`` suffix (CUDA
+``gtp_fast`` (GTP at the paper's settings on each backend), ``tome``; and, only when named,
+``pruned_free``: the fused-attention ViT that simply drops its last P image tokens per block,
+GTP's token schedule at no cost of choosing them -- the bound any pruning method works
+under (GTP's overhead is its time minus this one's).  ``--img-size`` runs the presets at
+another resolution (N = (size / patch)^2 + 1).  A ``+graph`` suffix (CUDA
 only) replays the model from a CUDA graph; ``+compile`` runs ``torch.compile(model)`` (on CUDA
 replayed from a CUDA graph too), and is only run when named.  On the CPU the default model is a
 tiny smoke geometry; name ``--models deit_small`` for a measurement.
@@ -19,6 +23,7 @@ model (``baseline_fused``: timm's fused attention), GTP and ToMe come from it by
 values default to those of 4, 8, 12 and 16 that the model's token count allows).
 """
 import argparse
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +38,7 @@ from complexity.backbone import (
 )
 from complexity.schedule import per_block, prop_schedule
 from gtp_ref.bench import common
+from gtp_ref.vit import ViT
 
 # P (= ToMe's r) per model, from supplement Tables 1-3.
 SCHEDULES = {"deit_small": [8, 11, 14, 16], "deit_base": [4, 8, 11, 14, 16],
@@ -43,6 +49,9 @@ SPARSITY = {"deit_base": 0.5}
 GTP_SETTINGS = dict(graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph",
                     alpha=0.1, token_scale=True)
 METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
+# Only when named: free pruning -- the backbone at the same token schedule with fused attention and no
+# selection cost (the last P image tokens dropped): what any pruning method could reach at best.
+PRUNED = ("pruned_free",)
 GRAPHED = ("baseline_fused+graph", "gtp_fast+graph", "tome+graph")
 COMPILED = ("baseline_fused+compile", "gtp_dense+compile", "gtp_fast+compile", "tome+compile")
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,7 +72,9 @@ def add_arguments(sub: Any) -> None:
                     help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
     tp.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
                     help="default: fp32 and fp16 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
-    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED + COMPILED),
+    tp.add_argument("--img-size", type=int, default=None, metavar="PX",
+                    help="run the presets at this image size (a multiple of the patch; default: the preset's)")
+    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED + COMPILED + PRUNED),
                     help="default: all but +compile (the +graph ones on CUDA only)")
     tp.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7; >= 5 "
                                                            "for a measurement, 1 for a smoke run)")
@@ -76,6 +87,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from complexity._cli import output_path
     cuda = args.device == "cuda"
     if args.timm is not None:
+        if args.img_size is not None:
+            parser.error("--img-size goes with the presets (--models); a timm model runs at the size it was built for")
         _validate_timm(parser, args)
     elif args.checkpoint is not None:
         parser.error("--checkpoint needs --timm NAME (the presets load no weights)")
@@ -85,8 +98,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.timm is not None:
         g = geometry(args.timm)
         unavailable = {"baseline_explicit": "the baseline is timm's own model",
-                       "tome": "ToMe with register tokens is not supported"} if g.reg_tokens else \
-            {"baseline_explicit": "the baseline is timm's own model"}
+                       "pruned_free": "free pruning is measured on the presets (--models)"}
+        if g.reg_tokens:
+            unavailable["tome"] = "ToMe with register tokens is not supported"
         asked = [m for m in args.methods if m.split("+")[0] in unavailable]
         if asked and set(args.methods) != set(METHODS + GRAPHED) and set(args.methods) != set(METHODS):
             parser.error(f"--methods {asked[0]} with --timm: {unavailable[asked[0].split('+')[0]]}")
@@ -99,6 +113,11 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not cuda and any(m.endswith("+graph") for m in args.methods):
         parser.error("--methods: the +graph methods need --device cuda")
     for model in args.models:
+        if args.img_size is not None:
+            patch = geometry(model).patch_size
+            if args.img_size < patch or args.img_size % patch:
+                parser.error(f"--img-size {args.img_size}: a positive multiple of {model}'s patch size {patch}")
+            IMG_SIZE[model] = args.img_size
         g = geometry(model)
         for P in args.P or []:
             try:
@@ -113,25 +132,14 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--timm NAME [--checkpoint FILE]: timm importable, the model known and supported, the
     checkpoint loadable -- all before anything is measured; args.models becomes [NAME]."""
+    from gtp_ref.loading import timm_model
     from gtp_ref.timm_models import timm_geometry
     if args.models:
         parser.error("--timm and --models: measure one or the other")
     try:
-        import timm
-    except Exception as e:  # noqa: BLE001 -- a torchvision that does not match torch raises RuntimeError
-        parser.error(f"--timm needs timm, which cannot be imported: {type(e).__name__}: {e}")
-    try:
-        net = timm.create_model(args.timm, pretrained=False)
-    except Exception as e:  # noqa: BLE001 -- timm's errors for unknown names vary by version
-        parser.error(f"--timm {args.timm!r}: timm cannot build it: {e}")
-    if args.checkpoint is not None:
-        try:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-            state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else state
-            net.load_state_dict(state, strict=True)
-        except Exception as e:  # noqa: BLE001 -- a missing file, a pickle, mismatched keys: one line each
-            parser.error(f"--checkpoint {args.checkpoint!r}: cannot load it into {args.timm}: "
-                         f"{' '.join(str(e).split())[:300]}")
+        net = timm_model(args.timm, args.checkpoint)
+    except ValueError as e:
+        parser.error(f"--timm {args.timm!r}{f' --checkpoint {args.checkpoint!r}' if args.checkpoint else ''}: {e}")
     try:
         g = ViTGeometry(args.timm, **{k: v for k, v in timm_geometry(net).items() if k in ViTGeometry.__dataclass_fields__})
     except ValueError as e:
@@ -145,10 +153,31 @@ def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 TIMM_MODELS: dict[str, tuple[torch.nn.Module, ViTGeometry]] = {}
 
 
+IMG_SIZE: dict[str, int] = {}  # --img-size, by model (filled by validate)
+
+
 def geometry(model: str) -> ViTGeometry:
     if model in TIMM_MODELS:
         return TIMM_MODELS[model][1]
-    return SMOKE if model == "smoke" else PRESETS[model]
+    g = SMOKE if model == "smoke" else PRESETS[model]
+    return dataclasses.replace(g, img_size=IMG_SIZE[model]) if model in IMG_SIZE else g
+
+
+class PrunedViT(ViT):
+    """Free pruning: the plain ViT (fused attention) that drops its last P image tokens after each
+    block's attention -- GTP's token schedule at no selection or propagation cost."""
+
+    def __init__(self, *args: Any, num_prop: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, fused_attn=True, **kwargs)
+        self.num_prop = prop_schedule(num_prop, len(self.blocks), self.num_image_tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block, P in zip(self.blocks, self.num_prop):
+            x = x + block.ls1(block.attn(block.norm1(x), fused=True)[0])
+            x = x[:, :x.shape[1] - P]
+            x = x + block.ls2(block.mlp(block.norm2(x)))
+        return self.forward_head(x)
 
 
 def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module:
@@ -156,7 +185,6 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
     from gtp_ref.model import GTPViT
     from gtp_ref.presets import vit_kwargs
     from gtp_ref.tome import ToMeViT
-    from gtp_ref.vit import ViT
 
     base = method.split("+")[0]
     if model in TIMM_MODELS:
@@ -165,6 +193,8 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
     with torch.device(device):  # initialised where it runs: large models build in seconds, not minutes
         if base.startswith("baseline"):
             net = ViT(**kwargs, fused_attn=base == "baseline_fused")
+        elif base == "pruned_free":
+            net = PrunedViT(**kwargs, num_prop=P)
         elif base == "tome":
             net = ToMeViT(**kwargs, r=P, fused_attn=True)
         else:

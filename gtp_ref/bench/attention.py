@@ -1,0 +1,127 @@
+"""``python -m gtp_ref.bench attention``: one block's attention alone, GTP's against the plain one.
+
+A DeiT-S block (C = 384, H = 6, random weights) on random tokens with token sizes, at the paper's
+settings (theta = 0.6, ``mixed_attn_max``, a [CLS] token).  Each method maps x [B, N, C] to the
+block's attention output (and GTP's to the token scores too):
+
+    sdpa         the unreduced model's: ``scaled_dot_product_attention``, no map, no scores
+    explicit     GTP with the dense reference's ops: the map, ``dense.sparsify_attention``
+                 (``torch.kthvalue``, ``masked_fill``), Att v, ``dense.token_scores``
+    native       the fast backend on the CPU: the map, then ``_native.mask_heads`` (threshold,
+                 masking, column sums, diagonal in one compiled call), Att v
+    two_kernel   the fast backend's two Triton kernels around a ``topk`` threshold (N <= 1024)
+    one_kernel   the fast backend's one kernel per image and head (N <= 256)
+
+The kernel methods run where the fast backend's kernels do (CUDA with Triton); on the CPU
+``sdpa``, ``explicit`` and ``native``.  Every GTP method's output and scores are compared with ``explicit``'s
+(largest absolute difference); times are interleaved rounds (``common.measure``).
+"""
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from gtp_ref.bench import common
+
+DIM, HEADS, THETA, SELECTION = 384, 6, 0.6, "mixed_attn_max"
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def add_arguments(sub: Any) -> None:
+    at = sub.add_parser("attention", help="one block's attention: fused (no GTP) vs GTP's explicit and kernel paths")
+    at.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    at.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
+                    help="batch x tokens (default on CUDA: 256x197 64x577; CPU: 8x197)")
+    at.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
+                    help="default: fp16 and fp32 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
+    at.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7)")
+    at.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    at.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+
+
+def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    common.positive(parser, "--repeats", args.repeats)
+    cuda = args.device == "cuda"
+    args.sizes = common.parse_sizes(parser, args.sizes or (["256x197", "64x577"] if cuda else ["8x197"]), min_tokens=2)
+    args.dtypes = args.dtypes or (["fp16", "fp32"] if cuda else ["fp32"])
+    if not cuda and set(args.dtypes) != {"fp32"}:
+        parser.error("--dtypes: fp16 / bf16 autocast is measured on CUDA; the CPU runs fp32")
+
+
+def methods(device: str, N: int) -> list[str]:
+    """The methods that run on ``device`` at N tokens."""
+    from gtp_ref import fast
+    names = ["sdpa", "explicit"]
+    if device == "cpu" and fast.FUSED_DEVICE != "cpu" and fast._native.available():
+        names.append("native")
+    if fast.FUSED_DEVICE == device and N <= fast.MAX_FUSED_TOKENS:
+        names.append("two_kernel")
+        if N <= fast._kernels.MAX_ONE_KERNEL_TOKENS:
+            names.append("one_kernel")
+    return names
+
+
+def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp: torch.dtype | None
+              ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
+    """The callable timed for ``method``: () -> (out [B, N, C], scores [B, n] or None)."""
+    from gtp_ref import dense, fast
+
+    def explicit():
+        q, k, v = block.attn.heads(block.norm1(x))
+        attn = dense.sparsify_attention(block.attn.map(q, k, sizes), THETA)
+        return block.attn.proj(block.attn.mix(attn, v)), dense.token_scores(attn, SELECTION, True)
+
+    run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused=True)[0], None),
+           "explicit": explicit,
+           "native": lambda: fast.attend_and_score(block, x, sizes, THETA, SELECTION, True, path="native"),
+           "two_kernel": lambda: fast.attend_and_score(block, x, sizes, THETA, SELECTION, True, path="two_kernel"),
+           "one_kernel": lambda: fast.attend_and_score(block, x, sizes, THETA, SELECTION, True, path="one_kernel")
+           }[method]
+
+    def call():
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+            return run()
+    return call
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gtp_ref.vit import Block
+    rows = []
+    for dtype in args.dtypes:
+        for B, N in args.sizes:
+            g = torch.Generator().manual_seed(0)
+            with torch.device(args.device):
+                block = Block(DIM, HEADS, 4.0, True).eval()
+            x = torch.randn(B, N, DIM, generator=g).to(args.device)
+            sizes = (1 + torch.rand(B, N, generator=g) * 3).to(args.device)
+            fns = {m: attention(block, m, x, sizes, DTYPES[dtype]) for m in methods(args.device, N)}
+            want_out, want_scores = fns["explicit"]()
+            timings = common.measure(fns, args.device, args.repeats,
+                                     progress=lambda m: common.progress(f"{dtype} {B}x{N}: {m}"))
+            for name, fn in fns.items():
+                out, scores = fn()
+                diff = None if name == "sdpa" else (out.float() - want_out.float()).abs().max().item()
+                sdiff = None if scores is None else (scores.float() - want_scores.float()).abs().max().item()
+                rows.append({"B": B, "N": N, "H": HEADS, "dtype": dtype, "method": name, "max_abs_diff_out": diff,
+                             "max_abs_diff_scores": sdiff, **timings[name].row(1e6, "us")})
+    return rows
+
+
+def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    out = [f"one DeiT-S block's attention (C = {DIM}, H = {HEADS}), token sizes on; GTP: theta = {THETA}, "
+           f"{SELECTION}", common.header(env), "",
+           f"{'dtype':>5} {'B':>4} {'N':>5} {'method':>11} {'median us':>11} {'IQR us':>21} {'vs sdpa':>8} "
+           f"{'|out - explicit|':>17} {'|scores - expl.|':>17}"]
+    base = {(r["dtype"], r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "sdpa"}
+
+    def fmt(v):
+        return f"{'-':>17}" if v is None else f"{v:>17.2e}"
+    for r in rows:
+        flag = "!" if r["noisy"] else " "
+        out.append(f"{r['dtype']:>5} {r['B']:>4} {r['N']:>5} {r['method']:>11} {r['median_us']:>11.1f}{flag}"
+                   f"{r['q1_us']:>10.1f}-{r['q3_us']:<10.1f} {r['median_us'] / base[(r['dtype'], r['B'], r['N'])]:>8.2f} "
+                   f"{fmt(r['max_abs_diff_out'])} {fmt(r['max_abs_diff_scores'])}")
+    if any(r["noisy"] for r in rows):
+        out.append(f"! noisy: interquartile range above {common.NOISY:.0%} of the median")
+    return "\n".join(out) + "\n"
