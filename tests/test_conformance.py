@@ -58,7 +58,11 @@ OPPOSITE_TIES_FAIL = ["test_select.py::test_selection_follows_the_tie_rule",
 def test_known_deviations_can_be_listed_as_xfails(tmp_path):
     xfails = tmp_path / "xfails.txt"
     xfails.write_text("# our selection breaks ties the other way\n" + "\n".join(OPPOSITE_TIES_FAIL) + "\n")
-    r = run_suite("tests.broken.opposite_ties", env={"GTP_XFAILS": str(xfails)})
+    # The end-to-end property test fails too whenever a draw ties two scores at the cut (sparsity
+    # zeroes diagonal entries, say); whether 25 seeded draws reach one depends on the CPU's
+    # rounding (draws with near ties are skipped, which steers the search), so it is left out.
+    r = run_suite("tests.broken.opposite_ties", "-k", "not test_model_logits_match_the_reference",
+                  env={"GTP_XFAILS": str(xfails)})
     assert r.returncode == 0, r.stdout[-3000:]
     assert "7 xfailed" in r.stdout and f"GTP_XFAILS={xfails}" in r.stdout
 
