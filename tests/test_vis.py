@@ -7,20 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from examples.synthetic_scene import scene as synthetic_scene
 from gtp_ref import GTPViT
 from gtp_ref.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
 from gtp_ref.vis import draw, shading
 
 
 def scene(path, H=96, W=128):
-    """A synthetic scene: a sky gradient, a field, a red disk, a blue square."""
-    y, x = np.mgrid[0:H, 0:W]
-    img = np.zeros((H, W, 3))
-    img[..., 0], img[..., 1], img[..., 2] = 0.45 + 0.2 * y / H, 0.65 + 0.2 * y / H, 0.95
-    img[y > 0.66 * H] = [0.25, 0.6, 0.2]
-    img[(x - 0.3 * W) ** 2 + (y - 0.4 * H) ** 2 < (0.14 * W) ** 2] = [0.85, 0.15, 0.1]
-    img[(abs(x - 0.7 * W) < 0.12 * W) & (abs(y - 0.6 * H) < 0.12 * W)] = [0.15, 0.25, 0.8]
-    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    """The example's synthetic scene (sky, field, a red disk, a blue square), small, as a PNG."""
+    Image.fromarray(synthetic_scene(H, W)).save(path)
     return path
 
 
