@@ -202,10 +202,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def evaluate(models: dict[str, nn.Module], root: str | Path, *, batch_size: int = 64, limit: int | None = None,
-             device: str = "cpu", dtype: str = "fp32", preprocessing: Any = None, workers: int = 4,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Top-1 / top-5 of every model on the image folder at ``root``, in one pass over the images.
+def evaluate(models: dict[str, nn.Module], root: str | Path | ImageFolder, *, batch_size: int = 64,
+             limit: int | None = None, device: str = "cpu", dtype: str = "fp32", preprocessing: Any = None,
+             workers: int = 4, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Top-1 / top-5 of every model on the image folder at ``root`` (a path, or its
+    ``ImageFolder.scan``), in one pass over the images.
 
     models: {name: model} (eval mode; logits over the folder's classes, in sorted folder order);
     preprocessing: a ``gtp_ref.preprocess.Preprocessing`` (default: the first model's).
@@ -222,7 +223,8 @@ def evaluate(models: dict[str, nn.Module], root: str | Path, *, batch_size: int 
         raise ValueError(f"limit={limit}: must be >= 1 (or None for every image)")
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: one of {', '.join(DTYPES)}")
-    folder = ImageFolder.scan(root)
+    folder = root if isinstance(root, ImageFolder) else ImageFolder.scan(root)
+    root = folder.root
     for name, model in models.items():
         classes = getattr(model, "num_classes", None)
         if classes is not None and classes != len(folder.classes):
@@ -296,11 +298,11 @@ def figure(doc: dict[str, Any], path: Path) -> None:
         key = f"GTP, {r['graph']} graph" if (sweep == "M" or r["method"] == "gtp") else r["method"]
         key = {"prune": "pruning (α = 0)", "tome": "ToMe"}.get(key, key)
         lines.setdefault(key, []).append((r[sweep], r["top1"]))
-    for i, (key, pts) in enumerate(lines.items()):
-        pts.sort()
-        color = COLORS.get("tome" if key == "ToMe" else "pruning" if key.startswith("pruning") else "gtp",
-                           None) if len(lines) <= 3 else None
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key, color=color if i < 3 else None)
+    method_colors = {"ToMe": COLORS["tome"], "pruning (α = 0)": COLORS["pruning"]}
+    for key, pts in lines.items():
+        pts.sort()  # a sweep over M draws one GTP line per graph: those take matplotlib's cycle
+        color = method_colors.get(key, COLORS["gtp"] if sweep != "M" else None)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key, color=color)
     name = {"P": "tokens removed per block P (ToMe: r)", "alpha": "propagation weight α",
             "M": "semantic neighbours M"}[sweep]
     ax.set(xlabel=name, ylabel="top-1 accuracy (%)", title=f"{doc['model']}: {doc['images']} images")
@@ -390,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(message, end="\r" if tty else "\n", file=sys.stderr, flush=True)
     try:
-        out = evaluate(models, args.folder, batch_size=args.batch_size, limit=args.limit, device=args.device,
+        out = evaluate(models, folder, batch_size=args.batch_size, limit=args.limit, device=args.device,
                        dtype=args.dtype, workers=args.workers, progress=progress)
     except ValueError as e:
         p.error(str(e))

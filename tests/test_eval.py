@@ -76,6 +76,8 @@ def test_a_model_built_to_be_right_scores_100_percent_with_every_method(tmp_path
     for name, r in out["results"].items():
         assert (r["images"], r["top1"], r["top5"]) == (12, 100.0, 100.0), name
     assert out["skipped"] == [] and out["classes"] == 3
+    scanned = evaluate({"baseline": models["baseline"]}, ImageFolder.scan(root), batch_size=5)  # scanned once
+    assert scanned["results"]["baseline"]["top1"] == 100.0 and scanned["images"] == 12
 
 
 def test_a_shuffled_head_scores_0_percent_and_random_labels_near_chance(tmp_path, right_state):
