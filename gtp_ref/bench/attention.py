@@ -35,9 +35,7 @@ def add_arguments(sub: Any) -> None:
                     help="batch x tokens (default on CUDA: 256x197 64x577; CPU: 8x197)")
     at.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
                     help="default: fp16 and fp32 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
-    at.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7)")
-    at.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
-    at.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+    common.add_output_options(at)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -152,6 +152,14 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def add_output_options(parser: argparse.ArgumentParser,
+                       repeats_help: str = "interleaved timing rounds (default 7)") -> None:
+    """--repeats, --json and --json-out, which every measuring command takes (see ``emit``)."""
+    parser.add_argument("--repeats", type=int, default=7, help=repeats_help)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    parser.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+
+
 def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], table: str) -> int:
     """Print the table (or the JSON with --json), then write --json-out: a finished measurement
     is on the screen before anything can fail; a failing write is one line and exit status 1."""

@@ -26,9 +26,7 @@ def add_arguments(sub: Any) -> None:
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     s.add_argument("--grids", type=int, nargs="+", default=[14, 32, 64], metavar="SIDE",
                    help=f"grid sides (default 14 32 64; each >= {MIN_SIDE})")
-    s.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7)")
-    s.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
-    s.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+    common.add_output_options(s)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -20,9 +20,7 @@ def add_arguments(sub: Any) -> None:
     th.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     th.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
                     help="batch x tokens (default on CUDA: 16x197 256x197 1x4097; CPU: 8x197 1x577 1x1025)")
-    th.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7)")
-    th.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
-    th.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+    common.add_output_options(th)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -76,10 +76,7 @@ def add_arguments(sub: Any) -> None:
                     help="run the presets at this image size (a multiple of the patch; default: the preset's)")
     tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED + COMPILED + PRUNED),
                     help="default: all but +compile (the +graph ones on CUDA only)")
-    tp.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7; >= 5 "
-                                                           "for a measurement, 1 for a smoke run)")
-    tp.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
-    tp.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
+    common.add_output_options(tp, "interleaved timing rounds (default 7; >= 5 for a measurement, 1 for a smoke run)")
     tp.add_argument("--figure", default=None, metavar="PNG", help="also draw the speed-ups into this PNG")
 
 
