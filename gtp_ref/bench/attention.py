@@ -116,10 +116,9 @@ def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     def fmt(v):
         return f"{'-':>17}" if v is None else f"{v:>17.2e}"
     for r in rows:
-        flag = "!" if r["noisy"] else " "
-        out.append(f"{r['dtype']:>5} {r['B']:>4} {r['N']:>5} {r['method']:>11} {r['median_us']:>11.1f}{flag}"
-                   f"{r['q1_us']:>10.1f}-{r['q3_us']:<10.1f} {r['median_us'] / base[(r['dtype'], r['B'], r['N'])]:>8.2f} "
+        timing = common.timing_cells(r["median_us"], r["q1_us"], r["q3_us"], r["noisy"], 11, 10, 1)
+        out.append(f"{r['dtype']:>5} {r['B']:>4} {r['N']:>5} {r['method']:>11} {timing} "
+                   f"{r['median_us'] / base[(r['dtype'], r['B'], r['N'])]:>8.2f} "
                    f"{fmt(r['max_abs_diff_out'])} {fmt(r['max_abs_diff_scores'])}")
-    if any(r["noisy"] for r in rows):
-        out.append(f"! noisy: interquartile range above {common.NOISY:.0%} of the median")
+    out += common.noisy_note(rows)
     return "\n".join(out) + "\n"

@@ -152,6 +152,20 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def timing_cells(median: float, q1: float, q3: float, noisy: bool, width: int, quartile_width: int,
+                 digits: int) -> str:
+    """A table's median and interquartile range, ``!`` after a noisy median."""
+    return (f"{median:>{width}.{digits}f}{'!' if noisy else ' '}"
+            f"{q1:>{quartile_width}.{digits}f}-{q3:<{quartile_width}.{digits}f}")
+
+
+def noisy_note(rows: list[dict[str, Any]], advice: str = "") -> list[str]:
+    """The footnote for ``!``, where a row is noisy."""
+    if not any(r["noisy"] for r in rows):
+        return []
+    return [f"! noisy: interquartile range above {NOISY:.0%} of the median{advice}"]
+
+
 def add_output_options(parser: argparse.ArgumentParser,
                        repeats_help: str = "interleaved timing rounds (default 7)") -> None:
     """--repeats, --json and --json-out, which every measuring command takes (see ``emit``)."""

@@ -100,9 +100,7 @@ def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
            f"{'time s/d':>9} {'mem s/d':>8}"]
     for r in rows:
         ratios = f"{r['time_ratio']:>9.3f} {r['mem_ratio']:>8.4f}" if "time_ratio" in r else ""
-        flag = "!" if r["noisy"] else " "
-        out.append(f"{r['grid']:>6} {r['n']:>5} {r['backend']:>7} {r['median_ms']:>10.2f}{flag}"
-                   f"{r['q1_ms']:>8.2f}-{r['q3_ms']:<8.2f} {r['peak_mb']:>9.2f} {ratios}")
-    if any(r["noisy"] for r in rows):
-        out.append(f"! noisy: interquartile range above {common.NOISY:.0%} of the median")
+        timing = common.timing_cells(r["median_ms"], r["q1_ms"], r["q3_ms"], r["noisy"], 10, 8, 2)
+        out.append(f"{r['grid']:>6} {r['n']:>5} {r['backend']:>7} {timing} {r['peak_mb']:>9.2f} {ratios}")
+    out += common.noisy_note(rows)
     return "\n".join(out) + "\n"

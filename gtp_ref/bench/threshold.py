@@ -60,10 +60,8 @@ def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
            f"{'B':>4} {'N':>5} {'method':>18} {'median us':>11} {'IQR us':>21} {'vs kthvalue':>11} {'exact':>6}"]
     base = {(r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "kthvalue"}
     for r in rows:
-        flag = "!" if r["noisy"] else " "
-        out.append(f"{r['B']:>4} {r['N']:>5} {r['method']:>18} {r['median_us']:>11.1f}{flag}"
-                   f"{r['q1_us']:>10.1f}-{r['q3_us']:<10.1f} {r['median_us'] / base[(r['B'], r['N'])]:>11.3f} "
-                   f"{str(r['exact']):>6}")
-    if any(r["noisy"] for r in rows):
-        out.append(f"! noisy: interquartile range above {common.NOISY:.0%} of the median")
+        timing = common.timing_cells(r["median_us"], r["q1_us"], r["q3_us"], r["noisy"], 11, 10, 1)
+        out.append(f"{r['B']:>4} {r['N']:>5} {r['method']:>18} {timing} "
+                   f"{r['median_us'] / base[(r['B'], r['N'])]:>11.3f} {str(r['exact']):>6}")
+    out += common.noisy_note(rows)
     return "\n".join(out) + "\n"

@@ -304,13 +304,11 @@ def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out += [f"{'model':>{mw}} {'batch':>5} {'dtype':>5} {'method':>22} {'P':>3} {'img/s':>10} {'IQR img/s':>21} "
            f"{'speed-up':>8} {'expected':>8}"]
     for r in rows:
-        flag = "!" if r["noisy"] else " "
         speedup = f"{r['speedup']:8.3f}" if r["speedup"] else f"{'':>8}"
+        timing = common.timing_cells(r["img_per_s"], r["img_per_s_q1"], r["img_per_s_q3"], r["noisy"], 10, 10, 1)
         out.append(f"{r['model']:>{mw}} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['P']:>3} "
-                   f"{r['img_per_s']:>10.1f}{flag}{r['img_per_s_q1']:>10.1f}-{r['img_per_s_q3']:<10.1f} "
-                   f"{speedup} {r['expected_speedup']:8.2f}")
-    if any(r["noisy"] for r in rows):
-        out.append(f"! noisy: interquartile range above {common.NOISY:.0%} of the median; rerun before trusting it")
+                   f"{timing} {speedup} {r['expected_speedup']:8.2f}")
+    out += common.noisy_note(rows, "; rerun before trusting it")
     out += [""] + verdicts(rows)
     return "\n".join(out) + "\n"
 
