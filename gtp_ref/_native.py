@@ -5,16 +5,31 @@ in two streaming passes (``_select.c`` says how), against a sort-like ``torch.to
 sums, diagonal and first row in one more pass while the head's map is in cache.
 
 It is built on first use (``cc -O3 -fopenmp -shared``, about a second) into the user's cache
-(``$XDG_CACHE_HOME/gtp_ref`` or ``~/.cache/gtp_ref``), keyed by the source's hash.  It needs no
-Python package, only a C compiler; where there is none (or the build fails), ``REASON`` says why,
-a warning says so once, and the fast backend uses torch ops on the CPU instead (``torch.topk``
-for the threshold) -- the same values, more slowly.  Both functions are torch custom ops, so
+(``$XDG_CACHE_HOME/gtp_ref`` or ``~/.cache/gtp_ref``), under a name keyed by the source, the
+compiler, the flags and the CPU.  What is loaded must be trusted and intact:
+
+* **trusted**: the cache directory belongs to this user and nobody else can write to it, nor
+  replace it (``untrusted`` says why not).  Where that does not hold -- a shared or
+  world-writable ``XDG_CACHE_HOME``, a directory of another user, no home directory -- nothing
+  is loaded from there: the library is built in a private temporary directory (``mkdtemp``,
+  mode 0700) for this process, with a warning that says why;
+* **intact**: the build records the SHA-256 of the built file beside it (``NAME.so.sha256``);
+  a file whose digest does not match (truncated, overwritten, half-written) is never loaded but
+  built again and replaced atomically;
+* **working**: after loading, a self-test asks the library a few questions with known exact
+  answers; a library without the functions or with a wrong answer is not used.
+
+Any failure (no C compiler, a build error, a failed load or self-test) ends in ``REASON``, one
+warning, and torch ops on the CPU instead (``torch.topk`` for the threshold) -- the same values,
+more slowly; never a crash or a wrong number.  Both functions are torch custom ops, so
 ``torch.compile`` sees one op each and keeps the whole model in one graph.
 """
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -24,33 +39,118 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("_select.c")
+FLAGS = ("-O3", "-shared", "-fPIC")
 _LIB: ctypes.CDLL | None = None
 REASON: str | None = None  # why the compiled selection is not available, once that is known
+NOTE: str | None = None  # where it was built, when that is not the user's cache (why not)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gtp_ref"
+def cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/gtp_ref`` (an absolute ``XDG_CACHE_HOME``, as the XDG spec asks), else
+    ``~/.cache/gtp_ref``; None where the user has no home directory."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "gtp_ref"
+    try:
+        return Path.home() / ".cache" / "gtp_ref"
+    except (RuntimeError, KeyError, OSError):  # HOME unset and no passwd entry for this uid
+        return None
 
 
-def _build() -> ctypes.CDLL:
-    source = SOURCE.read_bytes()
-    target = _cache_dir() / f"select-{hashlib.sha256(source).hexdigest()[:16]}.so"
-    if not target.exists():
-        cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-        if cc is None:
-            raise OSError("no C compiler found (cc, gcc or clang; or set CC)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            for flags in (["-fopenmp"], []):  # without OpenMP the rows run one after another
-                r = subprocess.run([cc, "-O3", "-shared", "-fPIC", *flags, str(SOURCE), "-o", str(out)],
-                                   capture_output=True, text=True)
-                if r.returncode == 0:
-                    break
-            else:
-                raise OSError(f"{cc} could not compile {SOURCE.name}: {r.stderr.strip()[:300]}")
-            os.replace(out, target)  # atomic: another process may be building the same file
-    lib = ctypes.CDLL(str(target))
+def untrusted(directory: Path) -> str | None:
+    """Why a library in ``directory`` could come from someone else, or None if it cannot.
+
+    The directory (symbolic links resolved) must be owned by this user and writable by nobody
+    else; every folder above it must be owned by this user or root and be writable by nobody
+    else, or have the sticky bit (as /tmp has: others cannot rename or replace what is ours).
+    """
+    real = Path(os.path.realpath(directory))
+    uid = os.getuid()
+    for level, path in enumerate([real, *real.parents]):
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            return f"{path} cannot be examined ({e.strerror})"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{path} is not a directory"
+        writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if level == 0:
+            if st.st_uid != uid:
+                return f"{path} belongs to uid {st.st_uid}, not to this user (uid {uid})"
+            if writable_by_others:
+                return f"{path} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):o})"
+        elif st.st_uid not in (uid, 0):
+            return f"{path} belongs to uid {st.st_uid}"
+        elif writable_by_others and not st.st_mode & stat.S_ISVTX:
+            return f"{path} is writable by its group or by others without the sticky bit " \
+                   f"(mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if cc is None:
+        raise OSError("no C compiler found (cc, gcc or clang; or set CC)")
+    return cc
+
+
+def _key(cc: str) -> str:
+    """What the built file depends on: the source, the compiler and its version, the flags and
+    the machine (a library built for another CPU is not loaded here)."""
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (cc, version, " ".join(FLAGS), platform.machine(), platform.processor(), _cpu_flags()):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _compile(cc: str, directory: Path, name: str) -> Path:
+    """Compile SOURCE into ``directory/name`` (a temporary name first, then an atomic rename, with
+    the digest of the built file beside it as ``name.sha256``)."""
+    target = directory / name
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        out = Path(tmp) / name
+        for flags in (["-fopenmp"], []):  # without OpenMP the rows run one after another
+            r = subprocess.run([cc, *FLAGS, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+        else:
+            raise OSError(f"{cc} could not compile {SOURCE.name}: {r.stderr.strip()[:300]}")
+        digest = Path(tmp) / (name + ".sha256")
+        digest.write_text(_digest(out) + "\n")
+        os.replace(out, target)  # atomic: another process may be building the same file
+        os.replace(digest, target.with_name(name + ".sha256"))
+    return target
+
+
+def _intact(path: Path) -> bool:
+    """The file exists and is the one built: its digest is the one recorded beside it."""
+    try:
+        return path.with_name(path.name + ".sha256").read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    """Load the library and declare its functions; OSError / AttributeError where it lacks them."""
+    lib = ctypes.CDLL(str(path))
     for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         ptr, i64 = ctypes.POINTER(c_float), ctypes.c_int64
         getattr(lib, f"kth_smallest_{name}").argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_int]
@@ -59,29 +159,108 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+def _self_test(lib: ctypes.CDLL) -> None:
+    """A few exact answers from the loaded library, in both dtypes; OSError where one is wrong.
+    numpy arrays, not torch tensors: this may run while torch traces (torch.compile / export),
+    where new tensors are fake."""
+    import numpy as np
+    for dtype, c_float in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
+        name = "f32" if dtype == np.float32 else "f64"
+        ptr = ctypes.POINTER(c_float)
+
+        def p(a):
+            return a.ctypes.data_as(ptr)
+        rows = np.ascontiguousarray(np.arange(60, dtype=dtype)[::-1].reshape(2, 30))  # 59..30, 29..0
+        out = np.full(2, np.nan, dtype)
+        getattr(lib, f"kth_smallest_{name}")(p(rows), 2, 30, 7, p(out), 1)
+        attn = (np.arange(16, dtype=dtype) / 16).reshape(4, 4)
+        masked, sums, diag, first, tau = (np.full(shape, np.nan, dtype) for shape in ((4, 4), 4, 4, 4, 1))
+        getattr(lib, f"mask_heads_{name}")(p(attn), 1, 4, 5, p(masked), p(sums), p(diag), p(first), p(tau), 1)
+        want = np.where(attn < 0.25, 0, attn)
+        if not (out.tolist() == [36.0, 6.0] and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
+                and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0]) and tau[0] == 0.25):
+            raise OSError("the compiled library gave wrong answers in its self-test")
+
+
+def _build() -> ctypes.CDLL:
+    """The compiled library, from the user's cache when it can be trusted (``untrusted``) and is
+    intact, else built anew; where the cache cannot be trusted, built in a private temporary
+    directory for this process."""
+    global NOTE
+    cc = _compiler()
+    name = f"select-{_key(cc)}.so"
+    directory = cache_dir()
+    why = "no home directory" if directory is None else None
+    if directory is not None:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            why = untrusted(directory)
+        except OSError as e:
+            why = f"{directory} cannot be created ({e.strerror})"
+    if why is not None:
+        private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))  # 0700, this process's own
+        problem = untrusted(private)
+        if problem:
+            raise OSError(f"no private place to build the library: the cache is not usable ({why}) and {problem}")
+        NOTE = f"built in {private} for this process: the cache{' ' + str(directory) if directory else ''} is not used ({why})"
+        warnings.warn(f"gtp_ref.fast: the compiled CPU kernels are {NOTE}", stacklevel=4)
+        try:  # the directory goes once the library is loaded (the process keeps its mapping)
+            return _checked(_compile(cc, private, name))
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+    target = directory / name
+    if not _intact(target):
+        return _checked(_compile(cc, directory, name))
+    try:
+        return _checked(target)
+    except (OSError, AttributeError):  # a library that does not work: built anew and replaced, ...
+        _compile(cc, directory, name)
+    # ... and loaded from a private copy: this process has the broken one open under that path,
+    # and loading the same path again would hand it back
+    private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))
+    try:
+        shutil.copy2(target, private / name)
+        return _checked(private / name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _checked(path: Path) -> ctypes.CDLL:
+    lib = _bind(path)
+    _self_test(lib)
+    return lib
+
+
 def available() -> bool:
-    """Whether the compiled selection can be used (builds it on the first call)."""
+    """Whether the compiled selection can be used (builds it on the first call).  Any failure --
+    no compiler, a build error, a library that does not load or fails its self-test -- ends in
+    a warning and False: the fast backend then uses torch ops on the CPU, with the same values."""
     global _LIB, REASON
     if _LIB is None and REASON is None:
         try:
             _LIB = _build()
-        except OSError as e:
-            REASON = str(e)
+        except Exception as e:  # noqa: BLE001 -- every failure falls back to torch, never crashes
+            REASON = str(e) or type(e).__name__
             warnings.warn(f"gtp_ref.fast: the compiled CPU threshold is not available ({REASON}); the CPU "
                           "threshold uses torch.topk instead (the same values, slower)", stacklevel=3)
     return _LIB is not None
 
 
-def _call(name: str, *tensors: Tensor, ints: tuple[int, ...], outputs: tuple[Tensor, ...]) -> None:
+def _raw_call(lib: ctypes.CDLL, name: str, *tensors: Tensor, ints: tuple[int, ...],
+              outputs: tuple[Tensor, ...]) -> None:
     """lib.<name>_<dtype>(tensors..., ints..., outputs..., threads) on contiguous CPU tensors."""
-    if not available():
-        raise RuntimeError(f"the compiled CPU selection is not available: {REASON}")
     dtype = tensors[0].dtype
     c_float = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-    fn = getattr(_LIB, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+    fn = getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
     ptr = ctypes.POINTER(c_float)
     fn(*(ctypes.cast(t.data_ptr(), ptr) for t in tensors), *ints,
        *(ctypes.cast(t.data_ptr(), ptr) for t in outputs), torch.get_num_threads())
+
+
+def _call(name: str, *tensors: Tensor, ints: tuple[int, ...], outputs: tuple[Tensor, ...]) -> None:
+    if not available():
+        raise RuntimeError(f"the compiled CPU selection is not available: {REASON}")
+    _raw_call(_LIB, name, *tensors, ints=ints, outputs=outputs)
 
 
 @torch.library.custom_op("gtp_ref::kth_smallest_rows", mutates_args=())

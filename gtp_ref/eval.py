@@ -24,6 +24,7 @@ The images/s reported are the models' forward passes alone, timed around each ba
 not a benchmark (``python -m gtp_ref.bench throughput`` measures).
 """
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -94,9 +95,13 @@ def batches(samples: list[tuple[Path, int]], preprocess: Callable[[Any], torch.T
 
     def load(path: Path) -> torch.Tensor | str:
         try:
-            return preprocess(load_image(path))
+            image = load_image(path)  # any error Pillow raises: a ValueError naming the file
         except ValueError as e:
             return str(e)
+        try:
+            return preprocess(image)
+        except Exception as e:  # noqa: BLE001 -- one image's failure is that image's, never the run's
+            return f"cannot preprocess the image {str(path)!r}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(samples), batch_size):
@@ -358,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           ("--num-classes", args.num_classes)):
         if value is not None and value < 1:
             p.error(f"{option} {value}: must be >= 1")
+    for option in ("alpha", "sparsity", "values"):
+        value = getattr(args, option)
+        bad = [v for v in (value if isinstance(value, list) else [value]) if v is not None and not math.isfinite(v)]
+        if bad:
+            p.error(f"--{option} {bad[0]}: must be a finite number")
     if args.sweep in ("P", "M") and any(v != int(v) or v < 0 for v in args.values):
         p.error(f"--values for --sweep {args.sweep}: whole numbers >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

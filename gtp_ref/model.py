@@ -11,20 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import (
-    GRAPHS,
-    PROPAGATIONS,
-    SELECTIONS,
-    check_alpha,
-    check_num_neighbours,
-    check_sparsity,
-    choice,
-    flag,
-    integer,
-    prop_schedule,
-)
 from gtp_ref.backends import Backend, get_backend
 from gtp_ref.select import sparsity_k
+from gtp_ref.settings import GTPSettings
 from gtp_ref.vit import Block, ViT
 
 
@@ -153,6 +142,17 @@ class GTPBlock(Block):
         return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix, run.generator)
 
 
+def _setting(name: str, doc: str) -> property:
+    """A GTPViT attribute that reads ``settings.<name>`` and, assigned, checks the settings anew."""
+    def get(self: "GTPViT") -> Any:
+        value = getattr(self.settings, name)
+        return list(value) if name == "num_prop" else value
+
+    def set(self: "GTPViT", value: Any) -> None:
+        self.settings = self.settings.replace(**{name: value})
+    return property(get, set, doc=f"{doc} (assigned: validated like the constructor's argument)")
+
+
 class GTPViT(ViT):
     """A ViT with Graph-based Token Propagation.  Input [B, in_chans, H, W] -> logits [B, classes].
 
@@ -164,6 +164,10 @@ class GTPViT(ViT):
     ``gtp_ref.vit.ViT`` (reg_tokens, no_embed_class, pre_norm, fc_norm, init_values, norm_eps,
     patch_bias).  Prefix tokens ([CLS] and registers) are never nodes of the graph, never
     selected or propagated, and keep size 1; ``cls_attn_*`` reads the first prefix token's row.
+
+    The GTP settings are one frozen object, ``model.settings`` (``gtp_ref.settings.GTPSettings``),
+    and each is an attribute too; assigning either is validated by the constructor's rules.
+    ``model.ops`` is the backend object the model runs (set by ``backend``).
     """
 
     block_class = GTPBlock
@@ -175,36 +179,36 @@ class GTPViT(ViT):
                  num_neighbours: int = 4, selection: str = "mixed_attn_max", propagation: str = "graph",
                  sparsity: float = 1.0, alpha: float = 0.1, token_scale: bool = False,
                  backend: str = "dense", **backbone: Any) -> None:
-        choice("graph", graph, GRAPHS)
-        choice("selection", selection, SELECTIONS)
-        choice("propagation", propagation, PROPAGATIONS)
-        ops = get_backend(backend)
-        sparsity, alpha = check_sparsity(sparsity), check_alpha(alpha)
-        token_scale = flag("token_scale", token_scale)
-        if token_scale and propagation == "graph" and alpha < 0:
-            raise ValueError(f"alpha={alpha!r} must be >= 0 with token_scale=True: sizes "
-                             "s_K + alpha Â[K, P] s_P must stay positive for log s")
         super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
                          mlp_ratio, qkv_bias, class_token, global_pool, **backbone)
-        if not self.num_prefix_tokens and selection.startswith("cls_attn"):
-            raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
-        num_neighbours = integer("num_neighbours", num_neighbours, minimum=0)
-        if graph in ("semantic", "mixed"):
-            check_num_neighbours(num_neighbours, self.num_image_tokens)
-        self.graph, self.num_neighbours, self.selection = graph, num_neighbours, selection
-        self.propagation, self.sparsity, self.alpha = propagation, sparsity, alpha
-        self.token_scale, self.backend, self.ops = token_scale, backend, ops
-        self.num_prop = num_prop  # validated by the property
+        self.settings = GTPSettings(num_prop, graph, num_neighbours, selection, propagation, sparsity, alpha,
+                                    token_scale, backend)
 
     @property
-    def num_prop(self) -> list[int]:
-        """Tokens propagated in each block, one int per block (assigning an int or a list of
-        one int per block is validated like the constructor's argument)."""
-        return self._num_prop
+    def settings(self) -> GTPSettings:
+        """The GTP settings (``gtp_ref.settings.GTPSettings``); assigning them, or any one of them
+        as an attribute (``model.sparsity = 0.5``, ``model.backend = "fast"``), validates them by
+        the constructor's rules, and a refused value leaves the old settings."""
+        return self._settings
 
-    @num_prop.setter
-    def num_prop(self, value: int | list[int]) -> None:
-        self._num_prop = prop_schedule(value, len(self.blocks), self.num_image_tokens, self.propagation)
+    @settings.setter
+    def settings(self, value: GTPSettings) -> None:
+        if not isinstance(value, GTPSettings):
+            raise TypeError(f"settings must be a gtp_ref.settings.GTPSettings, got {type(value).__name__}")
+        value = value.checked(len(self.blocks), self.num_image_tokens, self.num_prefix_tokens)
+        if getattr(self, "_settings", None) is None or value.backend != self._settings.backend:
+            self.ops = get_backend(value.backend)  # the ops of that backend (a Backend object)
+        self._settings = value
+
+    num_prop = _setting("num_prop", "tokens propagated in each block (P), one int per block")
+    graph = _setting("graph", "the token graph: spatial, semantic or mixed")
+    num_neighbours = _setting("num_neighbours", "the semantic neighbours M")
+    selection = _setting("selection", "the score that selects the tokens to propagate")
+    propagation = _setting("propagation", "graph (GTP), mean or none")
+    sparsity = _setting("sparsity", "the attention sparsity theta in (0, 1]")
+    alpha = _setting("alpha", "the propagation weight")
+    token_scale = _setting("token_scale", "proportional attention with token sizes")
+    backend = _setting("backend", "the backend whose ops the model runs: dense, sparse or fast")
 
     def forward_trace(self, x: Tensor, generator: torch.Generator | None = None, record: bool = False) -> GTPTrace:
         """Logits and, per block, the tokens entering it, the sparsity k, the scores and the selection.

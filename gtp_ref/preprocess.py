@@ -16,16 +16,48 @@ from torch import Tensor
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+MAX_BLOW_UP = 16  # a resize beyond this many times the crop's pixels resizes the crop's region only
+
+
+# Pillow's modes of more than 8 bits per pixel, which ``convert("RGB")`` would clip to 255
+HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def load_image(path: str | Path) -> Any:
-    """The image at ``path`` as an RGB ``PIL.Image``; ValueError (one line) if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path`` as an 8-bit RGB ``PIL.Image``; ValueError (one line) for any error
+    Pillow raises for it (unreadable, truncated, a decompression bomb -- its warning included,
+    not only its error -- ...).  High-bit-depth images are scaled to 8 bits (``to_8_bit``)."""
+    import warnings
+
+    from PIL import Image
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"cannot read the image {str(path)!r}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return (to_8_bit(image) if image.mode in HIGH_BIT_DEPTH else image).convert("RGB")
+    except Exception as e:  # noqa: BLE001 -- whatever one file makes Pillow raise concerns that file only
+        raise ValueError(f"cannot read the image {str(path)!r}: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}") from None
+
+
+def to_8_bit(image: Any) -> Any:
+    """A high-bit-depth grayscale image (``I;16*``, ``I``, ``F``) as 8-bit ``L``, scaled by its
+    range, not clipped: 16-bit modes by 0..65535; ``I`` (how Pillow holds 16- and 32-bit
+    integer images) by 0..65535 where its values fit, else by its own min..max; ``F`` by 0..1
+    where its values fit, else by its min..max (NaN as the minimum)."""
+    import numpy as np
+    from PIL import Image
+    a = np.asarray(image, dtype=np.float64)
+    finite = a[np.isfinite(a)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and lo >= 0 and hi <= 65535):
+        lo, hi = 0.0, 65535.0
+    elif image.mode == "F" and lo >= 0 and hi <= 1:
+        lo, hi = 0.0, 1.0
+    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+    scaled = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
 @dataclass(frozen=True)
@@ -55,20 +87,27 @@ class Preprocessing:
                    mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
 
     def crop(self, image: Any) -> Any:
-        """Resize (shorter side to size / crop_pct, as timm) and centre-crop: a PIL image of input_size."""
+        """Resize (shorter side to size / crop_pct, as timm) and centre-crop: a PIL image of input_size.
+
+        Where the resized image would have more than ``MAX_BLOW_UP`` times the crop's pixels (a
+        long, thin image: 1 x 4000 px would become 256 x 1,024,000), only the crop's region of the
+        image is resized (Pillow's ``box``): what timm gives up to rounding, at the cost of a
+        normal image."""
         from PIL import Image
         H, W = self.input_size
         resample = getattr(Image.Resampling, self.interpolation.upper())
+        w, h = image.size
         if H == W:
             scale = math.floor(H / self.crop_pct)
-            w, h = image.size
             # the longer side truncated, as torchvision's Resize does
             new = (scale, max(1, int(h * scale / w))) if w <= h else (max(1, int(w * scale / h)), scale)
         else:
             new = (math.floor(W / self.crop_pct), math.floor(H / self.crop_pct))
-        image = image.resize(new, resample)
-        left, top = round((image.size[0] - W) / 2), round((image.size[1] - H) / 2)  # as CenterCrop
-        return image.crop((left, top, left + W, top + H))
+        left, top = round((new[0] - W) / 2), round((new[1] - H) / 2)  # as CenterCrop
+        if new[0] * new[1] > MAX_BLOW_UP * W * H:
+            sx, sy = w / new[0], h / new[1]  # source pixels per resized pixel
+            return image.resize((W, H), resample, box=(left * sx, top * sy, (left + W) * sx, (top + H) * sy))
+        return image.resize(new, resample).crop((left, top, left + W, top + H))
 
     def __call__(self, image: Any) -> Tensor:
         """PIL image -> normalised tensor [3, H, W] (float32)."""

@@ -87,7 +87,6 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
         raise ValueError(f"the model pools with global_pool={pool!r}; only 'token' and 'avg' are supported")
     if getattr(model, "pool_include_prefix", False):
         raise ValueError("the model averages the prefix tokens too (pool_include_prefix=True); not supported")
-    _identity(getattr(model, "patch_drop", None) if model.training else None, "patch dropout in training mode")
 
     if isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity):
         raise ValueError("the model has no final norm (final_norm=False); not supported")
@@ -150,12 +149,35 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
                 norm_eps=eps.pop() if eps else 1e-6, patch_bias=conv.bias is not None)
 
 
+def stochastic_modules(model: nn.Module) -> list[str]:
+    """'name (Kind p=...)' for every module of ``model`` that drops activations, paths or patches
+    in training mode: dropout, drop path, patch dropout with a probability above 0."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) or _name(module) in ("Dropout", "DropPath", "PatchDropout"):
+            p = getattr(module, "p", getattr(module, "drop_prob", getattr(module, "prob", 0.0)))
+            if p:
+                found.append(f"{name} ({_name(module)} p={p:g})")
+    return found
+
+
 def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
     geometry = timm_geometry(model)
+    dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()})
+    if len(dtypes) > 1:
+        raise ValueError(f"the model's parameters and buffers have several dtypes ({', '.join(dtypes)}); convert "
+                         "a model of one dtype (model.to(dtype)): the converted model has one")
+    stochastic = stochastic_modules(model)
+    if stochastic and model.training:
+        raise ValueError(f"the model is in training mode with dropout or drop path ({', '.join(stochastic[:4])}"
+                         f"{', ...' if len(stochastic) > 4 else ''}); gtp_ref's models apply none, so the converted "
+                         "model would be deterministic where timm's is not: convert it in eval mode (model.eval()) "
+                         "or build it with drop_rate=0, attn_drop_rate=0, proj_drop_rate=0, drop_path_rate=0")
     param = next(model.parameters())
     with torch.device(param.device):
         net = cls(**geometry, **settings)
     net.to(param.dtype).load_state_dict(model.state_dict(), strict=True)
+    net.dropout_not_applied = tuple(stochastic)  # ViT.train(True) warns about them
     return net.train(model.training)
 
 

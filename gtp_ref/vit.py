@@ -6,6 +6,7 @@ so ``load_state_dict`` takes timm / DeiT checkpoints unchanged; timm itself is n
 ``gtp_ref.timm_models.from_timm`` builds the model from a timm model and checks that it is one
 this layout can represent.
 """
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -213,16 +214,50 @@ class ViT(nn.Module):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes  # 0: no head, the pooled features are the output (as timm)
+        self.dropout_not_applied: tuple[str, ...] = ()  # from_timm: the timm model's dropout, which this lacks
 
     @property
     def num_image_tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def fused_attn(self) -> bool:
+        """Whether the blocks run ``scaled_dot_product_attention`` (assigned: True or False)."""
+        return self._fused_attn
+
+    @fused_attn.setter
+    def fused_attn(self, value: bool) -> None:
+        self._fused_attn = flag("fused_attn", value)
+
     def check_input(self, x: Tensor) -> None:
+        """x must be a [B, in_chans, H, W] tensor of the parameters' dtype (under autocast too: autocast
+        casts inside the model); TypeError / ValueError naming what differs, before any work."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of images, got {type(x).__name__}")
         want = (self.in_chans, *self.img_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, want))}], "
                              f"got {list(x.shape)}")
+        dtype = self.patch_embed.proj.weight.dtype
+        if x.dtype != dtype:
+            model = f" or the model (model.to({x.dtype}))" if x.is_floating_point() else ""
+            raise TypeError(f"the input has dtype {x.dtype}, the model's parameters {dtype}: convert the images "
+                            f"(x.to({dtype})){model} so that they match")
+
+    def train(self, mode: bool = True) -> "ViT":
+        """``nn.Module.train``; warns when the model was converted from a timm model that applies
+        dropout or drop path in training mode (``dropout_not_applied``): this model applies none."""
+        if mode and getattr(self, "dropout_not_applied", None):
+            warnings.warn(f"training mode: this model applies no dropout or drop path, which the timm model it was "
+                          f"converted from applies in training mode ({', '.join(self.dropout_not_applied)})",
+                          stacklevel=2)
+        return super().train(mode)
+
+    def __prepare_scriptable__(self) -> "ViT":
+        """``torch.jit.script`` cannot compile these models (data-dependent token counts, dataclass
+        traces, backends as objects): say so, and what works instead."""
+        raise TypeError(f"{type(self).__name__} cannot be compiled by torch.jit.script; use torch.compile(model) "
+                        "(fullgraph=True with the dense and fast backends) or torch.export.export(model, (x,))")
 
     def embed(self, x: Tensor) -> Tensor:
         """Patch embedding, prefix tokens, position embedding, norm_pre: [B, in_chans, H, W] -> [B, N, C]."""

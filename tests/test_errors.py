@@ -248,3 +248,93 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(key, feature):
     state = {**model.state_dict(), key: torch.zeros(16)}
     with pytest.raises(ValueError, match=f"state_dict has '{key}': .*{feature}.*which this model was not built with"):
         model.load_state_dict(state)
+
+
+# ---- settings assigned to a built model, and inputs ---------------------------------------------
+GEOMETRY_KEYS = ("class_token", "global_pool")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs, error, match", GTP_SETTINGS, ids=lambda v: repr(v) if isinstance(v, dict) else "")
+def test_bad_settings_assigned_to_a_built_model_are_refused(backend, kwargs, error, match):
+    """Every setting of the constructor's table, assigned after construction (the others given to
+    the constructor): the same error, and the model keeps its old settings."""
+    *first, last = [k for k in kwargs if k not in GEOMETRY_KEYS]
+    model = GTPViT(**BASE, backend=backend, **{k: v for k, v in kwargs.items() if k != last})
+    before, ops = model.settings, model.ops
+    with pytest.raises(error, match=match):
+        setattr(model, last, kwargs[last])
+    assert model.settings == before and model.ops is ops and model.backend == backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_assigned_settings_take_effect(backend):
+    """Assigning backend switches the ops; each setting changes the forward as the constructor's would."""
+    cfg = dict(BASE, num_prop=2, sparsity=0.6, token_scale=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = GTPViT(**cfg).eval()
+    model.backend = backend
+    assert model.ops.name == backend and model.backend == backend
+    changes = dict(sparsity=0.3, alpha=0.5, selection="diag_attn_max", graph="spatial", num_neighbours=2,
+                   propagation="mean", num_prop=[3, 1], token_scale=False)
+    for name, value in changes.items():
+        setattr(model, name, value)
+    torch.manual_seed(0)
+    built = GTPViT(**{**cfg, **changes}, backend=backend).eval()
+    assert model.settings == built.settings and model.num_prop == [3, 1]
+    with torch.no_grad():
+        assert torch.allclose(model(x), built(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_setting_that_breaks_another_is_refused():
+    """A cross-rule: a schedule that 'mean' propagation allows (it appends a token per block) leaves
+    a block without an image token under 'graph' propagation."""
+    model = GTPViT(**BASE, num_prop=[15, 1], propagation="mean")
+    with pytest.raises(ValueError, match="propagates 1 of the 1 image tokens left at block 1"):
+        model.propagation = "graph"
+    assert model.propagation == "mean"
+    with pytest.raises(TypeError, match="settings must be a gtp_ref.settings.GTPSettings"):
+        model.settings = {"sparsity": 0.5}
+    with pytest.raises(TypeError, match="num_props: not a GTP setting"):
+        model.settings.replace(num_props=2)
+
+
+def test_tome_settings_assigned_are_checked():
+    model = ToMeViT(**BASE, r=2)
+    with pytest.raises(TypeError, match="fused_attn='yes' must be True or False"):
+        model.fused_attn = "yes"
+    with pytest.raises(ValueError, match=r"r=-1 must be an integer >= 0"):
+        model.r = -1
+    assert model.fused_attn is False and model.r == [2, 2]
+
+
+@pytest.mark.parametrize("model", ["GTPViT dense", "GTPViT sparse", "GTPViT fast", "ToMeViT", "ViT"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.uint8, torch.int64])
+def test_an_input_of_another_dtype_is_refused_before_any_work(model, dtype):
+    name, _, backend = model.partition(" ")
+    net = MODELS[name](**BASE, **({"backend": backend, "num_prop": 2} if backend else {})).eval()
+    x = (torch.rand(2, 3, 32, 32) * 255).to(dtype)
+    with pytest.raises(TypeError, match=f"the input has dtype {dtype}, the model's parameters torch.float32"):
+        net(x)
+    with torch.no_grad():  # under autocast the input keeps the parameters' dtype
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert net(x.float() if dtype != torch.float32 else x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("model", ["GTPViT", "ToMeViT", "ViT"])
+def test_torch_jit_script_says_what_works_instead(model):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation of torch.jit.script
+        with pytest.raises(TypeError, match=r"cannot be compiled by torch.jit.script; use torch.compile\(model\).*"
+                                            r"torch.export.export"):
+            torch.jit.script(MODELS[model](**BASE))
+
+
+def test_torch_export_works():
+    model = GTPViT(**BASE, num_prop=2, sparsity=0.6, backend="fast").eval()
+    x = torch.randn(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), model(x))

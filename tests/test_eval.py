@@ -145,6 +145,24 @@ def test_command_reports_skips_unreadable_images_and_writes_json_and_figure(tmp_
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_images_pillow_refuses_are_skipped_and_every_other_result_is_kept(tmp_path, right_state):
+    """A decompression bomb (error or warning), a damaged stream, a file that is no image: each is
+    skipped, named and counted; the good images' results are printed and written."""
+    from tests.test_images import bad_images
+    root = image_folder(tmp_path / "val", per_class=2)
+    bad = bad_images(root / "c2")
+    ckpt, out = tmp_path / "right.pth", tmp_path / "out.json"
+    torch.save(right_state, ckpt)
+    r = run(root, "--preset", "deit_tiny", "--num-classes", 3, "--state-dict", ckpt, "--methods", "baseline", "gtp",
+            "--json-out", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert sorted(Path(p).name for p, _ in doc["skipped"]) == sorted(bad) and doc["images"] == 6 + len(bad)
+    assert [(x["method"], x["images"], x["top1"]) for x in doc["rows"]] == [("baseline", 6, 100.0), ("gtp", 6, 100.0)]
+    assert f"{len(bad)} image(s) could not be read" in r.stdout
+    assert all(any(name in line for line in r.stderr.splitlines() if "skipped" in line) for name in bad), r.stderr
+
+
 @pytest.mark.parametrize("setup, args, message", [
     (None, ["--preset", "deit_tiny"], "'{root}': no such folder"),
     ("file", ["--preset", "deit_tiny"], "is a file; give the folder that holds one folder per class"),
@@ -159,6 +177,10 @@ def test_command_reports_skips_unreadable_images_and_writes_json_and_figure(tmp_
     ("ok", ["--preset", "deit_tiny", "--limit", "0"], "--limit 0: must be >= 1"),
     ("ok", ["--preset", "deit_tiny", "--num-classes", "3", "--P", "100"], "num_prop=100"),
     ("ok", ["--preset", "deit_tiny", "--json-out", "rows.txt"], "--json-out 'rows.txt': must end in .json"),
+    ("ok", ["--preset", "deit_tiny", "--sweep", "alpha", "--values", "0.1", "nan"], "--values nan: must be a finite"),
+    ("ok", ["--preset", "deit_tiny", "--sweep", "P", "--values", "inf"], "--values inf: must be a finite"),
+    ("ok", ["--preset", "deit_tiny", "--alpha", "nan"], "--alpha nan: must be a finite"),
+    ("ok", ["--preset", "deit_tiny", "--sparsity", "inf"], "--sparsity inf: must be a finite"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_settings_are_one_line(tmp_path, setup, args, message):
     root = tmp_path / "val"

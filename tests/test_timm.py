@@ -205,3 +205,31 @@ def test_throughput_benchmark_of_a_timm_model(tmp_path):
     rows = json.loads(r.stdout)["rows"]
     assert [(x["method"], x["P"]) for x in rows] == [("baseline_fused", 0), ("gtp_fast", 16), ("tome", 16)]
     assert all(x["speedup"] > 0 for x in rows) and rows[1]["expected_speedup"] > 1.9
+
+
+def test_dropout_in_training_mode_is_refused_by_name():
+    """gtp_ref's models apply no dropout: a timm model in training mode with dropout or drop path
+    is refused (the converted model would be silently deterministic); in eval mode it converts,
+    and putting the converted model into training mode warns."""
+    import warnings
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2, drop_rate=0.1, drop_path_rate=0.2)
+    with pytest.raises(ValueError, match=r"training mode with dropout or drop path \(blocks.1.drop_path1 \(DropPath "
+                                         r"p=0.2\).*convert it in eval mode"):
+        from_timm(model)
+    with pytest.raises(ValueError, match="training mode with dropout"):
+        tome_from_timm(model)
+    gtp = from_timm(model.eval())
+    assert not gtp.training and "head_drop (Dropout p=0.1)" in gtp.dropout_not_applied
+    with pytest.warns(UserWarning, match="applies no dropout or drop path.*head_drop"):
+        gtp.train()
+    plain = from_timm(timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=1))  # train mode, no dropout
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.train()
+
+
+def test_mixed_parameter_dtypes_are_refused():
+    model = timm_model("deit_tiny_patch16_224", dict(depth=2), torch.float32)
+    model.blocks[1].half()
+    with pytest.raises(ValueError, match=r"several dtypes \(torch.float16, torch.float32\)"):
+        from_timm(model)

@@ -71,10 +71,14 @@ def test_vis_command_draws_the_figure(tmp_path):
     (["IMAGE", "--preset", "deit_tiny", "--num-prop", "100", "--out", "o.png"], "num_prop=100 propagates 100"),
     (["IMAGE", "--preset", "deit_tiny", "--block", "12", "--out", "o.png"], r"--block '12': a block index in \[0, 11\]"),
     (["IMAGE", "--preset", "deit_tiny", "--checkpoint", "x.pth", "--out", "o.png"], "--checkpoint goes with --timm"),
+    (["BOMB", "--preset", "deit_tiny", "--out", "o.png"], "cannot read the image .*bomb.png': DecompressionBombError"),
+    (["IMAGE", "--preset", "deit_tiny", "--alpha", "nan", "--out", "o.png"], "alpha=nan"),
 ])
 def test_vis_bad_arguments_are_one_line(tmp_path, args, message):
     image = scene(tmp_path / "scene.png")
-    args = [str(image) if a == "IMAGE" else a for a in args]
+    from tests.test_images import bad_images
+    bomb = bad_images(tmp_path / "bad")["bomb.png"]
+    args = [str(image) if a == "IMAGE" else str(bomb) if a == "BOMB" else a for a in args]
     r = subprocess.run([sys.executable, "-m", "gtp_ref.vis", *args], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     import re

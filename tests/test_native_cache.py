@@ -1,0 +1,175 @@
+"""What the fast backend loads from its cache of compiled CPU kernels: only a library built by
+this user, in a directory nobody else can write to, whose digest matches and which answers its
+self-test; anything else is built anew (or, where the cache cannot be trusted, built in a private
+directory) -- never loaded, never a crash, never a wrong number.  Each case runs in a fresh
+process with its own cache directory."""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gtp_ref import _native
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
+                                reason="needs a C compiler")
+
+# A stranger's library: a constructor that leaves a mark, and the kernel's names as no-ops (whose
+# outputs would stay uninitialised: NaN logits, silently).
+FOREIGN_C = """
+#include <stdio.h>
+#include <stdint.h>
+__attribute__((constructor)) static void mark(void) { FILE *f = fopen("MARK", "w"); if (f) fclose(f); }
+void kth_smallest_f32(void) {} void kth_smallest_f64(void) {}
+void mask_heads_f32(void) {} void mask_heads_f64(void) {}
+"""
+NO_NAMES_C = "int something_else(void) { return 1; }\n"
+
+# The child: the fast backend's threshold and masking on the CPU must be exact, whatever the cache held.
+CHILD = textwrap.dedent("""
+    import warnings, torch
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from gtp_ref import fast, dense, _native
+        x = torch.rand(3, 500, generator=torch.Generator().manual_seed(0))
+        attn = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(1)).softmax(-1)
+        assert torch.equal(fast.kth_smallest(x, 123), x.kthvalue(123, -1).values)
+        assert torch.equal(fast.sparsify_attention(attn, 0.6), dense.sparsify_attention(attn, 0.6))
+    print("available", _native.available())
+    print("note", _native.NOTE)
+    print("reason", _native.REASON)
+    for w in caught:
+        print("warning", w.message)
+""")
+
+
+def run_child(cache: Path | None, *, env_extra=None, prelude: str = "", cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME",)}
+    if cache is not None:
+        env["XDG_CACHE_HOME"] = str(cache)
+    env.update(env_extra or {})
+    env = {k: v for k, v in env.items() if v is not None}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", prelude + CHILD], capture_output=True, text=True, env=env, cwd=cwd,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def library_name() -> str:
+    return f"select-{_native._key(_native._compiler())}.so"
+
+
+def compile_c(code: str, out: Path, tmp: Path) -> None:
+    src = tmp / "foreign.c"
+    src.write_text(code)
+    subprocess.run([_native._compiler(), "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+
+
+def forge_digest(path: Path) -> None:
+    path.with_name(path.name + ".sha256").write_text(_native._digest(path) + "\n")
+
+
+def test_a_library_in_a_world_writable_cache_is_never_loaded(tmp_path):
+    """Another user's library, digest and all, planted in a shared cache: it does not run."""
+    shared = tmp_path / "shared"
+    (shared / "gtp_ref").mkdir(parents=True)
+    for d in (shared, shared / "gtp_ref"):
+        d.chmod(0o777)
+    planted = shared / "gtp_ref" / library_name()
+    compile_c(FOREIGN_C, planted, tmp_path)
+    forge_digest(planted)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = run_child(shared, cwd=work)
+    assert not (work / "MARK").exists(), "the planted library's constructor ran"
+    assert "available True" in out and "writable by its group or by others" in out, out
+    assert "built in" in out and "for this process" in out, out
+
+
+def test_a_library_of_no_ops_with_the_right_names_and_digest_is_not_used(tmp_path):
+    """Even in a private cache, with a matching digest: the self-test refuses it; it is rebuilt."""
+    cache = tmp_path / "cache"
+    (cache / "gtp_ref").mkdir(parents=True, mode=0o700)
+    planted = cache / "gtp_ref" / library_name()
+    compile_c(FOREIGN_C, planted, tmp_path)
+    forge_digest(planted)
+    out = run_child(cache, cwd=tmp_path)
+    assert "available True" in out and "reason None" in out and "warning" not in out, out
+    _native._checked(planted)  # replaced by a real build, which passes the self-test here too
+    assert _native._intact(planted)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "no kernel functions"])
+def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path, damage):
+    """A half-written file would kill the process with SIGBUS if loaded; random bytes fail to load;
+    a library without the functions would fail in the forward: each is built again and replaced."""
+    cache = tmp_path / "cache"
+    first = run_child(cache, cwd=tmp_path)
+    assert "available True" in first, first
+    built = cache / "gtp_ref" / library_name()
+    size = built.stat().st_size
+    if damage == "truncated":
+        with open(built, "r+b") as f:
+            f.truncate(size // 2)  # the recorded digest no longer matches
+    elif damage == "random bytes":
+        built.write_bytes(os.urandom(size))
+        forge_digest(built)  # even with a matching digest: it does not load
+    else:
+        compile_c(NO_NAMES_C, built, tmp_path)
+        forge_digest(built)
+    out = run_child(cache, cwd=tmp_path)
+    assert "available True" in out and "reason None" in out and "warning" not in out, out
+    assert _native._intact(built) and built.stat().st_size == size
+
+
+def test_no_home_directory_and_no_passwd_entry(tmp_path):
+    """HOME unset and a uid without a passwd entry: XDG_CACHE_HOME is used when set; without it the
+    library is built in a private directory, with a warning -- no crash either way."""
+    prelude = "import pwd\ndef _none(uid): raise KeyError(uid)\npwd.getpwuid = _none\n"
+    with_xdg = run_child(tmp_path / "xdg", env_extra={"HOME": None}, prelude=prelude, cwd=tmp_path)
+    assert "available True" in with_xdg and "note None" in with_xdg, with_xdg
+    assert (tmp_path / "xdg" / "gtp_ref" / library_name()).exists()
+    without = run_child(None, env_extra={"HOME": None}, prelude=prelude, cwd=tmp_path)
+    assert "available True" in without and "no home directory" in without, without
+
+
+def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
+    """The XDG spec: a relative XDG_CACHE_HOME is invalid (it would name a folder of the working
+    directory, wherever that is)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _native.cache_dir() == tmp_path / ".cache" / "gtp_ref"
+
+
+def test_the_trust_rule(tmp_path):
+    """Owned by this user and writable by nobody else; folders above may be shared only with the
+    sticky bit (as /tmp)."""
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    assert _native.untrusted(mine) is None
+    mine.chmod(0o770)
+    assert "writable by its group or by others" in _native.untrusted(mine)
+    mine.chmod(0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "inner").mkdir(mode=0o700)
+    assert "without the sticky bit" in _native.untrusted(shared / "inner")
+    shared.chmod(0o777 | stat.S_ISVTX)
+    assert _native.untrusted(shared / "inner") is None
+    link = tmp_path / "link"
+    link.symlink_to(shared / "inner")
+    assert _native.untrusted(link) is None, "judged where the link leads"
+    (tmp_path / "file").write_text("")
+    assert "is not a directory" in _native.untrusted(tmp_path / "file")
+    if os.getuid() == 0:  # only root can give a folder away
+        other = tmp_path / "other"
+        other.mkdir(mode=0o700)
+        os.chown(other, 12345, 12345)
+        assert "belongs to uid 12345" in _native.untrusted(other)
