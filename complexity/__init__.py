@@ -2,23 +2,18 @@
 
 Every public function accepts Python ints (exact integer / rational results) or sympy
 symbols (symbolic expressions).  Notation follows supplement C.4, where ``M`` is the number
-of tokens *removed per layer* (the ``P`` of the method), **not** the number of semantic
-neighbours of the token graph.
+of tokens *removed per layer* -- the model's ``num_prop`` (P), ``--num-prop`` on the command
+line -- **not** the number of semantic neighbours of the token graph.
 
 ``complexity.backbone`` and ``complexity.schedule`` are plain Python (``gtp_ref`` uses them
 without importing sympy); the sympy expressions of ``complexity.extra`` load on first use.
 """
-from complexity.backbone import (
-    PRESETS,
-    ViTGeometry,
-    backbone_macs,
-    gtp_schedule,
-    tome_schedule,
-)
+from complexity.backbone import PRESETS, ViTGeometry, backbone_macs
+from complexity.schedule import prop_schedule, tome_schedule
 
 _SYMPY = ("g_tome", "g_gtp", "eq2_printed", "eq3_printed", "g_tome_closed", "g_gtp_closed", "eq2_correction")
 
-__all__ = [*_SYMPY, "ViTGeometry", "PRESETS", "backbone_macs", "gtp_schedule", "tome_schedule"]
+__all__ = [*_SYMPY, "ViTGeometry", "PRESETS", "backbone_macs", "prop_schedule", "tome_schedule"]
 
 
 def __getattr__(name):

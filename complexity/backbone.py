@@ -13,8 +13,6 @@ and MLP, so the MLP runs on ``N_l - P_l`` tokens, and ``N_{l+1} = N_l - P_l``.
 from dataclasses import dataclass
 from typing import Any
 
-from complexity import schedule
-from complexity.schedule import prop_schedule
 
 
 @dataclass(frozen=True)
@@ -104,24 +102,12 @@ def head_macs(C: int, num_classes: int) -> int:
     return C * num_classes
 
 
-# ---- schedules (the rules live in complexity.schedule) ----------------------------------------
-def gtp_schedule(geom: ViTGeometry, P: int | list[int]) -> list[int]:
-    """Tokens removed per layer for GTP: ``P`` (an int or one int per layer); ValueError when a
-    layer would keep no image token (``complexity.schedule.prop_schedule``)."""
-    return prop_schedule(P, geom.depth, geom.num_image_tokens)
-
-
-def tome_schedule(geom: ViTGeometry, r: int | list[int]) -> list[int]:
-    """Tokens merged per layer for ToMe at ``r``: clamped to half of the unprotected tokens
-    (``complexity.schedule.tome_schedule``; late layers of an aggressive ``r`` merge fewer)."""
-    return schedule.tome_schedule(r, geom.depth, geom.num_tokens, int(geom.class_token))
-
-
 def backbone_macs(geom: ViTGeometry, removed: int | list[int] = 0) -> dict[str, Any]:
     """MACs of ``geom`` when ``removed[l]`` tokens are removed between attention and MLP of block l.
 
     Returns a dict of named terms (each summed over the blocks), ``total`` and
-    ``tokens`` (tokens entering each block).  ``removed`` is an int or a list of ``depth`` ints.
+    ``tokens`` (tokens entering each block).  ``removed`` is an int or a list of ``depth`` ints:
+    GTP's ``complexity.schedule.prop_schedule`` or ToMe's ``tome_schedule``.
     """
     removed = [removed] * geom.depth if isinstance(removed, int) else list(removed)
     if len(removed) != geom.depth:

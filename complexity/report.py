@@ -7,7 +7,8 @@ from typing import Any
 import sympy as sp
 
 from complexity import symbols as s
-from complexity.backbone import PRESETS, backbone_macs, gtp_schedule, tome_schedule
+from complexity.backbone import PRESETS, backbone_macs
+from complexity.schedule import prop_schedule, tome_schedule
 from complexity.extra import (
     eq2_correction,
     eq2_printed,
@@ -88,10 +89,11 @@ def tables_check() -> list[dict[str, Any]]:
     for key, table in TABLES.items():
         geom = PRESETS[key]
         for P, quoted in table.items():
-            gtp = backbone_macs(geom, gtp_schedule(geom, P))["total"] / 1e9
-            tome = backbone_macs(geom, tome_schedule(geom, P))["total"] / 1e9
+            merged = tome_schedule(P, geom.depth, geom.num_tokens, int(geom.class_token))
+            gtp = backbone_macs(geom, prop_schedule(P, geom.depth, geom.num_image_tokens))["total"] / 1e9
+            tome = backbone_macs(geom, merged)["total"] / 1e9
             rows.append({"backbone": geom.name, "P": P, "table_gmacs": quoted,
-                         "gtp_gmacs": gtp, "tome_gmacs": tome, "tome_r": tome_schedule(geom, P)})
+                         "gtp_gmacs": gtp, "tome_gmacs": tome, "tome_r": merged})
     return rows
 
 

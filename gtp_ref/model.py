@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gtp_ref._checks import prefix_count
 from gtp_ref.backends import Backend, get_backend
 from gtp_ref.select import sparsity_k
 from gtp_ref.settings import GTPSettings
@@ -128,12 +129,14 @@ class GTPBlock(Block):
     def attend(self, x: Tensor, selection: str | None, run: GTPRun,
                layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
         """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
-        selection): by the backend's fused attention where it applies, else explicitly."""
-        if run.ops.attend_and_score is not None and not run.record:
-            fused = run.ops.attend_and_score(self, x, run.sizes, run.sparsity, selection, run.prefix)
-            if fused is not None:
-                return fused
+        selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
         q, k, v = self.attn.heads(self.norm1(x))  # (B, H, N, d)
+        if run.ops.attention is not None and not run.record:
+            fused = run.ops.attention(q * self.attn.scale, k, v, run.sizes, run.sparsity, selection,
+                                      prefix_count(run.prefix))
+            if fused is not None:
+                out, scores = fused  # (B, N, H d), (B, n) or None
+                return self.attn.proj(out), scores
         raw = self.attn.map(q, k, run.sizes)  # (B, H, N, N): softmax(q k^T / sqrt(d) + log s)
         attn = run.ops.sparsify_attention(raw, run.sparsity)  # entries below the head's threshold set to 0
         if run.record:

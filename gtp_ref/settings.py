@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from gtp_ref._checks import (
-    BACKENDS,
     GRAPHS,
     PROPAGATIONS,
     SELECTIONS,
@@ -24,6 +23,7 @@ from gtp_ref._checks import (
     integer,
     prop_schedule,
 )
+from gtp_ref.backends import NAMES as BACKENDS
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,16 @@ class AttentionMap(nn.Module):
         self.scale = scale
 
     def forward(self, q: Tensor, k: Tensor, token_sizes: Tensor | None = None) -> Tensor:
-        logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-        if token_sizes is not None:
-            logits = logits + token_sizes.log()[:, None, None, :]  # + log s per key column
-        return logits.softmax(dim=-1)
+        return softmax_map(q * self.scale, k, token_sizes)
+
+
+def softmax_map(q: Tensor, k: Tensor, token_sizes: Tensor | None = None) -> Tensor:
+    """softmax(q k^T + log s) for q already scaled: q, k [B, H, N, d], sizes s [B, N] or None ->
+    [B, H, N, N] (the attention map's one definition; the backends that compute it use it too)."""
+    logits = q @ k.transpose(-2, -1)  # (B, H, N, N)
+    if token_sizes is not None:
+        logits = logits + token_sizes.log()[:, None, None, :]  # + log s per key column
+    return logits.softmax(dim=-1)
 
 
 class ValueMix(nn.Module):

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from gtp_ref import GTPViT, fast
+from gtp_ref import GTPViT
+from gtp_ref.backends import NAMES, fast
 from gtp_ref._checks import SELECTIONS
 from gtp_ref.conformance.seeded import model_for, official_vectors, tome_vectors  # noqa: F401
 from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the tests)
@@ -22,7 +23,7 @@ from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the
 )
 from gtp_ref.tome import ToMeViT
 
-BACKENDS = ("dense", "sparse", "fast")
+BACKENDS = NAMES  # every backend of the registry: a new backend inherits every test that uses it
 # Where the fast backend's fused kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
 FUSED = fast.FUSED_DEVICE if fast.FUSED_DEVICE != "cuda" or torch.cuda.is_available() else None
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from gtp_ref.bench import __main__ as bench
-from gtp_ref.bench import scaling
-from gtp_ref.bench.scaling import peak_added_bytes
+from gtp_ref.apps.bench import __main__ as bench
+from gtp_ref.apps.bench import scaling
+from gtp_ref.apps.bench.scaling import peak_added_bytes
 
 
 def run(*args):
@@ -45,11 +45,11 @@ def test_peak_memory_counts_a_known_allocation():
     (("threshold", "--sizes", "2x1"), "--sizes '2x1': need B >= 1 and N >= 2"),
     (("threshold", "--sizes", "0x9"), "--sizes '0x9': need B >= 1"),
     (("threshold", "--sizes", "2by9"), "--sizes '2by9': write BxN"),
-    (("profile", "--P", "1000"), "--P 1000 for smoke: num_prop=1000 propagates 1000 of the 16 image tokens"),
+    (("profile", "--num-prop", "1000"), "--num-prop 1000 for smoke: num_prop=1000 propagates 1000 of the 16 image tokens"),
     (("profile", "--batch", "0"), "--batch 0: must be >= 1"),
     (("throughput", "--models", "deit_small", "--repeats", "2"), "--repeats 2: a measurement needs >= 5"),
     (("throughput", "--methods", "gtp_fast+graph"), "the +graph methods need --device cuda"),
-    (("throughput", "--P", "1000"), "--P 1000 for smoke"),
+    (("throughput", "--num-prop", "1000"), "--num-prop 1000 for smoke"),
     (("throughput", "--batches", "0"), "--batches 0: must be >= 1"),
     (("throughput", "--figure", "out.pdf"), "--figure 'out.pdf': must end in .png"),
     (("throughput", "--json-out", "/no/such/folder/rows.json"), "its folder '/no/such/folder' does not exist"),
@@ -71,7 +71,7 @@ def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "cannot read throughput rows"), ('{"rows": []}', "not a throughput result"),
-    ('{"rows": [{"model": "smoke"}]}', "row 0 lacks or mistypes method, P, batch"),
+    ('{"rows": [{"model": "smoke"}]}', "row 0 lacks or mistypes method, num_prop, batch"),
     ('[1, 2]', "not a throughput result"),
 ])
 def test_plot_refuses_malformed_rows_in_one_line(tmp_path, content, message):
@@ -108,9 +108,9 @@ def test_throughput_smoke(tmp_path):
     rows = json.loads(r.stdout)["rows"]
     assert {x["method"] for x in rows} == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse",
                                            "gtp_fast", "tome"}
-    assert {x["P"] for x in rows if x["method"] == "tome"} == {1, 2}
+    assert {x["num_prop"] for x in rows if x["method"] == "tome"} == {1, 2}
     assert all(x["img_per_s"] > 0 and x["speedup"] > 0 for x in rows)
-    assert all(x["expected_speedup"] > 1 for x in rows if x["P"])
+    assert all(x["expected_speedup"] > 1 for x in rows if x["num_prop"])
     assert int.from_bytes(fig.read_bytes()[16:20], "big") >= 800
 
 
@@ -132,11 +132,11 @@ def test_threshold_smoke():
 
 
 def test_attention_smoke():
-    """On the CPU the fused attention, GTP's explicit one and the native path, which agrees."""
+    """On the CPU the fused attention, GTP's explicit one and the fast backend's CPU path, which agrees."""
     r = run("attention", "--sizes", "2x17", "--repeats", "1", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert [x["method"] for x in rows] == ["sdpa", "explicit", "native"]
+    assert [x["method"] for x in rows] == ["sdpa", "explicit", "cpu"]
     assert rows[0]["max_abs_diff_out"] is None and rows[1]["max_abs_diff_out"] == 0.0
     assert rows[2]["max_abs_diff_out"] < 1e-5 and rows[2]["max_abs_diff_scores"] < 1e-5
     assert all(x["median_us"] > 0 and (x["B"], x["N"], x["dtype"]) == (2, 17, "fp32") for x in rows)
@@ -144,7 +144,7 @@ def test_attention_smoke():
 
 def test_pruned_free_drops_tokens_at_gtps_schedule():
     """Free pruning keeps GTP's token count per block, and at P = 0 it is the plain model."""
-    from gtp_ref.bench.throughput import PrunedViT
+    from gtp_ref.apps.bench.throughput import PrunedViT
     from gtp_ref.vit import ViT
     kw = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=3, num_heads=2)
     torch.manual_seed(0)
@@ -164,7 +164,7 @@ def test_pruned_free_drops_tokens_at_gtps_schedule():
 
 def test_throughput_at_another_image_size():
     r = run("throughput", "--models", "smoke", "--img-size", "48", "--repeats", "1", "--methods", "baseline_fused",
-            "pruned_free", "--P", "2", "--json")
+            "pruned_free", "--num-prop", "2", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert [x["method"] for x in rows] == ["baseline_fused", "pruned_free"]
@@ -196,6 +196,6 @@ def test_throughput_compile_smoke():
     r = run("throughput", "--models", "smoke", "--repeats", "1", "--methods", "gtp_fast", "gtp_fast+compile", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert [(x["method"], x["P"]) for x in rows] == [("gtp_fast", 1), ("gtp_fast", 2),
+    assert [(x["method"], x["num_prop"]) for x in rows] == [("gtp_fast", 1), ("gtp_fast", 2),
                                                      ("gtp_fast+compile", 1), ("gtp_fast+compile", 2)]
     assert all(x["img_per_s"] > 0 for x in rows)

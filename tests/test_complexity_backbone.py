@@ -3,13 +3,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from complexity.backbone import (
-    PRESETS,
-    ViTGeometry,
-    backbone_macs,
-    gtp_schedule,
-    tome_schedule,
-)
+from complexity.backbone import PRESETS, ViTGeometry, backbone_macs
+from complexity.schedule import prop_schedule, tome_schedule
 
 
 def plain_vit_macs(g, tokens_attn, tokens_mlp):
@@ -39,7 +34,7 @@ def geometry_and_schedule(draw):
 @given(geometry_and_schedule())
 def test_backbone_macs_match_an_independent_count(gs):
     g, P = gs
-    out = backbone_macs(g, gtp_schedule(g, P))
+    out = backbone_macs(g, prop_schedule(P, g.depth, g.num_image_tokens))
     n, attn, mlp = g.num_tokens, [], []
     for p in P:
         attn.append(n)
@@ -59,24 +54,25 @@ def test_deit_small_is_4_6_gmacs():
 def test_tome_schedule_clamps_to_half_of_the_unprotected_tokens(gs, r):
     g, _ = gs
     n = g.num_tokens
-    for r_l in tome_schedule(g, r):
+    for r_l in tome_schedule(r, g.depth, g.num_tokens, int(g.class_token)):
         assert r_l == min(r, (n - int(g.class_token)) // 2)
         n -= r_l
     assert n >= 1
 
 
 def test_tome_r16_deit_is_clamped_in_the_last_layer():
-    assert tome_schedule(PRESETS["deit_small"], 16) == [16] * 11 + [10]
+    g = PRESETS["deit_small"]
+    assert tome_schedule(16, g.depth, g.num_tokens, 1) == [16] * 11 + [10]
 
 
 def test_gtp_schedule_errors():
     g = PRESETS["deit_small"]
     with pytest.raises(ValueError, match="17 of the 9 image tokens left at block 11; at most 8"):
-        gtp_schedule(g, 17)
+        prop_schedule(17, g.depth, g.num_image_tokens)
     with pytest.raises(ValueError, match="depth=12"):
-        gtp_schedule(g, [1, 2])
+        prop_schedule([1, 2], g.depth, g.num_image_tokens)
     with pytest.raises(ValueError, match=r"num_prop=-1 must be an integer >= 0"):
-        gtp_schedule(g, -1)
+        prop_schedule(-1, g.depth, g.num_image_tokens)
 
 
 def test_tables_within_rounding_of_the_supplement():

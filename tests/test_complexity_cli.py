@@ -55,7 +55,7 @@ def test_custom_backbone():
 
 
 @pytest.mark.parametrize("args, word", [
-    (["--M", "-1"], "M"), (["--N", "50"], "tokens"), (["--N", "x"], "--N"),
+    (["--num-prop", "-1"], "M must be an integer >= 0, got -1"), (["--N", "50"], "tokens"), (["--N", "x"], "--N"),
     (["--C", "0"], "C"), (["--bogus"], "bogus"),
 ])
 def test_cli_errors_are_one_line_exit_2(args, word):

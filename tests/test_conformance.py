@@ -21,7 +21,7 @@ def run_suite(impl, *extra, env=None):
                           capture_output=True, text=True, cwd=ROOT, env=e)
 
 
-@pytest.mark.parametrize("impl", ["gtp_ref.sparse", "gtp_ref.fast", "gtp_ref.dense", "examples.numpy_gtp"])
+@pytest.mark.parametrize("impl", ["gtp_ref.backends.sparse", "gtp_ref.backends.fast", "gtp_ref.backends.dense", "examples.numpy_gtp"])
 def test_suite_passes_our_implementations(impl):
     r = run_suite(impl)
     assert r.returncode == 0, r.stdout[-3000:]
@@ -86,7 +86,7 @@ def test_an_xfail_that_passes_is_reported(tmp_path):
 def test_a_bad_xfail_entry_is_a_usage_error(tmp_path, content, message):
     xfails = tmp_path / "xfails.txt"
     xfails.write_text(content)
-    r = run_suite("gtp_ref.sparse", env={"GTP_XFAILS": str(xfails)})
+    r = run_suite("gtp_ref.backends.sparse", env={"GTP_XFAILS": str(xfails)})
     assert r.returncode == 4 and message in r.stderr, r.stderr[-2000:]
     assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1, r.stderr
 
@@ -94,7 +94,7 @@ def test_a_bad_xfail_entry_is_a_usage_error(tmp_path, content, message):
 def test_an_xfail_entry_with_parameters_that_do_not_exist_stops_the_run(tmp_path):
     xfails = tmp_path / "xfails.txt"
     xfails.write_text("test_vectors.py::test_select_vectors[select_tokens-99]\n")
-    r = run_suite("gtp_ref.sparse", env={"GTP_XFAILS": str(xfails)})
+    r = run_suite("gtp_ref.backends.sparse", env={"GTP_XFAILS": str(xfails)})
     assert r.returncode == 4, r.stdout[-2000:]
     assert "GTP_XFAILS names no test of the suite: line 1: 'test_vectors.py::test_select_vectors" \
            "[select_tokens-99]'" in r.stdout
@@ -107,7 +107,7 @@ def test_an_xfail_entry_with_parameters_that_do_not_exist_stops_the_run(tmp_path
     ({}, ("--gtp-max-examples", "0"), "--gtp-max-examples 0: must be a positive integer"),
 ])
 def test_bad_settings_are_one_line_usage_errors(env, extra, message):
-    e = {**os.environ, "GTP_IMPL": "gtp_ref.sparse", **env}
+    e = {**os.environ, "GTP_IMPL": "gtp_ref.backends.sparse", **env}
     r = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "gtp_ref.conformance", "-p", "no:cacheprovider",
                         *extra], capture_output=True, text=True, cwd=ROOT, env=e)
     assert r.returncode == 4 and message in r.stderr, (r.stdout[-1000:], r.stderr[-1000:])
@@ -195,3 +195,10 @@ def test_export_replaces_files_in_place_and_never_through_a_symlink(tmp_path):
     assert outside.read_text() == "keep me"
     r = export_cli("")
     assert r.returncode == 2 and "DIR '': give a directory" in r.stderr
+
+
+def test_the_vectors_command_reports_every_backend_within_the_tests_tolerance():
+    from gtp_ref.conformance.__main__ import vectors_report
+    rows = [line.split() for line in vectors_report().splitlines()[2:]]
+    assert [r[-3] for r in rows] == ["dense", "sparse", "fast", "ToMeViT"]
+    assert all(float(r[-2]) < 1e-8 for r in rows), rows

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the digits experiment needs scikit-learn (the digits extra)")
 
-from gtp_ref import digits  # noqa: E402
+from gtp_ref.apps import digits  # noqa: E402
 
 
 def test_data_is_the_fixed_split_of_the_packaged_digits():

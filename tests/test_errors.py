@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gtp_ref import GTPViT
-from gtp_ref.sparse import SparseGraph
+from gtp_ref.backends import MODULES
+from gtp_ref.backends.sparse import SparseGraph
 from gtp_ref.tome import ToMeViT
 from gtp_ref.vit import ViT
 from tests.helpers import BACKENDS
@@ -106,14 +107,14 @@ BAD = [
 
 def foreign_graph(ops, x):
     """A graph of the right size from another backend than ``ops``."""
-    other = "sparse" if ops.__name__ != "gtp_ref.sparse" else "dense"
-    return graph_of(importlib.import_module(f"gtp_ref.{other}"), x)
+    other = "sparse" if ops.__name__ != "gtp_ref.backends.sparse" else "dense"
+    return graph_of(importlib.import_module(MODULES[other]), x)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op, change, error, match", [pytest.param(*c[:1], *c[2:], id=f"{c[0]}: {c[1]}") for c in BAD])
 def test_bad_op_arguments_are_refused_before_any_work(backend, op, change, error, match):
-    ops = importlib.import_module(f"gtp_ref.{backend}")
+    ops = importlib.import_module(MODULES[backend])
     args = valid_args(op)
     if args.get("G") is G_MARK:
         args["G"] = graph_of(ops, args["x"])
@@ -125,7 +126,7 @@ def test_bad_op_arguments_are_refused_before_any_work(backend, op, change, error
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_numpy_scalars_are_their_python_values(backend):
-    ops = importlib.import_module(f"gtp_ref.{backend}")
+    ops = importlib.import_module(MODULES[backend])
     a = valid_args("token_graph")
     G = ops.to_dense(ops.token_graph(a["x_img"], (np.int64(2), np.int32(3)), "mixed", np.int64(2)))
     assert torch.equal(G, ops.to_dense(ops.token_graph(**a)))
@@ -230,7 +231,7 @@ def test_forward_input_errors(shape):
 
 def test_sparse_graph_type_is_checked_by_the_other_backends():
     """A SparseGraph passed to the dense backend is refused by type, not by a deep failure."""
-    from gtp_ref import dense, sparse
+    from gtp_ref.backends import dense, sparse
     x = valid_args("propagate")["x"]
     G = sparse.token_graph(x[:, 1:], (2, 3), "mixed", 2)
     assert isinstance(G, SparseGraph)

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from gtp_ref import GTPViT, deit_tiny
-from gtp_ref.eval import ImageFolder, Setting, backbone_kwargs, evaluate, reduced_model, settings_for
-from gtp_ref.loading import read_state_dict
+from gtp_ref import GTPSettings, paper_settings
+from gtp_ref.apps.eval import Setting, backbone_kwargs, evaluate, reduced_model, settings_for
+from gtp_ref.apps.images import ImageFolder
+from gtp_ref.apps.loading import read_state_dict
 
 COLOURS = [(230, 20, 30), (10, 220, 40), (20, 30, 240)]  # class 0 red, 1 green, 2 blue
 
@@ -68,9 +70,8 @@ def test_a_model_built_to_be_right_scores_100_percent_with_every_method(tmp_path
     net = deit_tiny(num_classes=3).eval()
     net.load_state_dict(right_state)
     kwargs = backbone_kwargs(net, "deit_tiny")
-    settings = settings_for(["baseline", "gtp", "prune", "tome"], Setting("gtp", P=8))
-    gtp = dict(selection="mixed_attn_max", sparsity=0.6, token_scale=True)
-    models = {s.label: reduced_model(net, kwargs, s, gtp) for s in settings}
+    settings = settings_for(["baseline", "gtp", "prune", "tome"], Setting("gtp", num_prop=8))
+    models = {s.label: reduced_model(net, kwargs, s, paper_settings("deit_tiny")) for s in settings}
     out = evaluate(models, root, batch_size=5)
     assert set(out["results"]) == {"baseline", "gtp P=8 alpha=0.1 mixed M=4", "prune P=8", "tome r=8"}
     for name, r in out["results"].items():
@@ -96,21 +97,21 @@ def test_models_share_the_weights(right_state):
     net = deit_tiny(num_classes=3).eval()
     net.load_state_dict(right_state)
     kwargs = backbone_kwargs(net, "deit_tiny")
-    for s in settings_for(["gtp", "tome"], Setting("gtp", P=4)):
-        model = reduced_model(net, kwargs, s, {})
+    for s in settings_for(["gtp", "tome"], Setting("gtp", num_prop=4)):
+        model = reduced_model(net, kwargs, s, GTPSettings())
         assert model.blocks[3].mlp.fc1.weight.data_ptr() == net.blocks[3].mlp.fc1.weight.data_ptr()
         assert not any(p.is_meta for p in model.parameters())
 
 
 def test_sweeps_cover_every_value():
-    base = Setting("gtp", P=8, alpha=0.1, M=4)
-    P = settings_for(["baseline", "gtp", "prune", "tome"], base, "P", [4, 8])
+    base = Setting("gtp", num_prop=8, alpha=0.1, num_neighbours=4)
+    P = settings_for(["baseline", "gtp", "prune", "tome"], base, "num_prop", [4, 8])
     assert [s.label for s in P] == ["baseline", "gtp P=4 alpha=0.1 mixed M=4", "gtp P=8 alpha=0.1 mixed M=4",
                                     "prune P=4", "prune P=8", "tome r=4", "tome r=8"]
     alpha = settings_for(["baseline", "gtp"], base, "alpha", [0, 0.3])
     assert [(s.method, s.alpha) for s in alpha] == [("baseline", 0.1), ("gtp", 0.0), ("gtp", 0.3)]
-    M = settings_for(["gtp"], base, "M", [1, 8], graphs=["semantic", "mixed"])
-    assert [(s.graph, s.M) for s in M] == [("semantic", 1), ("semantic", 8), ("mixed", 1), ("mixed", 8)]
+    M = settings_for(["gtp"], base, "num_neighbours", [1, 8], graphs=["semantic", "mixed"])
+    assert [(s.graph, s.num_neighbours) for s in M] == [("semantic", 1), ("semantic", 8), ("mixed", 1), ("mixed", 8)]
 
 
 def test_limit_draws_from_every_class(tmp_path):
@@ -131,7 +132,7 @@ def test_command_reports_skips_unreadable_images_and_writes_json_and_figure(tmp_
     ckpt = tmp_path / "right.pth"
     torch.save(right_state, ckpt)
     out, fig = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    r = run(root, "--preset", "deit_tiny", "--num-classes", 3, "--state-dict", ckpt, "--sweep", "P",
+    r = run(root, "--preset", "deit_tiny", "--num-classes", 3, "--state-dict", ckpt, "--sweep", "num-prop",
             "--values", 4, 8, "--methods", "baseline", "gtp", "tome", "--json-out", out, "--figure", fig)
     assert r.returncode == 0, r.stderr
     skipped = [line for line in r.stderr.splitlines() if "skipped" in line]
@@ -139,7 +140,7 @@ def test_command_reports_skips_unreadable_images_and_writes_json_and_figure(tmp_
     assert "1 image(s) could not be read" in r.stdout
     doc = json.loads(out.read_text())
     assert doc["images"] == 10 and len(doc["skipped"]) == 1
-    assert [(x["method"], x["P"], x["top1"]) for x in doc["rows"]] == [
+    assert [(x["method"], x["num_prop"], x["top1"]) for x in doc["rows"]] == [
         ("baseline", 0, 100.0), ("gtp", 4, 100.0), ("gtp", 8, 100.0), ("tome", 4, 100.0), ("tome", 8, 100.0)]
     assert all(x["images"] == 9 for x in doc["rows"])
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -171,14 +172,14 @@ def test_images_pillow_refuses_are_skipped_and_every_other_result_is_kept(tmp_pa
     ("ok", ["--preset", "deit_tiny"], "the model has 1000 classes, '{root}' has 3 class folders"),
     ("ok", ["--preset", "deit_tiny", "--checkpoint", "x.pth"], "--checkpoint goes with --timm"),
     ("ok", ["--preset", "deit_tiny", "--state-dict", "/no/such.pth"], "'/no/such.pth': no such file"),
-    ("ok", ["--preset", "deit_tiny", "--sweep", "P"], "--sweep and --values go together"),
-    ("ok", ["--preset", "deit_tiny", "--sweep", "M", "--values", "2.5"], "whole numbers >= 0"),
+    ("ok", ["--preset", "deit_tiny", "--sweep", "num-prop"], "--sweep and --values go together"),
+    ("ok", ["--preset", "deit_tiny", "--sweep", "num-neighbours", "--values", "2.5"], "whole numbers >= 0"),
     ("ok", ["--preset", "deit_tiny", "--figure", "x.png"], "--figure draws a sweep"),
     ("ok", ["--preset", "deit_tiny", "--limit", "0"], "--limit 0: must be >= 1"),
-    ("ok", ["--preset", "deit_tiny", "--num-classes", "3", "--P", "100"], "num_prop=100"),
+    ("ok", ["--preset", "deit_tiny", "--num-classes", "3", "--num-prop", "100"], "num_prop=100"),
     ("ok", ["--preset", "deit_tiny", "--json-out", "rows.txt"], "--json-out 'rows.txt': must end in .json"),
     ("ok", ["--preset", "deit_tiny", "--sweep", "alpha", "--values", "0.1", "nan"], "--values nan: must be a finite"),
-    ("ok", ["--preset", "deit_tiny", "--sweep", "P", "--values", "inf"], "--values inf: must be a finite"),
+    ("ok", ["--preset", "deit_tiny", "--sweep", "num-prop", "--values", "inf"], "--values inf: must be a finite"),
     ("ok", ["--preset", "deit_tiny", "--alpha", "nan"], "--alpha nan: must be a finite"),
     ("ok", ["--preset", "deit_tiny", "--sparsity", "inf"], "--sparsity inf: must be a finite"),
 ], ids=lambda v: v if isinstance(v, str) else None)

@@ -18,9 +18,10 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gtp_ref import dense, fast
+from gtp_ref.backends import dense, fast
+from gtp_ref.cuda_graphs import cuda_graphed
 from gtp_ref.diagnostics import margin
-from gtp_ref.select import COLUMN_SELECTIONS
+from gtp_ref.select import COLUMN_SELECTIONS, sparsity_k
 from tests.helpers import (
     DTYPES,
     FUSED,
@@ -39,6 +40,13 @@ try:
     HAS_TRITON = True
 except ImportError:
     HAS_TRITON = False
+
+
+def path_taken(model, images, selection):
+    """The fast backend's attention path for the first block of ``model`` on ``images``."""
+    block = model.blocks[0]
+    q, _, _ = block.attn.heads(block.norm1(model.embed(images)))
+    return fast.attention_path(q * block.attn.scale, selection)[0]
 
 
 @st.composite
@@ -79,7 +87,7 @@ def test_kth_smallest_of_long_rows(spread):
             assert torch.equal(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values), (R, L, k)
 
 
-needs_native = pytest.mark.skipif(not fast._native.available(), reason="no C compiler for gtp_ref._native")
+needs_native = pytest.mark.skipif(not fast.cpu.available(), reason="no C compiler for gtp_ref.backends.fast.cpu")
 
 
 @needs_native
@@ -91,8 +99,8 @@ def test_native_mask_heads_is_the_reference_masking(data):
     dtype = data.draw(st.sampled_from(DTYPES))
     attn = data.draw(tensors((B, H, N, N), ties=data.draw(st.booleans()), low=0, high=1, dtype=dtype))
     theta = data.draw(st.sampled_from([1.0, 0.999, 0.9, 0.6, 0.3, 0.01]))
-    k = fast._kth(N, theta)
-    masked, col_sums, diagonal, first_row, tau = fast._native.mask_heads(attn, k)
+    k = sparsity_k(N, theta) if theta < 1 else 0
+    masked, col_sums, diagonal, first_row, tau = fast.cpu.mask_heads(attn, k)
     want = dense.sparsify_attention(attn, theta)
     assert torch.equal(masked, want) and torch.equal(diagonal, want.diagonal(dim1=-2, dim2=-1))
     assert torch.equal(first_row, want[:, :, 0]) and torch.allclose(col_sums, want.sum(2), rtol=1e-6, atol=1e-6)
@@ -107,14 +115,14 @@ def test_native_mask_heads_gradients():
     """Gradients reach the kept entries through the map, its column sums, diagonal and first row
     (the threshold passes none), as through the reference's masked_fill."""
     attn = torch.rand(2, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: fast._native.mask_heads(a, 10)[:4], (attn,))
+    assert torch.autograd.gradcheck(lambda a: fast.cpu.mask_heads(a, 10)[:4], (attn,))
     w = torch.randn(4, 5, dtype=torch.float64)
-    masked, col_sums, diagonal, first_row, _ = fast._native.mask_heads(attn, 10)
+    masked, col_sums, diagonal, first_row, _ = fast.cpu.mask_heads(attn, 10)
     (masked.sum() + col_sums @ w[0] + diagonal @ w[1] + first_row @ w[2]).sum().backward()
     got, attn.grad = attn.grad, None
     ref = dense.sparsify_attention(attn, 0.6)
     (ref.sum() + ref.sum(2) @ w[0] + ref.diagonal(dim1=-2, dim2=-1) @ w[1] + ref[:, :, 0] @ w[2]).sum().backward()
-    assert fast._kth(5, 0.6) == 10 and torch.allclose(got, attn.grad)
+    assert sparsity_k(5, 0.6) == 10 and torch.allclose(got, attn.grad)
 
 
 @needs_native
@@ -127,11 +135,10 @@ def test_native_path_in_pieces_equals_the_whole_map(monkeypatch, piece_entries):
                alpha=0.1, token_scale=True, backend="fast")
     model, x = build(cfg, dtype=torch.float32), images_for(cfg, 3, dtype=torch.float32)
     with torch.no_grad():
-        assert fast.attend_and_score(model.blocks[0], model.embed(x), None, 0.6, "mixed_attn_max", True,
-                                     path="native") is not None
+        assert path_taken(model, x, "mixed_attn_max") == "cpu"
         whole = model(x)
-        monkeypatch.setattr(fast, "NATIVE_MAP_ENTRIES", 0)
-        monkeypatch.setattr(fast, "NATIVE_PIECE_ENTRIES", piece_entries)
+        monkeypatch.setattr(fast.cpu, "MAP_ENTRIES", 0)
+        monkeypatch.setattr(fast.cpu, "PIECE_ENTRIES", piece_entries)
         pieces = model(x)
         explicit = model.forward_trace(x, record=True).logits
     assert torch.equal(pieces, whole) and torch.allclose(pieces, explicit, rtol=1e-5, atol=1e-6)
@@ -139,9 +146,9 @@ def test_native_path_in_pieces_equals_the_whole_map(monkeypatch, piece_entries):
 
 def test_kth_smallest_compiles_into_one_graph():
     """The compiled selection is a torch custom op: torch.compile keeps the threshold in the graph."""
-    from gtp_ref import _native
-    if not _native.available():
-        pytest.skip(f"no compiled selection here: {_native.REASON}")
+    from gtp_ref.backends.fast import cpu
+    if not cpu.available():
+        pytest.skip(f"no compiled selection here: {cpu.REASON}")
     x = torch.rand(6, 500, generator=torch.Generator().manual_seed(1))
     f = torch.compile(lambda t: fast.kth_smallest(t.softmax(-1), 200) * 2, fullgraph=True, backend="eager")
     assert torch.equal(f(x), x.softmax(-1).kthvalue(200, dim=-1).values * 2)
@@ -155,13 +162,14 @@ def test_kth_smallest_without_a_compiler_uses_topk():
     code = ("import warnings, torch\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
-            "    from gtp_ref import fast, _native\n"
+            "    from gtp_ref.backends import fast\n"
+            "    from gtp_ref.backends.fast import cpu\n"
             "    x = torch.rand(4, 300)\n"
             "    a, b = fast.kth_smallest(x, 100), fast.kth_smallest(x, 7)\n"
             "assert torch.equal(a, x.kthvalue(100, -1).values) and torch.equal(b, x.kthvalue(7, -1).values)\n"
             "msgs = [str(m.message) for m in w if 'compiled CPU threshold' in str(m.message)]\n"
             "assert len(msgs) == 1 and 'could not compile' in msgs[0], msgs\n"
-            "print('ok', _native.REASON)\n")
+            "print('ok', cpu.REASON)\n")
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "CC": "false", "XDG_CACHE_HOME": cache}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -188,35 +196,35 @@ def test_lazy_graph_blocks_are_the_dense_blocks():
 
 def test_cuda_graphed_needs_a_cuda_input():
     with pytest.raises(ValueError, match="CUDA example input"):
-        fast.cuda_graphed(lambda x: x, torch.zeros(2))
+        cuda_graphed(lambda x: x, torch.zeros(2))
 
 
 @pytest.mark.fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_map_kernels(dtype):
     """softmax_rows and mask_and_reduce against torch: the map to rounding, the masking exact."""
-    from gtp_ref import _triton
+    from gtp_ref.backends.fast import cuda
     g = torch.Generator().manual_seed(0)
     B, H, N = 2, 3, 13
     logits = torch.randn(B, H, N, N, generator=g, dtype=dtype).to(FUSED)
     s = (torch.rand(B, N, generator=g, dtype=dtype) + 0.5).to(FUSED)
     tol = dict(rtol=1e-13, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
     want = (logits + s.log()[:, None, None, :]).softmax(-1)
-    assert torch.allclose(_triton.softmax_rows(logits, s.log(), dtype), want, **tol)
+    assert torch.allclose(cuda.softmax_rows(logits, s.log(), dtype), want, **tol)
     tau = want.reshape(B * H, -1).kthvalue(60, -1).values
     ref = want.masked_fill(want < tau.view(B, H, 1, 1), 0.0)
     for out_dtype in ([torch.float64] if dtype == torch.float64 else [torch.float32, torch.float16]):
-        masked, col_sums, diag = _triton.mask_and_reduce(want, tau, out_dtype)
+        masked, col_sums, diag = cuda.mask_and_reduce(want, tau, out_dtype)
         assert torch.equal(masked, ref.to(out_dtype)) and torch.equal(diag, ref.diagonal(dim1=-2, dim2=-1))
         assert torch.allclose(col_sums, ref.sum(2), **tol)
     if dtype == torch.float32:  # float16 logits are computed with in float32
         half = logits.half()
         want16 = (half.float() + s.log()[:, None, None, :]).softmax(-1)
-        assert torch.allclose(_triton.softmax_rows(half, s.log()), want16, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(cuda.softmax_rows(half, s.log()), want16, rtol=1e-6, atol=1e-7)
 
 
 def one_kernel_reference(q, k, v, log_s, kth):
-    """What ``_triton.gtp_attention`` computes, with torch ops on the CPU: the map in float32
+    """What ``cuda.gtp_attention`` computes, with torch ops on the CPU: the map in float32
     (float64) from the product rounded to q's dtype, masked below its head's kth smallest entry."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     z = (q.to(acc) @ k.to(acc).transpose(-2, -1)).to(q.dtype).to(acc)  # (B, H, N, N)
@@ -243,7 +251,7 @@ def test_one_kernel_attention(N, d, dtype, sizes, theta):
     """gtp_attention's four outputs against the same computation in torch.  Its threshold is the
     kth smallest of the map it recomputes: a wrong threshold keeps or drops entries of about 1/N,
     far above these tolerances (the random maps have no ties within rounding)."""
-    from gtp_ref import _triton
+    from gtp_ref.backends.fast import cuda
     from gtp_ref.select import sparsity_k
     g = torch.Generator().manual_seed(N)
     B, H = 2, 3
@@ -252,7 +260,7 @@ def test_one_kernel_attention(N, d, dtype, sizes, theta):
     log_s = (torch.rand(B, N, generator=g, dtype=torch.float64) + 0.5).log() if sizes else None
     kth = sparsity_k(N, theta) if theta < 1 else 0
     want = one_kernel_reference(q, k, v, log_s, kth)
-    got = _triton.gtp_attention(*(t.to(FUSED) for t in (q, k, v)), None if log_s is None else log_s.to(FUSED), kth)
+    got = cuda.gtp_attention(*(t.to(FUSED) for t in (q, k, v)), None if log_s is None else log_s.to(FUSED), kth)
     tol = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-5, atol=1e-6),
            torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
     assert got[0].dtype == dtype and got[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -266,7 +274,7 @@ def test_every_attention_path_agrees_with_the_explicit_one():
     scores are the explicit path's (DeiT-S's block: C = 384, six heads)."""
     import argparse
 
-    from gtp_ref.bench import attention
+    from gtp_ref.apps.bench import attention
     rows = attention.run(argparse.Namespace(device=FUSED, sizes=[(2, 23)], dtypes=["fp32"], repeats=1))
     assert [r["method"] for r in rows] == ["sdpa", "explicit", "two_kernel", "one_kernel"]
     for r in rows[2:]:
@@ -298,7 +306,7 @@ def test_cuda_graph_replay_equals_eager():
     x = images_for(PAPER, 4, dtype=torch.float32).cuda()
     with torch.no_grad():
         eager = model(x).clone()
-        replay = fast.cuda_graphed(model, x)
+        replay = cuda_graphed(model, x)
         assert torch.equal(replay(x), eager)
         y = images_for(PAPER, 4, seed=7, dtype=torch.float32).cuda()
         assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"
@@ -319,8 +327,7 @@ def test_fused_model_equals_dense(cfg, selection, ties, dtype):
     x = images_for(cfg, 2, ties=ties, dtype=dtype)
     model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
     with torch.no_grad():
-        assert fast.attend_and_score(model.blocks[0], model.embed(x.to(FUSED)), None, cfg["sparsity"],
-                                     selection, cfg["class_token"]) is not None, "the fused path is taken"
+        assert path_taken(model, x.to(FUSED), selection) is not None, "the fused path is taken"
         trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
         got = model(x.to(FUSED)).cpu()
     assume(margin(trace) > NEAR_TIE[dtype])
@@ -340,11 +347,8 @@ def test_fused_model_above_256_tokens_equals_dense():
     x = images_for(cfg, 2, seed=5, dtype=dtype)  # its closest decision: 3e-8 relative
     model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
     with torch.no_grad():
-        tokens = model.embed(x.to(FUSED))
-        assert tokens.shape[1] == 257 and fast.attend_and_score(model.blocks[0], tokens, None, 0.6, cfg["selection"],
-                                                                True) is not None, "the fused path is taken"
-        with pytest.raises(ValueError, match=r"path='one_kernel' needs Triton .* N <= 256.*\(N=257.* takes two_kernel"):
-            fast.attend_and_score(model.blocks[0], tokens, None, 0.6, cfg["selection"], True, path="one_kernel")
+        assert model.embed(x.to(FUSED)).shape[1] == 257 and path_taken(model, x.to(FUSED), cfg["selection"]) == \
+            "two_kernel", "the two-kernel path is taken"
         trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
         got = model(x.to(FUSED)).cpu()
     assert margin(trace) > NEAR_TIE[dtype]
@@ -362,8 +366,7 @@ def test_fused_path_reproduces_the_authors_vectors(vector):
     model, images = model.to(FUSED), images.to(FUSED)
     cfg = vector["config"]
     with torch.no_grad():
-        assert fast.attend_and_score(model.blocks[0], model.embed(images), None, cfg["sparsity"],
-                                     cfg["selection"], cfg["class_token"]) is not None, "the fused path is taken"
+        assert path_taken(model, images, cfg["selection"]) is not None, "the fused path is taken"
         logits = model(images).cpu()
     assert torch.allclose(logits, torch.tensor(vector["logits"], dtype=torch.float64), rtol=1e-6, atol=1e-8)
 

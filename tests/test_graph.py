@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gtp_ref import dense
+from gtp_ref.backends import dense
 from gtp_ref.graph import cosine_similarity, normalise, semantic_graph, spatial_graph
 from tests.helpers import grids, tensors
 

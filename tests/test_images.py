@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gtp_ref.preprocess import Preprocessing, load_image
+from gtp_ref.apps.preprocess import Preprocessing, load_image
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:

@@ -82,8 +82,8 @@ def timm_keys(depth, class_token, global_pool):
 
 @pytest.mark.parametrize("factory, depth, C, pool, patch", [
     (gtp_ref.deit_tiny, 12, 192, "token", 16), (gtp_ref.deit_small, 12, 384, "token", 16),
-    (gtp_ref.deit_base, 12, 768, "token", 16), (gtp_ref.vit_large_patch16, 24, 1024, "token", 16),
-    (gtp_ref.eva_large_style, 24, 1024, "avg", 14),  # the authors' EVA-L: [CLS], average pooling
+    (gtp_ref.deit_base, 12, 768, "token", 16), (gtp_ref.vit_large, 24, 1024, "token", 16),
+    (gtp_ref.eva_large, 24, 1024, "avg", 14),  # the authors' EVA-L: [CLS], average pooling
 ])
 def test_presets_have_timm_state_dicts(factory, depth, C, pool, patch):
     with torch.device("meta"):

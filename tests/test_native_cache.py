@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gtp_ref import _native
+from gtp_ref.backends.fast import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
@@ -35,14 +35,15 @@ CHILD = textwrap.dedent("""
     import warnings, torch
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from gtp_ref import fast, dense, _native
+        from gtp_ref.backends import dense, fast
+        from gtp_ref.backends.fast import cpu
         x = torch.rand(3, 500, generator=torch.Generator().manual_seed(0))
         attn = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(1)).softmax(-1)
         assert torch.equal(fast.kth_smallest(x, 123), x.kthvalue(123, -1).values)
         assert torch.equal(fast.sparsify_attention(attn, 0.6), dense.sparsify_attention(attn, 0.6))
-    print("available", _native.available())
-    print("note", _native.NOTE)
-    print("reason", _native.REASON)
+    print("available", cpu.available())
+    print("note", cpu.NOTE)
+    print("reason", cpu.REASON)
     for w in caught:
         print("warning", w.message)
 """)
@@ -62,17 +63,17 @@ def run_child(cache: Path | None, *, env_extra=None, prelude: str = "", cwd: Pat
 
 
 def library_name() -> str:
-    return f"select-{_native._key(_native._compiler())}.so"
+    return f"cpu_kernels-{cpu._key(cpu._compiler())}.so"
 
 
 def compile_c(code: str, out: Path, tmp: Path) -> None:
     src = tmp / "foreign.c"
     src.write_text(code)
-    subprocess.run([_native._compiler(), "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+    subprocess.run([cpu._compiler(), "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
 
 
 def forge_digest(path: Path) -> None:
-    path.with_name(path.name + ".sha256").write_text(_native._digest(path) + "\n")
+    path.with_name(path.name + ".sha256").write_text(cpu._digest(path) + "\n")
 
 
 def test_a_library_in_a_world_writable_cache_is_never_loaded(tmp_path):
@@ -101,8 +102,8 @@ def test_a_library_of_no_ops_with_the_right_names_and_digest_is_not_used(tmp_pat
     forge_digest(planted)
     out = run_child(cache, cwd=tmp_path)
     assert "available True" in out and "reason None" in out and "warning" not in out, out
-    _native._checked(planted)  # replaced by a real build, which passes the self-test here too
-    assert _native._intact(planted)
+    cpu._checked(planted)  # replaced by a real build, which passes the self-test here too
+    assert cpu._intact(planted)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "no kernel functions"])
@@ -125,7 +126,7 @@ def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path, damage):
         forge_digest(built)
     out = run_child(cache, cwd=tmp_path)
     assert "available True" in out and "reason None" in out and "warning" not in out, out
-    assert _native._intact(built) and built.stat().st_size == size
+    assert cpu._intact(built) and built.stat().st_size == size
 
 
 def test_no_home_directory_and_no_passwd_entry(tmp_path):
@@ -144,7 +145,7 @@ def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
     directory, wherever that is)."""
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert _native.cache_dir() == tmp_path / ".cache" / "gtp_ref"
+    assert cpu.cache_dir() == tmp_path / ".cache" / "gtp_ref"
 
 
 def test_the_trust_rule(tmp_path):
@@ -152,24 +153,24 @@ def test_the_trust_rule(tmp_path):
     sticky bit (as /tmp)."""
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)
-    assert _native.untrusted(mine) is None
+    assert cpu.untrusted(mine) is None
     mine.chmod(0o770)
-    assert "writable by its group or by others" in _native.untrusted(mine)
+    assert "writable by its group or by others" in cpu.untrusted(mine)
     mine.chmod(0o700)
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     (shared / "inner").mkdir(mode=0o700)
-    assert "without the sticky bit" in _native.untrusted(shared / "inner")
+    assert "without the sticky bit" in cpu.untrusted(shared / "inner")
     shared.chmod(0o777 | stat.S_ISVTX)
-    assert _native.untrusted(shared / "inner") is None
+    assert cpu.untrusted(shared / "inner") is None
     link = tmp_path / "link"
     link.symlink_to(shared / "inner")
-    assert _native.untrusted(link) is None, "judged where the link leads"
+    assert cpu.untrusted(link) is None, "judged where the link leads"
     (tmp_path / "file").write_text("")
-    assert "is not a directory" in _native.untrusted(tmp_path / "file")
+    assert "is not a directory" in cpu.untrusted(tmp_path / "file")
     if os.getuid() == 0:  # only root can give a folder away
         other = tmp_path / "other"
         other.mkdir(mode=0o700)
         os.chown(other, 12345, 12345)
-        assert "belongs to uid 12345" in _native.untrusted(other)
+        assert "belongs to uid 12345" in cpu.untrusted(other)

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gtp_ref import dense
+from gtp_ref.backends import dense
 from tests.helpers import tensors
 
 

@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gtp_ref import dense
+from gtp_ref.backends import dense
 from gtp_ref.select import sparsity_k
 from tests.helpers import attention_maps, selections, tensors
 

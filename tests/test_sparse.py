@@ -1,12 +1,13 @@
 """The sparse backend equals the dense reference (op by op and whole models) and never
-materialises an n x n matrix; the fast backend (``gtp_ref.fast``) is held to the same equalities."""
+materialises an n x n matrix; the fast backend (``gtp_ref.backends.fast``) is held to the same equalities."""
 import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gtp_ref import dense, diagnostics, fast, sparse
+from gtp_ref import diagnostics
+from gtp_ref.backends import dense, fast, sparse
 from gtp_ref.diagnostics import semantic_margin
 from gtp_ref.graph import semantic_threshold
 from tests.helpers import (

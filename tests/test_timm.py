@@ -180,7 +180,7 @@ def test_preprocessing_is_timms_evaluation_transform(tmp_path):
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from gtp_ref.preprocess import Preprocessing, load_image
+    from gtp_ref.apps.preprocess import Preprocessing, load_image
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "noise.png")
     image = load_image(tmp_path / "noise.png")
@@ -199,11 +199,11 @@ def test_throughput_benchmark_of_a_timm_model(tmp_path):
     checkpoint = tmp_path / "deit_t.pth"
     torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), checkpoint)
     r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--timm", "deit_tiny_patch16_224",
-                        "--checkpoint", str(checkpoint), "--P", "16", "--batches", "1", "--repeats", "1",
+                        "--checkpoint", str(checkpoint), "--num-prop", "16", "--batches", "1", "--repeats", "1",
                         "--methods", "baseline_fused", "gtp_fast", "tome", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(r.stdout)["rows"]
-    assert [(x["method"], x["P"]) for x in rows] == [("baseline_fused", 0), ("gtp_fast", 16), ("tome", 16)]
+    assert [(x["method"], x["num_prop"]) for x in rows] == [("baseline_fused", 0), ("gtp_fast", 16), ("tome", 16)]
     assert all(x["speedup"] > 0 for x in rows) and rows[1]["expected_speedup"] > 1.9
 
 

@@ -6,7 +6,8 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from complexity.backbone import ViTGeometry, tome_schedule
+from complexity.backbone import ViTGeometry
+from complexity.schedule import tome_schedule
 from complexity.schedule import clamp_r
 from gtp_ref.conformance.seeded import tome_model_for, tome_vectors
 from gtp_ref.diagnostics import tome_margin
@@ -85,7 +86,7 @@ def test_merged_counts_follow_the_complexity_models_clamp(cfg):
         n -= expected[-1]
     assert trace.merged == expected
     if cfg["img_size"][0] == cfg["img_size"][1]:
-        assert trace.merged == tome_schedule(g, cfg["r"])
+        assert trace.merged == tome_schedule(cfg["r"], g.depth, g.num_tokens, int(g.class_token))
 
 
 @given(tome_configs(), st.integers(1, 3))

@@ -9,8 +9,8 @@ from PIL import Image
 
 from examples.synthetic_scene import scene as synthetic_scene
 from gtp_ref import GTPViT
-from gtp_ref.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
-from gtp_ref.vis import draw, shading
+from gtp_ref.apps.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
+from gtp_ref.apps.vis import draw, shading
 
 
 def scene(path, H=96, W=128):

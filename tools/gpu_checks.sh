@@ -46,10 +46,10 @@ tp deit_small_fp16 80 --models deit_small --batches 256 --dtypes fp16 --methods 
    --figure "$OUT/steps/throughput_deit_small_fp16.png"
 tp deit_small_bf16 60 --models deit_small --batches 256 --dtypes bf16 --methods $EAGER_GRAPH
 tp deit_small_fp32 60 --models deit_small --batches 256 --dtypes fp32 --methods $EAGER_GRAPH
-tp deit_small_384 40 --models deit_small --batches 64 --dtypes fp16 --img-size 384 --P 8 16 --methods $EAGER_GRAPH
-tp deit_base_fp16 50 --models deit_base --batches 256 --dtypes fp16 --P 4 8 16 --methods $EAGER_GRAPH
-tp vit_large_fp16 50 --models vit_large --batches 64 --dtypes fp16 --P 2 4 8 --methods $EAGER_GRAPH
-tp deit_small_compile 120 --models deit_small --batches 256 --dtypes fp16 --P 8 16 --methods baseline_fused+compile \
+tp deit_small_384 40 --models deit_small --batches 64 --dtypes fp16 --img-size 384 --num-prop 8 16 --methods $EAGER_GRAPH
+tp deit_base_fp16 50 --models deit_base --batches 256 --dtypes fp16 --num-prop 4 8 16 --methods $EAGER_GRAPH
+tp vit_large_fp16 50 --models vit_large --batches 64 --dtypes fp16 --num-prop 2 4 8 --methods $EAGER_GRAPH
+tp deit_small_compile 120 --models deit_small --batches 256 --dtypes fp16 --num-prop 8 16 --methods baseline_fused+compile \
    gtp_fast+compile tome+compile
 
 echo "total $((SECONDS - START)) s" | tee -a "$SUMMARY"

@@ -3,7 +3,7 @@
     GTP_IMPL=my_package.gtp python -m pytest --pyargs gtp_ref.conformance
 
 ``GTP_IMPL`` names a module exposing ``token_graph``, ``to_dense``, ``sparsify_attention``,
-``token_scores``, ``select_tokens`` and ``propagate`` (unset: ``gtp_ref.sparse``).  The dense
-reference ``gtp_ref.dense`` is the oracle.  ``python -m gtp_ref.conformance export DIR`` writes
+``token_scores``, ``select_tokens`` and ``propagate`` (unset: ``gtp_ref.backends.sparse``).  The dense
+reference ``gtp_ref.backends.dense`` is the oracle.  ``python -m gtp_ref.conformance export DIR`` writes
 language-neutral JSON vectors.  See docs/conformance.md.
 """

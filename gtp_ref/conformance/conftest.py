@@ -1,6 +1,6 @@
 """pytest configuration of the conformance suite: hypothesis profile, xfails, CUDA marker.
 
-GTP_IMPL          the module under test (default gtp_ref.sparse)
+GTP_IMPL          the module under test (default gtp_ref.backends.sparse)
 GTP_XFAILS        a file of known deviations: one test id per line ('#' comments), either
                   ``test_module.py::test_name`` (every parameter set of that test) or
                   ``test_module.py::test_name[params]`` (one), exactly as pytest names them.

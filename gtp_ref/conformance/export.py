@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gtp_ref import dense
+from gtp_ref.backends import dense
 from gtp_ref._checks import SELECTIONS
 from gtp_ref.diagnostics import margin, semantic_margin
 
@@ -185,7 +185,7 @@ def export(out_dir: str | Path) -> list[Path]:
     written = []
     for op, make in OPS.items():
         doc = {"format": FORMAT, "op": op, "dtype": "float64", "tolerance": TOLERANCE[op],
-               "generated_by": "python -m gtp_ref.conformance export DIR (gtp_ref.dense)", "cases": make()}
+               "generated_by": "python -m gtp_ref.conformance export DIR (gtp_ref.backends.dense)", "cases": make()}
         path = out / f"{op}.json"
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
         written.append(path)

@@ -1,28 +1,25 @@
 """The implementation under test, the oracle, and assertions that say what failed.
 
-The implementation is the module named by ``GTP_IMPL`` (default ``gtp_ref.sparse``); it must
+The implementation is the module named by ``GTP_IMPL`` (default ``gtp_ref.backends.sparse``); it must
 expose the op-level API below.  It is called with CPU torch tensors (``numpy.asarray`` turns
 them into arrays at no cost) and may return torch tensors or anything ``numpy.asarray``
 accepts; graphs are opaque to the suite except through the module's own ``to_dense``.
-The oracle is always ``gtp_ref.dense``.
+The oracle is always ``gtp_ref.backends.dense``.
 """
 import importlib
 import os
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from gtp_ref import dense as oracle  # noqa: F401  (the suite's modules import it from here)
+from gtp_ref.backends import Backend
+from gtp_ref.backends import dense as oracle  # noqa: F401  (the suite's modules import it from here)
 
-if TYPE_CHECKING:
-    from gtp_ref.backends import Backend
-
-API = ("token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens", "propagate")
-IMPL_NAME = os.environ.get("GTP_IMPL", "gtp_ref.sparse")
+IMPL_NAME = os.environ.get("GTP_IMPL", "gtp_ref.backends.sparse")
 
 
 class ImplementationError(Exception):
@@ -34,10 +31,10 @@ def load_impl(name: str = IMPL_NAME) -> ModuleType:
         module = importlib.import_module(name)
     except Exception as e:  # noqa: BLE001 -- any import failure is the user's to see
         raise ImplementationError(f"GTP_IMPL={name!r} cannot be imported: {type(e).__name__}: {e}") from e
-    missing = [f for f in API if not callable(getattr(module, f, None))]
-    if missing:
-        raise ImplementationError(f"GTP_IMPL={name!r} lacks {', '.join(missing)} "
-                                  f"(the op-level API is {', '.join(API)})")
+    try:
+        Backend.of(module, name)  # the missing-op check every caller shares
+    except TypeError as e:
+        raise ImplementationError(f"GTP_IMPL={name!r}: {e}") from None
     return module
 
 
@@ -56,9 +53,8 @@ class Ops:
     def __init__(self, module: Any) -> None:
         self.module = module
 
-    def backend(self) -> "Backend":
+    def backend(self) -> Backend:
         """These ops as a ``gtp_ref.backends.Backend``, which a GTPViT's ``ops`` can be."""
-        from gtp_ref.backends import Backend
         return Backend.of(self, getattr(self.module, "__name__", "implementation"))
 
     @staticmethod

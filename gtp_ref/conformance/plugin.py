@@ -98,8 +98,8 @@ def pytest_report_header(config):
     if not running_the_suite(config):
         return None
     import torch
-    impl = os.environ.get("GTP_IMPL", "gtp_ref.sparse")
-    lines = [f"gtp conformance: GTP_IMPL={impl} (oracle: gtp_ref.dense), max_examples="
+    impl = os.environ.get("GTP_IMPL", "gtp_ref.backends.sparse")
+    lines = [f"gtp conformance: GTP_IMPL={impl} (oracle: gtp_ref.backends.dense), max_examples="
              f"{config.gtp_max_examples}, torch {torch.__version__}, "
              f"cuda {'available' if torch.cuda.is_available() else 'not available'}"]
     lines += [f"  {k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("GTP_") and k != "GTP_IMPL"]

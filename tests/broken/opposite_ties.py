@@ -1,7 +1,7 @@
 """The opposite tie rule: on equal scores the *smaller* index is propagated first."""
 import torch
 
-from gtp_ref.dense import *  # noqa: F401,F403
+from gtp_ref.backends.dense import *  # noqa: F401,F403
 
 
 def select_tokens(scores, num_prop):

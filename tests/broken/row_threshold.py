@@ -1,5 +1,5 @@
 """A sparsity threshold per row instead of one per head."""
-from gtp_ref.dense import *  # noqa: F401,F403
+from gtp_ref.backends.dense import *  # noqa: F401,F403
 
 
 def sparsify_attention(attn, sparsity):

@@ -1,6 +1,6 @@
 """The authors' no-[CLS] defect: the semantic graph keeps M + 1 neighbours."""
-from gtp_ref import sparse
-from gtp_ref.sparse import *  # noqa: F401,F403
+from gtp_ref.backends import sparse
+from gtp_ref.backends.sparse import *  # noqa: F401,F403
 
 
 def token_graph(x_img, grid, graph="mixed", num_neighbours=4):

@@ -1,6 +1,6 @@
 """Token sizes not propagated: s_K stays as it was."""
-from gtp_ref import dense
-from gtp_ref.dense import *  # noqa: F401,F403
+from gtp_ref.backends import dense
+from gtp_ref.backends.dense import *  # noqa: F401,F403
 
 
 def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):

@@ -1,5 +1,5 @@
 """Right values, wrong shapes: every output carries an extra trailing dimension of size 1."""
-from gtp_ref import dense
+from gtp_ref.backends import dense
 
 
 def token_graph(x_img, grid, graph="mixed", num_neighbours=4):

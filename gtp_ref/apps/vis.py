@@ -19,7 +19,7 @@ import torch
 
 from complexity._cli import OneLineParser, output_path, write_files
 from gtp_ref._checks import GRAPHS, SELECTIONS
-from gtp_ref.presets import FACTORIES
+from gtp_ref.presets import FACTORIES, paper_settings
 
 
 def shading(trace: Any, grid: tuple[int, int]) -> np.ndarray:
@@ -87,9 +87,12 @@ def draw(image: np.ndarray, trace: Any, grid: tuple[int, int], patch: int, depth
 def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, str]:
     """The GTP model the arguments ask for, and how to name it."""
     import gtp_ref
-    from gtp_ref.loading import timm_model
-    settings = dict(num_prop=args.num_prop, graph=args.graph, num_neighbours=args.num_neighbours,
-                    selection=args.selection, sparsity=args.sparsity, alpha=args.alpha, token_scale=True)
+    from gtp_ref.apps.loading import timm_model
+    changes = dict(num_prop=args.num_prop, graph=args.graph, num_neighbours=args.num_neighbours,
+                   selection=args.selection, alpha=args.alpha)
+    if args.sparsity is not None:
+        changes["sparsity"] = args.sparsity
+    settings = paper_settings(args.preset, **changes).kwargs()
     try:
         if args.timm is None:
             if args.checkpoint is not None:
@@ -108,18 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--timm", metavar="NAME", help="a timm model name (random weights unless --checkpoint)")
     src.add_argument("--preset", choices=list(FACTORIES), help="a gtp_ref preset (random weights)")
     p.add_argument("--checkpoint", metavar="FILE", help="with --timm: a state_dict to load")
-    p.add_argument("--num-prop", type=int, default=8, help="tokens propagated per block (default 8)")
-    p.add_argument("--graph", default="mixed", choices=GRAPHS)
-    p.add_argument("--num-neighbours", type=int, default=4)
-    p.add_argument("--selection", default="mixed_attn_max", choices=SELECTIONS)
-    p.add_argument("--sparsity", type=float, default=0.6)
-    p.add_argument("--alpha", type=float, default=0.1)
+    paper = paper_settings()  # the defaults: the paper's (theta per preset)
+    p.add_argument("--num-prop", type=int, default=paper.num_prop, metavar="P",
+                   help=f"tokens propagated per block (default {paper.num_prop})")
+    p.add_argument("--graph", default=paper.graph, choices=GRAPHS)
+    p.add_argument("--num-neighbours", type=int, default=paper.num_neighbours, metavar="M")
+    p.add_argument("--selection", default=paper.selection, choices=SELECTIONS)
+    p.add_argument("--sparsity", type=float, default=None, help=f"theta (default {paper.sparsity}, 0.5 for deit_base)")
+    p.add_argument("--alpha", type=float, default=paper.alpha)
     p.add_argument("--block", default="all", help="whose edges to draw: a block index or 'all' (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--out", required=True, metavar="FILE.png")
     args = p.parse_args(argv)
     out = output_path(p, "--out", args.out, suffixes=[".png"])
-    from gtp_ref.preprocess import Preprocessing, load_image
+    from gtp_ref.apps.preprocess import Preprocessing, load_image
     try:
         image = load_image(args.image)
     except ValueError as e:
@@ -135,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = np.asarray(pre.crop(image)) / 255.0
     patch = model.img_size[0] // model.grid[0]
     title = (f"GTP on {name}: P = {args.num_prop} per block, {args.graph} graph (M = {args.num_neighbours}), "
-             f"{args.selection}, θ = {args.sparsity}, α = {args.alpha}; {trace.final_tokens} of "
+             f"{args.selection}, θ = {model.sparsity}, α = {args.alpha}; {trace.final_tokens} of "
              f"{model.num_image_tokens + model.num_prefix_tokens} tokens left")
 
     def write() -> list:

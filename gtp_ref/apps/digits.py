@@ -38,18 +38,20 @@ import torch
 import torch.nn.functional as F
 
 from complexity._cli import OneLineParser, output_dir, output_path, write_files
+from gtp_ref.presets import paper_settings
 
 MODEL = dict(img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, depth=4, num_heads=4, mlp_ratio=2.0)
 TRAIN = dict(lr=1e-3, weight_decay=0.05, batch_size=64, warmup=3, label_smoothing=0.1)
-GTP = dict(selection="mixed_attn_max", token_scale=True, propagation="graph")
-SPARSITIES = (0.6, 1.0)  # the paper's theta for DeiT-S, and none
+PAPER = paper_settings("deit_small")  # the paper's settings, as for DeiT-S
+GTP = dict(selection=PAPER.selection, token_scale=PAPER.token_scale, propagation=PAPER.propagation)
+SPARSITIES = (PAPER.sparsity, 1.0)  # the paper's theta for DeiT-S, and none
 ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 ALPHA_P = (8, 12)
 NEIGHBOURS = (1, 2, 4, 8, 16)
 NEIGHBOUR_P = (4, 8, 12)
 NEIGHBOUR_SETTING = dict(alpha=0.5, sparsity=0.6)
 METHOD_P = (4, 8, 12)
-METHOD_ALPHA = 0.1
+METHOD_ALPHA = PAPER.alpha
 HEADS = {"cls": dict(class_token=True, global_pool="token"), "avg": dict(class_token=False, global_pool="avg")}
 
 
@@ -126,18 +128,18 @@ def accuracy(model: Any, x: torch.Tensor, y: torch.Tensor) -> float:
         return 100.0 * float((model(x).argmax(-1) == y).float().mean())
 
 
-def reduced(state: dict, head: str, method: str, P: int = 0, alpha: float = METHOD_ALPHA, M: int = 4,
-            graph: str = "mixed", sparsity: float = 1.0) -> Any:
+def reduced(state: dict, head: str, method: str, num_prop: int = 0, alpha: float = METHOD_ALPHA,
+            num_neighbours: int = 4, graph: str = "mixed", sparsity: float = 1.0) -> Any:
     """The trained model (state) reduced by ``method`` ("gtp", "prune" = GTP with alpha = 0, "tome",
-    "none": GTP's blocks removing nothing, at ``sparsity``) at P tokens per block, eval mode."""
+    "none": GTP's blocks removing nothing, at ``sparsity``) at num_prop tokens per block, eval mode."""
     from gtp_ref.tome import ToMeViT
     if method == "tome":
-        model = ToMeViT(**MODEL, **HEADS[head], r=P)
+        model = ToMeViT(**MODEL, **HEADS[head], r=num_prop)
     elif method == "none":
         model = build(head, sparsity=sparsity)
     else:
-        model = build(head, **GTP, num_prop=P, alpha=0.0 if method == "prune" else alpha, num_neighbours=M,
-                      graph=graph, sparsity=sparsity)
+        model = build(head, **GTP, num_prop=num_prop, alpha=0.0 if method == "prune" else alpha,
+                      num_neighbours=num_neighbours, graph=graph, sparsity=sparsity)
     model.load_state_dict(state)
     return model.eval()
 
@@ -158,12 +160,12 @@ def sweeps(states: dict[tuple[int, str], dict], data: tuple, alphas: Sequence[fl
         return {"head": head, **setting, "acc": acc, "mean": sum(acc) / len(acc)}
     cls = ["cls"] if "cls" in heads else []
     out: dict[str, list] = {"unreduced": [row(h, method="none", sparsity=t) for h in heads for t in SPARSITIES]}
-    out["alpha"] = [row(h, method="gtp", P=P, alpha=a, sparsity=t) for h in cls for t in SPARSITIES
+    out["alpha"] = [row(h, method="gtp", num_prop=P, alpha=a, sparsity=t) for h in cls for t in SPARSITIES
                     for P in alpha_P for a in alphas]
-    out["neighbours"] = [row(h, method="gtp", P=P, M=M, graph=g, **NEIGHBOUR_SETTING) for h in cls
+    out["neighbours"] = [row(h, method="gtp", num_prop=P, num_neighbours=M, graph=g, **NEIGHBOUR_SETTING) for h in cls
                          for P in neighbour_P for g in ("semantic", "mixed") for M in neighbours]
-    out["methods"] = [row(h, method="tome", P=P) for h in heads for P in method_P]
-    out["methods"] += [row(h, method=m, P=P, sparsity=t) for h in heads for P in method_P
+    out["methods"] = [row(h, method="tome", num_prop=P) for h in heads for P in method_P]
+    out["methods"] += [row(h, method=m, num_prop=P, sparsity=t) for h in heads for P in method_P
                        for m in ("gtp", "prune") for t in SPARSITIES]
     progress(f"swept {sum(map(len, out.values()))} settings x {len(seeds)} seeds in {time.perf_counter() - t0:.0f} s")
     return out
@@ -198,9 +200,9 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     note = f"mean of {len(results['seeds'])} training seeds, band: min-max; θ: attention sparsity"
     if results["alpha"]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for i, P in enumerate(sorted({r["P"] for r in results["alpha"]})):
+        for i, P in enumerate(sorted({r["num_prop"] for r in results["alpha"]})):
             for theta in sorted({r["sparsity"] for r in results["alpha"]}, reverse=True):
-                rows = _select(results["alpha"], "alpha", P=P, sparsity=theta)
+                rows = _select(results["alpha"], "alpha", num_prop=P, sparsity=theta)
                 _band(ax, [r["alpha"] for r in rows], rows, f"C{i}", THETA_STYLE.get(theta, "-."),
                       f"GTP, P = {P}, θ = {theta:g}")
         _unreduced_lines(ax, results, "cls")
@@ -211,12 +213,12 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.tight_layout()
         written += save(fig, out_dir, "digits_alpha")
     if results["neighbours"]:
-        Ps = sorted({r["P"] for r in results["neighbours"]})
+        Ps = sorted({r["num_prop"] for r in results["neighbours"]})
         fig, axes = plt.subplots(1, len(Ps), figsize=(4 * len(Ps), 3.8), squeeze=False)
         for ax, P in zip(axes[0], Ps):
             for graph, color in (("semantic", "tab:purple"), ("mixed", COLORS["gtp"])):
-                rows = _select(results["neighbours"], "M", P=P, graph=graph)
-                _band(ax, [r["M"] for r in rows], rows, color, label=f"{graph} graph")
+                rows = _select(results["neighbours"], "num_neighbours", num_prop=P, graph=graph)
+                _band(ax, [r["num_neighbours"] for r in rows], rows, color, label=f"{graph} graph")
             ax.set_xscale("log", base=2)
             ax.set(xlabel="semantic neighbours M", ylabel="test accuracy (%)", title=f"P = {P} per block")
             ax.grid(alpha=0.3)
@@ -228,12 +230,12 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     heads = sorted({r["head"] for r in results["methods"]})
     fig, axes = plt.subplots(1, len(heads), figsize=(5.2 * len(heads), 4.4), squeeze=False)
     for ax, head in zip(axes[0], heads):
-        rows = _select(results["methods"], "P", head=head, method="tome")
-        _band(ax, [r["P"] for r in rows], rows, COLORS["tome"], label="ToMe (r = P)")
+        rows = _select(results["methods"], "num_prop", head=head, method="tome")
+        _band(ax, [r["num_prop"] for r in rows], rows, COLORS["tome"], label="ToMe (r = P)")
         for method, label in (("gtp", f"GTP (α = {METHOD_ALPHA:g})"), ("prune", "pruning (α = 0)")):
             for theta in sorted({r.get("sparsity") for r in results["methods"] if r["method"] == method}, reverse=True):
-                rows = _select(results["methods"], "P", head=head, method=method, sparsity=theta)
-                _band(ax, [r["P"] for r in rows], rows, COLORS["pruning" if method == "prune" else method],
+                rows = _select(results["methods"], "num_prop", head=head, method=method, sparsity=theta)
+                _band(ax, [r["num_prop"] for r in rows], rows, COLORS["pruning" if method == "prune" else method],
                       THETA_STYLE.get(theta, "-."), f"{label}, θ = {theta:g}")
         _unreduced_lines(ax, results, head)
         ax.set(xlabel="tokens removed per block P (64 image tokens, 4 blocks)", ylabel="test accuracy (%)",
@@ -257,9 +259,9 @@ def table(results: dict[str, Any]) -> str:
     header = f"{'head':>4} {'P':>3} " + " ".join(f"{n:>9}" for n in names)
     lines += ["", header + "   (mean top-1 %; theta after the name)"]
     for head in sorted({r["head"] for r in results["methods"]}):
-        for P in sorted({r["P"] for r in results["methods"]}):
+        for P in sorted({r["num_prop"] for r in results["methods"]}):
             got = {(r["method"], r.get("sparsity")): r["mean"] for r in results["methods"]
-                   if r["head"] == head and r["P"] == P}
+                   if r["head"] == head and r["num_prop"] == P}
             lines.append(f"{head:>4} {P:>3} " + " ".join(f"{got[c]:>9.2f}" for c in columns))
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""Triton kernels of the fast backend's fused attention path (``gtp_ref.fast.attend_and_score``).
+"""Triton kernels of the fast backend's fused attention path (``gtp_ref.backends.fast.attend_and_score``).
 
 Imported only where Triton is present.  ``gtp_attention`` is a GTP block's whole attention in one
 kernel per image and head, for N <= 256 (its docstring says how).  Above that, two kernels

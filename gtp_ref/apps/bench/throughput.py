@@ -1,6 +1,6 @@
 """``python -m gtp_ref.bench throughput``: images per second of the unreduced model, GTP and ToMe.
 
-Per model, batch and dtype, every method at every P (ToMe's r) is timed in the same interleaved
+Per model, batch and dtype, every method at every P (``--num-prop``; ToMe's r) is timed in the same interleaved
 rounds (``common.measure``), so the speed-ups -- each against the unreduced model with fused
 attention (``baseline_fused``, timm's default) -- compare like with like.  ``expected`` is the
 speed-up the backbone's MACs allow (``complexity.backbone``): what a reduction would give if its
@@ -29,32 +29,22 @@ from typing import Any
 
 import torch
 
-from complexity.backbone import (
-    PRESETS,
-    ViTGeometry,
-    backbone_macs,
-    gtp_schedule,
-    tome_schedule,
-)
-from complexity.schedule import per_block, prop_schedule
-from gtp_ref.bench import common
+from complexity.backbone import PRESETS, ViTGeometry, backbone_macs
+from complexity.schedule import per_block, prop_schedule, tome_schedule
+from gtp_ref.apps import AUTOCAST
+from gtp_ref.apps.bench import common
+from gtp_ref.presets import PAPER_NUM_PROP, paper_settings
 from gtp_ref.vit import ViT
 
-# P (= ToMe's r) per model, from supplement Tables 1-3.
-SCHEDULES = {"deit_small": [8, 11, 14, 16], "deit_base": [4, 8, 11, 14, 16],
-             "vit_large": list(range(1, 9)), "eva_large": list(range(1, 9)), "smoke": [1, 2]}
+# the tokens removed per block (P, ToMe's r) each model is measured at by default: the supplement's sweeps
+SCHEDULES = {**{name: list(P) for name, P in PAPER_NUM_PROP.items()}, "smoke": [1, 2]}
 SMOKE = ViTGeometry("smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
-# GTP at the paper's settings (supplement C.2-C.3): theta 0.6 (0.5 for DeiT-B), alpha 0.1.
-SPARSITY = {"deit_base": 0.5}
-GTP_SETTINGS = dict(graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph",
-                    alpha=0.1, token_scale=True)
 METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
 # Only when named: free pruning -- the backbone at the same token schedule with fused attention and no
 # selection cost (the last P image tokens dropped): what any pruning method could reach at best.
 PRUNED = ("pruned_free",)
 GRAPHED = ("baseline_fused+graph", "gtp_fast+graph", "tome+graph")
 COMPILED = ("baseline_fused+compile", "gtp_dense+compile", "gtp_fast+compile", "tome+compile")
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_arguments(sub: Any) -> None:
@@ -66,11 +56,11 @@ def add_arguments(sub: Any) -> None:
                     help="measure this timm model (timm.create_model(NAME)) instead of --models")
     tp.add_argument("--checkpoint", default=None, metavar="FILE",
                     help="with --timm: a state_dict to load into it (torch.save(model.state_dict(), FILE))")
-    tp.add_argument("--P", type=int, nargs="+", default=None, dest="P",
-                    help="tokens removed per block (default: the supplement's values for the model)")
+    tp.add_argument("--num-prop", type=int, nargs="+", default=None, metavar="P",
+                    help="tokens removed per block, P (ToMe's r; default: the supplement's values for the model)")
     tp.add_argument("--batches", type=int, nargs="+", default=None,
                     help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
-    tp.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
+    tp.add_argument("--dtypes", nargs="+", default=None, choices=list(AUTOCAST),
                     help="default: fp32 and fp16 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
     tp.add_argument("--img-size", type=int, default=None, metavar="PX",
                     help="run the presets at this image size (a multiple of the patch; default: the preset's)")
@@ -116,12 +106,12 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 parser.error(f"--img-size {args.img_size}: a positive multiple of {model}'s patch size {patch}")
             IMG_SIZE[model] = args.img_size
         g = geometry(model)
-        for P in args.P or []:
+        for P in args.num_prop or []:
             try:
                 prop_schedule(P, g.depth, g.num_image_tokens)
                 per_block("r", P, g.depth)
             except (TypeError, ValueError) as e:
-                parser.error(f"--P {P} for {model}: {e}")
+                parser.error(f"--num-prop {P} for {model}: {e}")
     output_path(parser, "--figure", args.figure, suffixes=[".png"])
     output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
 
@@ -129,7 +119,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--timm NAME [--checkpoint FILE]: timm importable, the model known and supported, the
     checkpoint loadable -- all before anything is measured; args.models becomes [NAME]."""
-    from gtp_ref.loading import timm_model
+    from gtp_ref.apps.loading import timm_model
     from gtp_ref.timm_models import timm_geometry
     if args.models:
         parser.error("--timm and --models: measure one or the other")
@@ -195,8 +185,8 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
         elif base == "tome":
             net = ToMeViT(**kwargs, r=P, fused_attn=True)
         else:
-            net = GTPViT(**kwargs, num_prop=P, sparsity=SPARSITY.get(model, 0.6), backend=base.split("_")[1],
-                         **GTP_SETTINGS)
+            net = GTPViT(**kwargs, **paper_settings(model if model in PRESETS else None, num_prop=P,
+                                                    backend=base.split("_")[1]).kwargs())
     return net.eval()
 
 
@@ -211,18 +201,19 @@ def _from_timm(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn
         return copy.deepcopy(net).to(device).eval()
     if base == "tome":
         return tome_from_timm(net, r=P).to(device).eval()
-    return from_timm(net, num_prop=P, sparsity=0.6, backend=base.split("_")[1], **GTP_SETTINGS).to(device).eval()
+    return from_timm(net, **paper_settings(num_prop=P, backend=base.split("_")[1]).kwargs()).to(device).eval()
 
 
 def expected_speedup(g: ViTGeometry, method: str, P: int) -> float:
     """Backbone MACs unreduced / with P removed per block (ToMe: r, clamped as ToMe does)."""
-    removed = tome_schedule(g, P) if method.startswith("tome") else gtp_schedule(g, P)
+    removed = (tome_schedule(P, g.depth, g.num_tokens, int(g.class_token)) if method.startswith("tome")
+               else prop_schedule(P, g.depth, g.num_image_tokens))
     return backbone_macs(g)["total"] / backbone_macs(g, removed)["total"]
 
 
 def forward_fn(net: torch.nn.Module, device: str, dtype: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> net(x) without gradients, under autocast for fp16 / bf16."""
-    amp = DTYPES[dtype]
+    amp = AUTOCAST[dtype]
 
     def forward(x):
         with torch.no_grad(), torch.autocast(device, dtype=amp, enabled=amp is not None):
@@ -232,7 +223,7 @@ def forward_fn(net: torch.nn.Module, device: str, dtype: str) -> Callable[[torch
 
 def prepared(net: torch.nn.Module, method: str, x: torch.Tensor, device: str, dtype: str) -> Callable[[], Any]:
     """The callable timed for ``method``: eager, compiled, and / or replayed from a CUDA graph."""
-    from gtp_ref.fast import cuda_graphed
+    from gtp_ref.cuda_graphs import cuda_graphed
     if method.endswith("+compile"):
         net = torch.compile(net)  # compiled by the first call (the graph capture's or the warm-up)
     forward = forward_fn(net, device, dtype)
@@ -256,7 +247,7 @@ def run(args: argparse.Namespace) -> Any:
     rows = []
     for model in args.models:
         g = geometry(model)
-        schedule = args.P or SCHEDULES[model]
+        schedule = args.num_prop or SCHEDULES[model]
         cuda = args.device == "cuda"
         batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
         for batch in batches:
@@ -273,7 +264,7 @@ def run(args: argparse.Namespace) -> Any:
                 timings = common.measure(fns, args.device, args.repeats, min_block_s=0.1,
                                          progress=lambda m: common.progress(f"{model} batch {batch} {dtype}: {m}"))
                 for (method, P), t in timings.items():
-                    rows.append({"model": model, "method": method, "P": P, "batch": batch, "dtype": dtype,
+                    rows.append({"model": model, "method": method, "num_prop": P, "batch": batch, "dtype": dtype,
                                  "img_per_s": batch / t.median, "img_per_s_q1": batch / t.quartiles[1],
                                  "img_per_s_q3": batch / t.quartiles[0], **t.row(1e3, "ms"),
                                  "expected_speedup": expected_speedup(g, method, P) if P else 1.0})
@@ -306,7 +297,7 @@ def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     for r in rows:
         speedup = f"{r['speedup']:8.3f}" if r["speedup"] else f"{'':>8}"
         timing = common.timing_cells(r["img_per_s"], r["img_per_s_q1"], r["img_per_s_q3"], r["noisy"], 10, 10, 1)
-        out.append(f"{r['model']:>{mw}} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['P']:>3} "
+        out.append(f"{r['model']:>{mw}} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['num_prop']:>3} "
                    f"{timing} {speedup} {r['expected_speedup']:8.2f}")
     out += common.noisy_note(rows, "; rerun before trusting it")
     out += [""] + verdicts(rows)
@@ -318,7 +309,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     groups = {}
     for r in rows:
-        if r["P"] and r["speedup"] is not None:
+        if r["num_prop"] and r["speedup"] is not None:
             groups.setdefault((r["model"], r["batch"], r["dtype"], r["method"]), []).append(r)
     for (model, batch, dtype, method), rs in groups.items():
         slower = [r for r in rs if r["speedup"] < 1.0]
@@ -328,6 +319,6 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                          f"({min(r['speedup'] for r in rs):.2f}-{max(r['speedup'] for r in rs):.2f}x).")
         else:
             lines.append(f"{where} is SLOWER than the unreduced model at P = "
-                         f"{', '.join(str(r['P']) for r in slower)} "
+                         f"{', '.join(str(r['num_prop']) for r in slower)} "
                          f"({', '.join(format(r['speedup'], '.2f') + 'x' for r in slower)}).")
     return lines

@@ -1,19 +1,18 @@
 """``python -m gtp_ref.bench attention``: one block's attention alone, GTP's against the plain one.
 
 A DeiT-S block (C = 384, H = 6, random weights) on random tokens with token sizes, at the paper's
-settings (theta = 0.6, ``mixed_attn_max``, a [CLS] token).  Each method maps x [B, N, C] to the
+settings (``gtp_ref.presets.paper_settings``: theta = 0.6, ``mixed_attn_max``; a [CLS] token).  Each method maps x [B, N, C] to the
 block's attention output (and GTP's to the token scores too):
 
     sdpa         the unreduced model's: ``scaled_dot_product_attention``, no map, no scores
     explicit     GTP with the dense reference's ops: the map, ``dense.sparsify_attention``
                  (``torch.kthvalue``, ``masked_fill``), Att v, ``dense.token_scores``
-    native       the fast backend on the CPU: the map, then ``_native.mask_heads`` (threshold,
-                 masking, column sums, diagonal in one compiled call), Att v
+    cpu          the fast backend on the CPU (``fast.PATHS["cpu"]``: its compiled kernels)
     two_kernel   the fast backend's two Triton kernels around a ``topk`` threshold (N <= 1024)
     one_kernel   the fast backend's one kernel per image and head (N <= 256)
 
 The kernel methods run where the fast backend's kernels do (CUDA with Triton); on the CPU
-``sdpa``, ``explicit`` and ``native``.  Every GTP method's output and scores are compared with ``explicit``'s
+``sdpa``, ``explicit`` and ``cpu``.  Every GTP method's output and scores are compared with ``explicit``'s
 (largest absolute difference); times are interleaved rounds (``common.measure``).
 """
 import argparse
@@ -22,10 +21,12 @@ from typing import Any
 
 import torch
 
-from gtp_ref.bench import common
+from gtp_ref.apps import AUTOCAST
+from gtp_ref.apps.bench import common
+from gtp_ref.presets import paper_settings
 
-DIM, HEADS, THETA, SELECTION = 384, 6, 0.6, "mixed_attn_max"
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+DIM, HEADS = 384, 6
+PAPER = paper_settings("deit_small")
 
 
 def add_arguments(sub: Any) -> None:
@@ -33,7 +34,7 @@ def add_arguments(sub: Any) -> None:
     at.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     at.add_argument("--sizes", nargs="+", default=None, metavar="BxN",
                     help="batch x tokens (default on CUDA: 256x197 64x577; CPU: 8x197)")
-    at.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPES),
+    at.add_argument("--dtypes", nargs="+", default=None, choices=list(AUTOCAST),
                     help="default: fp16 and fp32 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
     common.add_output_options(at)
 
@@ -49,13 +50,13 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def methods(device: str, N: int) -> list[str]:
     """The methods that run on ``device`` at N tokens."""
-    from gtp_ref import fast
+    from gtp_ref.backends import fast
     names = ["sdpa", "explicit"]
-    if device == "cpu" and fast.FUSED_DEVICE != "cpu" and fast._native.available():
-        names.append("native")
+    if device == "cpu" and fast.FUSED_DEVICE != "cpu" and fast.cpu.available():
+        names.append("cpu")
     if fast.FUSED_DEVICE == device and N <= fast.MAX_FUSED_TOKENS:
         names.append("two_kernel")
-        if N <= fast._kernels.MAX_ONE_KERNEL_TOKENS:
+        if N <= fast.cuda.MAX_ONE_KERNEL_TOKENS:
             names.append("one_kernel")
     return names
 
@@ -63,19 +64,24 @@ def methods(device: str, N: int) -> list[str]:
 def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp: torch.dtype | None
               ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
     """The callable timed for ``method``: () -> (out [B, N, C], scores [B, n] or None)."""
-    from gtp_ref import dense, fast
+    from gtp_ref.backends import dense, fast
+    from gtp_ref.select import column_scores
+    theta, selection = PAPER.sparsity, PAPER.selection
 
     def explicit():
         q, k, v = block.attn.heads(block.norm1(x))
-        attn = dense.sparsify_attention(block.attn.map(q, k, sizes), THETA)
-        return block.attn.proj(block.attn.mix(attn, v)), dense.token_scores(attn, SELECTION, True)
+        attn = dense.sparsify_attention(block.attn.map(q, k, sizes), theta)
+        return block.attn.proj(block.attn.mix(attn, v)), dense.token_scores(attn, selection, True)
 
-    run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused=True)[0], None),
-           "explicit": explicit,
-           "native": lambda: fast.attend_and_score(block, x, sizes, THETA, SELECTION, True, path="native"),
-           "two_kernel": lambda: fast.attend_and_score(block, x, sizes, THETA, SELECTION, True, path="two_kernel"),
-           "one_kernel": lambda: fast.attend_and_score(block, x, sizes, THETA, SELECTION, True, path="one_kernel")
-           }[method]
+    def path(name):
+        def run():
+            q, k, v = block.attn.heads(block.norm1(x))
+            out, col_sums, diagonal, _ = fast.PATHS[name](q * block.attn.scale, k, v, sizes, theta)
+            return block.attn.proj(out), column_scores(col_sums[..., 1:], diagonal[..., 1:], selection)
+        return run
+
+    run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused=True)[0], None), "explicit": explicit,
+           "cpu": path("cpu"), "two_kernel": path("two_kernel"), "one_kernel": path("one_kernel")}[method]
 
     def call():
         with torch.no_grad(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 block = Block(DIM, HEADS, 4.0, True).eval()
             x = torch.randn(B, N, DIM, generator=g).to(args.device)
             sizes = (1 + torch.rand(B, N, generator=g) * 3).to(args.device)
-            fns = {m: attention(block, m, x, sizes, DTYPES[dtype]) for m in methods(args.device, N)}
+            fns = {m: attention(block, m, x, sizes, AUTOCAST[dtype]) for m in methods(args.device, N)}
             want_out, want_scores = fns["explicit"]()
             timings = common.measure(fns, args.device, args.repeats,
                                      progress=lambda m: common.progress(f"{dtype} {B}x{N}: {m}"))
@@ -107,8 +113,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    out = [f"one DeiT-S block's attention (C = {DIM}, H = {HEADS}), token sizes on; GTP: theta = {THETA}, "
-           f"{SELECTION}", common.header(env), "",
+    out = [f"one DeiT-S block's attention (C = {DIM}, H = {HEADS}), token sizes on; GTP: theta = {PAPER.sparsity}, "
+           f"{PAPER.selection}", common.header(env), "",
            f"{'dtype':>5} {'B':>4} {'N':>5} {'method':>11} {'median us':>11} {'IQR us':>21} {'vs sdpa':>8} "
            f"{'|out - explicit|':>17} {'|scores - expl.|':>17}"]
     base = {(r["dtype"], r["B"], r["N"]): r["median_us"] for r in rows if r["method"] == "sdpa"}

@@ -8,13 +8,13 @@ CPU the allocation timeline of ``torch.profiler`` (every tensor allocation and f
 scratch space freed before the op returns is not seen).
 """
 import argparse
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from gtp_ref.bench import common
+from gtp_ref.apps.bench import common
+from gtp_ref.backends import get_backend
 
 LAYERS, BATCH, CHANNELS, NEIGHBOURS, ALPHA = 12, 2, 64, 8, 0.1
 BACKENDS = ("dense", "sparse")
@@ -38,7 +38,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def workload(backend: str, side: int, device: str, seed: int = 0) -> Callable[[], torch.Tensor]:
     """A closure running token_graph + LAYERS x (select + propagate) on fixed inputs."""
-    ops = importlib.import_module(f"gtp_ref.{backend}")
+    ops = get_backend(backend)
     g = torch.Generator(device=device).manual_seed(seed)
     n, P = side * side, side * side // 64
     x0 = torch.randn(BATCH, 1 + n, CHANNELS, generator=g, device=device)  # [CLS] + grid

@@ -6,15 +6,17 @@ torchvision's ImageFolder reads): the sorted folder names are the class indices 
 there must be as many folders as the model has classes.  The model: a timm model by name with a
 checkpoint (``--timm NAME --checkpoint FILE``) or a preset with a state_dict (``--preset NAME
 --state-dict FILE``); from Python, any models, e.g. ``gtp_ref.from_timm``'s (``evaluate``).
-Images are preprocessed as the model expects (``gtp_ref.preprocess``: timm's evaluation
+Images are preprocessed as the model expects (``gtp_ref.apps.preprocess``: timm's evaluation
 transform, with Pillow and torch).
 
 Methods (``--methods``, default all four): ``baseline`` (the model unreduced), ``gtp`` (GTP at
-``--P`` / ``--alpha`` / ``--M`` / ``--graph`` / ``--selection`` / ``--sparsity``; default the
-paper's: mixed graph, M = 4, ``mixed_attn_max``, theta = 0.6, alpha = 0.1, token sizes on),
-``prune`` (the same with alpha = 0: the selected tokens are dropped) and ``tome`` (ToMe with
-r = P).  ``--sweep P|alpha|M --values ...`` evaluates every method it varies at every value
-(alpha: GTP only; M: GTP with each of ``--graphs``) in one pass over the images, and
+``--num-prop`` / ``--alpha`` / ``--num-neighbours`` / ``--graph`` / ``--selection`` /
+``--sparsity``; default the paper's, ``gtp_ref.presets.paper_settings``: P = 8, mixed graph,
+M = 4, ``mixed_attn_max``, theta = 0.6 (0.5 for the deit_base preset), alpha = 0.1, token sizes
+on), ``prune`` (the same with alpha = 0: the selected tokens are dropped) and ``tome`` (ToMe with
+r = P).  ``--sweep num-prop|alpha|num-neighbours --values ...`` evaluates every method it varies
+at every value (alpha: GTP only; num-neighbours: GTP with each of ``--graphs``) in one pass over
+the images, and
 ``--figure`` draws the top-1 accuracy against the swept value.
 
 Every image is read once and run through every model.  A progress line goes to stderr; an
@@ -27,8 +29,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,96 +38,24 @@ import torch
 from torch import nn
 
 from complexity._cli import OneLineParser, output_path, write_files
+from gtp_ref.apps import AUTOCAST
+from gtp_ref.apps.images import ImageFolder, batches
+from gtp_ref.settings import GTPSettings
 
-# torchvision's ImageFolder extensions
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 METHODS = ("baseline", "gtp", "prune", "tome")
-SWEEPS = ("P", "alpha", "M")
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ---- the images --------------------------------------------------------------------------------------
-@dataclass
-class ImageFolder:
-    """The images of ``root/<class>/...`` (searched recursively, torchvision's extensions, any case),
-    sorted; ``classes``: the sorted class folder names, their indices the labels."""
-
-    root: Path
-    classes: list[str]
-    samples: list[tuple[Path, int]]
-    empty: list[str] = field(default_factory=list)  # class folders without an image
-
-    @classmethod
-    def scan(cls, root: str | Path) -> "ImageFolder":
-        """ValueError (one line) where root is missing, not a folder, or holds no image."""
-        root = Path(root)
-        if not root.exists():
-            raise ValueError(f"{str(root)!r}: no such folder")
-        if not root.is_dir():
-            raise ValueError(f"{str(root)!r} is a file; give the folder that holds one folder per class")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise ValueError(f"{str(root)!r} holds no class folders (expected {root}/<class>/<image>)")
-        samples, empty = [], []
-        for label, name in enumerate(classes):
-            files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            samples += [(p, label) for p in files]
-            if not files:
-                empty.append(name)
-        if not samples:
-            raise ValueError(f"{str(root)!r}: its {len(classes)} class folders hold no images "
-                             f"({', '.join(IMAGE_EXTENSIONS)})")
-        return cls(root, classes, samples, empty)
-
-    def subset(self, limit: int | None, seed: int = 0) -> list[tuple[Path, int]]:
-        """The first ``limit`` images of a fixed random permutation (all of them for None)."""
-        if limit is None or limit >= len(self.samples):
-            return list(self.samples)
-        order = torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(seed))[:limit]
-        return [self.samples[i] for i in sorted(order.tolist())]
-
-
-def batches(samples: list[tuple[Path, int]], preprocess: Callable[[Any], torch.Tensor], batch_size: int,
-            on_bad: Callable[[Path, str], None], workers: int = 4) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images [b, 3, H, W], labels [b]) batches; an unreadable image is reported to ``on_bad`` and
-    left out.  Images are read and preprocessed by ``workers`` threads (Pillow releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from gtp_ref.preprocess import load_image
-
-    def load(path: Path) -> torch.Tensor | str:
-        try:
-            image = load_image(path)  # any error Pillow raises: a ValueError naming the file
-        except ValueError as e:
-            return str(e)
-        try:
-            return preprocess(image)
-        except Exception as e:  # noqa: BLE001 -- one image's failure is that image's, never the run's
-            return f"cannot preprocess the image {str(path)!r}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start:start + batch_size]
-            xs, ys = [], []
-            for (path, label), x in zip(chunk, pool.map(load, [p for p, _ in chunk])):
-                if isinstance(x, str):
-                    on_bad(path, x)
-                else:
-                    xs.append(x)
-                    ys.append(label)
-            if xs:
-                yield torch.stack(xs), torch.tensor(ys)
+SWEEPS = ("num_prop", "alpha", "num_neighbours")  # --sweep num-prop | alpha | num-neighbours
 
 
 # ---- the models --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Setting:
-    """One model to evaluate: the method and its parameters (P is ToMe's r for tome)."""
+    """One model to evaluate: the method and the GTP settings it varies (num_prop is ToMe's r for
+    tome); the others are the run's (``reduced_model``'s ``base``)."""
 
     method: str
-    P: int = 0
+    num_prop: int = 0
     alpha: float = 0.1
-    M: int = 4
+    num_neighbours: int = 4
     graph: str = "mixed"
 
     @property
@@ -133,27 +63,28 @@ class Setting:
         if self.method == "baseline":
             return "baseline"
         if self.method == "tome":
-            return f"tome r={self.P}"
+            return f"tome r={self.num_prop}"
         if self.method == "prune":
-            return f"prune P={self.P}"
-        return f"gtp P={self.P} alpha={self.alpha:g} {self.graph} M={self.M}"
+            return f"prune P={self.num_prop}"
+        return f"gtp P={self.num_prop} alpha={self.alpha:g} {self.graph} M={self.num_neighbours}"
 
 
 def settings_for(methods: Sequence[str], base: Setting, sweep: str | None = None,
                  values: Sequence[float] = (), graphs: Sequence[str] = ("mixed",)) -> list[Setting]:
-    """The settings of a run: each method at ``base``, or swept over ``values`` of P, alpha or M
-    (alpha: GTP only, and alpha = 0 is pruning; M: GTP with each graph).  The baseline once."""
+    """The settings of a run: each method at ``base``, or swept over ``values`` of num_prop, alpha
+    or num_neighbours (alpha: GTP only, and alpha = 0 is pruning; num_neighbours: GTP with each
+    graph).  The baseline once."""
     out = [Setting("baseline")] if "baseline" in methods else []
     reduced = [m for m in methods if m != "baseline"]
     if sweep is None:
         out += [replace(base, method=m, alpha=0.0 if m == "prune" else base.alpha) for m in reduced]
-    elif sweep == "P":
-        out += [replace(base, method=m, P=int(v), alpha=0.0 if m == "prune" else base.alpha)
+    elif sweep == "num_prop":
+        out += [replace(base, method=m, num_prop=int(v), alpha=0.0 if m == "prune" else base.alpha)
                 for m in reduced for v in values]
     elif sweep == "alpha":
         out += [replace(base, method="gtp", alpha=float(v)) for v in values]
     else:
-        out += [replace(base, method="gtp", M=int(v), graph=g) for g in graphs for v in values]
+        out += [replace(base, method="gtp", num_neighbours=int(v), graph=g) for g in graphs for v in values]
     return out
 
 
@@ -162,26 +93,28 @@ def backbone_kwargs(net: nn.Module, preset: str | None = None) -> dict[str, Any]
     support matrix, ``gtp_ref.timm_models``) or a preset's."""
     if preset is not None:
         from complexity.backbone import PRESETS
-        from gtp_ref.presets import FACTORIES, vit_kwargs
-        return {**vit_kwargs(PRESETS[FACTORIES[preset]]), "num_classes": net.num_classes}
+        from gtp_ref.presets import vit_kwargs
+        return {**vit_kwargs(PRESETS[preset]), "num_classes": net.num_classes}
     from gtp_ref.timm_models import timm_geometry
     return timm_geometry(net)
 
 
-def reduced_model(net: nn.Module, kwargs: dict[str, Any], setting: Setting, gtp: dict[str, Any]) -> nn.Module:
+def reduced_model(net: nn.Module, kwargs: dict[str, Any], setting: Setting, base: GTPSettings) -> nn.Module:
     """The model of ``setting`` on net's weights, shared (built on the meta device, then the
     weights assigned: a sweep of many settings holds one copy): baseline: net itself; gtp /
-    prune: a GTPViT; tome: a ToMeViT.  kwargs: ``backbone_kwargs(net)``."""
+    prune: a GTPViT with ``base`` but for what the setting varies; tome: a ToMeViT.  kwargs:
+    ``backbone_kwargs(net)``."""
     from gtp_ref.model import GTPViT
     from gtp_ref.tome import ToMeViT
     if setting.method == "baseline":
         return net
     with torch.device("meta"):
         if setting.method == "tome":
-            model = ToMeViT(**kwargs, r=setting.P, fused_attn=True)
+            model = ToMeViT(**kwargs, r=setting.num_prop, fused_attn=True)
         else:
-            model = GTPViT(**kwargs, **gtp, num_prop=setting.P, alpha=setting.alpha, num_neighbours=setting.M,
-                           graph=setting.graph)
+            gtp = base.replace(num_prop=setting.num_prop, alpha=setting.alpha, num_neighbours=setting.num_neighbours,
+                               graph=setting.graph)
+            model = GTPViT(**kwargs, **gtp.kwargs())
     model.load_state_dict(net.state_dict(), strict=True, assign=True)
     return model.eval()
 
@@ -214,20 +147,20 @@ def evaluate(models: dict[str, nn.Module], root: str | Path | ImageFolder, *, ba
     ``ImageFolder.scan``), in one pass over the images.
 
     models: {name: model} (eval mode; logits over the folder's classes, in sorted folder order);
-    preprocessing: a ``gtp_ref.preprocess.Preprocessing`` (default: the first model's).
+    preprocessing: a ``gtp_ref.apps.preprocess.Preprocessing`` (default: the first model's).
     -> {"results": {name: {"images", "top1", "top5", "img_per_s"}}, "images", "skipped":
     [[path, why], ...], "classes", "empty_classes"}.  ValueError (one line) for a folder that
     cannot be evaluated or models that do not fit it.
     """
-    from gtp_ref.preprocess import Preprocessing
+    from gtp_ref.apps.preprocess import Preprocessing
     if not models:
         raise ValueError("models: give at least one")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit}: must be >= 1 (or None for every image)")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: one of {', '.join(DTYPES)}")
+    if dtype not in AUTOCAST:
+        raise ValueError(f"dtype={dtype!r}: one of {', '.join(AUTOCAST)}")
     folder = root if isinstance(root, ImageFolder) else ImageFolder.scan(root)
     root = folder.root
     for name, model in models.items():
@@ -236,7 +169,7 @@ def evaluate(models: dict[str, nn.Module], root: str | Path | ImageFolder, *, ba
             raise ValueError(f"{name}: the model has {classes} classes, {str(root)!r} has {len(folder.classes)} "
                              "class folders (their sorted order gives the labels)")
     preprocessing = preprocessing or Preprocessing.of(next(iter(models.values())))
-    dev, amp = torch.device(device), DTYPES[dtype]
+    dev, amp = torch.device(device), AUTOCAST[dtype]
     samples = folder.subset(limit)
     results = {name: Result() for name in models}
     skipped: list[list[str]] = []
@@ -277,9 +210,9 @@ def table(doc: dict[str, Any]) -> str:
     for r in doc["rows"]:
         gtp = r["method"] == "gtp"
         speed = "-" if r["img_per_s"] is None else f"{r['img_per_s']:.1f}"
-        P = r["P"] if r["method"] != "baseline" else ""
+        P = r["num_prop"] if r["method"] != "baseline" else ""
         alpha = f"{r['alpha']:g}" if r["method"] in ("gtp", "prune") else ""
-        lines.append(f"{r['method']:>8} {P:>3} {alpha:>6} {r['graph'] if gtp else '':>9} {r['M'] if gtp else '':>3} "
+        lines.append(f"{r['method']:>8} {P:>3} {alpha:>6} {r['graph'] if gtp else '':>9} {r['num_neighbours'] if gtp else '':>3} "
                      f"{r['top1']:>8.2f} {r['top5']:>8.2f} {speed:>8}")
     if doc["skipped"]:
         lines.append(f"\n{len(doc['skipped'])} image(s) could not be read and were skipped (listed in the JSON)")
@@ -300,16 +233,16 @@ def figure(doc: dict[str, Any], path: Path) -> None:
         if r["method"] == "baseline":
             ax.axhline(r["top1"], color="0.4", ls="--", lw=1, label="unreduced")
             continue
-        key = f"GTP, {r['graph']} graph" if (sweep == "M" or r["method"] == "gtp") else r["method"]
+        key = f"GTP, {r['graph']} graph" if (sweep == "num_neighbours" or r["method"] == "gtp") else r["method"]
         key = {"prune": "pruning (α = 0)", "tome": "ToMe"}.get(key, key)
         lines.setdefault(key, []).append((r[sweep], r["top1"]))
     method_colors = {"ToMe": COLORS["tome"], "pruning (α = 0)": COLORS["pruning"]}
     for key, pts in lines.items():
         pts.sort()  # a sweep over M draws one GTP line per graph: those take matplotlib's cycle
-        color = method_colors.get(key, COLORS["gtp"] if sweep != "M" else None)
+        color = method_colors.get(key, COLORS["gtp"] if sweep != "num_neighbours" else None)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key, color=color)
-    name = {"P": "tokens removed per block P (ToMe: r)", "alpha": "propagation weight α",
-            "M": "semantic neighbours M"}[sweep]
+    name = {"num_prop": "tokens removed per block P (ToMe: r)", "alpha": "propagation weight α",
+            "num_neighbours": "semantic neighbours M"}[sweep]
     ax.set(xlabel=name, ylabel="top-1 accuracy (%)", title=f"{doc['model']}: {doc['images']} images")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -320,7 +253,7 @@ def figure(doc: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from gtp_ref._checks import GRAPHS, SELECTIONS
-    from gtp_ref.presets import FACTORIES
+    from gtp_ref.presets import FACTORIES, paper_settings
     p = OneLineParser(prog="python -m gtp_ref.eval", description=__doc__.splitlines()[0])
     p.add_argument("folder", metavar="DIR", help="one folder per class, the images inside")
     src = p.add_mutually_exclusive_group(required=True)
@@ -331,24 +264,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, metavar="K",
                    help="build the model with K classes (a checkpoint fine-tuned on K classes; default the model's)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--P", type=int, default=8, help="tokens removed per block (ToMe's r; default 8)")
-    p.add_argument("--alpha", type=float, default=0.1, help="GTP's propagation weight (default 0.1)")
-    p.add_argument("--M", type=int, default=4, help="semantic neighbours (default 4)")
-    p.add_argument("--graph", choices=GRAPHS, default="mixed")
+    paper = paper_settings()  # the defaults: the paper's (gtp_ref.presets.paper_settings; theta per preset)
+    p.add_argument("--num-prop", type=int, default=paper.num_prop, metavar="P",
+                   help=f"tokens removed per block (ToMe's r; default {paper.num_prop})")
+    p.add_argument("--alpha", type=float, default=paper.alpha, help=f"GTP's propagation weight (default {paper.alpha})")
+    p.add_argument("--num-neighbours", type=int, default=paper.num_neighbours, metavar="M",
+                   help=f"semantic neighbours (default {paper.num_neighbours})")
+    p.add_argument("--graph", choices=GRAPHS, default=paper.graph)
     p.add_argument("--graphs", nargs="+", choices=GRAPHS, default=["semantic", "mixed"],
-                   help="with --sweep M: the graphs compared (default semantic and mixed)")
-    p.add_argument("--selection", choices=SELECTIONS, default="mixed_attn_max")
-    p.add_argument("--sparsity", type=float, default=0.6, help="theta (default 0.6)")
-    p.add_argument("--sweep", choices=SWEEPS, help="vary P, alpha or M over --values")
+                   help="with --sweep num-neighbours: the graphs compared (default semantic and mixed)")
+    p.add_argument("--selection", choices=SELECTIONS, default=paper.selection)
+    p.add_argument("--sparsity", type=float, default=None,
+                   help=f"theta (default the paper's for the preset: {paper.sparsity}, 0.5 for deit_base)")
+    p.add_argument("--sweep", choices=[s.replace("_", "-") for s in SWEEPS],
+                   help="vary num-prop, alpha or num-neighbours over --values")
     p.add_argument("--values", type=float, nargs="+", help="the swept values")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate N images drawn from every class")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="fp16 / bf16: autocast")
+    p.add_argument("--dtype", default="fp32", choices=list(AUTOCAST), help="fp16 / bf16: autocast")
     p.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
     p.add_argument("--json-out", metavar="FILE.json")
     p.add_argument("--figure", metavar="FILE.png", help="with --sweep: top-1 against the swept value")
     args = p.parse_args(argv)
+    args.sweep = None if args.sweep is None else args.sweep.replace("-", "_")
 
     # everything checked before any image is read
     if args.timm is None and args.checkpoint is not None:
@@ -368,8 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [v for v in (value if isinstance(value, list) else [value]) if v is not None and not math.isfinite(v)]
         if bad:
             p.error(f"--{option} {bad[0]}: must be a finite number")
-    if args.sweep in ("P", "M") and any(v != int(v) or v < 0 for v in args.values):
-        p.error(f"--values for --sweep {args.sweep}: whole numbers >= 0")
+    if args.sweep in ("num_prop", "num_neighbours") and any(v != int(v) or v < 0 for v in args.values):
+        p.error(f"--values for --sweep {args.sweep.replace('_', '-')}: whole numbers >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
     json_out = output_path(p, "--json-out", args.json_out, suffixes=[".json"])
@@ -378,15 +317,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = ImageFolder.scan(args.folder)
     except ValueError as e:
         p.error(str(e))
-    gtp = dict(selection=args.selection, sparsity=args.sparsity, token_scale=True, propagation="graph")
+    gtp = paper_settings(args.preset, selection=args.selection,
+                         **({} if args.sparsity is None else {"sparsity": args.sparsity}))
     try:
-        from gtp_ref.loading import preset_model, timm_model
+        from gtp_ref.apps.loading import preset_model, timm_model
         create = {} if args.num_classes is None else {"num_classes": args.num_classes}
         net = (timm_model(args.timm, args.checkpoint, **create) if args.timm else
                preset_model(args.preset, args.state_dict, **create))
         net = net.to(args.device)
         kwargs = backbone_kwargs(net, args.preset)
-        base = Setting("gtp", P=args.P, alpha=args.alpha, M=args.M, graph=args.graph)
+        base = Setting("gtp", num_prop=args.num_prop, alpha=args.alpha, num_neighbours=args.num_neighbours,
+                       graph=args.graph)
         settings = settings_for(args.methods, base, args.sweep, args.values or (), args.graphs)
         models = {s.label: reduced_model(net, kwargs, s, gtp) for s in settings}
     except (TypeError, ValueError) as e:
@@ -412,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"model": model_name, "root": str(args.folder), "device": args.device, "dtype": args.dtype,
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "sweep": args.sweep,
            "command": "python -m gtp_ref.eval " + " ".join(sys.argv[1:] if argv is None else argv),
-           "gtp": gtp, **{k: v for k, v in out.items() if k != "results"}, "rows": rows}
+           "gtp": {k: getattr(gtp, k) for k in ("selection", "sparsity", "token_scale", "propagation")},
+           **{k: v for k, v in out.items() if k != "results"}, "rows": rows}
     print(table(doc), end="")
     files = [f for f in (json_out, fig_out) if f is not None]
 

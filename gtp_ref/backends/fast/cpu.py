@@ -1,4 +1,4 @@
-"""The fast backend's CPU threshold and masking: ``_select.c`` compiled with the system's C
+"""The fast backend's CPU kernels: ``cpu_kernels.c`` compiled with the system's C
 compiler and called through ctypes.  ``kth_smallest_rows``: the exact k-th smallest of every row
 in two streaming passes (``_select.c`` says how), against a sort-like ``torch.topk`` /
 ``kthvalue``; ``mask_heads``: per head, that threshold, then the masked map with its column
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("_select.c")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ("-O3", "-shared", "-fPIC")
 _LIB: ctypes.CDLL | None = None
 REASON: str | None = None  # why the compiled selection is not available, once that is known
@@ -188,7 +188,7 @@ def _build() -> ctypes.CDLL:
     directory for this process."""
     global NOTE
     cc = _compiler()
-    name = f"select-{_key(cc)}.so"
+    name = f"cpu_kernels-{_key(cc)}.so"
     directory = cache_dir()
     why = "no home directory" if directory is None else None
     if directory is not None:
@@ -203,7 +203,7 @@ def _build() -> ctypes.CDLL:
         if problem:
             raise OSError(f"no private place to build the library: the cache is not usable ({why}) and {problem}")
         NOTE = f"built in {private} for this process: the cache{' ' + str(directory) if directory else ''} is not used ({why})"
-        warnings.warn(f"gtp_ref.fast: the compiled CPU kernels are {NOTE}", stacklevel=4)
+        warnings.warn(f"gtp_ref.backends.fast: the compiled CPU kernels are {NOTE}", stacklevel=4)
         try:  # the directory goes once the library is loaded (the process keeps its mapping)
             return _checked(_compile(cc, private, name))
         finally:
@@ -241,7 +241,7 @@ def available() -> bool:
             _LIB = _build()
         except Exception as e:  # noqa: BLE001 -- every failure falls back to torch, never crashes
             REASON = str(e) or type(e).__name__
-            warnings.warn(f"gtp_ref.fast: the compiled CPU threshold is not available ({REASON}); the CPU "
+            warnings.warn(f"gtp_ref.backends.fast: the compiled CPU threshold is not available ({REASON}); the CPU "
                           "threshold uses torch.topk instead (the same values, slower)", stacklevel=3)
     return _LIB is not None
 
@@ -313,3 +313,32 @@ def _backward(ctx, g_masked, g_col_sums, g_diagonal, g_first_row, g_tau):
 
 
 mask_heads.register_autograd(_backward, setup_context=_save)
+
+
+MAP_ENTRIES = 1 << 23  # a larger map (32 MB in float32) is processed in pieces ...
+PIECE_ENTRIES = 1 << 21  # ... of at most this many entries (or one head), which stay in cache
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, kth: int
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A GTP block's attention on the CPU: q (scaled), k, v [B, H, N, d] (float32 / float64) ->
+    Att v [B, N, H d] with each head's entries below its kth smallest zeroed, and that masked
+    map's column sums, diagonal and first row [B, H, N].  The map by the reference's own
+    definition (``gtp_ref.vit.softmax_map``), then ``mask_heads``.  A map beyond MAP_ENTRIES is
+    computed a few heads of one image at a time, so that each piece's passes (softmax, threshold,
+    masking, Att v) find it in cache rather than in memory."""
+    from gtp_ref.vit import softmax_map
+    B, H, N, d = q.shape
+    if B * H * N * N <= MAP_ENTRIES:
+        masked, col_sums, diagonal, first_row, _ = mask_heads(softmax_map(q, k, token_sizes), kth)
+        return (masked @ v).transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, first_row
+    out = v.new_empty(B, H, N, d)
+    col_sums, diagonal, first_row = (q.new_empty(B, H, N) for _ in range(3))
+    per = max(1, PIECE_ENTRIES // (N * N))  # heads per piece
+    for b in range(B):
+        for h in range(0, H, per):
+            piece = (slice(b, b + 1), slice(h, h + per))
+            part = softmax_map(q[piece], k[piece], None if token_sizes is None else token_sizes[b:b + 1])
+            masked, col_sums[piece], diagonal[piece], first_row[piece], _ = mask_heads(part, kth)
+            torch.matmul(masked, v[piece], out=out[piece])
+    return out.transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, first_row

@@ -14,7 +14,7 @@ from complexity.style import COLORS
 
 # The suffix sets the line style; the colour is the method's in every figure (complexity.style).
 STYLES = {"": "o-", "graph": "o--", "compile": "s-."}
-ROW_KEYS = {"model": str, "method": str, "P": int, "batch": int, "dtype": str, "img_per_s": (int, float),
+ROW_KEYS = {"model": str, "method": str, "num_prop": int, "batch": int, "dtype": str, "img_per_s": (int, float),
             "expected_speedup": (int, float)}
 
 
@@ -55,7 +55,7 @@ def device_label(env: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> Any:
-    from gtp_ref.bench.throughput import add_speedups
+    from gtp_ref.apps.bench.throughput import add_speedups
     panels = {}
     for doc in args.docs:
         add_speedups(doc["rows"])
@@ -78,9 +78,9 @@ def draw(panels: dict[tuple, list[dict[str, Any]]], path: str) -> list[str]:
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, ((device, model, batch, dtype), rows) in zip(axes.flat, sorted(panels.items())):
-        methods = sorted({r["method"] for r in rows if r["P"]})
+        methods = sorted({r["method"] for r in rows if r["num_prop"]})
         for method in methods:
-            pts = sorted((r["P"], r["speedup"], r["speedup"] * r.get("img_per_s_q1", r["img_per_s"]) / r["img_per_s"],
+            pts = sorted((r["num_prop"], r["speedup"], r["speedup"] * r.get("img_per_s_q1", r["img_per_s"]) / r["img_per_s"],
                           r["speedup"] * r.get("img_per_s_q3", r["img_per_s"]) / r["img_per_s"])
                          for r in rows if r["method"] == method)
             P, speedup, low, high = zip(*pts)
@@ -93,11 +93,11 @@ def draw(panels: dict[tuple, list[dict[str, Any]]], path: str) -> list[str]:
             if r["method"].startswith("baseline_explicit"):
                 ax.axhline(r["speedup"], ls=":", color=COLORS["baseline_explicit"], lw=1,
                            label=f"{r['method'].replace('_', ' ')} (unreduced)")
-        expected = sorted({(r["P"], r["expected_speedup"]) for r in rows if r["P"] and not r["method"].startswith("tome")})
+        expected = sorted({(r["num_prop"], r["expected_speedup"]) for r in rows if r["num_prop"] and not r["method"].startswith("tome")})
         if expected:
             ax.plot(*zip(*expected), "k--", lw=1, label="expected from backbone MACs")
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(sorted({r["P"] for r in rows if r["P"]}))
+        ax.set_xticks(sorted({r["num_prop"] for r in rows if r["num_prop"]}))
         ax.set(xlabel="$P$ (ToMe's $r$): tokens removed per block", ylabel="speed-up over the unreduced model",
                title=f"{model}, batch {batch}, {dtype}\n{device}")
         ax.grid(alpha=0.3)

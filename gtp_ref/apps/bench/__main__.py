@@ -3,7 +3,7 @@ import sys
 from collections.abc import Sequence
 
 from complexity._cli import OneLineParser, output_path
-from gtp_ref.bench import attention, common, plot, profile, scaling, threshold, throughput
+from gtp_ref.apps.bench import attention, common, plot, profile, scaling, threshold, throughput
 
 COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "attention": attention,
             "profile": profile, "plot": plot}

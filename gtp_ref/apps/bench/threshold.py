@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from gtp_ref.bench import common
+from gtp_ref.apps.bench import common
 
 HEADS, THETA = 6, 0.6
 
@@ -32,7 +32,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def methods() -> dict[str, Callable[[torch.Tensor, int], torch.Tensor]]:
     """name -> f(rows [R, L], k) -> [R]: the k-th smallest of every row."""
-    from gtp_ref.fast import kth_smallest
+    from gtp_ref.backends.fast import kth_smallest
     return {"kthvalue": lambda x, k: x.kthvalue(k, dim=-1).values,
             "topk": lambda x, k: x.topk(k, dim=-1, largest=False, sorted=False).values.amax(-1),
             "fast.kth_smallest": kth_smallest}

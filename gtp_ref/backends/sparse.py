@@ -1,4 +1,4 @@
-"""The sparse backend: the same op-level API as ``gtp_ref.dense``, scaling with edges, not n^2.
+"""The sparse backend: the same op-level API as ``gtp_ref.backends.dense``, scaling with edges, not n^2.
 
 Supplement section A: the token graphs have at most 8 + M edges per node, so they are stored
 as edge lists and never as n x n matrices.
@@ -29,7 +29,7 @@ from gtp_ref._checks import (
     check_select_input,
     prefix_count,
 )
-from gtp_ref.backends import Backend
+from gtp_ref.backends import OPS
 from gtp_ref.graph import inv_sqrt_degree, semantic_threshold, unit_rows
 from gtp_ref.select import sparsify_attention, token_scores
 
@@ -124,7 +124,7 @@ def semantic_edges(x_img: Tensor, num_neighbours: int,
 def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> SparseGraph:
     """Â of the image tokens as a SparseGraph: x_img [B, n, C], grid (h, w), h*w = n.
 
-    Same graph as ``gtp_ref.dense.token_graph``: S, E or S or E, then D^-1/2 A D^-1/2 with
+    Same graph as ``gtp_ref.backends.dense.token_graph``: S, E or S or E, then D^-1/2 A D^-1/2 with
     D = row degrees (0 on degree-0 rows), applied to the edge weights.
     """
     grid, n = check_graph_input(x_img, grid, graph, num_neighbours)
@@ -180,7 +180,7 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
 def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alpha: float,
               token_scales: Tensor | None = None, class_token: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, SparseGraph | None, Tensor | None]:
-    """Same contract as ``gtp_ref.dense.propagate``, with G a SparseGraph (or None for mean/none).
+    """Same contract as ``gtp_ref.backends.dense.propagate``, with G a SparseGraph (or None for mean/none).
 
     graph: x_K[a] += alpha * sum over edges (b, i, j, w) with i = K[a], j in P of w x_j, by one
     ``index_add_`` over the batch's edges; next graph: the K-K edges, renumbered.
@@ -232,7 +232,4 @@ def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alph
     return x, G_next, scales
 
 
-BACKEND = Backend("sparse", token_graph, to_dense, sparsify_attention, token_scores, select_tokens, propagate)
-
-__all__ = ["token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens",
-           "propagate", "SparseGraph"]
+__all__ = [*OPS, "SparseGraph"]

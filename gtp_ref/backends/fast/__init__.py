@@ -1,0 +1,55 @@
+"""The fast backend: the op-level API of ``gtp_ref.backends.dense``, built for speed on the CPU and the GPU.
+
+    ops.py           the ops, and the attention's choice of path
+    cpu.py           the CPU kernels: ``cpu_kernels.c`` compiled on first use, as torch custom ops
+    cpu_kernels.c    their C source
+    cuda.py          the Triton kernels (CUDA; or Triton's interpreter on the CPU)
+
+
+Same results as the dense reference (the property tests and the conformance suite check it,
+``GTP_IMPL=gtp_ref.backends.fast``); what differs is how they are computed:
+
+* **No host synchronisation and no data-dependent shapes.**  Every tensor's shape follows from
+  the input's shape and the schedule (no ``nonzero``, ``masked_select`` or ``.item()``), so
+  the host never waits for the GPU and a whole forward can be captured in a CUDA graph
+  (``gtp_ref.cuda_graphs.cuda_graphed``).  A CUDA test runs the forward under ``torch.cuda.set_sync_debug_mode``.
+* **An exact threshold in about two passes, not a sort.**  The k-th smallest of each head's N^2
+  attention entries: on the CPU (float32 / float64) a compiled radix selection
+  (``gtp_ref.backends.fast.cpu``: a histogram of the top bits, a copy of the few values in the k-th
+  value's bin, the same again on the next bits, a quickselect among what is left); on CUDA
+  ``torch.topk`` (a multi-block radix selection) instead of ``torch.kthvalue`` (one block per
+  head); inside the one-kernel attention below, radix passes over the map's bits.  All three
+  give kthvalue's value.
+* **The graph is never shrunk.**  A ``LazyGraph`` keeps the first layer's Â and, per image, the
+  original index of every current token; each layer gathers only Â[K, P] ((n - P) x P entries
+  per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
+  resolutions (n = 196 or 576); for very large grids use ``gtp_ref.backends.sparse``.
+* **The attention without separate passes over its map.**  ``attention`` (which ``GTPViT``
+  calls with this backend, with the block's q, k, v) computes the attention and the selection's
+  scores by one of three paths (``PATHS``, chosen by ``attention_path``), for the selections
+  scored from columns, diagonal or the [CLS] row (``COLUMN_SELECTIONS``, the paper's
+  ``mixed_attn_max`` among them, and ``cls_attn_*``):
+
+  ``cpu`` (float32 / float64): the reference's map, then one compiled call per block
+  (``cpu.mask_heads``) that finds each head's threshold, masks the map and sums its columns
+  while the head's map is in cache.
+
+  ``one_kernel`` (CUDA, N <= 256 -- ViTs at 224 px --, float32 / float64 or autocast): one Triton
+  program per image and head does it all (``cuda.gtp_attention``): q k^T + log s, the row
+  softmax, the exact threshold, the masking, Att v and the column sums / diagonal / first row,
+  recomputing the map for each pass instead of writing it -- no N x N tensor in memory.
+
+  ``two_kernel`` (CUDA, N <= 1024; column and diagonal selections): the row softmax kernel, a
+  ``topk`` threshold, then one kernel that masks the map, casts it for ``Att v`` and sums its
+  columns and diagonal.
+
+  Elsewhere (other selections, N > 1024, float16 on the CPU, no C compiler) it returns None and
+  the model takes the explicit path with the ops of this module.  Under Triton's interpreter
+  (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the Triton paths run on CPU
+  tensors instead, slowly: how the test suite checks them without a GPU.
+
+Token scores and selection are the dense reference's (static shapes already: a sort of the n
+scores per image).
+"""
+from gtp_ref.backends.fast.ops import *  # noqa: F401,F403  (the op-level API and the attention)
+from gtp_ref.backends.fast.ops import FUSED_DEVICE, MAX_FUSED_TOKENS, __all__  # noqa: F401

@@ -1,0 +1,232 @@
+"""The fast backend's ops (``gtp_ref.backends.fast`` says what they do and how).  Their results
+are the dense reference's."""
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gtp_ref._checks import check_propagate_args, check_sparsity, check_square_map, prefix_count
+from gtp_ref.backends import OPS
+from gtp_ref.backends.fast import cpu
+from gtp_ref.graph import token_graph as dense_token_graph
+from gtp_ref.propagate import gather_tokens
+from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, select_tokens, sparsity_k, token_scores
+
+try:  # the Triton kernels, where Triton is installed (a CUDA build of torch brings it)
+    from gtp_ref.backends.fast import cuda
+except ImportError:
+    cuda = None
+# The device type the Triton kernels run on: "cuda" (compiled), "cpu" (Triton's interpreter), or None.
+FUSED_DEVICE = None if cuda is None else "cpu" if cuda.INTERPRETED else "cuda"
+
+
+def kth_smallest(rows: Tensor, k: int) -> Tensor:
+    """The exact k-th smallest (1-based) of each row: rows [R, L] -> [R], rows' dtype.
+
+    On the CPU (float32 / float64) by the compiled selection of ``gtp_ref.backends.fast.cpu`` (two streaming
+    passes per row); elsewhere the smallest of the L - k + 1 largest or the largest of the k
+    smallest, by ``torch.topk``, whichever asks for fewer (on CUDA a multi-block radix selection;
+    ``torch.kthvalue`` runs one block per row).  docs/performance.md compares them
+    (``python -m gtp_ref.bench threshold``).
+    """
+    if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and cpu.available():
+        return cpu.kth_smallest_rows(rows, k)
+    L = rows.shape[-1]
+    if k <= L - k + 1:
+        return rows.topk(k, dim=-1, largest=False, sorted=False).values.amax(dim=-1)
+    # the smallest of the L - k + 1 largest; NaN ranks above +inf (topk's and kthvalue's order), so
+    # it is NaN only where all of them are
+    top = rows.topk(L - k + 1, dim=-1, largest=True, sorted=False).values
+    nan = top.isnan()
+    return torch.where(nan.all(dim=-1), top[..., 0], top.masked_fill(nan, float("inf")).amin(dim=-1))
+
+
+def _native_cpu(t: Tensor) -> bool:
+    """Whether ``gtp_ref.backends.fast.cpu``'s compiled selection takes t: CPU float32 / float64, not
+    under Triton's interpreter (which runs the GPU kernels on CPU tensors instead)."""
+    return (t.device.type == "cpu" and FUSED_DEVICE != "cpu" and t.dtype in (torch.float32, torch.float64)
+            and cpu.available())
+
+
+def _kth(N: int, sparsity: float) -> int:
+    """The threshold's rank among a head's N^2 entries; 0 where theta = 1 keeps them all."""
+    return sparsity_k(N, sparsity) if check_sparsity(sparsity) < 1 else 0
+
+
+def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
+    """``gtp_ref.backends.dense.sparsify_attention`` with the threshold from ``kth_smallest``.  On the CPU
+    the compiled ``cpu.mask_heads`` (threshold and masking, one call); elsewhere a product
+    with the kept entries' mask (one pass instead of masked_fill's two; the same values for
+    finite maps -- an infinite entry below the threshold would give NaN, which softmax maps have not)."""
+    if _native_cpu(attn):
+        check_square_map(attn)
+        return cpu.mask_heads(attn, _kth(attn.shape[-1], sparsity))[0]
+    tau = head_thresholds(attn, sparsity, kth_smallest)  # (B, H) or None
+    if tau is None:
+        return attn
+    return attn * (attn >= tau[..., None, None])  # (B, H, N, N)
+
+
+MAX_FUSED_TOKENS = 1024  # the two-kernel path's softmax holds a whole row of the map in one program
+CLS_SELECTIONS = ("cls_attn_mean", "cls_attn_max")
+Reductions = tuple[Tensor, Tensor, Tensor, Tensor | None]  # Att v [B, N, H d]; column sums, diagonal, first row [B, H, N]
+
+
+def _two_kernel(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
+    """The ``two_kernel`` path: Triton's softmax kernel, the ``topk`` threshold, one kernel that masks
+    the map, casts it for Att v and sums its columns and diagonal (no first row)."""
+    B, H, N, d = q.shape
+    logits = q @ k.transpose(-2, -1)  # (B, H, N, N), autocast's dtype
+    log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
+    # softmax runs in float32 under autocast, else in the type promotion of logits and log s
+    probs_dtype = (torch.float32 if torch.is_autocast_enabled(q.device.type) else
+                   logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
+    probs = cuda.softmax_rows(logits, log_s, probs_dtype)  # (B, H, N, N)
+    tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
+    masked, col_sums, diagonal = cuda.mask_and_reduce(probs, tau, v.dtype)
+    return (masked @ v).transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, None
+
+
+def _one_kernel(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
+    """The ``one_kernel`` path: one Triton program per image and head, no N x N tensor in memory."""
+    B, H, N, d = q.shape
+    log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
+    out, col_sums, diagonal, first_row = cuda.gtp_attention(q, k, v, log_s, _kth(N, sparsity))
+    return out.reshape(B, N, H * d), col_sums, diagonal, first_row
+
+
+def _cpu(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
+    """The ``cpu`` path: ``cpu.attention``."""
+    return cpu.attention(q, k, v, token_sizes, _kth(q.shape[2], sparsity))
+
+
+# The attention paths by name: each (q, k, v, token_sizes, sparsity) -> Reductions, for the inputs
+# ``attention_path`` routes to it (tests and ``python -m gtp_ref.bench attention`` call them by name).
+PATHS: dict[str, Callable[..., Reductions]] = {"cpu": _cpu, "one_kernel": _one_kernel, "two_kernel": _two_kernel}
+
+
+def attention_path(q: Tensor, selection: str | None) -> tuple[str | None, str]:
+    """The path ``attention`` takes for q [B, H, N, d] and the selection, and why; or None and why
+    none applies.  ``cpu``: float32 / float64 without autocast, with the compiled kernels;
+    ``one_kernel``: Triton, N <= 256, float32 / float64 or autocast; ``two_kernel``: Triton,
+    N <= 1024, the selections scored from columns and diagonal."""
+    N, autocast = q.shape[2], torch.is_autocast_enabled(q.device.type)
+    if selection is not None and selection not in COLUMN_SELECTIONS + CLS_SELECTIONS:
+        return None, f"selection={selection!r} is scored from more than columns, diagonal and [CLS] row"
+    if q.device.type == "cpu" and FUSED_DEVICE != "cpu":
+        if not autocast and _native_cpu(q):
+            return "cpu", "float32 / float64 on the CPU, compiled kernels"
+        return None, f"on the CPU the compiled kernels take float32 / float64 without autocast and a C compiler " \
+                     f"(got {q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})"
+    if q.device.type != FUSED_DEVICE:
+        return None, f"the kernels run on {FUSED_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}"
+    if N <= cuda.MAX_ONE_KERNEL_TOKENS and (autocast or q.dtype in (torch.float32, torch.float64)):
+        return "one_kernel", f"N={N} <= {cuda.MAX_ONE_KERNEL_TOKENS}"
+    if N <= MAX_FUSED_TOKENS and selection not in CLS_SELECTIONS:
+        return "two_kernel", f"N={N} <= {MAX_FUSED_TOKENS}"
+    return None, f"N={N} tokens: the kernels take at most {MAX_FUSED_TOKENS} ({cuda.MAX_ONE_KERNEL_TOKENS} " \
+                 f"for float16 / bfloat16 without autocast and for the [CLS]-row scores)"
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, selection: str | None,
+              prefix_tokens: int) -> tuple[Tensor, Tensor | None] | None:
+    """A GTP block's attention and the token scores without the explicit path's separate passes
+    over the map (the interface of ``gtp_ref.backends.Backend.attention``).
+
+    q (scaled), k, v [B, H, N, d]; token_sizes [B, N] or None -> (Att v [B, N, H d] with the
+    sparsified map, scores [B, n] or None for ``selection=None``) -- what the explicit path gives
+    -- or None where no path applies (``attention_path``).
+    """
+    path, _ = attention_path(q, selection)
+    if path is None:
+        return None
+    out, col_sums, diagonal, first_row = PATHS[path](q, k, v, token_sizes, sparsity)
+    if selection is None:
+        return out, None
+    c = prefix_tokens
+    if selection in CLS_SELECTIONS:  # the first prefix token's row over the image tokens' columns
+        first = first_row[..., c:]  # (B, H, n)
+        return out, first.mean(dim=1) if selection.endswith("mean") else first.amax(dim=1)
+    return out, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
+
+
+@dataclass
+class LazyGraph:
+    """Â of the current image tokens, as rows / columns of the first layer's graph.
+
+    A0: [B, n0 + 1, n0 + 1], the first layer's Â with one extra zero row and column (index n0,
+    the node of a ``mean`` token, which has no edges); ids: [B, n] long, the row of A0 of each
+    current token.  Â[b, i, j] = A0[b, ids[b, i], ids[b, j]].
+    """
+
+    A0: Tensor
+    ids: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        B, n = self.ids.shape
+        return (B, n, n)
+
+    def block(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """Â[b, rows[b]][:, cols[b]] for rows [B, r], cols [B, c] (current-token indices) -> [B, r, c]."""
+        r, c = self.ids.gather(1, rows), self.ids.gather(1, cols)  # (B, r), (B, c) rows of A0
+        b = torch.arange(r.shape[0], device=r.device)[:, None, None]
+        return self.A0[b, r[:, :, None], c[:, None, :]]
+
+
+def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> LazyGraph:
+    """The dense reference's Â, wrapped as a LazyGraph over all n tokens."""
+    A = dense_token_graph(x_img, grid, graph, num_neighbours)  # (B, n, n)
+    B, n, _ = A.shape
+    ids = torch.arange(n, device=A.device).expand(B, n)
+    return LazyGraph(F.pad(A, (0, 1, 0, 1)), ids)
+
+
+def to_dense(G: LazyGraph) -> Tensor:
+    """LazyGraph -> Â [B, n, n] (for tests and inspection)."""
+    everyone = torch.arange(G.ids.shape[1], device=G.ids.device).expand_as(G.ids)
+    return G.block(everyone, everyone)
+
+
+def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha: float,
+              token_scales: Tensor | None = None, class_token: bool | int = True,
+              mode: str = "graph") -> tuple[Tensor, LazyGraph | None, Tensor | None]:
+    """Same contract as ``gtp_ref.backends.dense.propagate``, with G a LazyGraph (or None for mean/none).
+
+    graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
+    same A0 with ids[K] (Â[K, K], not renormalised, never copied).
+    """
+    # the index-value check reads its result (a host synchronisation): on the CPU only
+    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
+                         values=not x.is_cuda)
+    c = prefix_count(class_token)
+    cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
+    x_K = gather_tokens(x_img, kept)  # (B, n-P, C)
+    s_cls = s_K = s_img = None
+    if token_scales is not None:
+        s_cls, s_img = token_scales[:, :c], token_scales[:, c:]  # (B, c), (B, n)
+        s_K = gather_tokens(s_img, kept)  # (B, n-P)
+    G_next = None if G is None else LazyGraph(G.A0, G.ids.gather(1, kept))
+
+    if mode == "graph":
+        A_KP = G.block(kept, prop)  # (B, n-P, P)
+        x_K = x_K + alpha * (A_KP @ gather_tokens(x_img, prop))  # (B, n-P, C)
+        if s_K is not None:
+            s_K = s_K + alpha * (A_KP @ gather_tokens(s_img, prop)[..., None])[..., 0]  # (B, n-P)
+    elif mode == "mean" and prop.shape[1] > 0:
+        x_K = torch.cat([x_K, gather_tokens(x_img, prop).mean(dim=1, keepdim=True)], dim=1)
+        if s_K is not None:
+            s_K = torch.cat([s_K, gather_tokens(s_img, prop).sum(dim=1, keepdim=True)], dim=1)
+        if G_next is not None:  # the mean token is node n0 of A0: no edges
+            mean_id = G_next.ids.new_full((G_next.ids.shape[0], 1), G.A0.shape[-1] - 1)
+            G_next = LazyGraph(G.A0, torch.cat([G_next.ids, mean_id], dim=1))
+
+    x = torch.cat([cls, x_K], dim=1)
+    scales = None if s_K is None else torch.cat([s_cls, s_K], dim=1)
+    return x, G_next, scales
+
+
+__all__ = [*OPS, "attention", "attention_path", "kth_smallest", "LazyGraph", "PATHS"]
