@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=bool(os.environ.get("CI")),
                           suppress_health_check=[HealthCheck.too_slow])
+# a GPU run's few, fixed examples (tools/gpu_checks.sh): every kernel variant compiles in the time it has
+settings.register_profile("gpu", max_examples=20, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=2000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -26,4 +29,4 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "fused" in item.keywords and FUSED is None:
             item.add_marker(pytest.mark.skip(reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1 "
-                                                    "(test_fused_path_in_the_triton_interpreter runs them so)"))
+                                                    "(tests/test_gpu_checks.py runs them so)"))

@@ -21,8 +21,6 @@ def public_modules():
             name = info.name
             if name.startswith(SKIP) or name.rsplit(".", 1)[-1].startswith("_") or name.endswith("__main__"):
                 continue
-            if name == "gtp_ref.backends.fast.cuda":
-                continue
             yield name
 
 

@@ -3,10 +3,10 @@ import sys
 from collections.abc import Sequence
 
 from complexity._cli import OneLineParser, output_path
-from gtp_ref.apps.bench import attention, common, plot, profile, scaling, threshold, throughput
+from gtp_ref.apps.bench import attention, common, costmodel, plot, profile, resources, scaling, threshold, throughput
 
 COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "attention": attention,
-            "profile": profile, "plot": plot}
+            "profile": profile, "plot": plot, "resources": resources, "costmodel": costmodel}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
     command.validate(parser, args)  # everything checked before anything is measured
     args.parser = parser
-    if args.command in ("profile", "plot"):
+    if args.command in ("profile", "plot", "costmodel"):
         return command.run(args)
     env = common.environment(args.device)
     rows = command.run(args)

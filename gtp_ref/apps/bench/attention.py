@@ -8,8 +8,7 @@ block's attention output (and GTP's to the token scores too):
     explicit     GTP with the dense reference's ops: the map, ``dense.sparsify_attention``
                  (``torch.kthvalue``, ``masked_fill``), Att v, ``dense.token_scores``
     cpu          the fast backend on the CPU (``fast.PATHS["cpu"]``: its compiled kernels)
-    two_kernel   the fast backend's two Triton kernels around a ``topk`` threshold (N <= 1024)
-    one_kernel   the fast backend's one kernel per image and head (N <= 256)
+    cuda         the fast backend on CUDA (``fast.PATHS["cuda"]``: its Triton kernels, N <= 1024)
 
 The kernel methods run where the fast backend's kernels do (CUDA with Triton); on the CPU
 ``sdpa``, ``explicit`` and ``cpu``.  Every GTP method's output and scores are compared with ``explicit``'s
@@ -54,10 +53,8 @@ def methods(device: str, N: int) -> list[str]:
     names = ["sdpa", "explicit"]
     if device == "cpu" and fast.FUSED_DEVICE != "cpu" and fast.cpu.available():
         names.append("cpu")
-    if fast.FUSED_DEVICE == device and N <= fast.MAX_FUSED_TOKENS:
-        names.append("two_kernel")
-        if N <= fast.cuda.MAX_ONE_KERNEL_TOKENS:
-            names.append("one_kernel")
+    if fast.FUSED_DEVICE == device and N <= fast.cuda.MAX_TOKENS:
+        names.append("cuda")
     return names
 
 
@@ -81,7 +78,7 @@ def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp
         return run
 
     run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused=True)[0], None), "explicit": explicit,
-           "cpu": path("cpu"), "two_kernel": path("two_kernel"), "one_kernel": path("one_kernel")}[method]
+           "cpu": path("cpu"), "cuda": path("cuda")}[method]
 
     def call():
         with torch.no_grad(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):

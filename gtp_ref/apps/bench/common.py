@@ -174,6 +174,14 @@ def add_output_options(parser: argparse.ArgumentParser,
     parser.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
 
 
+def write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    """doc as JSON at path, written whole or not at all (a temporary file, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], table: str) -> int:
     """Print the table (or the JSON with --json), then write --json-out: a finished measurement
     is on the screen before anything can fail; a failing write is one line and exit status 1."""

@@ -269,6 +269,12 @@ def run(args: argparse.Namespace) -> Any:
                                  "img_per_s_q3": batch / t.quartiles[0], **t.row(1e3, "ms"),
                                  "expected_speedup": expected_speedup(g, method, P) if P else 1.0})
                 add_speedups(rows)
+                group = [r for r in rows if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype)]
+                for line in table(group, common.environment(args.device)).splitlines()[4:]:
+                    common.progress(f"| {line}")  # this group's rows as soon as they are measured
+                if getattr(args, "json_out", None):  # and on disk: a run cut short keeps what it measured
+                    common.write_json(args.json_out, {**common.environment(args.device), "partial": True,
+                                                      "rows": rows})
                 del fns, timings
     return rows
 

@@ -3,8 +3,8 @@
     ops.py           the ops, and the attention's choice of path
     cpu.py           the CPU kernels: ``cpu_kernels.c`` compiled on first use, as torch custom ops
     cpu_kernels.c    their C source
-    cuda.py          the Triton kernels (CUDA; or Triton's interpreter on the CPU)
-
+    cuda.py          the CUDA path: what its kernels do, and their launches
+    cuda_kernels.py  its Triton kernels (compiled on CUDA, or run by Triton's interpreter on the CPU)
 
 Same results as the dense reference (the property tests and the conformance suite check it,
 ``GTP_IMPL=gtp_ref.backends.fast``); what differs is how they are computed:
@@ -26,7 +26,7 @@ Same results as the dense reference (the property tests and the conformance suit
   resolutions (n = 196 or 576); for very large grids use ``gtp_ref.backends.sparse``.
 * **The attention without separate passes over its map.**  ``attention`` (which ``GTPViT``
   calls with this backend, with the block's q, k, v) computes the attention and the selection's
-  scores by one of three paths (``PATHS``, chosen by ``attention_path``), for the selections
+  scores by one of two paths (``PATHS``, chosen by ``attention_path``), for the selections
   scored from columns, diagonal or the [CLS] row (``COLUMN_SELECTIONS``, the paper's
   ``mixed_attn_max`` among them, and ``cls_attn_*``):
 
@@ -34,22 +34,18 @@ Same results as the dense reference (the property tests and the conformance suit
   (``cpu.mask_heads``) that finds each head's threshold, masks the map and sums its columns
   while the head's map is in cache.
 
-  ``one_kernel`` (CUDA, N <= 256 -- ViTs at 224 px --, float32 / float64 or autocast): one Triton
-  program per image and head does it all (``cuda.gtp_attention``): q k^T + log s, the row
-  softmax, the exact threshold, the masking, Att v and the column sums / diagonal / first row,
-  recomputing the map for each pass instead of writing it -- no N x N tensor in memory.
+  ``cuda`` (N <= 1024, float32 / float64 or autocast): a few Triton kernels that recompute the
+  map tile by tile, never storing it (``cuda.attention``): its row statistics, a sampled bracket
+  around the threshold, the entries inside it collected and sorted (an exact radix selection
+  where the bracket misses), then the masked map's Att v, column sums, diagonal and first row.
 
-  ``two_kernel`` (CUDA, N <= 1024; column and diagonal selections): the row softmax kernel, a
-  ``topk`` threshold, then one kernel that masks the map, casts it for ``Att v`` and sums its
-  columns and diagonal.
-
-  Elsewhere (other selections, N > 1024, float16 on the CPU, no C compiler) it returns None and
-  the model takes the explicit path with the ops of this module.  Under Triton's interpreter
-  (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the Triton paths run on CPU
-  tensors instead, slowly: how the test suite checks them without a GPU.
+  Elsewhere (other selections, N > 1024, float16 without autocast, no C compiler) it returns
+  None and the model takes the explicit path with the ops of this module.  Under Triton's
+  interpreter (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the ``cuda`` path runs
+  on CPU tensors instead, slowly: how the test suite checks it without a GPU.
 
 Token scores and selection are the dense reference's (static shapes already: a sort of the n
 scores per image).
 """
 from gtp_ref.backends.fast.ops import *  # noqa: F401,F403  (the op-level API and the attention)
-from gtp_ref.backends.fast.ops import FUSED_DEVICE, MAX_FUSED_TOKENS, __all__  # noqa: F401
+from gtp_ref.backends.fast.ops import FUSED_DEVICE, __all__  # noqa: F401

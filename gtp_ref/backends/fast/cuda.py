@@ -1,273 +1,191 @@
-"""Triton kernels of the fast backend's fused attention path (``gtp_ref.backends.fast.attend_and_score``).
+"""The fast backend's CUDA attention: a GTP block's attention in a few Triton kernels that
+recompute the attention map tile by tile instead of storing it (``attention``; docs/performance.md,
+"The CUDA path", has the cost model it was chosen by).
 
-Imported only where Triton is present.  ``gtp_attention`` is a GTP block's whole attention in one
-kernel per image and head, for N <= 256 (its docstring says how).  Above that, two kernels
-around a ``topk`` threshold: ``softmax_rows`` computes GTP's attention map -- the scaled logits
-plus log s through a row softmax -- and ``mask_and_reduce`` masks it below the sparsity
-threshold, casts it for ``Att v`` and sums the columns and the diagonal the scores need, one
-pass each.  ``TRITON_INTERPRET=1`` (set before this module is imported) runs them on CPU
-tensors, which is how the test suite checks them without a GPU.
+For each image and head the map is softmax(q k^T + log s) over N x N entries; its threshold tau is
+the kth smallest of those entries, and the output is (the map with entries below tau zeroed) v
+with that map's column sums, diagonal and first row.  One program handles ROWS rows of one
+image's head (a row tile) against the keys in tiles of KEYS, recomputing q k^T on the tensor cores
+in every pass:
 
-Standalone selection kernels over a stored map (sampled bracket, radix and Floyd-Rivest k-th
-value selection) lost to ``torch.topk`` on an H100: ``git show 8a087a5:gtp_ref/_triton.py``
-has them.
+1. ``_stats_kernel``: each row's maximum, then its sum of exp(z - max) -- the softmax's two
+   statistics, in the reference's order -- stored; in the same sweep it stores a sample of the
+   unnormalised entries (those with (row + key) % stride == 0: about SAMPLE per head).
+2. ``_bracket_kernel`` (one program per image and head): a bracket [lo, hi] around the sample's
+   quantile k / N^2, a few standard errors wide, rounded out to the edges of 16-bit bins of the
+   floats' bits (two digits of a radix selection over the sample, read in chunks).
+3. ``_collect_kernel``: every entry below lo counted; every entry inside [lo, hi] collected into
+   the head's buffer (room for max(CAP, N^2 / 8) entries).
+4. ``_select_kernel`` (per image and head): where the count below lo is < k <= that count plus the
+   collected ones (and the buffer held them all), tau is the (k - below)-th smallest collected, by
+   radix selection over the buffer: exact.  Otherwise the head is marked for the fallback.
+5. ``_fallback_kernel`` (one program per image and head; a head that 4. settled returns at once):
+   the exact kth smallest by radix selection -- per 8-bit digit of the float's bits a 256-bin
+   histogram of the recomputed entries whose higher digits match.  Needed where ties or an
+   unlucky sample defeat the bracket.
+6. ``_output_kernel``: the masked map (entries < tau set to 0), Att v, the column sums (per row
+   tile, summed afterwards), the diagonal and the first row.
+
+Every pass computes an entry by the same arithmetic, so the threshold is one of the entries the
+output pass sees, bit for bit.  The arithmetic follows the reference's rounding steps: under
+autocast the product is rounded to q's dtype (as autocast's matmul rounds its output), then log s
+added and the softmax taken in float32 (float64 for float64 inputs).  ``TRITON_INTERPRET=1``
+(set before this module is imported) runs the kernels on CPU tensors: how the test suite checks
+them without a GPU.
 """
+import math
+
 import torch
 import triton
-import triton.language as tl
+
+from gtp_ref.backends.fast.cuda_kernels import (
+    INTERPRETED,
+    _bracket_kernel,
+    _collect_kernel,
+    _fallback_kernel,
+    _output_kernel,
+    _select_kernel,
+    _stats_kernel,
+)
+
+ROWS, KEYS = 32, 32  # a program's rows, and the keys per step of its sweeps
+SAMPLE = 8192  # about this many sampled entries per head (all of a smaller map)
+CAP = 4096  # the buffer holds max(CAP, N^2 / 8) entries inside the bracket per head (all of a smaller map)
+CHUNK = 1024  # the per-head kernels read their sample and buffer in chunks of this many entries
+SPREAD = 5.0  # the bracket's half-width in standard errors of the sample's quantile
+MAX_TOKENS = 1024  # beyond it the explicit path (the sample and buffer sizes are for maps up to this)
+HEAD_BLOCKS = (64, 128)  # the head dimension padded to one of these: every variant is checked (bench resources)
+MAX_HEAD_DIM = HEAD_BLOCKS[-1]
+
+# The warps each tile kernel is launched with, by dtype and head block (up to 64 wide, wider): the
+# fewest with which both Triton 3.6 and 3.8 compile it for sm_90 without spilling.  A float32 /
+# float64 product runs on the FMA units, whose tiles take more registers per thread than the tensor
+# cores' half-precision ones.  ``python -m gtp_ref.bench resources`` checks every entry.
+WARPS = {"half": {"_stats_kernel": (4, 4), "_collect_kernel": (4, 4), "_fallback_kernel": (4, 4),
+                  "_output_kernel": (8, 8)},
+         "fp32": {"_stats_kernel": (8, 8), "_collect_kernel": (8, 16), "_fallback_kernel": (32, 32),
+                  "_output_kernel": (8, 16)},
+         "fp64": {"_stats_kernel": (8, 8), "_collect_kernel": (8, 8), "_fallback_kernel": (8, 8),
+                  "_output_kernel": (8, 8)}}
+HEAD_WARPS = 8  # the per-head kernels (bracket, select), which read chunks of CHUNK entries
 
 
-@triton.jit
-def _softmax_kernel(logits_ptr, log_s_ptr, out_ptr, num_rows, N, H, HAS_LOG_S: tl.constexpr,
-                    F64: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # rows of the [B*H*N, N] logits
-    cols = tl.arange(0, BLOCK_N)
-    m = (rows < num_rows)[:, None] & (cols < N)[None, :]
-    off = rows.to(tl.int64)[:, None] * N + cols[None, :]
-    z = tl.load(logits_ptr + off, mask=m, other=0.0).to(tl.float64 if F64 else tl.float32)
-    if HAS_LOG_S:
-        image = rows // (H * N)
-        z = z + tl.load(log_s_ptr + image.to(tl.int64)[:, None] * N + cols[None, :], mask=m, other=0.0)
-    z = tl.where((cols < N)[None, :], z, float("-inf"))  # rows past the end stay finite (0): no NaN
-    e = tl.exp(z - tl.max(z, 1)[:, None])
-    p = e / tl.sum(e, 1)[:, None]
-    tl.store(out_ptr + off, p.to(out_ptr.dtype.element_ty), mask=m)
+def warps(kernel: str, dtype: torch.dtype, block_d: int = 64) -> int:
+    """The warps ``kernel`` is launched with for q of ``dtype`` and a head block of ``block_d``."""
+    if kernel in ("_bracket_kernel", "_select_kernel"):
+        return HEAD_WARPS
+    kind = "fp64" if dtype == torch.float64 else "fp32" if dtype == torch.float32 else "half"
+    return WARPS[kind][kernel][block_d > 64]
 
 
-def softmax_rows(logits, log_s=None, out_dtype=torch.float32):
-    """softmax(logits + log s) over the last dimension: logits [B, H, N, N] (already scaled),
-    log_s [B, N].  Computed in float64 when logits or out_dtype are float64, else in float32;
-    written in out_dtype.
+def head_block(d: int) -> int:
+    """The block a head of width d is padded to (d <= MAX_HEAD_DIM)."""
+    return next(b for b in HEAD_BLOCKS if d <= b)
+
+
+def sizes(N: int) -> tuple[int, int, int]:
+    """(stride, slots per row, buffer size) of the bracket for an N x N map: one entry in
+    ``stride`` sampled (about SAMPLE per head), and room for max(CAP, N^2 / 8) collected entries --
+    a few times the bracket's expected share of the map (docs/performance.md)."""
+    stride = max(1, math.ceil(N * N / SAMPLE))
+    return stride, -(-N // stride), min(N * N, max(CAP, N * N // 8))
+
+
+class _Launch:
+    """What every kernel of one call shares: the grid, the strides, the flags."""
+
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, log_s: torch.Tensor | None) -> None:
+        B, H, N, d = q.shape
+        if N > MAX_TOKENS or d > MAX_HEAD_DIM:
+            raise ValueError(f"the CUDA path takes N <= {MAX_TOKENS} tokens and heads up to {MAX_HEAD_DIM} wide, "
+                             f"got N={N}, d={d}")
+        if q.stride(-1) != 1 or k.stride(-1) != 1:
+            raise ValueError("the CUDA path needs q, k, v with a unit stride along the head dimension")
+        self.B, self.H, self.N, self.d = B, H, N, d
+        self.f64 = q.dtype == torch.float64
+        self.acc = torch.float64 if self.f64 else torch.float32
+        self.tiles = -(-N // ROWS)
+        self.grid = (B * H, self.tiles)
+        self.stats = torch.empty(B * H, 2, N, dtype=self.acc, device=q.device)
+        self.log_s = log_s.to(self.acc).contiguous() if log_s is not None else self.stats
+        self.flags = dict(HAS_LOG_S=log_s is not None, ROUND_TO=q.dtype not in (torch.float32, torch.float64),
+                          F64=self.f64, ROWS=ROWS, KEYS=KEYS, BLOCK_D=head_block(d))
+        self.qs, self.ks = (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2))
+        self.dtype = q.dtype
+
+    def warps(self, kernel: str) -> int:
+        return warps(kernel, self.dtype, self.flags["BLOCK_D"])
+
+    def new(self, *shape: int, dtype: torch.dtype | None = None, fill: float | None = None) -> torch.Tensor:
+        out = torch.empty(*shape, dtype=dtype or self.acc, device=self.stats.device)
+        return out if fill is None else out.fill_(fill)
+
+
+def threshold(q: torch.Tensor, k: torch.Tensor, log_s: torch.Tensor | None, kth: int,
+              _launch: "_Launch | None" = None) -> tuple[torch.Tensor, torch.Tensor, "_Launch"]:
+    """Each head's threshold, the kth smallest of its N^2 entries (1 <= kth <= N^2): (tau [B * H],
+    settled [B * H] int32 -- 1 where the bracket found it, 0 where the radix selection did -- and
+    the launch state, which holds the row statistics it was found with)."""
+    L = _launch or _Launch(q, k, log_s)
+    stride, row_slots, cap = sizes(L.N)
+    BH = L.B * L.H
+    sample = L.new(BH, L.N * row_slots)
+    _stats_kernel[L.grid](q, k, L.log_s, L.stats, sample, L.N, L.H, L.d, *L.qs, *L.ks, stride, row_slots,
+                          SAMPLED=True, num_warps=L.warps("_stats_kernel"), **L.flags)
+    bounds = L.new(BH, 2)
+    _bracket_kernel[(BH,)](L.stats, sample, bounds, L.N, kth, stride, row_slots, SPREAD, F64=L.f64,
+                           CHUNK=CHUNK, num_warps=L.warps("_bracket_kernel"))
+    counts = L.new(BH, 2, dtype=torch.int32, fill=0)
+    buffer = L.new(BH, cap)
+    _collect_kernel[L.grid](q, k, L.log_s, L.stats, bounds, counts, buffer, L.N, L.H, L.d, *L.qs, *L.ks, cap,
+                            num_warps=L.warps("_collect_kernel"), **L.flags)
+    tau, settled = L.new(BH), L.new(BH, dtype=torch.int32)
+    _select_kernel[(BH,)](counts, buffer, tau, settled, kth, cap, F64=L.f64, CHUNK=CHUNK,
+                          num_warps=L.warps("_select_kernel"))
+    _fallback_kernel[(BH,)](q, k, L.log_s, L.stats, tau, settled, L.N, L.H, L.d, kth, *L.qs, *L.ks,
+                            num_warps=L.warps("_fallback_kernel"), **L.flags)
+    return tau, settled, L
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Tensor | None = None,
+              kth: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A GTP block's attention, its map never in memory.
+
+    q (already scaled), k, v [B, H, N, d] (float32 / float64, or float16 / bfloat16 under autocast;
+    views of the qkv projection are fine: unit stride along d), log_s [B, N] or None, kth =
+    int(N^2 (1 - theta)) (0: no sparsity), N <= MAX_TOKENS -> (Att v [B, N, H, d] in v's dtype
+    with each head's entries below its kth smallest zeroed; that masked map's column sums,
+    diagonal and first row [B, H, N], float32 -- float64 for float64 inputs).
     """
-    B, H, N, _ = logits.shape
-    f64 = torch.float64 in (logits.dtype, out_dtype)
-    logits = logits.contiguous()
-    out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
-    block_n = triton.next_power_of_2(N)
-    rows_per_program = max(1, 2048 // block_n)
-    num_rows = B * H * N
-    has_log_s = log_s is not None
-    log_s = log_s.to(torch.float64 if f64 else torch.float32).contiguous() if has_log_s else logits
-    grid = (triton.cdiv(num_rows, rows_per_program),)
-    _softmax_kernel[grid](logits, log_s, out, num_rows, N, H, HAS_LOG_S=has_log_s, F64=f64,
-                          BLOCK_N=block_n, ROWS=rows_per_program, num_warps=4)
-    return out
-
-
-@triton.jit
-def _mask_reduce_kernel(p_ptr, tau_ptr, out_ptr, colsum_ptr, diag_ptr, N, HAS_TAU: tl.constexpr,
-                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    head = tl.program_id(0)  # image x head
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    base = head.to(tl.int64) * N * N
-    col_sum = tl.zeros([BLOCK_C], dtype=colsum_ptr.dtype.element_ty)  # float32, float64 for float64
-    diag = tl.zeros([BLOCK_C], dtype=colsum_ptr.dtype.element_ty)
-    for r0 in range(0, N, BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
-        m = (rows < N)[:, None] & (cols < N)[None, :]
-        off = base + rows[:, None] * N + cols[None, :]
-        v = tl.load(p_ptr + off, mask=m, other=0.0)
-        if HAS_TAU:
-            v = tl.where(v < tl.load(tau_ptr + head), 0.0, v)  # entries below tau -> 0
-        tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=m)
-        v = v.to(colsum_ptr.dtype.element_ty)
-        col_sum += tl.sum(v, 0)
-        diag += tl.sum(tl.where(rows[:, None] == cols[None, :], v, 0.0), 0)
-    out = head.to(tl.int64) * N + cols
-    tl.store(colsum_ptr + out, col_sum, mask=cols < N)
-    tl.store(diag_ptr + out, diag, mask=cols < N)
-
-
-def mask_and_reduce(probs, tau=None, out_dtype=None):
-    """probs [B, H, N, N], tau [B, H] (or its B*H values flat) or None -> (masked map in out_dtype,
-    column sums, diagonal).
-
-    masked = probs with entries < tau set to 0; column sums and diagonal [B, H, N] of the masked
-    map in probs' dtype (accumulated in float32, or float64 for float64).
-    """
-    B, H, N, _ = probs.shape
-    probs = probs.contiguous()
-    masked = torch.empty(probs.shape, dtype=out_dtype or probs.dtype, device=probs.device)
-    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
-    col_sums = torch.empty(B, H, N, dtype=acc, device=probs.device)
-    diag = torch.empty_like(col_sums)
-    block_c = 64
-    grid = (B * H, triton.cdiv(N, block_c))
-    _mask_reduce_kernel[grid](probs, probs if tau is None else tau.contiguous(), masked, col_sums, diag, N,
-                              HAS_TAU=tau is not None, BLOCK_R=32, BLOCK_C=block_c, num_warps=4)
-    return masked, col_sums.to(probs.dtype), diag.to(probs.dtype)
-
-
-# Triton decides when a kernel is defined (at import) whether it is compiled for the GPU or run by
-# its interpreter on CPU tensors (TRITON_INTERPRET=1); the fast backend asks which.  The kernel's
-# own type says so in every Triton version (``triton.knobs`` exists only in recent ones).
-INTERPRETED = type(_softmax_kernel).__name__ == "InterpretedFunction"
-
-
-# ---- the whole attention of a GTP block in one kernel, one program per image and head ---------------
-@triton.jit
-def _logits(q_ptr, k_tile, log_s, rows, offs_d, N, D, sqn, ROUND_TO: tl.constexpr, HAS_LOG_S: tl.constexpr,
-            col_ok, ACC: tl.constexpr):
-    """z = q_rows k^T (+ log s) for a tile of rows, in ACC (float32, or float64 for float64 inputs),
-    with the reference's rounding steps: the product rounded to q's dtype (autocast's matmul
-    output), then log s added."""
-    q = tl.load(q_ptr + rows[:, None] * sqn + offs_d[None, :], mask=(rows < N)[:, None] & (offs_d < D)[None, :],
-                other=0.0)
-    z = tl.dot(q, tl.trans(k_tile), input_precision="ieee", out_dtype=ACC)  # (BLOCK_M, BLOCK_N)
-    if ROUND_TO:
-        z = z.to(q_ptr.dtype.element_ty)
-    z = z.to(ACC)
-    if HAS_LOG_S:
-        z = z + log_s[None, :]
-    return tl.where(col_ok[None, :], z, float("-inf"))
-
-
-@triton.jit
-def _probs(q_ptr, k_tile, log_s, stats_ptr, m0, offs_d, offs_n, N, D, sqn, ROUND_TO: tl.constexpr,
-           HAS_LOG_S: tl.constexpr, BLOCK_M: tl.constexpr, ACC: tl.constexpr):
-    """Rows m0..m0+BLOCK_M of the softmax map, recomputed: exp(z - max) / sum with the stored
-    row statistics; 0 outside the map."""
-    rows = m0 + tl.arange(0, BLOCK_M)
-    col_ok = offs_n < N
-    z = _logits(q_ptr, k_tile, log_s, rows, offs_d, N, D, sqn, ROUND_TO, HAS_LOG_S, col_ok, ACC)
-    row_max = tl.load(stats_ptr + rows, mask=rows < N, other=0.0)
-    row_sum = tl.load(stats_ptr + N + rows, mask=rows < N, other=1.0)
-    p = tl.exp(z - row_max[:, None]) / row_sum[:, None]
-    return tl.where((rows < N)[:, None] & col_ok[None, :], p, 0.0), rows
-
-
-@triton.jit
-def _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, prefix, k_rem,
-                    DONE: tl.constexpr, BITS: tl.constexpr, ROUND_TO: tl.constexpr, HAS_LOG_S: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, KEY: tl.constexpr):
-    """One digit of the k-th smallest entry of the head's map: a histogram of the BITS bits after
-    the DONE bits fixed in ``prefix``, over every entry (the map recomputed tile by tile).  The
-    entries are >= 0, so a float's bits order as the float does (KEY: their integer type)."""
-    SHIFT: tl.constexpr = KEY.primitive_bitwidth - DONE - BITS
-    NBINS: tl.constexpr = 1 << BITS
-    hist = tl.zeros([NBINS], dtype=tl.int32)
-    for m0 in range(0, N, BLOCK_M):
-        p, rows = _probs(q_ptr, k_tile, log_s, stats_ptr, m0, offs_d, offs_n, N, D, sqn, ROUND_TO, HAS_LOG_S,
-                         BLOCK_M, ACC)
-        key = tl.reshape(p.to(KEY, bitcast=True), [BLOCK_M * BLOCK_N])
-        inside = tl.reshape((rows < N)[:, None] & (offs_n < N)[None, :], [BLOCK_M * BLOCK_N])
-        if DONE > 0:
-            inside = inside & ((key >> (SHIFT + BITS)) == prefix)
-        hist += tl.histogram(((key >> SHIFT) & (NBINS - 1)).to(tl.int32), NBINS, mask=inside)
-    cum = tl.cumsum(hist, 0)
-    digit = tl.sum((cum < k_rem).to(tl.int32), 0)  # the first bin whose cumulative count reaches k
-    before = tl.sum(tl.where(tl.arange(0, NBINS) < digit, hist, 0), 0)
-    return (prefix << BITS) | digit.to(KEY), k_rem - before
-
-
-@triton.jit
-def _gtp_attention_kernel(q_ptr, k_ptr, v_ptr, log_s_ptr, out_ptr, colsum_ptr, diag_ptr, row0_ptr, stats_ptr,
-                          N, H, D, kth, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
-                          HAS_LOG_S: tl.constexpr, HAS_TAU: tl.constexpr, ROUND_TO: tl.constexpr,
-                          F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    ACC: tl.constexpr = tl.float64 if F64 else tl.float32
-    KEY: tl.constexpr = tl.int64 if F64 else tl.int32
-    pid = tl.program_id(0)
-    b, h = pid // H, pid % H
-    q_ptr += b * sqb + h * sqh
-    k_ptr += b * skb + h * skh
-    v_ptr += b * svb + h * svh
-    stats_ptr += pid.to(tl.int64) * 2 * N
-    offs_n, offs_d = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
-    col_ok, d_ok = offs_n < N, offs_d < D
-    k_tile = tl.load(k_ptr + offs_n[:, None] * skn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-    if HAS_LOG_S:
-        log_s = tl.load(log_s_ptr + b * N + offs_n, mask=col_ok, other=0.0).to(ACC)
-    else:
-        log_s = tl.zeros([BLOCK_N], ACC)
-
-    # 1. the row statistics of the softmax (max, sum of exponentials)
-    for m0 in range(0, N, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        z = _logits(q_ptr, k_tile, log_s, rows, offs_d, N, D, sqn, ROUND_TO, HAS_LOG_S, col_ok, ACC)
-        row_max = tl.max(z, 1)
-        row_sum = tl.sum(tl.exp(z - row_max[:, None]), 1)
-        tl.store(stats_ptr + rows, row_max, mask=rows < N)
-        tl.store(stats_ptr + N + rows, row_sum, mask=rows < N)
-    tl.debug_barrier()
-
-    # 2. the threshold tau: the exact kth smallest of the head's N^2 entries, by radix passes over
-    #    their bits (11 + 11 + 10 of a float32; 5 x 11 + 9 of a float64), the map recomputed each
-    #    time instead of stored
-    tau = 0.0
-    if HAS_TAU:
-        key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, 0, kth,
-                                     0, 11, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-        key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, key, k_rem,
-                                     11, 11, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-        if F64:
-            key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, key, k_rem,
-                                         22, 11, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-            key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, key, k_rem,
-                                         33, 11, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-            key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, key, k_rem,
-                                         44, 11, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-            key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, key, k_rem,
-                                         55, 9, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-        else:
-            key, k_rem = _map_radix_pass(q_ptr, k_tile, log_s, stats_ptr, offs_d, offs_n, N, D, sqn, key, k_rem,
-                                         22, 10, ROUND_TO, HAS_LOG_S, BLOCK_M, BLOCK_N, ACC, KEY)
-        tau = key.to(ACC, bitcast=True)
-
-    # 3. the masked map: Att v, its column sums, its diagonal, its first row
-    v_tile = tl.load(v_ptr + offs_n[:, None] * svn + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-    col_sum = tl.zeros([BLOCK_N], dtype=ACC)
-    diag = tl.zeros([BLOCK_N], dtype=ACC)
-    for m0 in range(0, N, BLOCK_M):
-        p, rows = _probs(q_ptr, k_tile, log_s, stats_ptr, m0, offs_d, offs_n, N, D, sqn, ROUND_TO, HAS_LOG_S,
-                         BLOCK_M, ACC)
-        if HAS_TAU:
-            p = tl.where(p < tau, 0.0, p)  # entries below tau -> 0
-        out = tl.dot(p.to(v_ptr.dtype.element_ty), v_tile, input_precision="ieee", out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
-        tl.store(out_ptr + b * sob + h * soh + rows[:, None] * son + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=(rows < N)[:, None] & d_ok[None, :])
-        col_sum += tl.sum(p, 0)
-        diag += tl.sum(tl.where(rows[:, None] == offs_n[None, :], p, 0.0), 0)
-        if m0 == 0:
-            first = tl.sum(tl.where((rows == 0)[:, None], p, 0.0), 0)
-            tl.store(row0_ptr + pid.to(tl.int64) * N + offs_n, first, mask=col_ok)
-    tl.store(colsum_ptr + pid.to(tl.int64) * N + offs_n, col_sum, mask=col_ok)
-    tl.store(diag_ptr + pid.to(tl.int64) * N + offs_n, diag, mask=col_ok)
-
-
-MAX_ONE_KERNEL_TOKENS = 256  # the whole row of keys (and of values) of a head in one tile
-
-
-def gtp_attention(q, k, v, log_s=None, kth=0):
-    """A GTP block's attention for one program per image and head, no N x N tensor in memory.
-
-    q (already scaled), k, v [B, H, N, d] (views of the qkv projection are fine), log_s [B, N] or
-    None, kth = int(N^2 (1 - theta)) (0: no sparsity) -> (out [B, N, H, d] in v's dtype: Att v
-    with Att's entries below the kth smallest of its head zeroed; col_sums, diagonal, first_row
-    [B, H, N] of that masked map, float32 -- float64 for float64 inputs).  The map --
-    softmax(q k^T + log s) in float32 (float64), the product rounded to q's dtype first as
-    autocast's matmul does -- is recomputed for each pass (row statistics, the radix passes for
-    the threshold, the output) instead of being stored.  N <= 256.
-    """
-    B, H, N, d = q.shape
-    if N > MAX_ONE_KERNEL_TOKENS:
-        raise ValueError(f"gtp_attention takes N <= {MAX_ONE_KERNEL_TOKENS}, got N={N}")
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError("gtp_attention needs q, k, v with a unit stride along the head dimension")
-    f64 = q.dtype == torch.float64
-    acc = torch.float64 if f64 else torch.float32
+    if v.stride(-1) != 1:
+        raise ValueError("the CUDA path needs q, k, v with a unit stride along the head dimension")
+    L = _Launch(q, k, log_s)
+    B, H, N, d = L.B, L.H, L.N, L.d
+    if kth:
+        tau, _, _ = threshold(q, k, log_s, kth, L)
+    else:  # no threshold: the row statistics alone
+        _stats_kernel[L.grid](q, k, L.log_s, L.stats, L.stats, N, H, d, *L.qs, *L.ks, 1, 1, SAMPLED=False,
+                              num_warps=L.warps("_stats_kernel"), **L.flags)
+        tau = L.stats  # not read
     out = torch.empty(B, N, H, d, dtype=v.dtype, device=v.device)
-    col_sums = torch.empty(B, H, N, dtype=acc, device=q.device)
-    diag, first_row = torch.empty_like(col_sums), torch.empty_like(col_sums)
-    stats = torch.empty(B * H, 2, N, dtype=acc, device=q.device)
-    block_n = max(16, triton.next_power_of_2(N))
-    block_m = max(16, min(64, (4096 if f64 else 8192) // block_n))
-    has_log_s = log_s is not None
-    log_s = log_s.to(acc).contiguous() if has_log_s else stats
-    _gtp_attention_kernel[(B * H,)](
-        q, k, v, log_s, out, col_sums, diag, first_row, stats, N, H, d, kth,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
-        HAS_LOG_S=has_log_s, HAS_TAU=kth > 0, ROUND_TO=q.dtype not in (torch.float32, torch.float64), F64=f64,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=8)
-    return out, col_sums, diag, first_row
+    col_parts, diag, first_row = L.new(B * H, L.tiles, N), L.new(B * H, N), L.new(B * H, N, fill=0)
+    _output_kernel[L.grid](q, k, v, L.log_s, L.stats, tau, out, col_parts, diag, first_row, N, H, d,
+                           *L.qs, *L.ks, v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2),
+                           out.stride(1), L.tiles, HAS_TAU=kth > 0, num_warps=L.warps("_output_kernel"), **L.flags)
+    return out, col_parts.sum(1).view(B, H, N), diag.view(B, H, N), first_row.view(B, H, N)
+
+
+@torch.library.custom_op("gtp_ref::cuda_attention", mutates_args=())
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Tensor | None,
+                 kth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``attention`` as one torch custom op: ``torch.compile`` keeps it whole in its graph (it
+    neither traces into the Triton launches nor into Triton's interpreter), and CUDA graphs capture
+    its launches.  Inference only: it has no gradient."""
+    return attention(q, k, v, log_s, kth)
+
+
+@attention_op.register_fake
+def _(q, k, v, log_s, kth):
+    B, H, N, d = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (v.new_empty(B, N, H, d), *(q.new_empty(B, H, N, dtype=acc) for _ in range(3)))

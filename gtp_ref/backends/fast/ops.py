@@ -44,7 +44,7 @@ def kth_smallest(rows: Tensor, k: int) -> Tensor:
     return torch.where(nan.all(dim=-1), top[..., 0], top.masked_fill(nan, float("inf")).amin(dim=-1))
 
 
-def _native_cpu(t: Tensor) -> bool:
+def _compiled_cpu(t: Tensor) -> bool:
     """Whether ``gtp_ref.backends.fast.cpu``'s compiled selection takes t: CPU float32 / float64, not
     under Triton's interpreter (which runs the GPU kernels on CPU tensors instead)."""
     return (t.device.type == "cpu" and FUSED_DEVICE != "cpu" and t.dtype in (torch.float32, torch.float64)
@@ -61,7 +61,7 @@ def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
     the compiled ``cpu.mask_heads`` (threshold and masking, one call); elsewhere a product
     with the kept entries' mask (one pass instead of masked_fill's two; the same values for
     finite maps -- an infinite entry below the threshold would give NaN, which softmax maps have not)."""
-    if _native_cpu(attn):
+    if _compiled_cpu(attn):
         check_square_map(attn)
         return cpu.mask_heads(attn, _kth(attn.shape[-1], sparsity))[0]
     tau = head_thresholds(attn, sparsity, kth_smallest)  # (B, H) or None
@@ -70,31 +70,15 @@ def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
     return attn * (attn >= tau[..., None, None])  # (B, H, N, N)
 
 
-MAX_FUSED_TOKENS = 1024  # the two-kernel path's softmax holds a whole row of the map in one program
 CLS_SELECTIONS = ("cls_attn_mean", "cls_attn_max")
-Reductions = tuple[Tensor, Tensor, Tensor, Tensor | None]  # Att v [B, N, H d]; column sums, diagonal, first row [B, H, N]
+Reductions = tuple[Tensor, Tensor, Tensor, Tensor]  # Att v [B, N, H d]; column sums, diagonal, first row [B, H, N]
 
 
-def _two_kernel(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
-    """The ``two_kernel`` path: Triton's softmax kernel, the ``topk`` threshold, one kernel that masks
-    the map, casts it for Att v and sums its columns and diagonal (no first row)."""
-    B, H, N, d = q.shape
-    logits = q @ k.transpose(-2, -1)  # (B, H, N, N), autocast's dtype
-    log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
-    # softmax runs in float32 under autocast, else in the type promotion of logits and log s
-    probs_dtype = (torch.float32 if torch.is_autocast_enabled(q.device.type) else
-                   logits.dtype if log_s is None else torch.promote_types(logits.dtype, log_s.dtype))
-    probs = cuda.softmax_rows(logits, log_s, probs_dtype)  # (B, H, N, N)
-    tau = head_thresholds(probs, sparsity, kth_smallest)  # (B, H) or None
-    masked, col_sums, diagonal = cuda.mask_and_reduce(probs, tau, v.dtype)
-    return (masked @ v).transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, None
-
-
-def _one_kernel(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
-    """The ``one_kernel`` path: one Triton program per image and head, no N x N tensor in memory."""
+def _cuda(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
+    """The ``cuda`` path: ``cuda.attention`` (as a custom op), the map recomputed tile by tile, never stored."""
     B, H, N, d = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
-    out, col_sums, diagonal, first_row = cuda.gtp_attention(q, k, v, log_s, _kth(N, sparsity))
+    out, col_sums, diagonal, first_row = cuda.attention_op(q, k, v, log_s, _kth(N, sparsity))
     return out.reshape(B, N, H * d), col_sums, diagonal, first_row
 
 
@@ -105,30 +89,31 @@ def _cpu(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: 
 
 # The attention paths by name: each (q, k, v, token_sizes, sparsity) -> Reductions, for the inputs
 # ``attention_path`` routes to it (tests and ``python -m gtp_ref.bench attention`` call them by name).
-PATHS: dict[str, Callable[..., Reductions]] = {"cpu": _cpu, "one_kernel": _one_kernel, "two_kernel": _two_kernel}
+PATHS: dict[str, Callable[..., Reductions]] = {"cpu": _cpu, "cuda": _cuda}
 
 
 def attention_path(q: Tensor, selection: str | None) -> tuple[str | None, str]:
     """The path ``attention`` takes for q [B, H, N, d] and the selection, and why; or None and why
     none applies.  ``cpu``: float32 / float64 without autocast, with the compiled kernels;
-    ``one_kernel``: Triton, N <= 256, float32 / float64 or autocast; ``two_kernel``: Triton,
-    N <= 1024, the selections scored from columns and diagonal."""
+    ``cuda``: Triton, N <= ``cuda.MAX_TOKENS``, heads up to ``cuda.MAX_HEAD_DIM`` wide, float32 /
+    float64 or autocast."""
     N, autocast = q.shape[2], torch.is_autocast_enabled(q.device.type)
     if selection is not None and selection not in COLUMN_SELECTIONS + CLS_SELECTIONS:
         return None, f"selection={selection!r} is scored from more than columns, diagonal and [CLS] row"
     if q.device.type == "cpu" and FUSED_DEVICE != "cpu":
-        if not autocast and _native_cpu(q):
+        if not autocast and _compiled_cpu(q):
             return "cpu", "float32 / float64 on the CPU, compiled kernels"
         return None, f"on the CPU the compiled kernels take float32 / float64 without autocast and a C compiler " \
                      f"(got {q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})"
     if q.device.type != FUSED_DEVICE:
         return None, f"the kernels run on {FUSED_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}"
-    if N <= cuda.MAX_ONE_KERNEL_TOKENS and (autocast or q.dtype in (torch.float32, torch.float64)):
-        return "one_kernel", f"N={N} <= {cuda.MAX_ONE_KERNEL_TOKENS}"
-    if N <= MAX_FUSED_TOKENS and selection not in CLS_SELECTIONS:
-        return "two_kernel", f"N={N} <= {MAX_FUSED_TOKENS}"
-    return None, f"N={N} tokens: the kernels take at most {MAX_FUSED_TOKENS} ({cuda.MAX_ONE_KERNEL_TOKENS} " \
-                 f"for float16 / bfloat16 without autocast and for the [CLS]-row scores)"
+    if not (autocast or q.dtype in (torch.float32, torch.float64)):
+        return None, f"{q.dtype} without autocast: the reference's map is then {q.dtype}, the kernels' float32"
+    if N > cuda.MAX_TOKENS:
+        return None, f"N={N} tokens: the kernels take at most {cuda.MAX_TOKENS}"
+    if q.shape[-1] > cuda.MAX_HEAD_DIM:
+        return None, f"heads {q.shape[-1]} wide: the kernels take at most {cuda.MAX_HEAD_DIM}"
+    return "cuda", f"N={N} <= {cuda.MAX_TOKENS}"
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, selection: str | None,
