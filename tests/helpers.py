@@ -145,3 +145,27 @@ def import_timm():
         pytest.skip(f"timm cannot be imported ({type(e).__name__}: {e}); the README's test command installs "
                     "a torch / torchvision pair that timm can use", allow_module_level=True)
     return timm
+
+
+def command(main, *args, cwd=None):
+    """A command's ``main(argv)`` run in this process, as ``subprocess.run(..., capture_output=True,
+    text=True)`` would report it (returncode, stdout, stderr): for argument errors, which every
+    command reports before it does any work, without the second or two of a new interpreter.  Each
+    command's smoke test runs it as ``python -m`` too."""
+    import contextlib
+    import io
+    import os
+    import subprocess
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=err)
+        finally:
+            os.chdir(here)
+    return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())

@@ -12,6 +12,7 @@ import torch
 from gtp_ref.apps.bench import __main__ as bench
 from gtp_ref.apps.bench import scaling
 from gtp_ref.apps.bench.scaling import peak_added_bytes
+from tests.helpers import command
 
 
 def run(*args):
@@ -63,7 +64,7 @@ def test_peak_memory_counts_a_known_allocation():
     (("attention", "--sizes", "4x1"), "--sizes '4x1': need B >= 1 and N >= 2"),
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
-    r = run(*args)
+    r = command(bench.main, *args)
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-500:])
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stdout == "", "nothing measured, nothing printed"

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from gtp_ref.apps.bench import __main__ as bench
 from gtp_ref.apps.bench import costmodel
+from tests.helpers import command
 
 B, N, H, d = 8, 197, 6, 64
 
@@ -85,5 +87,5 @@ def test_command_prints_every_design_and_the_forwards():
     (("--heads", "0"), "--heads 0: must be >= 1"),
 ])
 def test_bad_arguments_are_one_line(args, message):
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "costmodel", *args], capture_output=True, text=True)
+    r = command(bench.main, "costmodel", *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("sklearn", reason="the digits experiment needs scikit-learn (the digits extra)")
 
 from gtp_ref.apps import digits  # noqa: E402
+from tests.helpers import command  # noqa: E402
 
 
 def test_data_is_the_fixed_split_of_the_packaged_digits():
@@ -74,5 +75,5 @@ def test_pruning_is_gtp_without_propagation():
     (["--json-out", "r.txt"], "must end in .json"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, args, message):
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.digits", *args], capture_output=True, text=True, cwd=tmp_path)
+    r = command(digits.main, *args, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

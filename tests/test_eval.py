@@ -13,7 +13,9 @@ from gtp_ref import GTPViT, deit_tiny
 from gtp_ref import GTPSettings, paper_settings
 from gtp_ref.apps.eval import Setting, backbone_kwargs, evaluate, reduced_model, settings_for
 from gtp_ref.apps.images import ImageFolder
+from gtp_ref.apps import eval as eval_command
 from gtp_ref.apps.loading import read_state_dict
+from tests.helpers import command
 
 COLOURS = [(230, 20, 30), (10, 220, 40), (20, 30, 240)]  # class 0 red, 1 green, 2 blue
 
@@ -195,7 +197,7 @@ def test_bad_settings_are_one_line(tmp_path, setup, args, message):
         (root / "b").mkdir()
     elif setup == "ok":
         image_folder(root, per_class=1)
-    r = run(root, *args, cwd=tmp_path)
+    r = command(eval_command.main, root, *args, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert message.format(root=root) in r.stderr, r.stderr
 

@@ -10,7 +10,9 @@ from PIL import Image
 from examples.synthetic_scene import scene as synthetic_scene
 from gtp_ref import GTPViT
 from gtp_ref.apps.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
+from gtp_ref.apps import vis
 from gtp_ref.apps.vis import draw, shading
+from tests.helpers import command
 
 
 def scene(path, H=96, W=128):
@@ -79,7 +81,7 @@ def test_vis_bad_arguments_are_one_line(tmp_path, args, message):
     from tests.test_images import bad_images
     bomb = bad_images(tmp_path / "bad")["bomb.png"]
     args = [str(image) if a == "IMAGE" else str(bomb) if a == "BOMB" else a for a in args]
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.vis", *args], capture_output=True, text=True, cwd=tmp_path)
+    r = command(vis.main, *args, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     import re
     assert re.search(message, r.stderr), r.stderr

@@ -96,8 +96,9 @@ elif '$DEVICE' == 'cuda':
     raise SystemExit('no CUDA device')
 raise SystemExit(1 if missing else 0)
 "
-if [ "$DRY" = 1 ]; then
-  step tests 600 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m fused tests/test_fast.py
+if [ "$DRY" = 1 ]; then  # all but the authors' vector v05 (197 tokens through 10 blocks: 35 s in the
+  # interpreter; test_fused_model_above_256_tokens_equals_dense runs the kernels on larger maps)
+  step tests 600 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m fused -k "not v05" tests/test_fast.py
 else
   step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m "cuda or fused" \
     tests/test_fast.py tests/test_model.py tests/test_sparse.py
