@@ -62,6 +62,7 @@ def test_peak_memory_counts_a_known_allocation():
     (("throughput", "--timm", "vit_tiny_patch16_224", "--img-size", "64"), "--img-size goes with the presets"),
     (("attention", "--dtypes", "fp16"), "--dtypes: fp16 / bf16 autocast is measured on CUDA"),
     (("attention", "--sizes", "4x1"), "--sizes '4x1': need B >= 1 and N >= 2"),
+    (("attention", "--sparsity", "0"), "--sparsity 0.0: must be in (0, 1]"),
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
     r = command(bench.main, *args)

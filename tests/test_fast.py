@@ -120,25 +120,6 @@ def test_native_mask_heads_gradients():
     assert sparsity_k(5, 0.6) == 10 and torch.allclose(got, attn.grad)
 
 
-@needs_native
-@pytest.mark.parametrize("piece_entries", [1, 2 * 17 ** 2])
-def test_native_path_in_pieces_equals_the_whole_map(monkeypatch, piece_entries):
-    """A map too large for the cache is processed a few heads of one image at a time: the same
-    logits, and the same as the explicit path."""
-    cfg = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=24, depth=2, num_heads=3, num_prop=[3, 2],
-               graph="mixed", num_neighbours=3, selection="mixed_attn_max", propagation="graph", sparsity=0.6,
-               alpha=0.1, token_scale=True, backend="fast")
-    model, x = build(cfg, dtype=torch.float32), images_for(cfg, 3, dtype=torch.float32)
-    with torch.no_grad():
-        assert path_taken(model, x, "mixed_attn_max") == "cpu"
-        whole = model(x)
-        monkeypatch.setattr(fast.cpu, "MAP_ENTRIES", 0)
-        monkeypatch.setattr(fast.cpu, "PIECE_ENTRIES", piece_entries)
-        pieces = model(x)
-        explicit = model.forward_trace(x, record=True).logits
-    assert torch.equal(pieces, whole) and torch.allclose(pieces, explicit, rtol=1e-5, atol=1e-6)
-
-
 def test_kth_smallest_compiles_into_one_graph():
     """The compiled selection is a torch custom op: torch.compile keeps the threshold in the graph."""
     from gtp_ref.backends.fast import cpu
@@ -162,7 +143,7 @@ def test_kth_smallest_without_a_compiler_uses_topk():
             "    x = torch.rand(4, 300)\n"
             "    a, b = fast.kth_smallest(x, 100), fast.kth_smallest(x, 7)\n"
             "assert torch.equal(a, x.kthvalue(100, -1).values) and torch.equal(b, x.kthvalue(7, -1).values)\n"
-            "msgs = [str(m.message) for m in w if 'compiled CPU threshold' in str(m.message)]\n"
+            "msgs = [str(m.message) for m in w if 'compiled CPU kernels are not available' in str(m.message)]\n"
             "assert len(msgs) == 1 and 'could not compile' in msgs[0], msgs\n"
             "print('ok', cpu.REASON)\n")
     with tempfile.TemporaryDirectory() as cache:
@@ -289,7 +270,7 @@ def test_every_attention_path_agrees_with_the_explicit_one():
     import argparse
 
     from gtp_ref.apps.bench import attention
-    rows = attention.run(argparse.Namespace(device=FUSED, sizes=[(2, 23)], dtypes=["fp32"], repeats=1))
+    rows = attention.run(argparse.Namespace(device=FUSED, sizes=[(2, 23)], dtypes=["fp32"], repeats=1, sparsity=0.6))
     assert [r["method"] for r in rows] == ["sdpa", "explicit", "cuda"]
     assert rows[2]["max_abs_diff_out"] < 1e-5 and rows[2]["max_abs_diff_scores"] < 1e-5, rows[2]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gtp_ref.backends.fast import cpu
+from gtp_ref.backends.fast import cpu, cpu_build
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
@@ -27,6 +27,7 @@ FOREIGN_C = """
 __attribute__((constructor)) static void mark(void) { FILE *f = fopen("MARK", "w"); if (f) fclose(f); }
 void kth_smallest_f32(void) {} void kth_smallest_f64(void) {}
 void mask_heads_f32(void) {} void mask_heads_f64(void) {}
+void attention_f32(void) {} void attention_f64(void) {}
 """
 NO_NAMES_C = "int something_else(void) { return 1; }\n"
 
@@ -36,13 +37,13 @@ CHILD = textwrap.dedent("""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         from gtp_ref.backends import dense, fast
-        from gtp_ref.backends.fast import cpu
+        from gtp_ref.backends.fast import cpu, cpu_build
         x = torch.rand(3, 500, generator=torch.Generator().manual_seed(0))
         attn = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(1)).softmax(-1)
         assert torch.equal(fast.kth_smallest(x, 123), x.kthvalue(123, -1).values)
         assert torch.equal(fast.sparsify_attention(attn, 0.6), dense.sparsify_attention(attn, 0.6))
     print("available", cpu.available())
-    print("note", cpu.NOTE)
+    print("note", cpu_build.NOTE)
     print("reason", cpu.REASON)
     for w in caught:
         print("warning", w.message)
@@ -63,17 +64,17 @@ def run_child(cache: Path | None, *, env_extra=None, prelude: str = "", cwd: Pat
 
 
 def library_name() -> str:
-    return f"cpu_kernels-{cpu._key(cpu._compiler())}.so"
+    return f"cpu_kernels-{cpu_build._key(cpu_build._compiler())}.so"
 
 
 def compile_c(code: str, out: Path, tmp: Path) -> None:
     src = tmp / "foreign.c"
     src.write_text(code)
-    subprocess.run([cpu._compiler(), "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
+    subprocess.run([cpu_build._compiler(), "-shared", "-fPIC", str(src), "-o", str(out)], check=True)
 
 
 def forge_digest(path: Path) -> None:
-    path.with_name(path.name + ".sha256").write_text(cpu._digest(path) + "\n")
+    path.with_name(path.name + ".sha256").write_text(cpu_build._digest(path) + "\n")
 
 
 def test_a_library_in_a_world_writable_cache_is_never_loaded(tmp_path):
@@ -102,8 +103,8 @@ def test_a_library_of_no_ops_with_the_right_names_and_digest_is_not_used(tmp_pat
     forge_digest(planted)
     out = run_child(cache, cwd=tmp_path)
     assert "available True" in out and "reason None" in out and "warning" not in out, out
-    cpu._checked(planted)  # replaced by a real build, which passes the self-test here too
-    assert cpu._intact(planted)
+    cpu_build._checked(planted)  # replaced by a real build, which passes the self-test here too
+    assert cpu_build._intact(planted)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "no kernel functions"])
@@ -126,7 +127,7 @@ def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path, damage):
         forge_digest(built)
     out = run_child(cache, cwd=tmp_path)
     assert "available True" in out and "reason None" in out and "warning" not in out, out
-    assert cpu._intact(built) and built.stat().st_size == size
+    assert cpu_build._intact(built) and built.stat().st_size == size
 
 
 def test_no_home_directory_and_no_passwd_entry(tmp_path):
@@ -145,7 +146,7 @@ def test_a_relative_xdg_cache_home_is_ignored(tmp_path, monkeypatch):
     directory, wherever that is)."""
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert cpu.cache_dir() == tmp_path / ".cache" / "gtp_ref"
+    assert cpu_build.cache_dir() == tmp_path / ".cache" / "gtp_ref"
 
 
 def test_the_trust_rule(tmp_path):
@@ -153,24 +154,24 @@ def test_the_trust_rule(tmp_path):
     sticky bit (as /tmp)."""
     mine = tmp_path / "mine"
     mine.mkdir(mode=0o700)
-    assert cpu.untrusted(mine) is None
+    assert cpu_build.untrusted(mine) is None
     mine.chmod(0o770)
-    assert "writable by its group or by others" in cpu.untrusted(mine)
+    assert "writable by its group or by others" in cpu_build.untrusted(mine)
     mine.chmod(0o700)
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     (shared / "inner").mkdir(mode=0o700)
-    assert "without the sticky bit" in cpu.untrusted(shared / "inner")
+    assert "without the sticky bit" in cpu_build.untrusted(shared / "inner")
     shared.chmod(0o777 | stat.S_ISVTX)
-    assert cpu.untrusted(shared / "inner") is None
+    assert cpu_build.untrusted(shared / "inner") is None
     link = tmp_path / "link"
     link.symlink_to(shared / "inner")
-    assert cpu.untrusted(link) is None, "judged where the link leads"
+    assert cpu_build.untrusted(link) is None, "judged where the link leads"
     (tmp_path / "file").write_text("")
-    assert "is not a directory" in cpu.untrusted(tmp_path / "file")
+    assert "is not a directory" in cpu_build.untrusted(tmp_path / "file")
     if os.getuid() == 0:  # only root can give a folder away
         other = tmp_path / "other"
         other.mkdir(mode=0o700)
         os.chown(other, 12345, 12345)
-        assert "belongs to uid 12345" in cpu.untrusted(other)
+        assert "belongs to uid 12345" in cpu_build.untrusted(other)

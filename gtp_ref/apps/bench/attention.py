@@ -1,8 +1,9 @@
 """``python -m gtp_ref.bench attention``: one block's attention alone, GTP's against the plain one.
 
 A DeiT-S block (C = 384, H = 6, random weights) on random tokens with token sizes, at the paper's
-settings (``gtp_ref.presets.paper_settings``: theta = 0.6, ``mixed_attn_max``; a [CLS] token).  Each method maps x [B, N, C] to the
-block's attention output (and GTP's to the token scores too):
+settings (``gtp_ref.presets.paper_settings``: theta = 0.6, ``mixed_attn_max``; a [CLS] token) or
+another ``--sparsity`` (theta = 1: GTP's scores without a threshold).  Each method maps x [B, N, C]
+to the block's attention output (and GTP's to the token scores too):
 
     sdpa         the unreduced model's: ``scaled_dot_product_attention``, no map, no scores
     explicit     GTP with the dense reference's ops: the map, ``dense.sparsify_attention``
@@ -35,11 +36,15 @@ def add_arguments(sub: Any) -> None:
                     help="batch x tokens (default on CUDA: 256x197 64x577; CPU: 8x197)")
     at.add_argument("--dtypes", nargs="+", default=None, choices=list(AUTOCAST),
                     help="default: fp16 and fp32 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
+    at.add_argument("--sparsity", type=float, default=PAPER.sparsity, metavar="THETA",
+                    help=f"GTP's attention sparsity theta in (0, 1] (default the paper's {PAPER.sparsity})")
     common.add_output_options(at)
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     common.positive(parser, "--repeats", args.repeats)
+    if not 0 < args.sparsity <= 1:
+        parser.error(f"--sparsity {args.sparsity}: must be in (0, 1]")
     cuda = args.device == "cuda"
     args.sizes = common.parse_sizes(parser, args.sizes or (["256x197", "64x577"] if cuda else ["8x197"]), min_tokens=2)
     args.dtypes = args.dtypes or (["fp16", "fp32"] if cuda else ["fp32"])
@@ -58,12 +63,12 @@ def methods(device: str, N: int) -> list[str]:
     return names
 
 
-def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp: torch.dtype | None
-              ) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
+def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp: torch.dtype | None,
+              theta: float = PAPER.sparsity) -> Callable[[], tuple[torch.Tensor, torch.Tensor | None]]:
     """The callable timed for ``method``: () -> (out [B, N, C], scores [B, n] or None)."""
     from gtp_ref.backends import dense, fast
     from gtp_ref.select import column_scores
-    theta, selection = PAPER.sparsity, PAPER.selection
+    selection = PAPER.selection
 
     def explicit():
         q, k, v = block.attn.heads(block.norm1(x))
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 block = Block(DIM, HEADS, 4.0, True).eval()
             x = torch.randn(B, N, DIM, generator=g).to(args.device)
             sizes = (1 + torch.rand(B, N, generator=g) * 3).to(args.device)
-            fns = {m: attention(block, m, x, sizes, AUTOCAST[dtype]) for m in methods(args.device, N)}
+            fns = {m: attention(block, m, x, sizes, AUTOCAST[dtype], args.sparsity) for m in methods(args.device, N)}
             want_out, want_scores = fns["explicit"]()
             timings = common.measure(fns, args.device, args.repeats,
                                      progress=lambda m: common.progress(f"{dtype} {B}x{N}: {m}"))
@@ -104,13 +109,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 out, scores = fn()
                 diff = None if name == "sdpa" else (out.float() - want_out.float()).abs().max().item()
                 sdiff = None if scores is None else (scores.float() - want_scores.float()).abs().max().item()
-                rows.append({"B": B, "N": N, "H": HEADS, "dtype": dtype, "method": name, "max_abs_diff_out": diff,
+                rows.append({"B": B, "N": N, "H": HEADS, "dtype": dtype, "sparsity": args.sparsity, "method": name,
+                             "max_abs_diff_out": diff,
                              "max_abs_diff_scores": sdiff, **timings[name].row(1e6, "us")})
     return rows
 
 
 def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    out = [f"one DeiT-S block's attention (C = {DIM}, H = {HEADS}), token sizes on; GTP: theta = {PAPER.sparsity}, "
+    theta = rows[0].get("sparsity", PAPER.sparsity) if rows else PAPER.sparsity
+    out = [f"one DeiT-S block's attention (C = {DIM}, H = {HEADS}), token sizes on; GTP: theta = {theta}, "
            f"{PAPER.selection}", common.header(env), "",
            f"{'dtype':>5} {'B':>4} {'N':>5} {'method':>11} {'median us':>11} {'IQR us':>21} {'vs sdpa':>8} "
            f"{'|out - explicit|':>17} {'|scores - expl.|':>17}"]

@@ -1,8 +1,9 @@
 """The fast backend: the op-level API of ``gtp_ref.backends.dense``, built for speed on the CPU and the GPU.
 
     ops.py           the ops, and the attention's choice of path
-    cpu.py           the CPU kernels: ``cpu_kernels.c`` compiled on first use, as torch custom ops
+    cpu.py           the CPU kernels as torch custom ops (the threshold, the masking, the attention)
     cpu_kernels.c    their C source
+    cpu_build.py     how they are built on first use, and what is loaded
     cuda.py          the CUDA path: what its kernels do, and their launches
     cuda_kernels.py  its Triton kernels (compiled on CUDA, or run by Triton's interpreter on the CPU)
 
@@ -18,8 +19,9 @@ Same results as the dense reference (the property tests and the conformance suit
   (``gtp_ref.backends.fast.cpu``: a histogram of the top bits, a copy of the few values in the k-th
   value's bin, the same again on the next bits, a quickselect among what is left); on CUDA
   ``torch.topk`` (a multi-block radix selection) instead of ``torch.kthvalue`` (one block per
-  head); inside the one-kernel attention below, radix passes over the map's bits.  All three
-  give kthvalue's value.
+  head); inside the attention paths below, a bracket from a sample's order statistics, then the
+  right order statistic of the entries inside it (a radix selection where the bracket misses).
+  All give kthvalue's value.
 * **The graph is never shrunk.**  A ``LazyGraph`` keeps the first layer's Â and, per image, the
   original index of every current token; each layer gathers only Â[K, P] ((n - P) x P entries
   per image) and never copies Â[K, K].  Memory: B (n + 1)^2 graph entries, fine at ViT
@@ -30,9 +32,10 @@ Same results as the dense reference (the property tests and the conformance suit
   scored from columns, diagonal or the [CLS] row (``COLUMN_SELECTIONS``, the paper's
   ``mixed_attn_max`` among them, and ``cls_attn_*``):
 
-  ``cpu`` (float32 / float64): the reference's map, then one compiled call per block
-  (``cpu.mask_heads``) that finds each head's threshold, masks the map and sums its columns
-  while the head's map is in cache.
+  ``cpu`` (float32 / float64, with the compiled kernels): one compiled call per block
+  (``cpu.attention_op``) that takes each image's head from q k^T to Att v in the cache of one
+  core: the softmax, the threshold (from a sampled bracket, exactly), the masking and the
+  column sums, diagonal and first row on the way.
 
   ``cuda`` (N <= 1024, float32 / float64 or autocast): a few Triton kernels that recompute the
   map tile by tile, never storing it (``cuda.attention``): its row statistics, a sampled bracket

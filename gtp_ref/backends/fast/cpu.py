@@ -1,248 +1,45 @@
 """The fast backend's CPU kernels: ``cpu_kernels.c`` compiled with the system's C
 compiler and called through ctypes.  ``kth_smallest_rows``: the exact k-th smallest of every row
-in two streaming passes (``_select.c`` says how), against a sort-like ``torch.topk`` /
+in two streaming passes (``cpu_kernels.c`` says how), against a sort-like ``torch.topk`` /
 ``kthvalue``; ``mask_heads``: per head, that threshold, then the masked map with its column
-sums, diagonal and first row in one more pass while the head's map is in cache.
+sums, diagonal and first row in one more pass while the head's map is in cache;
+``attention_op``: a GTP block's whole attention per image and head -- q k^T, the softmax, the
+threshold, the masking, what the selection reads and Att v -- with the head's map in the cache of
+the core that computes it from the first product to the last.
 
-It is built on first use (``cc -O3 -fopenmp -shared``, about a second) into the user's cache
-(``$XDG_CACHE_HOME/gtp_ref`` or ``~/.cache/gtp_ref``), under a name keyed by the source, the
-compiler, the flags and the CPU.  What is loaded must be trusted and intact:
-
-* **trusted**: the cache directory belongs to this user and nobody else can write to it, nor
-  replace it (``untrusted`` says why not).  Where that does not hold -- a shared or
-  world-writable ``XDG_CACHE_HOME``, a directory of another user, no home directory -- nothing
-  is loaded from there: the library is built in a private temporary directory (``mkdtemp``,
-  mode 0700) for this process, with a warning that says why;
-* **intact**: the build records the SHA-256 of the built file beside it (``NAME.so.sha256``);
-  a file whose digest does not match (truncated, overwritten, half-written) is never loaded but
-  built again and replaced atomically;
-* **working**: after loading, a self-test asks the library a few questions with known exact
-  answers; a library without the functions or with a wrong answer is not used.
-
+The library is built on first use and loaded only when trusted and intact
+(``gtp_ref.backends.fast.cpu_build`` says how).
 Any failure (no C compiler, a build error, a failed load or self-test) ends in ``REASON``, one
 warning, and torch ops on the CPU instead (``torch.topk`` for the threshold) -- the same values,
-more slowly; never a crash or a wrong number.  Both functions are torch custom ops, so
+more slowly; never a crash or a wrong number.  The functions are torch custom ops, so
 ``torch.compile`` sees one op each and keeps the whole model in one graph.
 """
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import stat
-import subprocess
-import tempfile
 import warnings
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-shared", "-fPIC")
+from gtp_ref.backends.fast import cpu_build
+
 _LIB: ctypes.CDLL | None = None
-REASON: str | None = None  # why the compiled selection is not available, once that is known
-NOTE: str | None = None  # where it was built, when that is not the user's cache (why not)
-
-
-def cache_dir() -> Path | None:
-    """``$XDG_CACHE_HOME/gtp_ref`` (an absolute ``XDG_CACHE_HOME``, as the XDG spec asks), else
-    ``~/.cache/gtp_ref``; None where the user has no home directory."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if os.path.isabs(xdg):
-        return Path(xdg) / "gtp_ref"
-    try:
-        return Path.home() / ".cache" / "gtp_ref"
-    except (RuntimeError, KeyError, OSError):  # HOME unset and no passwd entry for this uid
-        return None
-
-
-def untrusted(directory: Path) -> str | None:
-    """Why a library in ``directory`` could come from someone else, or None if it cannot.
-
-    The directory (symbolic links resolved) must be owned by this user and writable by nobody
-    else; every folder above it must be owned by this user or root and be writable by nobody
-    else, or have the sticky bit (as /tmp has: others cannot rename or replace what is ours).
-    """
-    real = Path(os.path.realpath(directory))
-    uid = os.getuid()
-    for level, path in enumerate([real, *real.parents]):
-        try:
-            st = os.lstat(path)
-        except OSError as e:
-            return f"{path} cannot be examined ({e.strerror})"
-        if not stat.S_ISDIR(st.st_mode):
-            return f"{path} is not a directory"
-        writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if level == 0:
-            if st.st_uid != uid:
-                return f"{path} belongs to uid {st.st_uid}, not to this user (uid {uid})"
-            if writable_by_others:
-                return f"{path} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):o})"
-        elif st.st_uid not in (uid, 0):
-            return f"{path} belongs to uid {st.st_uid}"
-        elif writable_by_others and not st.st_mode & stat.S_ISVTX:
-            return f"{path} is writable by its group or by others without the sticky bit " \
-                   f"(mode {stat.S_IMODE(st.st_mode):o})"
-    return None
-
-
-def _compiler() -> str:
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        raise OSError("no C compiler found (cc, gcc or clang; or set CC)")
-    return cc
-
-
-def _key(cc: str) -> str:
-    """What the built file depends on: the source, the compiler and its version, the flags and
-    the machine (a library built for another CPU is not loaded here)."""
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        version = ""
-    h = hashlib.sha256(SOURCE.read_bytes())
-    for part in (cc, version, " ".join(FLAGS), platform.machine(), platform.processor(), _cpu_flags()):
-        h.update(b"\0" + part.encode())
-    return h.hexdigest()[:16]
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _compile(cc: str, directory: Path, name: str) -> Path:
-    """Compile SOURCE into ``directory/name`` (a temporary name first, then an atomic rename, with
-    the digest of the built file beside it as ``name.sha256``)."""
-    target = directory / name
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        out = Path(tmp) / name
-        for flags in (["-fopenmp"], []):  # without OpenMP the rows run one after another
-            r = subprocess.run([cc, *FLAGS, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
-            if r.returncode == 0:
-                break
-        else:
-            raise OSError(f"{cc} could not compile {SOURCE.name}: {r.stderr.strip()[:300]}")
-        digest = Path(tmp) / (name + ".sha256")
-        digest.write_text(_digest(out) + "\n")
-        os.replace(out, target)  # atomic: another process may be building the same file
-        os.replace(digest, target.with_name(name + ".sha256"))
-    return target
-
-
-def _intact(path: Path) -> bool:
-    """The file exists and is the one built: its digest is the one recorded beside it."""
-    try:
-        return path.with_name(path.name + ".sha256").read_text().strip() == _digest(path)
-    except OSError:
-        return False
-
-
-def _bind(path: Path) -> ctypes.CDLL:
-    """Load the library and declare its functions; OSError / AttributeError where it lacks them."""
-    lib = ctypes.CDLL(str(path))
-    for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        ptr, i64 = ctypes.POINTER(c_float), ctypes.c_int64
-        getattr(lib, f"kth_smallest_{name}").argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_int]
-        getattr(lib, f"mask_heads_{name}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"kth_smallest_{name}").restype = getattr(lib, f"mask_heads_{name}").restype = None
-    return lib
-
-
-def _self_test(lib: ctypes.CDLL) -> None:
-    """A few exact answers from the loaded library, in both dtypes; OSError where one is wrong.
-    numpy arrays, not torch tensors: this may run while torch traces (torch.compile / export),
-    where new tensors are fake."""
-    import numpy as np
-    for dtype, c_float in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
-        name = "f32" if dtype == np.float32 else "f64"
-        ptr = ctypes.POINTER(c_float)
-
-        def p(a):
-            return a.ctypes.data_as(ptr)
-        rows = np.ascontiguousarray(np.arange(60, dtype=dtype)[::-1].reshape(2, 30))  # 59..30, 29..0
-        out = np.full(2, np.nan, dtype)
-        getattr(lib, f"kth_smallest_{name}")(p(rows), 2, 30, 7, p(out), 1)
-        attn = (np.arange(16, dtype=dtype) / 16).reshape(4, 4)
-        masked, sums, diag, first, tau = (np.full(shape, np.nan, dtype) for shape in ((4, 4), 4, 4, 4, 1))
-        getattr(lib, f"mask_heads_{name}")(p(attn), 1, 4, 5, p(masked), p(sums), p(diag), p(first), p(tau), 1)
-        want = np.where(attn < 0.25, 0, attn)
-        if not (out.tolist() == [36.0, 6.0] and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
-                and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0]) and tau[0] == 0.25):
-            raise OSError("the compiled library gave wrong answers in its self-test")
-
-
-def _build() -> ctypes.CDLL:
-    """The compiled library, from the user's cache when it can be trusted (``untrusted``) and is
-    intact, else built anew; where the cache cannot be trusted, built in a private temporary
-    directory for this process."""
-    global NOTE
-    cc = _compiler()
-    name = f"cpu_kernels-{_key(cc)}.so"
-    directory = cache_dir()
-    why = "no home directory" if directory is None else None
-    if directory is not None:
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            why = untrusted(directory)
-        except OSError as e:
-            why = f"{directory} cannot be created ({e.strerror})"
-    if why is not None:
-        private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))  # 0700, this process's own
-        problem = untrusted(private)
-        if problem:
-            raise OSError(f"no private place to build the library: the cache is not usable ({why}) and {problem}")
-        NOTE = f"built in {private} for this process: the cache{' ' + str(directory) if directory else ''} is not used ({why})"
-        warnings.warn(f"gtp_ref.backends.fast: the compiled CPU kernels are {NOTE}", stacklevel=4)
-        try:  # the directory goes once the library is loaded (the process keeps its mapping)
-            return _checked(_compile(cc, private, name))
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
-    target = directory / name
-    if not _intact(target):
-        return _checked(_compile(cc, directory, name))
-    try:
-        return _checked(target)
-    except (OSError, AttributeError):  # a library that does not work: built anew and replaced, ...
-        _compile(cc, directory, name)
-    # ... and loaded from a private copy: this process has the broken one open under that path,
-    # and loading the same path again would hand it back
-    private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))
-    try:
-        shutil.copy2(target, private / name)
-        return _checked(private / name)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-
-
-def _checked(path: Path) -> ctypes.CDLL:
-    lib = _bind(path)
-    _self_test(lib)
-    return lib
+REASON: str | None = None  # why the compiled kernels are not available, once that is known
 
 
 def available() -> bool:
-    """Whether the compiled selection can be used (builds it on the first call).  Any failure --
+    """Whether the compiled kernels can be used (builds them on the first call).  Any failure --
     no compiler, a build error, a library that does not load or fails its self-test -- ends in
     a warning and False: the fast backend then uses torch ops on the CPU, with the same values."""
     global _LIB, REASON
     if _LIB is None and REASON is None:
         try:
-            _LIB = _build()
+            _LIB = cpu_build.load()
         except Exception as e:  # noqa: BLE001 -- every failure falls back to torch, never crashes
             REASON = str(e) or type(e).__name__
-            warnings.warn(f"gtp_ref.backends.fast: the compiled CPU threshold is not available ({REASON}); the CPU "
-                          "threshold uses torch.topk instead (the same values, slower)", stacklevel=3)
+            warnings.warn(f"gtp_ref.backends.fast: the compiled CPU kernels are not available ({REASON}); on the CPU "
+                          "the fast backend uses torch ops instead: torch.topk for the threshold, the explicit "
+                          "attention (the same values, slower)", stacklevel=3)
     return _LIB is not None
 
 
@@ -315,30 +112,74 @@ def _backward(ctx, g_masked, g_col_sums, g_diagonal, g_first_row, g_tau):
 mask_heads.register_autograd(_backward, setup_context=_save)
 
 
-MAP_ENTRIES = 1 << 23  # a larger map (32 MB in float32) is processed in pieces ...
-PIECE_ENTRIES = 1 << 21  # ... of at most this many entries (or one head), which stay in cache
+def _pointer(t: Tensor | None) -> Any:
+    if t is None:
+        return None
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float if t.dtype == torch.float32 else ctypes.c_double))
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, kth: int
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A GTP block's attention on the CPU: q (scaled), k, v [B, H, N, d] (float32 / float64) ->
-    Att v [B, N, H d] with each head's entries below its kth smallest zeroed, and that masked
-    map's column sums, diagonal and first row [B, H, N].  The map by the reference's own
-    definition (``gtp_ref.vit.softmax_map``), then ``mask_heads``.  A map beyond MAP_ENTRIES is
-    computed a few heads of one image at a time, so that each piece's passes (softmax, threshold,
-    masking, Att v) find it in cache rather than in memory."""
-    from gtp_ref.vit import softmax_map
+@torch.library.custom_op("gtp_ref::cpu_attention", mutates_args=())
+def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A GTP block's attention on the CPU in one call: q (scaled), k [B, H, N, d], v [B, H, N, dv]
+    (float32 / float64, any strides with unit stride along the last dimension), log s [B, N] or
+    None, kth = the threshold's rank among a head's N^2 entries (0: none) -> (Att v [B, N, H, dv]
+    with each head's entries
+    below its kth smallest set to 0; that map's column sums, diagonal and first row [B, H, N];
+    the thresholds [B, H], -inf for kth = 0).  Gradients are those of the same computation in
+    torch ops, recomputed in the backward pass (the threshold passes none, as through the
+    reference's masked_fill)."""
     B, H, N, d = q.shape
-    if B * H * N * N <= MAP_ENTRIES:
-        masked, col_sums, diagonal, first_row, _ = mask_heads(softmax_map(q, k, token_sizes), kth)
-        return (masked @ v).transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, first_row
-    out = v.new_empty(B, H, N, d)
+    dv = v.shape[-1]
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    log_s = None if log_s is None else log_s.to(q.dtype).contiguous()
+    out = q.new_empty(B, N, H, dv)
     col_sums, diagonal, first_row = (q.new_empty(B, H, N) for _ in range(3))
-    per = max(1, PIECE_ENTRIES // (N * N))  # heads per piece
-    for b in range(B):
-        for h in range(0, H, per):
-            piece = (slice(b, b + 1), slice(h, h + per))
-            part = softmax_map(q[piece], k[piece], None if token_sizes is None else token_sizes[b:b + 1])
-            masked, col_sums[piece], diagonal[piece], first_row[piece], _ = mask_heads(part, kth)
-            torch.matmul(masked, v[piece], out=out[piece])
-    return out.transpose(1, 2).reshape(B, N, H * d), col_sums, diagonal, first_row
+    tau = q.new_full((B, H), float("-inf"))
+    if B * H and N:
+        if not available():
+            raise RuntimeError(f"the compiled CPU kernels are not available: {REASON}")
+        fn = getattr(_LIB, f"attention_{'f32' if q.dtype == torch.float32 else 'f64'}")
+        strides = (ctypes.c_int64 * 9)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+        failed = fn(*map(_pointer, (q, k, v, log_s)), strides, B, H, N, d, dv, kth,
+                    *map(_pointer, (out, col_sums, diagonal, first_row, tau)), torch.get_num_threads())
+        if failed:
+            raise MemoryError(f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps "
+                              f"({N} x {N})")
+    return out, col_sums, diagonal, first_row, tau
+
+
+@attention_op.register_fake
+def _(q, k, v, log_s, kth):
+    B, H, N, _ = q.shape
+    return q.new_empty(B, N, H, v.shape[-1]), *(q.new_empty(B, H, N) for _ in range(3)), q.new_empty(B, H)
+
+
+def _save_attention(ctx, inputs, output) -> None:
+    q, k, v, log_s, kth = inputs
+    ctx.has_log_s, ctx.kth = log_s is not None, kth
+    ctx.save_for_backward(q, k, v, log_s if log_s is not None else q.new_empty(0))
+
+
+def _attention_backward(ctx, *grads: Tensor):
+    """The gradients of the same attention in torch ops, recomputed; the map masked below its kth
+    smallest entry as torch computes it (the kernel's threshold may differ from it in the last
+    bit, which would drop the threshold's own entry)."""
+    q, k, v, log_s = ctx.saved_tensors
+    inputs = [t.detach().requires_grad_() for t in (q, k, v, *([log_s] if ctx.has_log_s else []))]
+    with torch.enable_grad():
+        z = inputs[0] @ inputs[1].transpose(-2, -1)  # (B, H, N, N)
+        if ctx.has_log_s:
+            z = z + inputs[3][:, None, None, :]
+        p = z.softmax(-1)  # (B, H, N, N)
+        if ctx.kth:
+            B, H, N, _ = p.shape
+            tau = p.detach().reshape(B, H, N * N).kthvalue(ctx.kth, dim=-1).values  # (B, H)
+            p = p.masked_fill(p < tau[..., None, None], 0.0)
+        outputs = ((p @ inputs[2]).transpose(1, 2), p.sum(2), p.diagonal(dim1=-2, dim2=-1), p[:, :, 0])
+        used = [(o, g) for o, g in zip(outputs, grads[:4]) if g is not None]
+        got = torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], allow_unused=True)
+    return (*got[:3], got[3] if ctx.has_log_s else None, None)
+
+
+attention_op.register_autograd(_attention_backward, setup_context=_save_attention)

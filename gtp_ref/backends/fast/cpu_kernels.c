@@ -24,6 +24,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #define BINS 2048
 
@@ -76,23 +79,30 @@ static K select_##NAME(K *a, int64_t n, int64_t r) { /* the r-th smallest (0-bas
     return a[lo];                                                                          \
 }                                                                                          \
                                                                                            \
-static T kth_##NAME(const T *row, int64_t len, int64_t k) { /* 1 <= k <= len */            \
+/* the k-th smallest of a rows x cols block (row stride: stride), 1 <= k <= rows * cols */      \
+static T kth_block_##NAME(const T *x, int64_t rows, int64_t cols, int64_t stride, int64_t k) { \
     /* four interleaved histograms: runs of equal bins do not wait on one counter */      \
     uint32_t sub[4][BINS] = {{0}};                                                         \
     int64_t i = 0, hist[BINS];                                                             \
-    for (; i + 4 <= len; i += 4)                                                           \
-        for (int s = 0; s < 4; s++) sub[s][key_##NAME(row[i + s]) >> SHIFT]++;             \
-    for (; i < len; i++) sub[0][key_##NAME(row[i]) >> SHIFT]++;                            \
+    for (int64_t r = 0; r < rows; r++) {                                                   \
+        const T *row = x + r * stride;                                                     \
+        for (i = 0; i + 4 <= cols; i += 4)                                                 \
+            for (int s = 0; s < 4; s++) sub[s][key_##NAME(row[i + s]) >> SHIFT]++;         \
+        for (; i < cols; i++) sub[0][key_##NAME(row[i]) >> SHIFT]++;                       \
+    }                                                                                      \
     for (int b = 0; b < BINS; b++)                                                         \
         hist[b] = (int64_t)sub[0][b] + sub[1][b] + sub[2][b] + sub[3][b];                  \
     int64_t bin = 0, before = 0;                                                           \
     while (before + hist[bin] < k) before += hist[bin++];                                  \
     K *buf = malloc(sizeof(K) * (size_t)(hist[bin] + 1));                                  \
     int64_t m = 0;                                                                         \
-    for (i = 0; i < len; i++) { /* branch-free: always write, advance if in the bin */     \
-        K key = key_##NAME(row[i]);                                                        \
-        buf[m] = key;                                                                      \
-        m += (int64_t)(key >> SHIFT) == bin;                                               \
+    for (int64_t r = 0; r < rows; r++) {                                                   \
+        const T *row = x + r * stride;                                                     \
+        for (i = 0; i < cols; i++) { /* branch-free: always write, advance if in the bin */ \
+            K key = key_##NAME(row[i]);                                                    \
+            buf[m] = key;                                                                  \
+            m += (int64_t)(key >> SHIFT) == bin;                                           \
+        }                                                                                  \
     }                                                                                      \
     /* the next 11 bits likewise, among the bin's values, in place */                      \
     int64_t hist2[BINS] = {0}, r = k - 1 - before, bin2 = 0;                               \
@@ -107,6 +117,41 @@ static T kth_##NAME(const T *row, int64_t len, int64_t k) { /* 1 <= k <= len */ 
     K key = select_##NAME(buf, m2, r);                                                     \
     free(buf);                                                                             \
     return value_##NAME(key);                                                              \
+}                                                                                          \
+                                                                                           \
+static T kth_##NAME(const T *row, int64_t len, int64_t k) { /* 1 <= k <= len */            \
+    return kth_block_##NAME(row, 1, len, len, k);                                          \
+}                                                                                          \
+                                                                                           \
+/* The r-th smallest (0-based) of src[0..n), src left as it is: quickselect whose three-way \
+ * partitions write the smaller keys from the front and the larger from the back of another \
+ * buffer (b1, b2: room for n each), without a branch on the data. */                      \
+static K select_copy_##NAME(const K *src, int64_t n, int64_t r, K *b1, K *b2) {            \
+    const K *a = src;                                                                      \
+    K *out = b1;                                                                           \
+    while (n > 16) {                                                                       \
+        K x0 = a[0], x1 = a[n / 2], x2 = a[n - 1];  /* the median of three as pivot */     \
+        K p = x0 < x1 ? (x1 < x2 ? x1 : (x0 < x2 ? x2 : x0)) : (x0 < x2 ? x0 : (x1 < x2 ? x2 : x1)); \
+        int64_t lt = 0, gt = 0;                                                            \
+        for (int64_t i = 0; i < n; i++) {                                                  \
+            K x = a[i];                                                                    \
+            out[n - 1 - gt] = x;                                                           \
+            out[lt] = x;                                                                   \
+            lt += x < p;                                                                   \
+            gt += x > p;                                                                   \
+        }                                                                                  \
+        if (r < lt) n = lt, a = out;                                                       \
+        else if (r < n - gt) return p;                                                     \
+        else r -= n - gt, a = out + n - gt, n = gt;                                        \
+        out = out == b1 ? b2 : b1;                                                         \
+    }                                                                                      \
+    K small[16];                                                                           \
+    memcpy(small, a, (size_t)n * sizeof(K));                                               \
+    for (int64_t i = 1; i < n; i++)  /* insertion sort */                                  \
+        for (int64_t j = i; j > 0 && small[j - 1] > small[j]; j--) {                       \
+            K t = small[j]; small[j] = small[j - 1]; small[j - 1] = t;                     \
+        }                                                                                  \
+    return small[r];                                                                       \
 }                                                                                          \
                                                                                            \
 void kth_smallest_##NAME(const T *x, int64_t rows, int64_t len, int64_t k, T *out, int threads) { \
@@ -144,5 +189,299 @@ void mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T *ma
     }                                                                                      \
 }
 
+/* ---- The fused attention ----
+ *
+ * attention_{f32,f64}: a GTP block's attention for B images x H heads, one (image, head) at a time
+ * per thread, its N x N map never leaving the thread's cache:
+ *   1. z = q k^T (+ log s per key), q already scaled: RB rows x VW keys per step, k transposed
+ *      first so that the keys run along the vector lanes;
+ *   2. the row softmax: its max and its sum of exp(z - max) in LANES partial sums added in a fixed
+ *      order (equal rows give equal maps, bit for bit), then exp(z - max) / sum;
+ *   3. tau = the kth smallest of the head's N^2 entries (kth_block above; kth = 0: none);
+ *   4. the map with its entries below tau set to 0 (NaN kept), its column sums (row after row),
+ *      diagonal and first row;
+ *   5. Att v: RB rows x the head dimension per step.
+ * Work buffers are per thread and kept between calls.  exp is computed here (exp_NAME, below), as
+ * a function of its argument alone, to within an ulp or two of the C library's.
+ */
+#define RB 6       /* rows per step of the products */
+#define LANES 16   /* partial sums of the softmax */
+#define SAMPLE 2048  /* about this many entries of a head's map bracket its threshold ... */
+#define SPREAD 4.0   /* ... this many standard errors of the sample's quantile either side */
+
+/* room for the keys of the bracket's selection: the sample, or the entries a bracket holds */
+static inline int64_t kth_room(int64_t n) { return n * n / 4 + SAMPLE + n; }
+
+/* The entries of row[0..n) in [lo, hi] copied to out (room for n + 16); how many.  The entries
+ * below lo are counted into *below.  (AVX-512: sixteen / eight entries per step.) */
+static inline int64_t collect_f32(const float *restrict row, int64_t n, float lo, float hi, float *restrict out,
+                                  int64_t *below) {
+    int64_t c = 0, j = 0, b = 0;
+#ifdef __AVX512F__
+    __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    for (; j + 16 <= n; j += 16) {
+        __m512 x = _mm512_loadu_ps(row + j);
+        __mmask16 ge = _mm512_cmp_ps_mask(x, vlo, _CMP_GE_OQ), in = ge & _mm512_cmp_ps_mask(x, vhi, _CMP_LE_OQ);
+        _mm512_storeu_ps(out + c, _mm512_maskz_compress_ps(in, x));
+        c += __builtin_popcount(in);
+        b += __builtin_popcount(_mm512_cmp_ps_mask(x, vlo, _CMP_LT_OQ));
+    }
+#endif
+    for (; j < n; j++) {  /* branch-free: always write, advance if inside */
+        out[c] = row[j];
+        c += (row[j] >= lo) & (row[j] <= hi);
+        b += row[j] < lo;
+    }
+    *below += b;
+    return c;
+}
+
+static inline int64_t collect_f64(const double *restrict row, int64_t n, double lo, double hi, double *restrict out,
+                                  int64_t *below) {
+    int64_t c = 0, j = 0, b = 0;
+#ifdef __AVX512F__
+    __m512d vlo = _mm512_set1_pd(lo), vhi = _mm512_set1_pd(hi);
+    for (; j + 8 <= n; j += 8) {
+        __m512d x = _mm512_loadu_pd(row + j);
+        __mmask8 ge = _mm512_cmp_pd_mask(x, vlo, _CMP_GE_OQ), in = ge & _mm512_cmp_pd_mask(x, vhi, _CMP_LE_OQ);
+        _mm512_storeu_pd(out + c, _mm512_maskz_compress_pd(in, x));
+        c += __builtin_popcount(in);
+        b += __builtin_popcount(_mm512_cmp_pd_mask(x, vlo, _CMP_LT_OQ));
+    }
+#endif
+    for (; j < n; j++) {
+        out[c] = row[j];
+        c += (row[j] >= lo) & (row[j] <= hi);
+        b += row[j] < lo;
+    }
+    *below += b;
+    return c;
+}
+
+static inline float exp_f32(float x) {   /* x <= 0 or NaN: exp(x), subnormals included */
+    x = x < -104.0f ? -104.0f : x;
+    float t = x * 1.44269504088896341f + 12582912.0f;   /* 1.5 * 2^23: t's low bits hold n = round(x / ln 2) */
+    float n = t - 12582912.0f;
+    int32_t bits;
+    memcpy(&bits, &t, 4);
+    int32_t e = bits - 0x4B400000, e1 = e >> 1, e2 = e - e1;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;                 /* |r| <= ln(2) / 2 */
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667163e-1f + r * (4.1666667908e-2f + r * (8.3333337680e-3f
+              + r * (1.3888889225e-3f + r * 1.9841270114e-4f))))));
+    int32_t b1 = (e1 + 127) << 23, b2 = (e2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, 4);
+    memcpy(&s2, &b2, 4);
+    return p * s1 * s2;
+}
+
+static inline double exp_f64(double x) {
+    x = x < -746.0 ? -746.0 : x;
+    double t = x * 1.4426950408889634074 + 6755399441055744.0;   /* 1.5 * 2^52 */
+    double n = t - 6755399441055744.0;
+    int64_t bits;
+    memcpy(&bits, &t, 8);
+    int64_t e = bits - 0x4338000000000000ll, e1 = e >> 1, e2 = e - e1;
+    double r = x - n * 6.93147180369123816490e-01;
+    r = r - n * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;                      /* Taylor to r^13: |r| <= ln(2) / 2 */
+    p = 1.0 / 479001600.0 + r * p;
+    p = 1.0 / 39916800.0 + r * p;
+    p = 1.0 / 3628800.0 + r * p;
+    p = 1.0 / 362880.0 + r * p;
+    p = 1.0 / 40320.0 + r * p;
+    p = 1.0 / 5040.0 + r * p;
+    p = 1.0 / 720.0 + r * p;
+    p = 1.0 / 120.0 + r * p;
+    p = 1.0 / 24.0 + r * p;
+    p = 1.0 / 6.0 + r * p;
+    p = 0.5 + r * p;
+    p = 1.0 + r * p;
+    p = 1.0 + r * p;
+    int64_t b1 = (e1 + 1023) << 52, b2 = (e2 + 1023) << 52;
+    double s1, s2;
+    memcpy(&s1, &b1, 8);
+    memcpy(&s2, &b2, 8);
+    return p * s1 * s2;
+}
+
+/* Both dtypes from one definition: VW keys per step of q k^T (two vector registers' worth). */
+#define ATTENTION(NAME, T, K, VW)                                                              \
+static void softmax_row_##NAME(T *z, int64_t n) {                                              \
+    T m[LANES], acc[LANES];                                                                    \
+    int64_t j = 0;                                                                             \
+    for (int l = 0; l < LANES; l++) m[l] = -(T)INFINITY;                                       \
+    for (; j + LANES <= n; j += LANES)                                                         \
+        for (int l = 0; l < LANES; l++) m[l] = z[j + l] > m[l] ? z[j + l] : m[l];              \
+    T max = -(T)INFINITY;                                                                      \
+    for (; j < n; j++) max = z[j] > max ? z[j] : max;                                          \
+    for (int l = 0; l < LANES; l++) max = m[l] > max ? m[l] : max;                             \
+    for (int l = 0; l < LANES; l++) acc[l] = 0;                                                \
+    for (j = 0; j + LANES <= n; j += LANES)                                                    \
+        for (int l = 0; l < LANES; l++) {                                                      \
+            T e = exp_##NAME(z[j + l] - max);                                                  \
+            z[j + l] = e;                                                                      \
+            acc[l] += e;                                                                       \
+        }                                                                                      \
+    T sum = 0;                                                                                 \
+    for (; j < n; j++) {                                                                       \
+        z[j] = exp_##NAME(z[j] - max);                                                         \
+        sum += z[j];                                                                           \
+    }                                                                                          \
+    for (int l = 0; l < LANES; l++) sum += acc[l];                                             \
+    T inv = 1 / sum;                                                                           \
+    for (j = 0; j < n; j++) z[j] = z[j] * inv;                                                 \
+}                                                                                              \
+                                                                                               \
+/* The kth smallest of the n x n map (row stride ld), from a bracket: two order statistics of a \
+ * sample of about SAMPLE entries, SPREAD standard errors either side of the quantile k / n^2,  \
+ * bound the kth value; one pass counts the entries below the bracket and collects those in it; \
+ * the kth is then the right one of those -- exactly.  Where it is not in the bracket (an      \
+ * unlucky sample, ties, NaN) or the bracket holds more than a quarter of the map, kth_block    \
+ * finds it.  keys, b1, b2: room for kth_room(n) keys each; found: n * n + 16 entries. */       \
+static T kth_map_##NAME(const T *map, int64_t n, int64_t ld, int64_t k, K *keys, K *b1, K *b2, \
+                        T *found) {                                                            \
+    int64_t stride = n * n / SAMPLE + 1, m = 0;                                               \
+    if (n * n < 4 * SAMPLE) return kth_block_##NAME(map, n, n, ld, k);                         \
+    for (int64_t i = 0; i < n; i++)  /* the entries with (i + j) % stride == 0 */              \
+        for (int64_t j = (stride - i % stride) % stride; j < n; j += stride)                  \
+            keys[m++] = key_##NAME(map[i * ld + j]);                                           \
+    double q = (double)k / ((double)n * n), half = SPREAD * sqrt(q * (1 - q) * m) + 1;         \
+    int64_t lo_rank = (int64_t)(q * m - half), hi_rank = (int64_t)(q * m + half);              \
+    T lo = lo_rank < 0 ? -(T)INFINITY : value_##NAME(select_copy_##NAME(keys, m, lo_rank, b1, b2)); \
+    T hi = hi_rank >= m ? (T)INFINITY : value_##NAME(select_copy_##NAME(keys, m, hi_rank, b1, b2)); \
+    int64_t below = 0, inside = 0;                                                             \
+    for (int64_t i = 0; i < n; i++)                                                            \
+        inside += collect_##NAME(map + i * ld, n, lo, hi, found + inside, &below);             \
+    if (!(below < k && k <= below + inside) || inside > kth_room(n))                           \
+        return kth_block_##NAME(map, n, n, ld, k);                                             \
+    for (int64_t i = 0; i < inside; i++) keys[i] = key_##NAME(found[i]);                       \
+    return value_##NAME(select_copy_##NAME(keys, inside, k - below - 1, b1, b2));              \
+}                                                                                              \
+                                                                                               \
+/* z[i, j] = q_i . k_j for RB rows (Q: [RB][d]) and the keys j0 .. j0 + VW (kT: [d][ldk]) */    \
+static inline void logits_step_##NAME(const T *restrict Q, const T *restrict kT, int64_t d,   \
+                                      int64_t ldk, int64_t j0, T acc[RB][VW]) {               \
+    for (int r = 0; r < RB; r++)                                                               \
+        for (int j = 0; j < VW; j++) acc[r][j] = 0;                                            \
+    for (int64_t t = 0; t < d; t++) {                                                          \
+        const T *restrict kt = kT + t * ldk + j0;                                              \
+        for (int r = 0; r < RB; r++) {                                                         \
+            T a = Q[r * d + t];                                                                \
+            for (int j = 0; j < VW; j++) acc[r][j] += a * kt[j];                               \
+        }                                                                                      \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+/* out_i = sum_j A[i, j] v_j for RB rows of A (row stride lda) and the dp columns of V (rows   \
+ * at stride ldv, dp a multiple of VW) */                                                      \
+static inline void mix_step_##NAME(const T *restrict A, int64_t lda, const T *restrict V,      \
+                                   int64_t ldv, int64_t n, int64_t dp, T *restrict out) {      \
+    for (int64_t c0 = 0; c0 < dp; c0 += VW) {                                                  \
+        T acc[RB][VW];                                                                         \
+        for (int r = 0; r < RB; r++)                                                           \
+            for (int c = 0; c < VW; c++) acc[r][c] = 0;                                        \
+        for (int64_t j = 0; j < n; j++) {                                                      \
+            const T *restrict vj = V + j * ldv + c0;                                           \
+            for (int r = 0; r < RB; r++) {                                                     \
+                T a = A[r * lda + j];                                                          \
+                for (int c = 0; c < VW; c++) acc[r][c] += a * vj[c];                           \
+            }                                                                                  \
+        }                                                                                      \
+        for (int r = 0; r < RB; r++)                                                           \
+            for (int c = 0; c < VW; c++) out[r * dp + c0 + c] = acc[r][c];                     \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+typedef struct { T *buf; size_t size; } work_##NAME;                                          \
+static __thread work_##NAME tls_##NAME;                                                       \
+                                                                                               \
+static T *work_buffer_##NAME(size_t size) { /* this thread's buffer of at least size entries */ \
+    work_##NAME *w = &tls_##NAME;                                                              \
+    if (w->size < size) {                                                                      \
+        free(w->buf);                                                                          \
+        w->buf = aligned_alloc(64, ((size * sizeof(T) + 63) / 64) * 64);                       \
+        w->size = w->buf ? size : 0;                                                           \
+    }                                                                                          \
+    return w->buf;                                                                             \
+}                                                                                              \
+                                                                                               \
+/* One (image, head): q, k rows of d, v rows of dv, at strides ld* (unit stride along the head \
+ * dimension), log_s [N] or NULL.  Returns 0, or -1 where no work buffer could be had. */      \
+static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ldk, const T *v,  \
+                                 int64_t ldv, const T *log_s, int64_t N, int64_t d, int64_t dv, int64_t kth, \
+                                 T *out, int64_t ldo, T *col_sums, T *diag, T *first_row, T *tau_out) { \
+    int64_t Np = (N + VW - 1) / VW * VW, Nr = (N + RB - 1) / RB * RB;                          \
+    int64_t dp = (dv + VW - 1) / VW * VW, copy_v = dp != dv;  /* v is read in place where dv fits */ \
+    size_t keys = (size_t)(kth_room(N) * sizeof(K) + sizeof(T) - 1) / sizeof(T);                 \
+    T *map = work_buffer_##NAME((size_t)(Nr * Np + d * Np + RB * d + RB * dp) + copy_v * N * dp \
+                                + 3 * keys + (size_t)(N * N) + 16);  /* found: 16 to spare */ \
+    if (!map) return -1;                                                                       \
+    T *kT = map + Nr * Np, *Q = kT + d * Np, *O = Q + RB * d, *V = O + RB * dp;                \
+    T *key_space = V + copy_v * N * dp, *found = key_space + 3 * keys;                         \
+    K *key_buf = (K *)key_space, *b1 = (K *)(key_space + keys), *b2 = (K *)(key_space + 2 * keys); \
+    for (int64_t j = 0; j < Np; j++)  /* k transposed: the keys along the vector lanes */       \
+        for (int64_t t = 0; t < d; t++) kT[t * Np + j] = j < N ? k[j * ldk + t] : 0;           \
+    if (copy_v)                                                                                \
+        for (int64_t j = 0; j < N; j++)                                                        \
+            for (int64_t c = 0; c < dp; c++) V[j * dp + c] = c < dv ? v[j * ldv + c] : 0;      \
+    for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 1. the logits, 2. the softmax */              \
+        for (int r = 0; r < RB; r++)                                                           \
+            for (int64_t t = 0; t < d; t++) Q[r * d + t] = i0 + r < N ? q[(i0 + r) * ldq + t] : 0; \
+        for (int64_t j0 = 0; j0 < Np; j0 += VW) {                                              \
+            T acc[RB][VW];                                                                     \
+            logits_step_##NAME(Q, kT, d, Np, j0, acc);                                         \
+            for (int r = 0; r < RB; r++)                                                       \
+                for (int j = 0; j < VW; j++)                                                   \
+                    map[(i0 + r) * Np + j0 + j] = log_s ? acc[r][j] + (j0 + j < N ? log_s[j0 + j] : 0) : acc[r][j]; \
+        }                                                                                      \
+        for (int r = 0; r < RB && i0 + r < N; r++) softmax_row_##NAME(map + (i0 + r) * Np, N); \
+    }                                                                                          \
+    T tau = kth ? kth_map_##NAME(map, N, Np, kth, key_buf, b1, b2, found) : -(T)INFINITY;  /* 3. */ \
+    *tau_out = tau;                                                                            \
+    for (int64_t j = 0; j < N; j++) col_sums[j] = 0;                                           \
+    for (int64_t i = 0; i < N; i++) {  /* 4. the masking and what the selection reads */        \
+        T *row = map + i * Np;                                                                 \
+        for (int64_t j = 0; j < N; j++) {                                                      \
+            T m = row[j] < tau ? (T)0 : row[j];                                                \
+            row[j] = m;                                                                        \
+            col_sums[j] += m;                                                                  \
+        }                                                                                      \
+        diag[i] = row[i];                                                                      \
+    }                                                                                          \
+    for (int64_t j = 0; j < N; j++) first_row[j] = map[j];                                     \
+    for (int64_t i = N * Np; i < Nr * Np; i++) map[i] = 0;  /* rows beyond N: 0 */             \
+    const T *vv = copy_v ? V : v;                                                              \
+    int64_t ld_vv = copy_v ? dp : ldv;                                                         \
+    for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 5. Att v */                                   \
+        mix_step_##NAME(map + i0 * Np, Np, vv, ld_vv, N, dp, O);                               \
+        for (int r = 0; r < RB && i0 + r < N; r++)                                             \
+            for (int64_t c = 0; c < dv; c++) out[(i0 + r) * ldo + c] = O[r * dp + c];         \
+    }                                                                                          \
+    return 0;                                                                                  \
+}                                                                                              \
+/* q, k: [B, H, N, d], v: [B, H, N, dv] at strides s[0..2] (q), s[3..5] (k), s[6..8] (v) for b, h, \
+ * n; unit along the last dimension.  log_s [B, N] contiguous or NULL; out [B, N, H, dv]          \
+ * contiguous; col_sums, diag, first_row                                                       \
+ * [B, H, N]; taus [B, H] (-inf for kth = 0).  Returns the number of heads that could not be     \
+ * computed (no memory), else 0. */                                                            \
+int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, const int64_t *s,  \
+                         int64_t B, int64_t H, int64_t N, int64_t d, int64_t dv, int64_t kth, T *out, \
+                         T *col_sums, T *diag, T *first_row, T *taus, int threads) {            \
+    int64_t failed = 0;                                                                        \
+    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(+:failed)")  \
+    for (int64_t bh = 0; bh < B * H; bh++) {                                                   \
+        int64_t b = bh / H, h = bh % H;                                                        \
+        failed += attention_head_##NAME(q + b * s[0] + h * s[1], s[2], k + b * s[3] + h * s[4], s[5], \
+                                        v + b * s[6] + h * s[7], s[8], log_s ? log_s + b * N : NULL, \
+                                        N, d, dv, kth, out + (b * N * H + h) * dv, H * dv, col_sums + bh * N, \
+                                        diag + bh * N, first_row + bh * N, taus + bh) != 0;    \
+    }                                                                                          \
+    return failed;                                                                             \
+}
+
 SELECTION(f32, float, uint32_t, 21)
 SELECTION(f64, double, uint64_t, 53)
+ATTENTION(f32, float, uint32_t, 32)
+ATTENTION(f64, double, uint64_t, 16)

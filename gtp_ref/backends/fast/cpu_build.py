@@ -1,0 +1,235 @@
+"""How the fast backend's CPU kernels (``cpu_kernels.c``) are built and what is loaded.
+
+They are built on first use (``cc -O3 -march=native -fopenmp -shared``, about a second) into the user's cache
+(``$XDG_CACHE_HOME/gtp_ref`` or ``~/.cache/gtp_ref``), under a name keyed by the source, the
+compiler, the flags and the CPU.  What is loaded must be trusted and intact:
+
+* **trusted**: the cache directory belongs to this user and nobody else can write to it, nor
+  replace it (``untrusted`` says why not).  Where that does not hold -- a shared or
+  world-writable ``XDG_CACHE_HOME``, a directory of another user, no home directory -- nothing
+  is loaded from there: the library is built in a private temporary directory (``mkdtemp``,
+  mode 0700) for this process, with a warning that says why;
+* **intact**: the build records the SHA-256 of the built file beside it (``NAME.so.sha256``);
+  a file whose digest does not match (truncated, overwritten, half-written) is never loaded but
+  built again and replaced atomically;
+* **working**: after loading, a self-test asks the library a few questions with known exact
+  answers; a library without the functions or with a wrong answer is not used.
+
+``load()`` returns the library or raises; ``gtp_ref.backends.fast.cpu.available`` turns any
+failure into a warning and torch ops.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ("-O3", "-shared", "-fPIC")
+# tried in this order: vector instructions of this CPU and threads; threads; neither
+VARIANTS = (["-march=native", "-fopenmp"], ["-fopenmp"], [])
+NOTE: str | None = None  # where it was built, when that is not the user's cache (why not)
+
+
+def cache_dir() -> Path | None:
+    """``$XDG_CACHE_HOME/gtp_ref`` (an absolute ``XDG_CACHE_HOME``, as the XDG spec asks), else
+    ``~/.cache/gtp_ref``; None where the user has no home directory."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / "gtp_ref"
+    try:
+        return Path.home() / ".cache" / "gtp_ref"
+    except (RuntimeError, KeyError, OSError):  # HOME unset and no passwd entry for this uid
+        return None
+
+
+def untrusted(directory: Path) -> str | None:
+    """Why a library in ``directory`` could come from someone else, or None if it cannot.
+
+    The directory (symbolic links resolved) must be owned by this user and writable by nobody
+    else; every folder above it must be owned by this user or root and be writable by nobody
+    else, or have the sticky bit (as /tmp has: others cannot rename or replace what is ours).
+    """
+    real = Path(os.path.realpath(directory))
+    uid = os.getuid()
+    for level, path in enumerate([real, *real.parents]):
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            return f"{path} cannot be examined ({e.strerror})"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{path} is not a directory"
+        writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if level == 0:
+            if st.st_uid != uid:
+                return f"{path} belongs to uid {st.st_uid}, not to this user (uid {uid})"
+            if writable_by_others:
+                return f"{path} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):o})"
+        elif st.st_uid not in (uid, 0):
+            return f"{path} belongs to uid {st.st_uid}"
+        elif writable_by_others and not st.st_mode & stat.S_ISVTX:
+            return f"{path} is writable by its group or by others without the sticky bit " \
+                   f"(mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if cc is None:
+        raise OSError("no C compiler found (cc, gcc or clang; or set CC)")
+    return cc
+
+
+def _key(cc: str) -> str:
+    """What the built file depends on: the source, the compiler and its version, the flags and
+    the machine (a library built for another CPU is not loaded here)."""
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    for part in (cc, version, " ".join(FLAGS), platform.machine(), platform.processor(), _cpu_flags()):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _compile(cc: str, directory: Path, name: str) -> Path:
+    """Compile SOURCE into ``directory/name`` (a temporary name first, then an atomic rename, with
+    the digest of the built file beside it as ``name.sha256``)."""
+    target = directory / name
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        out = Path(tmp) / name
+        for flags in VARIANTS:  # without OpenMP the rows and heads run one after another
+            r = subprocess.run([cc, *FLAGS, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+        else:
+            raise OSError(f"{cc} could not compile {SOURCE.name}: {r.stderr.strip()[:300]}")
+        digest = Path(tmp) / (name + ".sha256")
+        digest.write_text(_digest(out) + "\n")
+        os.replace(out, target)  # atomic: another process may be building the same file
+        os.replace(digest, target.with_name(name + ".sha256"))
+    return target
+
+
+def _intact(path: Path) -> bool:
+    """The file exists and is the one built: its digest is the one recorded beside it."""
+    try:
+        return path.with_name(path.name + ".sha256").read_text().strip() == _digest(path)
+    except OSError:
+        return False
+
+
+def _bind(path: Path) -> ctypes.CDLL:
+    """Load the library and declare its functions; OSError / AttributeError where it lacks them."""
+    lib = ctypes.CDLL(str(path))
+    for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        ptr, i64 = ctypes.POINTER(c_float), ctypes.c_int64
+        getattr(lib, f"kth_smallest_{name}").argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_int]
+        getattr(lib, f"mask_heads_{name}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+        getattr(lib, f"kth_smallest_{name}").restype = getattr(lib, f"mask_heads_{name}").restype = None
+        fn = getattr(lib, f"attention_{name}")
+        fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
+                       ptr, ctypes.c_int]
+        fn.restype = i64
+    return lib
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """A few exact answers from the loaded library, in both dtypes; OSError where one is wrong.
+    numpy arrays, not torch tensors: this may run while torch traces (torch.compile / export),
+    where new tensors are fake."""
+    import numpy as np
+    for dtype, c_float in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
+        name = "f32" if dtype == np.float32 else "f64"
+        ptr = ctypes.POINTER(c_float)
+
+        def p(a):
+            return a.ctypes.data_as(ptr)
+        rows = np.ascontiguousarray(np.arange(60, dtype=dtype)[::-1].reshape(2, 30))  # 59..30, 29..0
+        out = np.full(2, np.nan, dtype)
+        getattr(lib, f"kth_smallest_{name}")(p(rows), 2, 30, 7, p(out), 1)
+        attn = (np.arange(16, dtype=dtype) / 16).reshape(4, 4)
+        masked, sums, diag, first, tau = (np.full(shape, np.nan, dtype) for shape in ((4, 4), 4, 4, 4, 1))
+        getattr(lib, f"mask_heads_{name}")(p(attn), 1, 4, 5, p(masked), p(sums), p(diag), p(first), p(tau), 1)
+        want = np.where(attn < 0.25, 0, attn)
+        # attention of two tokens with q = 0: every entry of the map 1/2, Att v the mean of v
+        q, v = np.zeros((2, 1), dtype), np.array([[2.0], [4.0]], dtype)
+        mixed, cols, diag2, first2 = (np.full(2, np.nan, dtype) for _ in range(4))
+        tau2 = np.full(1, np.nan, dtype)
+        strides = (ctypes.c_int64 * 9)(2, 2, 1, 2, 2, 1, 2, 2, 1)
+        failed = getattr(lib, f"attention_{name}")(p(q), p(q), p(v), None, strides, 1, 1, 2, 1, 1, 2, p(mixed), p(cols),
+                                                   p(diag2), p(first2), p(tau2), 1)
+        if not (out.tolist() == [36.0, 6.0] and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
+                and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0]) and tau[0] == 0.25
+                and failed == 0 and mixed.tolist() == [3.0, 3.0] and cols.tolist() == [1.0, 1.0]
+                and diag2.tolist() == first2.tolist() == [0.5, 0.5] and tau2[0] == 0.5):
+            raise OSError("the compiled library gave wrong answers in its self-test")
+
+
+def load() -> ctypes.CDLL:
+    """The compiled library, from the user's cache when it can be trusted (``untrusted``) and is
+    intact, else built anew; where the cache cannot be trusted, built in a private temporary
+    directory for this process."""
+    global NOTE
+    cc = _compiler()
+    name = f"cpu_kernels-{_key(cc)}.so"
+    directory = cache_dir()
+    why = "no home directory" if directory is None else None
+    if directory is not None:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            why = untrusted(directory)
+        except OSError as e:
+            why = f"{directory} cannot be created ({e.strerror})"
+    if why is not None:
+        private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))  # 0700, this process's own
+        problem = untrusted(private)
+        if problem:
+            raise OSError(f"no private place to build the library: the cache is not usable ({why}) and {problem}")
+        NOTE = f"built in {private} for this process: the cache{' ' + str(directory) if directory else ''} is not used ({why})"
+        warnings.warn(f"gtp_ref.backends.fast: the compiled CPU kernels are {NOTE}", stacklevel=4)
+        try:  # the directory goes once the library is loaded (the process keeps its mapping)
+            return _checked(_compile(cc, private, name))
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+    target = directory / name
+    if not _intact(target):
+        return _checked(_compile(cc, directory, name))
+    try:
+        return _checked(target)
+    except (OSError, AttributeError):  # a library that does not work: built anew and replaced, ...
+        _compile(cc, directory, name)
+    # ... and loaded from a private copy: this process has the broken one open under that path,
+    # and loading the same path again would hand it back
+    private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))
+    try:
+        shutil.copy2(target, private / name)
+        return _checked(private / name)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _checked(path: Path) -> ctypes.CDLL:
+    lib = _bind(path)
+    _self_test(lib)
+    return lib
