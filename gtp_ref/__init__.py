@@ -20,11 +20,11 @@ from gtp_ref.timm_models import from_timm, tome_from_timm
 __all__ = ["from_timm", "tome_from_timm", "GTPViT", "GTPSettings", "paper_settings", "GTPTrace", "LayerTrace",
            "Provenance", "deit_tiny", "deit_small", "deit_base", "vit_large", "eva_large"]
 
-COMMANDS = ("bench", "eval", "vis", "digits")  # python -m gtp_ref.<command>: gtp_ref.apps.<command>
+COMMANDS = ("bench", "eval", "vis", "digits", "support")  # python -m gtp_ref.<command>: gtp_ref.apps.<command>
 
 
 class _CommandFinder(importlib.abc.MetaPathFinder):
-    """``python -m gtp_ref.bench`` (eval, vis, digits) runs ``gtp_ref.apps.bench``: the same files,
+    """``python -m gtp_ref.bench`` (eval, vis, digits, support) runs ``gtp_ref.apps.bench``: the same files,
     under the short name (a name only; nothing of the commands is imported until one is run)."""
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:

@@ -9,14 +9,16 @@ cannot represent is refused with a ValueError naming it.
 Supported (docs/timm.md has the matrix and the timm versions tested): plain ViT / DeiT of any
 size, patch and image size (square or not); ``class_token=False`` with average pooling; a class
 token with average pooling (prefix tokens left out of the mean); layer scale (DeiT-III);
-register tokens (``reg_tokens``) and ``no_embed_class``; ``fc_norm`` either way (the ``*_gap_*``
-models); ``norm_pre`` (CLIP-style pre-norm); any LayerNorm eps; patch embeddings without bias;
-no head (``num_classes=0``, e.g. MAE weights).  Refused: post-norm blocks, parallel or other block
-types, ``map`` / ``max`` / no pooling, hybrid (convolutional) stems, q/k or attention / MLP
-norms, gated attention, activations other than exact GELU, MLPs of another kind, a dynamic image
-size or padding, rotary or no position embeddings, distilled DeiT (two heads), and every other
-model class (EVA, ...).  ToMe also refuses register tokens (the official ToMe protects only the
-[CLS] token).
+register tokens (``reg_tokens``) and ``no_embed_class``; distilled DeiT (a distillation token,
+two heads); ``fc_norm`` either way (the ``*_gap_*`` models) or no final norm; ``norm_pre``
+(CLIP-style pre-norm) and a norm after the patch embedding; LayerNorm of any eps or RmsNorm;
+exact or tanh GELU and QuickGELU; patch embeddings without bias; no head (``num_classes=0``, e.g.
+MAE weights).  Refused: post-norm blocks, parallel or other block types, ``map`` / ``max`` / no
+pooling, hybrid (convolutional) stems, q/k or attention / MLP norms, gated attention, MLPs of
+another kind (SwiGLU, ...), a dynamic image size or padding, rotary or no position embeddings,
+and every other model class (EVA, ...).  ToMe also refuses register and distillation tokens (the
+official ToMe protects only the [CLS] token).  ``python -m gtp_ref.support`` counts what converts
+among timm's registered models.
 
 timm itself is not imported here: the model passed in is the user's, so timm is already loaded.
 """
@@ -35,15 +37,31 @@ def _name(obj: Any) -> str:
     return type(obj).__name__
 
 
-def _layer_norm(module: nn.Module, where: str) -> float | None:
-    """eps of a LayerNorm with weight and bias, None for an identity; ValueError otherwise."""
+def _norm(module: nn.Module, where: str) -> tuple[str, float] | None:
+    """(kind, eps) of a LayerNorm with weight and bias or of an RmsNorm with a weight (timm's or
+    torch's), None for an identity; ValueError otherwise."""
     if isinstance(module, nn.Identity):
         return None
+    if _name(module) in ("RmsNorm", "RMSNorm"):
+        weight, shape = getattr(module, "weight", None), tuple(getattr(module, "normalized_shape", ()))
+        if weight is None or len(shape) != 1 or getattr(module, "eps", None) is None:
+            raise ValueError(f"{where} is an RmsNorm without a weight over the channels; not supported")
+        return "rmsnorm", float(module.eps)
     if type(module) is not nn.LayerNorm and _name(module) != "LayerNorm":  # timm's LayerNorm subclasses nn's
-        raise ValueError(f"{where} is a {_name(module)}; only LayerNorm is supported")
+        raise ValueError(f"{where} is a {_name(module)}; only LayerNorm and RmsNorm are supported")
     if not isinstance(module, nn.LayerNorm) or not module.elementwise_affine or module.bias is None:
         raise ValueError(f"{where} is a LayerNorm without weight and bias; not supported")
-    return module.eps
+    return "layernorm", module.eps
+
+
+def _activation(act: nn.Module, where: str) -> str:
+    """The backbone's name of an MLP activation: exact or tanh GELU, QuickGELU; ValueError otherwise."""
+    name = _name(act)
+    if name == "GELU":
+        return "gelu" if getattr(act, "approximate", "none") == "none" else "gelu_tanh"
+    if name in ("GELUTanh", "QuickGELU"):
+        return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}[name]
+    raise ValueError(f"{where}.mlp is an Mlp with {name}; only GELU (exact or tanh) and QuickGELU are supported")
 
 
 def _identity(module: nn.Module | None, what: str) -> None:
@@ -56,13 +74,16 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
     every part of it is one the backbone represents exactly; ValueError naming the first that is not."""
     timm = sys.modules.get("timm")
     vit_class = getattr(getattr(getattr(timm, "models", None), "vision_transformer", None), "VisionTransformer", None)
+    distilled_class = getattr(getattr(getattr(timm, "models", None), "deit", None), "VisionTransformerDistilled", None)
     if vit_class is None or not isinstance(model, vit_class):
         raise ValueError(f"model is a {_name(model)}: from_timm takes a timm VisionTransformer "
                          "(timm.models.vision_transformer.VisionTransformer) instance")
-    if type(model) is not vit_class:
-        what = "distilled DeiT (a distillation token and a second head)" if hasattr(model, "dist_token") \
-            else f"a subclass of VisionTransformer ({_name(model)})"
-        raise ValueError(f"the model is {what}; not supported")
+    distilled = distilled_class is not None and type(model) is distilled_class
+    if type(model) is not vit_class and not distilled:
+        raise ValueError(f"the model is a subclass of VisionTransformer ({_name(model)}); not supported")
+    if distilled and (getattr(model, "num_reg_tokens", 0) or model.global_pool != "token"):
+        raise ValueError("the model is distilled DeiT with register tokens or another pooling than its [CLS] and "
+                         "distillation tokens; not supported")
     if getattr(model, "dynamic_img_size", False):
         raise ValueError("the model has a dynamic image size (dynamic_img_size=True); not supported")
     pe = model.patch_embed
@@ -71,7 +92,7 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
                          "(one convolution, kernel = stride = patch) is supported")
     if getattr(pe, "dynamic_img_pad", False) or not getattr(pe, "flatten", True):
         raise ValueError("the model pads images to the patch size (dynamic_img_pad=True); not supported")
-    _identity(getattr(pe, "norm", None), "a norm in the patch embedding")
+    embed_norm = _norm(getattr(pe, "norm", None) or nn.Identity(), "the patch embedding's norm (patch_embed.norm)")
     conv = pe.proj
     patch = tuple(conv.kernel_size)
     if (not isinstance(conv, nn.Conv2d) or patch != tuple(conv.stride) or patch[0] != patch[1]
@@ -88,11 +109,10 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
     if getattr(model, "pool_include_prefix", False):
         raise ValueError("the model averages the prefix tokens too (pool_include_prefix=True); not supported")
 
-    if isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity):
-        raise ValueError("the model has no final norm (final_norm=False); not supported")
+    final_norm = not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity))
     C = model.embed_dim
-    eps = {_layer_norm(model.norm_pre, "norm_pre"), _layer_norm(model.norm, "norm"),
-           _layer_norm(model.fc_norm, "fc_norm")}
+    norms = {embed_norm, _norm(model.norm_pre, "norm_pre"), _norm(model.norm, "norm"), _norm(model.fc_norm, "fc_norm")}
+    acts = set()
     blocks = list(model.blocks)
     heads, hidden, layer_scale = set(), set(), set()
     qkv_bias = set()
@@ -114,13 +134,14 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
             raise ValueError(f"{where}.attn has an attention width or scale other than C and 1/sqrt(C/H); not supported")
         if attn.proj.bias is None:
             raise ValueError(f"{where}.attn.proj has no bias (proj_bias=False); not supported")
-        if _name(mlp) != "Mlp" or _name(mlp.act) != "GELU" or getattr(mlp.act, "approximate", "none") != "none":
-            what = _name(mlp) if _name(mlp) != "Mlp" else f"an Mlp with {_name(mlp.act)}"
-            raise ValueError(f"{where}.mlp is {what}; only an Mlp with exact GELU is supported")
+        if _name(mlp) != "Mlp":
+            raise ValueError(f"{where}.mlp is {_name(mlp)}; only an Mlp (two linear layers around an activation) "
+                             "is supported")
+        acts.add(_activation(mlp.act, where))
         _identity(getattr(mlp, "norm", None), f"an MLP norm ({where}.mlp.norm)")
         if mlp.fc1.bias is None or mlp.fc2.bias is None:
             raise ValueError(f"{where}.mlp has no biases; not supported")
-        eps |= {_layer_norm(block.norm1, f"{where}.norm1"), _layer_norm(block.norm2, f"{where}.norm2")}
+        norms |= {_norm(block.norm1, f"{where}.norm1"), _norm(block.norm2, f"{where}.norm2")}
         scales = {_name(block.ls1), _name(block.ls2)}
         if scales - {"Identity", "LayerScale"} or len(scales) != 1:
             raise ValueError(f"{where} has layer scale {sorted(scales)}; only both ls1 and ls2 or neither is supported")
@@ -128,17 +149,21 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
         hidden.add(mlp.fc1.out_features)
         layer_scale.add(scales.pop())
         qkv_bias.add(attn.qkv.bias is not None)
-    eps.discard(None)
-    if len(eps) > 1 or len(heads) > 1 or len(hidden) > 1 or len(layer_scale) > 1 or len(qkv_bias) > 1:
-        raise ValueError("the model's blocks differ from each other (norm eps, heads, MLP width, layer scale or "
-                         "qkv bias); not supported")
+    norms.discard(None)
+    if len({kind for kind, _ in norms}) > 1:
+        raise ValueError(f"the model mixes kinds of norm ({', '.join(sorted({kind for kind, _ in norms}))}); not supported")
+    if len(norms) > 1 or len(heads) > 1 or len(hidden) > 1 or len(layer_scale) > 1 or len(qkv_bias) > 1 or len(acts) > 1:
+        raise ValueError("the model's blocks differ from each other (norm eps, heads, MLP width or activation, layer "
+                         "scale or qkv bias); not supported")
     (hidden,) = hidden
     mlp_ratio = hidden / C
     if int(C * mlp_ratio) != hidden:
         raise ValueError(f"the MLP width {hidden} is not int(C * mlp_ratio) for any float mlp_ratio; not supported")
     head = model.head
-    if not isinstance(head, (nn.Linear, nn.Identity)):
+    heads_out = [head, *([model.head_dist] if distilled else [])]
+    if not all(isinstance(h, (nn.Linear, nn.Identity)) for h in heads_out):
         raise ValueError(f"the model's head is a {_name(head)}; only a Linear (or none) is supported")
+    (kind, eps), = norms or {("layernorm", 1e-6)}
     return dict(img_size=img_size, patch_size=patch[0], in_chans=conv.in_channels,
                 num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
                 depth=len(blocks), num_heads=heads.pop(), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias.pop(),
@@ -146,7 +171,8 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
                 reg_tokens=getattr(model, "num_reg_tokens", 0), no_embed_class=model.no_embed_class,
                 pre_norm=not isinstance(model.norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
                 and isinstance(model.norm, nn.Identity), init_values=1.0 if layer_scale.pop() == "LayerScale" else None,
-                norm_eps=eps.pop() if eps else 1e-6, patch_bias=conv.bias is not None)
+                norm_eps=eps, patch_bias=conv.bias is not None, norm=kind, act=acts.pop(), final_norm=final_norm,
+                embed_norm=embed_norm is not None, dist_token=distilled)
 
 
 def stochastic_modules(model: nn.Module) -> list[str]:

@@ -117,8 +117,9 @@ class ToMeViT(ViT):
     def __init__(self, *args: Any, r: int | list[int] = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.num_prefix_tokens > int(self.class_token):
-            raise ValueError("ToMe with register tokens is not supported: the official ToMe protects only the "
-                             "[CLS] token, so it would merge registers with image tokens")
+            raise ValueError("ToMe with prefix tokens beyond [CLS] (register tokens, a distillation token) is not "
+                             "supported: the official ToMe protects only the [CLS] token, so it would merge them with "
+                             "image tokens")
         self.r = r  # validated by the property
 
     @property

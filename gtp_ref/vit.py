@@ -17,12 +17,14 @@ from torch import Tensor, nn
 from gtp_ref._checks import GLOBAL_POOLS, choice, flag, integer, pair, real
 
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
+NORMS = ("layernorm", "rmsnorm")  # the kinds of norm, one for the whole model (timm's LayerNorm, RmsNorm)
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP's: exact GELU, tanh-approximated GELU, CLIP's QuickGELU
 
 # Parts of timm ViT checkpoints that this model does not have, by a key component they carry.
 FOREIGN_KEYS = {
     "ls1": "layer scale (DeiT-III style ls1 / ls2)", "ls2": "layer scale (DeiT-III style ls1 / ls2)",
     "reg_token": "register tokens", "dist_token": "a distillation token (distilled DeiT)",
-    "head_dist": "a distillation head (distilled DeiT)", "norm_pre": "a LayerNorm before the blocks (CLIP-style)",
+    "head_dist": "a distillation head (distilled DeiT)", "norm_pre": "a norm before the blocks (CLIP-style)",
     "q_norm": "query / key normalisation", "k_norm": "query / key normalisation",
     "attn_pool": "attention pooling (global_pool='map')", "backbone": "a convolutional stem (hybrid ViT)",
     "cls_token": "a [CLS] token", "fc_norm": "a LayerNorm after pooling (fc_norm)",
@@ -30,15 +32,46 @@ FOREIGN_KEYS = {
 }
 
 
-class PatchEmbed(nn.Module):
-    """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid."""
+class RmsNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension (timm's RmsNorm): [..., C] -> [..., C]."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, bias: bool = True) -> None:
+    def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, n, C)
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+
+class QuickGELU(nn.Module):
+    """x sigmoid(1.702 x): OpenAI CLIP's approximation of GELU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def norm_layer(kind: str, dim: int, eps: float) -> nn.Module:
+    """A LayerNorm (weight and bias) or an RmsNorm (weight) over dim channels."""
+    return nn.LayerNorm(dim, eps=eps) if kind == "layernorm" else RmsNorm(dim, eps)
+
+
+def activation(kind: str) -> nn.Module:
+    return {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU()}[kind]
+
+
+class PatchEmbed(nn.Module):
+    """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid; a norm of
+    each token after the projection with ``norm`` (AIMv2)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, bias: bool = True,
+                 norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.norm = norm or nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # (B, n, C)
 
 
 class AttentionMap(nn.Module):
@@ -109,9 +142,9 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), activation(act), nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -137,13 +170,14 @@ class Block(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
-                 init_values: float | None = None, norm_eps: float = LN_EPS) -> None:
+                 init_values: float | None = None, norm_eps: float = LN_EPS, norm: str = "layernorm",
+                 act: str = "gelu") -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = norm_layer(norm, dim, norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.ls1 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = norm_layer(norm, dim, norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self.ls2 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
 
     def forward(self, x: Tensor, fused: bool = False) -> Tensor:
@@ -154,14 +188,19 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """A plain pre-norm ViT in timm's layout: [B, in_chans, H, W] -> logits [B, num_classes].
 
-    The tokens are the prefix tokens -- a ``[CLS]`` token (``class_token``) and ``reg_tokens``
-    register tokens, in that order -- then the image tokens of the patch grid, row-major.  As in
-    timm: ``no_embed_class`` adds the position embedding to the image tokens only; ``pre_norm``
-    puts a LayerNorm (``norm_pre``) before the blocks; ``init_values`` turns on layer scale;
-    ``fc_norm`` chooses the final LayerNorm after pooling (``fc_norm``) over the one before it
-    (``norm``), by default after for average pooling and before for ``[CLS]`` pooling;
-    ``global_pool="avg"`` averages the image tokens (prefix tokens left out).  ``fused_attn``
-    chooses ``scaled_dot_product_attention`` (timm's default) over the explicit softmax attention.
+    The tokens are the prefix tokens -- a ``[CLS]`` token (``class_token``), a distillation token
+    (``dist_token``, distilled DeiT) and ``reg_tokens`` register tokens, in that order -- then the
+    image tokens of the patch grid, row-major.  As in timm: ``no_embed_class`` adds the position
+    embedding to the image tokens only; ``pre_norm`` puts a norm (``norm_pre``) before the blocks
+    and ``embed_norm`` one after the patch projection; ``init_values`` turns on layer scale;
+    ``fc_norm`` chooses the final norm after pooling (``fc_norm``) over the one before it
+    (``norm``), by default after for average pooling and before for ``[CLS]`` pooling, and
+    ``final_norm=False`` drops both; ``norm`` is the kind of every norm ("layernorm" or
+    "rmsnorm"), ``act`` the MLP's activation ("gelu", "gelu_tanh", "quick_gelu");
+    ``global_pool="avg"`` averages the image tokens (prefix tokens left out).  With a
+    distillation token the logits are the mean of ``head`` on [CLS] and ``head_dist`` on it (timm's
+    inference).  ``fused_attn`` chooses ``scaled_dot_product_attention`` (timm's default) over
+    the explicit softmax attention.
     """
 
     block_class: type[Block] = Block  # the token-reduction models put their own block here
@@ -171,7 +210,9 @@ class ViT(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
                  global_pool: str = "token", fused_attn: bool = False, *, reg_tokens: int = 0,
                  no_embed_class: bool = False, pre_norm: bool = False, fc_norm: bool | None = None,
-                 init_values: float | None = None, norm_eps: float = LN_EPS, patch_bias: bool = True) -> None:
+                 init_values: float | None = None, norm_eps: float = LN_EPS, patch_bias: bool = True,
+                 norm: str = "layernorm", act: str = "gelu", final_norm: bool = True, embed_norm: bool = False,
+                 dist_token: bool = False) -> None:
         super().__init__()
         img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
         in_chans = integer("in_chans", in_chans, minimum=1)
@@ -187,7 +228,13 @@ class ViT(nn.Module):
         norm_eps = real("norm_eps", norm_eps, 0.0, low_open=True)
         init_values = None if init_values is None else real("init_values", init_values)
         choice("global_pool", global_pool, GLOBAL_POOLS)
+        choice("norm", norm, NORMS)
+        choice("act", act, ACTIVATIONS)
+        final_norm, embed_norm = flag("final_norm", final_norm), flag("embed_norm", embed_norm)
+        dist_token = flag("dist_token", dist_token)
         fc_norm = global_pool == "avg" if fc_norm is None else flag("fc_norm", fc_norm)
+        if dist_token and (not class_token or global_pool != "token"):
+            raise ValueError("dist_token=True (distilled DeiT) needs class_token=True and global_pool='token'")
         if patch_size[0] != patch_size[1]:
             raise ValueError(f"patch_size={patch_size!r} must be square (timm's PatchEmbed)")
         if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
@@ -203,22 +250,28 @@ class ViT(nn.Module):
         self.grid = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
         self.img_size, self.in_chans = img_size, in_chans
         self.class_token, self.global_pool, self.fused_attn = class_token, global_pool, fused_attn
-        self.num_prefix_tokens, self.no_embed_class = int(class_token) + reg_tokens, no_embed_class
+        self.num_prefix_tokens = int(class_token) + int(dist_token) + reg_tokens
+        self.no_embed_class = no_embed_class
         n = self.grid[0] * self.grid[1]
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size[0], patch_bias)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size[0], patch_bias,
+                                      norm_layer(norm, embed_dim, norm_eps) if embed_norm else None)
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if dist_token:
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if reg_tokens:
             self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim))
         embed_len = n if no_embed_class else n + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
-        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
-        self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_eps)
-                                    for _ in range(depth))
-        self.norm = nn.Identity() if fc_norm else nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if fc_norm else nn.Identity()
+        self.norm_pre = norm_layer(norm, embed_dim, norm_eps) if pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_eps,
+                                                     norm, act) for _ in range(depth))
+        self.norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and not fc_norm else nn.Identity()
+        self.fc_norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if dist_token:
+            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes  # 0: no head, the pooled features are the output (as timm)
         self.dropout_not_applied: tuple[str, ...] = ()  # from_timm: the timm model's dropout, which this lacks
 
@@ -269,7 +322,7 @@ class ViT(nn.Module):
         """Patch embedding, prefix tokens, position embedding, norm_pre: [B, in_chans, H, W] -> [B, N, C]."""
         self.check_input(x)
         x = self.patch_embed(x)  # (B, n, C)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (getattr(self, "cls_token", None),
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (getattr(self, "cls_token", None), getattr(self, "dist_token", None),
                                                          getattr(self, "reg_token", None)) if t is not None]
         if self.no_embed_class:  # the position embedding covers the image tokens only
             x = torch.cat([*prefix, x + self.pos_embed], dim=1)  # (B, N, C)
@@ -280,6 +333,8 @@ class ViT(nn.Module):
     def forward_head(self, x: Tensor) -> Tensor:
         """The tokens after the last block [B, N_L, C] -> logits [B, num_classes]."""
         x = self.norm(x)  # (B, N_L, C); the identity with fc_norm
+        if hasattr(self, "dist_token"):  # distilled DeiT: the mean of the two heads' logits (timm's inference)
+            return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
         if self.global_pool == "avg":  # plain mean of the image tokens; prefix tokens left out (timm)
             pooled = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, C)
         else:

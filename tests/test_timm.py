@@ -40,6 +40,12 @@ SUPPORTED = [
     ("norm_pre, eps 1e-5, no patch bias (CLIP)", "vit_base_patch16_clip_224", dict(depth=1)),
     ("no head (MAE weights)", "vit_base_patch16_224.mae", dict(depth=1, num_classes=0)),
     ("no qkv bias", None, dict(TINY, qkv_bias=False)),
+    ("QuickGELU (OpenAI CLIP)", "vit_base_patch16_clip_quickgelu_224", dict(depth=1)),
+    ("tanh GELU, average pooling (SigLIP *_gap_*)", "vit_base_patch16_siglip_gap_224", dict(depth=1)),
+    ("RmsNorm everywhere, norm after the patch embedding", None,
+     dict(TINY, norm_layer="rmsnorm", embed_norm_layer="rmsnorm", pre_norm=True)),
+    ("no final norm", "vit_base_patch16_radio_v3", dict(depth=1, img_size=64)),
+    ("distilled DeiT (two prefix tokens, two heads)", "deit_tiny_distilled_patch16_224", dict(depth=2)),
 ]
 REFUSED = [
     ("post-norm blocks", "vit_base_patch16_rpn_224", dict(depth=1), r"ResPostBlock \(post-norm"),
@@ -47,10 +53,9 @@ REFUSED = [
     ("max pooling", None, dict(TINY, global_pool="max"), "global_pool='max'"),
     ("hybrid stem", "vit_small_r26_s32_224", dict(depth=1), "patch embedding is a HybridEmbed"),
     ("another model class (EVA-02)", "eva02_tiny_patch14_224", dict(depth=1), "model is a Eva"),
-    ("distilled DeiT", "deit_tiny_distilled_patch16_224", dict(depth=1), "distilled DeiT"),
     ("image size not divisible by the patch", None, dict(TINY, img_size=36), "not divisible by the patch"),
     ("q/k norm", None, dict(TINY, qk_norm=True), "query norm"),
-    ("QuickGELU", "vit_base_patch16_clip_quickgelu_224", dict(depth=1), "QuickGELU"),
+    ("SwiGLU MLP", None, dict(TINY, mlp_layer=timm.layers.SwiGLU), "only an Mlp"),
     ("dynamic image size", None, dict(TINY, dynamic_img_size=True), "dynamic image size"),
 ]
 
@@ -112,9 +117,11 @@ def test_float32_is_the_timm_model_too(what, name, kwargs):
     assert rel_err(got, want) <= 1e-5, (what, rel_err(got, want))
 
 
+PREFIXED = [SUPPORTED[i] for i in (13, 14, 10)] + [s for s in SUPPORTED if s[0].startswith("distilled")]
+
+
 @pytest.mark.parametrize("backend", ["dense", "sparse", "fast"])
-@pytest.mark.parametrize("what, name, kwargs", [SUPPORTED[13], SUPPORTED[14], SUPPORTED[10]],
-                         ids=[SUPPORTED[i][0] for i in (13, 14, 10)])
+@pytest.mark.parametrize("what, name, kwargs", PREFIXED, ids=[s[0] for s in PREFIXED])
 def test_gtp_runs_on_every_backend_with_prefix_tokens(what, name, kwargs, backend):
     """With registers / without [CLS]: prefix tokens are never selected or propagated, keep size 1,
     and the backends agree."""
@@ -151,10 +158,25 @@ def test_what_cannot_be_represented_is_refused_by_name(what, name, kwargs, messa
         tome_from_timm(model)
 
 
-def test_tome_refuses_register_tokens():
-    model = timm_model("vit_small_patch14_reg4_dinov2", dict(depth=1, img_size=56))
-    with pytest.raises(ValueError, match="register tokens"):
-        tome_from_timm(model, r=2)
+@pytest.mark.parametrize("name, kwargs", [("vit_small_patch14_reg4_dinov2", dict(depth=1, img_size=56)),
+                                          ("deit_tiny_distilled_patch16_224", dict(depth=1))])
+def test_tome_refuses_prefix_tokens_beyond_cls(name, kwargs):
+    with pytest.raises(ValueError, match="prefix tokens beyond \\[CLS\\]"):
+        tome_from_timm(timm_model(name, kwargs), r=2)
+
+
+def test_the_registry_survey_names_every_refusal():
+    """python -m gtp_ref.support on a few models of each kind: converted or refused with the reason."""
+    from gtp_ref.apps import support
+    names = ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_base_patch16_clip_quickgelu_224",
+             "eva02_tiny_patch14_224", "vit_small_r26_s32_224", "samvit_base_patch16"]
+    rows = {r["name"]: r for r in support.survey(names=names)}
+    assert set(rows) == set(names)
+    assert [n for n in names if rows[n]["converted"]] == names[:3]
+    for n in names[3:]:
+        assert rows[n]["reason"], n
+    table = support.table(list(rows.values()))
+    assert "converts 3 of the 6 models" in table and "refused, by reason" in table
 
 
 def test_a_strict_key_match_is_no_proof():
@@ -233,3 +255,10 @@ def test_mixed_parameter_dtypes_are_refused():
     model.blocks[1].half()
     with pytest.raises(ValueError, match=r"several dtypes \(torch.float16, torch.float32\)"):
         from_timm(model)
+
+
+def test_the_survey_command_checks_its_arguments_first(tmp_path):
+    from gtp_ref.apps import support
+    from tests.helpers import command
+    r = command(support.main, "--json-out", tmp_path / "rows.txt")
+    assert r.returncode == 2 and "--json-out" in r.stderr and "must end in .json" in r.stderr, r.stderr

@@ -4,12 +4,13 @@
     eval.py        python -m gtp_ref.eval     top-1 / top-5 on an image folder, sweeps
     vis.py         python -m gtp_ref.vis      a picture of what GTP did to one image
     digits.py      python -m gtp_ref.digits   the supplement's accuracy experiments, small
+    support.py     python -m gtp_ref.support  which of timm's ViT-family models from_timm converts, and why not
     images.py      the image folder and its batches (for eval)
     loading.py     models and checkpoints for the commands
     preprocess.py  a model's evaluation preprocessing (Pillow and torch)
 
 Each command also runs as ``python -m gtp_ref.apps.<name>`` and as a console script
-(``gtp-bench``, ``gtp-eval``, ``gtp-vis``, ``gtp-digits``).  ``AUTOCAST`` is the commands' one
+(``gtp-bench``, ``gtp-eval``, ``gtp-vis``, ``gtp-digits``, ``gtp-support``).  ``AUTOCAST`` is the commands' one
 table of dtypes.
 """
 import torch

@@ -86,8 +86,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         g = geometry(args.timm)
         unavailable = {"baseline_explicit": "the baseline is timm's own model",
                        "pruned_free": "free pruning is measured on the presets (--models)"}
-        if g.reg_tokens:
-            unavailable["tome"] = "ToMe with register tokens is not supported"
+        if g.reg_tokens or hasattr(TIMM_MODELS[args.timm][0], "dist_token"):
+            unavailable["tome"] = "ToMe with prefix tokens beyond [CLS] (registers, a distillation token) is not supported"
         asked = [m for m in args.methods if m.split("+")[0] in unavailable]
         if asked and set(args.methods) != set(METHODS + GRAPHED) and set(args.methods) != set(METHODS):
             parser.error(f"--methods {asked[0]} with --timm: {unavailable[asked[0].split('+')[0]]}")

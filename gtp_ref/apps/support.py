@@ -1,0 +1,105 @@
+"""``python -m gtp_ref.support``: which of timm's ViT-family models ``gtp_ref.from_timm`` converts,
+and why each of the others is refused.
+
+Every model that timm registers in its ViT-family modules (``MODULES``) is built on the meta
+device -- no weights, no memory, seconds for the whole registry -- in eval mode, and converted
+with ``num_prop=0``; a refusal is the ``ValueError`` that ``from_timm`` raises, which names what it
+cannot represent.  The table counts the models per reason; ``--json-out`` keeps every model's row.
+timm is needed (the ``timm`` extra).
+"""
+import argparse
+import json
+import re
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from complexity._cli import OneLineParser, output_path
+
+MODULES = ("vision_transformer", "eva", "deit", "beit", "vision_transformer_relpos", "naflexvit",
+           "vision_transformer_hybrid", "vision_transformer_sam")
+
+
+def reason_key(message: str) -> str:
+    """A refusal's reason without what varies from model to model (block numbers, sizes, names in
+    parentheses): the rows of the table."""
+    message = re.sub(r"blocks\.\d+", "blocks.N", message.split("; ")[0])
+    return re.sub(r"\d+", "N", message)
+
+
+def survey(modules: Sequence[str] = MODULES, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per model: name, module, converted (bool), reason (the refusal; None when converted)."""
+    import timm
+
+    from gtp_ref.timm_models import from_timm
+    rows = []
+    for module in modules:
+        try:
+            registered = timm.list_models(module=module)
+        except Exception as e:  # noqa: BLE001 -- a module this timm version lacks
+            rows.append(dict(name=None, module=module, converted=False, reason=f"timm has no module {module!r} ({e})"))
+            continue
+        for name in registered if names is None else [n for n in registered if n in names]:
+            row = dict(name=name, module=module, converted=False, reason=None)
+            try:
+                with warnings.catch_warnings(), torch.device("meta"):
+                    warnings.simplefilter("ignore")
+                    model = timm.create_model(name, pretrained=False).eval()
+            except Exception as e:  # noqa: BLE001 -- timm itself cannot build it on the meta device
+                row["reason"] = f"timm cannot build it on the meta device: {type(e).__name__}: {e}"
+                rows.append(row)
+                continue
+            try:
+                from_timm(model, num_prop=0)
+                row["converted"] = True
+            except ValueError as e:
+                row["reason"] = str(e)
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    converted = sum(r["converted"] for r in rows)
+    models = [r for r in rows if r["name"] is not None]
+    out = [f"from_timm converts {converted} of the {len(models)} models timm registers in "
+           f"{', '.join(sorted({r['module'] for r in rows}))} ({100 * converted / max(len(models), 1):.0f} %)", ""]
+    by_module = Counter(r["module"] for r in models)
+    done = Counter(r["module"] for r in models if r["converted"])
+    out += [f"{'module':>28} {'models':>6} {'converted':>9}"]
+    out += [f"{m:>28} {by_module[m]:>6} {done[m]:>9}" for m in sorted(by_module)]
+    reasons = Counter(reason_key(r["reason"]) for r in rows if not r["converted"])
+    if reasons:
+        out += ["", "refused, by reason:"]
+        for reason, count in reasons.most_common():
+            example = next(r["name"] for r in rows if not r["converted"] and reason_key(r["reason"]) == reason)
+            out.append(f"{count:>5}  {reason}  (e.g. {example})")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m gtp_ref.support", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modules", nargs="+", default=list(MODULES), metavar="MODULE",
+                        help=f"timm's model modules to survey (default: {' '.join(MODULES)})")
+    parser.add_argument("--json-out", default=None, metavar="PATH", help="also write every model's row as JSON")
+    args = parser.parse_args(argv)
+    out = output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
+    try:
+        import timm
+    except ImportError as e:
+        parser.error(f"needs timm (pip install 'gtp-ref[timm]'): {e}")
+    rows = survey(args.modules)
+    print(table(rows), end="")
+    if out is not None:
+        Path(out).write_text(json.dumps({"timm": timm.__version__, "torch": torch.__version__, "rows": rows},
+                                        indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
