@@ -31,6 +31,7 @@ from torch import nn
 from gtp_ref._checks import GLOBAL_POOLS
 from gtp_ref.model import GTPViT
 from gtp_ref.tome import ToMeViT
+from gtp_ref.vit import LN_EPS
 
 
 def _name(obj: Any) -> str:
@@ -54,13 +55,16 @@ def _norm(module: nn.Module, where: str) -> tuple[str, float] | None:
     return "layernorm", module.eps
 
 
+TIMM_ACTIVATIONS = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}  # timm's activation modules
+
+
 def _activation(act: nn.Module, where: str) -> str:
     """The backbone's name of an MLP activation: exact or tanh GELU, QuickGELU; ValueError otherwise."""
     name = _name(act)
     if name == "GELU":
         return "gelu" if getattr(act, "approximate", "none") == "none" else "gelu_tanh"
-    if name in ("GELUTanh", "QuickGELU"):
-        return {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}[name]
+    if name in TIMM_ACTIVATIONS:
+        return TIMM_ACTIVATIONS[name]
     raise ValueError(f"{where}.mlp is an Mlp with {name}; only GELU (exact or tanh) and QuickGELU are supported")
 
 
@@ -163,7 +167,7 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
     heads_out = [head, *([model.head_dist] if distilled else [])]
     if not all(isinstance(h, (nn.Linear, nn.Identity)) for h in heads_out):
         raise ValueError(f"the model's head is a {_name(head)}; only a Linear (or none) is supported")
-    (kind, eps), = norms or {("layernorm", 1e-6)}
+    kind, eps = norms.pop() if norms else ("layernorm", LN_EPS)  # the one kind and eps of every norm
     return dict(img_size=img_size, patch_size=patch[0], in_chans=conv.in_channels,
                 num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
                 depth=len(blocks), num_heads=heads.pop(), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias.pop(),

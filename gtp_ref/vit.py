@@ -57,7 +57,10 @@ def norm_layer(kind: str, dim: int, eps: float) -> nn.Module:
 
 
 def activation(kind: str) -> nn.Module:
-    return {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU()}[kind]
+    """The MLP activation of ``ACTIVATIONS`` named ``kind``."""
+    if kind == "quick_gelu":
+        return QuickGELU()
+    return nn.GELU(approximate="tanh" if kind == "gelu_tanh" else "none")
 
 
 class PatchEmbed(nn.Module):
@@ -198,8 +201,8 @@ class ViT(nn.Module):
     ``final_norm=False`` drops both; ``norm`` is the kind of every norm ("layernorm" or
     "rmsnorm"), ``act`` the MLP's activation ("gelu", "gelu_tanh", "quick_gelu");
     ``global_pool="avg"`` averages the image tokens (prefix tokens left out).  With a
-    distillation token the logits are the mean of ``head`` on [CLS] and ``head_dist`` on it (timm's
-    inference).  ``fused_attn`` chooses ``scaled_dot_product_attention`` (timm's default) over
+    distillation token the logits are the mean of ``head`` on [CLS] and ``head_dist`` on the
+    distillation token (timm's inference).  ``fused_attn`` chooses ``scaled_dot_product_attention`` (timm's default) over
     the explicit softmax attention.
     """
 

@@ -43,21 +43,23 @@ def available() -> bool:
     return _LIB is not None
 
 
-def _raw_call(lib: ctypes.CDLL, name: str, *tensors: Tensor, ints: tuple[int, ...],
-              outputs: tuple[Tensor, ...]) -> None:
-    """lib.<name>_<dtype>(tensors..., ints..., outputs..., threads) on contiguous CPU tensors."""
-    dtype = tensors[0].dtype
-    c_float = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-    fn = getattr(lib, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
-    ptr = ctypes.POINTER(c_float)
-    fn(*(ctypes.cast(t.data_ptr(), ptr) for t in tensors), *ints,
-       *(ctypes.cast(t.data_ptr(), ptr) for t in outputs), torch.get_num_threads())
+def _function(name: str, dtype: torch.dtype) -> Any:
+    """The compiled library's function ``name`` for float32 / float64 (building the library first)."""
+    if not available():
+        raise RuntimeError(f"the compiled CPU kernels are not available: {REASON}")
+    return getattr(_LIB, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
+
+def _pointer(t: Tensor | None) -> Any:
+    """A tensor's data as the C function's float* / double* (None: NULL)."""
+    if t is None:
+        return None
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float if t.dtype == torch.float32 else ctypes.c_double))
 
 
 def _call(name: str, *tensors: Tensor, ints: tuple[int, ...], outputs: tuple[Tensor, ...]) -> None:
-    if not available():
-        raise RuntimeError(f"the compiled CPU selection is not available: {REASON}")
-    _raw_call(_LIB, name, *tensors, ints=ints, outputs=outputs)
+    """<name>_<dtype>(tensors..., ints..., outputs..., threads) on contiguous CPU tensors."""
+    _function(name, tensors[0].dtype)(*map(_pointer, tensors), *ints, *map(_pointer, outputs), torch.get_num_threads())
 
 
 @torch.library.custom_op("gtp_ref::kth_smallest_rows", mutates_args=())
@@ -112,20 +114,14 @@ def _backward(ctx, g_masked, g_col_sums, g_diagonal, g_first_row, g_tau):
 mask_heads.register_autograd(_backward, setup_context=_save)
 
 
-def _pointer(t: Tensor | None) -> Any:
-    if t is None:
-        return None
-    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float if t.dtype == torch.float32 else ctypes.c_double))
-
-
 @torch.library.custom_op("gtp_ref::cpu_attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A GTP block's attention on the CPU in one call: q (scaled), k [B, H, N, d], v [B, H, N, dv]
     (float32 / float64, any strides with unit stride along the last dimension), log s [B, N] or
     None, kth = the threshold's rank among a head's N^2 entries (0: none) -> (Att v [B, N, H, dv]
-    with each head's entries
-    below its kth smallest set to 0; that map's column sums, diagonal and first row [B, H, N];
+    with each head's entries below its kth smallest set to 0; that map's column sums, diagonal
+    and first row [B, H, N];
     the thresholds [B, H], -inf for kth = 0).  Gradients are those of the same computation in
     torch ops, recomputed in the backward pass (the threshold passes none, as through the
     reference's masked_fill)."""
@@ -137,12 +133,10 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
     col_sums, diagonal, first_row = (q.new_empty(B, H, N) for _ in range(3))
     tau = q.new_full((B, H), float("-inf"))
     if B * H and N:
-        if not available():
-            raise RuntimeError(f"the compiled CPU kernels are not available: {REASON}")
-        fn = getattr(_LIB, f"attention_{'f32' if q.dtype == torch.float32 else 'f64'}")
         strides = (ctypes.c_int64 * 9)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        failed = fn(*map(_pointer, (q, k, v, log_s)), strides, B, H, N, d, dv, kth,
-                    *map(_pointer, (out, col_sums, diagonal, first_row, tau)), torch.get_num_threads())
+        failed = _function("attention", q.dtype)(*map(_pointer, (q, k, v, log_s)), strides, B, H, N, d, dv, kth,
+                                                 *map(_pointer, (out, col_sums, diagonal, first_row, tau)),
+                                                 torch.get_num_threads())
         if failed:
             raise MemoryError(f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps "
                               f"({N} x {N})")

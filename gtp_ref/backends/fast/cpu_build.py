@@ -93,7 +93,8 @@ def _key(cc: str) -> str:
     except (OSError, subprocess.SubprocessError):
         version = ""
     h = hashlib.sha256(SOURCE.read_bytes())
-    for part in (cc, version, " ".join(FLAGS), platform.machine(), platform.processor(), _cpu_flags()):
+    flags = " ".join(FLAGS) + repr(VARIANTS)
+    for part in (cc, version, flags, platform.machine(), platform.processor(), _cpu_flags()):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:16]
 
