@@ -170,6 +170,85 @@ def test_lazy_graph_blocks_are_the_dense_blocks():
     assert (G.A0[:, 12] == 0).all() and (G.A0[:, :, 12] == 0).all(), "the mean token's node has no edges"
 
 
+@given(st.data())
+def test_token_graph_is_the_dense_graph_exactly(data):
+    """The fast graph (built in place, the spatial part kept between calls) is the reference's Â
+    bit for bit: every graph kind, M = 0 to n - 1, ties, rectangular and one-row grids."""
+    h, w = data.draw(st.integers(1, 7)), data.draw(st.integers(1, 7))
+    n = h * w
+    dtype = data.draw(st.sampled_from(DTYPES))
+    x = data.draw(tensors((data.draw(st.integers(1, 3)), n, data.draw(st.integers(1, 6))), dtype=dtype))
+    graph, M = data.draw(st.sampled_from(["spatial", "semantic", "mixed"])), data.draw(st.integers(0, n - 1))
+    for _ in range(2):  # the second call reads the kept spatial graph
+        assert torch.equal(fast.to_dense(fast.token_graph(x, (h, w), graph, M)), dense.token_graph(x, (h, w), graph, M))
+
+
+@st.composite
+def special_scores(draw):
+    """Scores with ties, NaN, -0 / +0 and infinities; P from 0 to n (beyond the compiled limit too)."""
+    B, n = draw(st.integers(1, 3)), draw(st.integers(1, 90))
+    values = st.sampled_from([float("nan"), 0.0, -0.0, float("inf"), -float("inf"), 1.0, 2.0]) | st.floats(-3, 3)
+    scores = torch.tensor(draw(st.lists(values, min_size=B * n, max_size=B * n)), dtype=draw(st.sampled_from(DTYPES)))
+    return scores.view(B, n), draw(st.integers(0, n))
+
+
+@given(special_scores())
+def test_select_tokens_is_the_reference_order(case):
+    """The compiled selection (no sort) names the same tokens in the same order as the reference's
+    stable sort: ties to the larger index first, NaN last, -0 equal to +0."""
+    scores, P = case
+    (kd, pd), (kf, pf) = dense.select_tokens(scores, P), fast.select_tokens(scores, P)
+    assert torch.equal(kd, kf) and torch.equal(pd, pf), (scores.tolist(), P)
+
+
+@needs_native
+def test_compiled_propagation_checks_its_indices():
+    """The compiled propagation refuses kept / prop that are no partition, with the reference's message."""
+    x = torch.randn(2, 7, 4)
+    G = fast.token_graph(x[:, 1:], (2, 3), "mixed", 2)
+    kept, prop = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]]), torch.tensor([[4, 5], [4, 4]])
+    with pytest.raises(ValueError, match="name image token 4 of image 1 2 times"):
+        fast.propagate(x, G, kept, prop, 0.1)
+    with pytest.raises(ValueError, match="index 6, outside the n = 6 image tokens"):
+        fast.propagate(x, G, kept, torch.tensor([[4, 5], [5, 6]]), 0.1)
+
+
+@needs_native
+def test_propagation_with_gradients_equals_dense():
+    """Where gradients are needed the fast propagation takes torch ops: the same values and the
+    same gradients as the reference."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 13, 5, dtype=torch.float64, generator=g)
+    s = torch.rand(2, 13, dtype=torch.float64, generator=g) + 1
+    kept, prop = dense.select_tokens(torch.rand(2, 12, generator=g, dtype=torch.float64), 4)
+    grads = []
+    for ops in (dense, fast):
+        xg, sg = x.clone().requires_grad_(), s.clone().requires_grad_()
+        out, _, sizes = ops.propagate(xg, ops.token_graph(x[:, 1:], (3, 4), "mixed", 3), kept, prop, 0.3, sg)
+        (out.square().sum() + sizes.square().sum()).backward()
+        grads.append((out.detach(), xg.grad, sg.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_native
+def test_compiled_selection_and_propagation_compile_into_one_graph():
+    """torch.compile sees the compiled selection and propagation as one op each (no graph break)."""
+    x = torch.randn(2, 13, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    G = fast.token_graph(x[:, 1:], (3, 4), "mixed", 3)
+
+    def step(x, scores):
+        kept, prop = fast.select_tokens(scores, 4)
+        return fast.propagate(x, G, kept, prop, 0.3)[0] * 2
+    scores = torch.rand(2, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    torch.compiler.reset()
+    with torch.no_grad():
+        got = torch.compile(step, fullgraph=True, backend="eager")(x, scores)
+    kept, prop = dense.select_tokens(scores, 4)
+    want = dense.propagate(x, dense.token_graph(x[:, 1:], (3, 4), "mixed", 3), kept, prop, 0.3)[0] * 2
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_cuda_graphed_needs_a_cuda_input():
     with pytest.raises(ValueError, match="CUDA example input"):
         cuda_graphed(lambda x: x, torch.zeros(2))

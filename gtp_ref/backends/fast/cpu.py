@@ -5,7 +5,10 @@ in two streaming passes (``cpu_kernels.c`` says how), against a sort-like ``torc
 sums, diagonal and first row in one more pass while the head's map is in cache;
 ``attention_op``: a GTP block's whole attention per image and head -- q k^T, the softmax, the
 threshold, the masking, what the selection reads and Att v -- with the head's map in the cache of
-the core that computes it from the first product to the last.
+the core that computes it from the first product to the last; ``select_tokens``: GTP's selection without a sort; ``propagate``: the propagation
+by the graph, the kept tokens' new features, sizes and graph rows in one pass (with the check that
+kept and propagated tokens partition the image tokens), where torch ops take some thirty small
+calls.
 
 The library is built on first use and loaded only when trusted and intact
 (``gtp_ref.backends.fast.cpu_build`` says how).
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gtp_ref._checks import check_partition
 from gtp_ref.backends.fast import cpu_build
 
 _LIB: ctypes.CDLL | None = None
@@ -51,10 +55,8 @@ def _function(name: str, dtype: torch.dtype) -> Any:
 
 
 def _pointer(t: Tensor | None) -> Any:
-    """A tensor's data as the C function's float* / double* (None: NULL)."""
-    if t is None:
-        return None
-    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_float if t.dtype == torch.float32 else ctypes.c_double))
+    """A tensor's data as the C function's pointer argument: its address (None: NULL)."""
+    return None if t is None else t.data_ptr()
 
 
 def _call(name: str, *tensors: Tensor, ints: tuple[int, ...], outputs: tuple[Tensor, ...]) -> None:
@@ -177,3 +179,64 @@ def _attention_backward(ctx, *grads: Tensor):
 
 
 attention_op.register_autograd(_attention_backward, setup_context=_save_attention)
+
+
+def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Tensor, prop: Tensor,
+                 alpha: float, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+    """GTP's propagation by the graph on the CPU in one call: x [B, N, C] (float32 / float64),
+    token sizes [B, N] or None, the fast backend's LazyGraph (A0 [B, a, a] in x's dtype, ids [B, n]),
+    kept [B, n - P] and prop [B, P] (image-token indices that together name each of the n = N -
+    prefix image tokens once; ValueError otherwise), alpha -> (x [B, prefix + n - P, C] with
+    x_K + alpha Â[K, P] x_P for the kept tokens, sizes [B, prefix + n - P] likewise ([B, 0]
+    without sizes), the kept tokens' rows of A0 [B, n - P]).  No autograd: ``ops.propagate`` takes
+    torch ops where gradients are needed."""
+    x, A0, ids, kept, prop = (t.contiguous() for t in (x, A0, ids.long(), kept.long(), prop.long()))
+    sizes = None if sizes is None else sizes.to(x.dtype).contiguous()
+    (B, N, C), c, nk, n_prop = x.shape, prefix, kept.shape[1], prop.shape[1]
+    out, ids_out = x.new_empty(B, c + nk, C), ids.new_empty(B, nk)
+    sizes_out = x.new_empty(B, c + nk if sizes is not None else 0)
+    refused = _function("propagate", x.dtype)(*map(_pointer, (x, sizes, A0, ids, kept, prop)), B, N, C, c, A0.shape[-1],
+                                             nk, n_prop, alpha, *map(_pointer, (out, sizes_out, ids_out)),
+                                             torch.get_num_threads())
+    if refused:
+        check_partition(kept, prop, nk + n_prop)  # raises the ValueError that says which index is wrong
+        raise MemoryError("the compiled CPU propagation found no memory for its index check")
+    return out, sizes_out, ids_out
+
+
+# The custom ops, for torch.compile; eager code calls the functions themselves (the dispatcher's
+# few microseconds a call count at batch 1, where a whole call takes a few more).
+propagate_op = torch.library.custom_op("gtp_ref::cpu_propagate", propagate, mutates_args=())
+
+
+@propagate_op.register_fake
+def _(x, sizes, A0, ids, kept, prop, alpha, prefix):
+    B, _, C = x.shape
+    nk = kept.shape[1]
+    return x.new_empty(B, prefix + nk, C), x.new_empty(B, prefix + nk if sizes is not None else 0), \
+        ids.new_empty(B, nk, dtype=torch.int64)
+
+
+SELECT_MAX = 64  # select_tokens' largest num_prop (insertion into the num_prop lowest: O(n num_prop))
+
+
+def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
+    """``gtp_ref.select.select_tokens`` on the CPU without a sort: scores [B, n] (float32 / float64),
+    1 <= num_prop <= min(n, SELECT_MAX) -> (kept [B, n - num_prop] ascending, prop [B, num_prop]
+    from the lowest score up; on equal scores the larger index first, NaN last)."""
+    scores = scores.contiguous()
+    B, n = scores.shape
+    kept, prop = scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)
+    if B:
+        _function("select_tokens", scores.dtype)(*map(_pointer, (scores,)), B, n, num_prop,
+                                                 *map(_pointer, (kept, prop)), torch.get_num_threads())
+    return kept, prop
+
+
+select_tokens_op = torch.library.custom_op("gtp_ref::cpu_select_tokens", select_tokens, mutates_args=())
+
+
+@select_tokens_op.register_fake
+def _(scores, num_prop):
+    B, n = scores.shape
+    return scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)

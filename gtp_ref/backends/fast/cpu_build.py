@@ -144,7 +144,7 @@ def _bind(path: Path) -> ctypes.CDLL:
     """Load the library and declare its functions; OSError / AttributeError where it lacks them."""
     lib = ctypes.CDLL(str(path))
     for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        ptr, i64 = ctypes.POINTER(c_float), ctypes.c_int64
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64  # data pointers as addresses (a cast per pointer costs more)
         getattr(lib, f"kth_smallest_{name}").argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_int]
         getattr(lib, f"mask_heads_{name}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
         getattr(lib, f"kth_smallest_{name}").restype = getattr(lib, f"mask_heads_{name}").restype = None
@@ -152,6 +152,11 @@ def _bind(path: Path) -> ctypes.CDLL:
         fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
                        ptr, ctypes.c_int]
         fn.restype = i64
+        fn = getattr(lib, f"propagate_{name}")
+        fn.argtypes = [ptr] * 6 + [i64] * 7 + [c_float, ptr, ptr, ptr, ctypes.c_int]
+        fn.restype = i64
+        getattr(lib, f"select_tokens_{name}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
+        getattr(lib, f"select_tokens_{name}").restype = None
     return lib
 
 
@@ -162,10 +167,8 @@ def _self_test(lib: ctypes.CDLL) -> None:
     import numpy as np
     for dtype, c_float in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
         name = "f32" if dtype == np.float32 else "f64"
-        ptr = ctypes.POINTER(c_float)
-
         def p(a):
-            return a.ctypes.data_as(ptr)
+            return a.ctypes.data
         rows = np.ascontiguousarray(np.arange(60, dtype=dtype)[::-1].reshape(2, 30))  # 59..30, 29..0
         out = np.full(2, np.nan, dtype)
         getattr(lib, f"kth_smallest_{name}")(p(rows), 2, 30, 7, p(out), 1)
@@ -180,7 +183,19 @@ def _self_test(lib: ctypes.CDLL) -> None:
         strides = (ctypes.c_int64 * 9)(2, 2, 1, 2, 2, 1, 2, 2, 1)
         failed = getattr(lib, f"attention_{name}")(p(q), p(q), p(v), None, strides, 1, 1, 2, 1, 1, 2, p(mixed), p(cols),
                                                    p(diag2), p(first2), p(tau2), 1)
-        if not (out.tolist() == [36.0, 6.0] and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
+        # propagation: a [CLS] and three image tokens; token 1 goes to 0 and 2 with weights 1/2, 1/4
+        x, sizes = np.array([[9.0], [1.0], [2.0], [4.0]], dtype), np.ones(4, dtype)
+        A0, ids = np.array([[0, 0.5, 0, 0], [0, 0, 0, 0], [0, 0.25, 0, 0], [0, 0, 0, 0]], dtype), np.arange(3)
+        kept, prop = np.array([0, 2]), np.array([1])
+        x2, sizes2, ids2 = np.full(3, np.nan, dtype), np.full(3, np.nan, dtype), np.full(2, -1)
+        refused = getattr(lib, f"propagate_{name}")(*map(p, (x, sizes, A0, ids, kept, prop)), 1, 4, 1, 1, 4, 2, 1, 0.5,
+                                                    p(x2), p(sizes2), p(ids2), 1)
+        # selection: the two lowest of (2, -0, 1, 0, nan): the zeros, the later one first
+        kept2, prop2 = np.full(3, -1), np.full(2, -1)
+        getattr(lib, f"select_tokens_{name}")(p(np.array([2, -0.0, 1, 0, np.nan], dtype)), 1, 5, 2, p(kept2), p(prop2), 1)
+        if not (out.tolist() == [36.0, 6.0] and refused == 0 and prop2.tolist() == [3, 1] and kept2.tolist() == [0, 2, 4] and x2.tolist() == [9.0, 1.5, 4.25]
+                and sizes2.tolist() == [1.0, 1.25, 1.125] and ids2.tolist() == [0, 2]
+                and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
                 and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0]) and tau[0] == 0.25
                 and failed == 0 and mixed.tolist() == [3.0, 3.0] and cols.tolist() == [1.0, 1.0]
                 and diag2.tolist() == first2.tolist() == [0.5, 0.5] and tau2[0] == 0.5):

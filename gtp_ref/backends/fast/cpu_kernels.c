@@ -18,6 +18,9 @@
  * column sums (row after row, in the map's dtype: a loop the compiler vectorises), its diagonal
  * and its first row; and tau itself (-inf for k = 0: no threshold).
  *
+ * select_tokens_{f32,f64}, propagate_{f32,f64}: GTP's selection and its propagation by the graph
+ * for a batch (below).
+ *
  * Rows / heads run in parallel (OpenMP).
  */
 #include <math.h>
@@ -124,8 +127,8 @@ static T kth_##NAME(const T *row, int64_t len, int64_t k) { /* 1 <= k <= len */ 
 }                                                                                          \
                                                                                            \
 /* The r-th smallest (0-based) of src[0..n), src left as it is: quickselect whose three-way \
- * partitions write the smaller keys from the front and the larger from the back of another \
- * buffer (b1, b2: room for n each), without a branch on the data. */                      \
+ * partitions (partition_NAME) write the smaller keys to the front of another buffer and the  \
+ * larger from its position n + 16 on (b1, b2: room for 2 n + 32 keys each). */              \
 static K select_copy_##NAME(const K *src, int64_t n, int64_t r, K *b1, K *b2) {            \
     const K *a = src;                                                                      \
     K *out = b1;                                                                           \
@@ -133,16 +136,10 @@ static K select_copy_##NAME(const K *src, int64_t n, int64_t r, K *b1, K *b2) { 
         K x0 = a[0], x1 = a[n / 2], x2 = a[n - 1];  /* the median of three as pivot */     \
         K p = x0 < x1 ? (x1 < x2 ? x1 : (x0 < x2 ? x2 : x0)) : (x0 < x2 ? x0 : (x1 < x2 ? x2 : x1)); \
         int64_t lt = 0, gt = 0;                                                            \
-        for (int64_t i = 0; i < n; i++) {                                                  \
-            K x = a[i];                                                                    \
-            out[n - 1 - gt] = x;                                                           \
-            out[lt] = x;                                                                   \
-            lt += x < p;                                                                   \
-            gt += x > p;                                                                   \
-        }                                                                                  \
+        partition_##NAME(a, n, p, out, &lt, out + n + 16, &gt);                            \
         if (r < lt) n = lt, a = out;                                                       \
         else if (r < n - gt) return p;                                                     \
-        else r -= n - gt, a = out + n - gt, n = gt;                                        \
+        else r -= n - gt, a = out + n + 16, n = gt;                                        \
         out = out == b1 ? b2 : b1;                                                         \
     }                                                                                      \
     K small[16];                                                                           \
@@ -206,8 +203,8 @@ void mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T *ma
  */
 #define RB 6       /* rows per step of the products */
 #define LANES 16   /* partial sums of the softmax */
-#define SAMPLE 2048  /* about this many entries of a head's map bracket its threshold ... */
-#define SPREAD 4.0   /* ... this many standard errors of the sample's quantile either side */
+#define SAMPLE 1024  /* about this many entries of a head's map bracket its threshold ... */
+#define SPREAD 3.5   /* ... this many standard errors of the sample's quantile either side */
 
 /* room for the keys of the bracket's selection: the sample, or the entries a bracket holds */
 static inline int64_t kth_room(int64_t n) { return n * n / 4 + SAMPLE + n; }
@@ -219,12 +216,13 @@ static inline int64_t collect_f32(const float *restrict row, int64_t n, float lo
     int64_t c = 0, j = 0, b = 0;
 #ifdef __AVX512F__
     __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-    for (; j + 16 <= n; j += 16) {
-        __m512 x = _mm512_loadu_ps(row + j);
-        __mmask16 ge = _mm512_cmp_ps_mask(x, vlo, _CMP_GE_OQ), in = ge & _mm512_cmp_ps_mask(x, vhi, _CMP_LE_OQ);
+    for (; j < n; j += 16) {  /* the last step masked to the row's end */
+        __mmask16 valid = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(valid, row + j);
+        __mmask16 ge = _mm512_mask_cmp_ps_mask(valid, x, vlo, _CMP_GE_OQ), in = _mm512_mask_cmp_ps_mask(ge, x, vhi, _CMP_LE_OQ);
         _mm512_storeu_ps(out + c, _mm512_maskz_compress_ps(in, x));
         c += __builtin_popcount(in);
-        b += __builtin_popcount(_mm512_cmp_ps_mask(x, vlo, _CMP_LT_OQ));
+        b += __builtin_popcount(_mm512_mask_cmp_ps_mask(valid, x, vlo, _CMP_LT_OQ));
     }
 #endif
     for (; j < n; j++) {  /* branch-free: always write, advance if inside */
@@ -241,12 +239,13 @@ static inline int64_t collect_f64(const double *restrict row, int64_t n, double 
     int64_t c = 0, j = 0, b = 0;
 #ifdef __AVX512F__
     __m512d vlo = _mm512_set1_pd(lo), vhi = _mm512_set1_pd(hi);
-    for (; j + 8 <= n; j += 8) {
-        __m512d x = _mm512_loadu_pd(row + j);
-        __mmask8 ge = _mm512_cmp_pd_mask(x, vlo, _CMP_GE_OQ), in = ge & _mm512_cmp_pd_mask(x, vhi, _CMP_LE_OQ);
+    for (; j < n; j += 8) {
+        __mmask8 valid = n - j >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (n - j)) - 1);
+        __m512d x = _mm512_maskz_loadu_pd(valid, row + j);
+        __mmask8 ge = _mm512_mask_cmp_pd_mask(valid, x, vlo, _CMP_GE_OQ), in = _mm512_mask_cmp_pd_mask(ge, x, vhi, _CMP_LE_OQ);
         _mm512_storeu_pd(out + c, _mm512_maskz_compress_pd(in, x));
         c += __builtin_popcount(in);
-        b += __builtin_popcount(_mm512_cmp_pd_mask(x, vlo, _CMP_LT_OQ));
+        b += __builtin_popcount(_mm512_mask_cmp_pd_mask(valid, x, vlo, _CMP_LT_OQ));
     }
 #endif
     for (; j < n; j++) {
@@ -256,6 +255,51 @@ static inline int64_t collect_f64(const double *restrict row, int64_t n, double 
     }
     *below += b;
     return c;
+}
+
+/* The keys of a[0..n) below p to lo (from the front, 16 keys of room to spare) and those above
+ * it to hi, counted into *nlo / *nhi: sixteen / eight keys per step with AVX-512's compress,
+ * else one at a time without a branch. */
+static inline void partition_f32(const uint32_t *restrict a, int64_t n, uint32_t p, uint32_t *restrict lo,
+                                 int64_t *nlo, uint32_t *restrict hi, int64_t *nhi) {
+    int64_t i = 0, l = 0, g = 0;
+#ifdef __AVX512F__
+    __m512i vp = _mm512_set1_epi32((int32_t)p);
+    for (; i + 16 <= n; i += 16) {
+        __m512i x = _mm512_loadu_si512(a + i);
+        __mmask16 below = _mm512_cmplt_epu32_mask(x, vp), above = _mm512_cmpgt_epu32_mask(x, vp);
+        _mm512_storeu_si512(lo + l, _mm512_maskz_compress_epi32(below, x));
+        _mm512_storeu_si512(hi + g, _mm512_maskz_compress_epi32(above, x));
+        l += __builtin_popcount(below), g += __builtin_popcount(above);
+    }
+#endif
+    for (; i < n; i++) {
+        uint32_t x = a[i];
+        lo[l] = x, hi[g] = x;
+        l += x < p, g += x > p;
+    }
+    *nlo = l, *nhi = g;
+}
+
+static inline void partition_f64(const uint64_t *restrict a, int64_t n, uint64_t p, uint64_t *restrict lo,
+                                 int64_t *nlo, uint64_t *restrict hi, int64_t *nhi) {
+    int64_t i = 0, l = 0, g = 0;
+#ifdef __AVX512F__
+    __m512i vp = _mm512_set1_epi64((int64_t)p);
+    for (; i + 8 <= n; i += 8) {
+        __m512i x = _mm512_loadu_si512(a + i);
+        __mmask8 below = _mm512_cmplt_epu64_mask(x, vp), above = _mm512_cmpgt_epu64_mask(x, vp);
+        _mm512_storeu_si512(lo + l, _mm512_maskz_compress_epi64(below, x));
+        _mm512_storeu_si512(hi + g, _mm512_maskz_compress_epi64(above, x));
+        l += __builtin_popcount(below), g += __builtin_popcount(above);
+    }
+#endif
+    for (; i < n; i++) {
+        uint64_t x = a[i];
+        lo[l] = x, hi[g] = x;
+        l += x < p, g += x > p;
+    }
+    *nlo = l, *nhi = g;
 }
 
 static inline float exp_f32(float x) {   /* x <= 0 or NaN: exp(x), subnormals included */
@@ -339,7 +383,7 @@ static void softmax_row_##NAME(T *z, int64_t n) {                               
  * bound the kth value; one pass counts the entries below the bracket and collects those in it; \
  * the kth is then the right one of those -- exactly.  Where it is not in the bracket (an      \
  * unlucky sample, ties, NaN) or the bracket holds more than a quarter of the map, kth_block    \
- * finds it.  keys, b1, b2: room for kth_room(n) keys each; found: n * n + 16 entries. */       \
+ * finds it.  keys: room for kth_room(n) keys, b1, b2: twice that and 32; found: n * n + 16. */   \
 static T kth_map_##NAME(const T *map, int64_t n, int64_t ld, int64_t k, K *keys, K *b1, K *b2, \
                         T *found) {                                                            \
     int64_t stride = n * n / SAMPLE + 1, m = 0;                                               \
@@ -416,11 +460,11 @@ static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ld
     int64_t dp = (dv + VW - 1) / VW * VW, copy_v = dp != dv;  /* v is read in place where dv fits */ \
     size_t keys = (size_t)(kth_room(N) * sizeof(K) + sizeof(T) - 1) / sizeof(T);                 \
     T *map = work_buffer_##NAME((size_t)(Nr * Np + d * Np + RB * d + RB * dp) + copy_v * N * dp \
-                                + 3 * keys + (size_t)(N * N) + 16);  /* found: 16 to spare */ \
+                                + 5 * keys + 64 + (size_t)(N * N) + 16);  /* found: 16 to spare */ \
     if (!map) return -1;                                                                       \
     T *kT = map + Nr * Np, *Q = kT + d * Np, *O = Q + RB * d, *V = O + RB * dp;                \
-    T *key_space = V + copy_v * N * dp, *found = key_space + 3 * keys;                         \
-    K *key_buf = (K *)key_space, *b1 = (K *)(key_space + keys), *b2 = (K *)(key_space + 2 * keys); \
+    T *key_space = V + copy_v * N * dp, *found = key_space + 5 * keys + 64;                    \
+    K *key_buf = (K *)key_space, *b1 = (K *)(key_space + keys), *b2 = (K *)(key_space + 3 * keys + 32); \
     for (int64_t j = 0; j < Np; j++)  /* k transposed: the keys along the vector lanes */       \
         for (int64_t t = 0; t < d; t++) kT[t * Np + j] = j < N ? k[j * ldk + t] : 0;           \
     if (copy_v)                                                                                \
@@ -481,7 +525,95 @@ int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, con
     return failed;                                                                             \
 }
 
+/* GTP's propagation by the graph, per image b (the fast backend's LazyGraph: Â[b, i, j] =
+ * A0[b, ids[b, i], ids[b, j]]):
+ *   x_out[b, :c] = x[b, :c];  x_out[b, c + i] = x[b, c + K_i] + alpha sum_p Â[b, K_i, P_p] x[b, c + P_p]
+ * for the kept tokens K (nk of them) and the propagated P (np); the token sizes likewise where
+ * sizes is not NULL; ids_out[b, i] = ids[b, K_i].  x [B, N, C], A0 [B, a, a], ids [B, n], kept
+ * [B, nk], prop [B, np], all contiguous; n = N - c = nk + np.  Returns 0, or 1 where kept and
+ * prop do not hold each of 0 .. n-1 exactly once in every row (then nothing is written). */
+#define PROPAGATE(NAME, T)                                                                     \
+int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t *ids,           \
+                         const int64_t *kept, const int64_t *prop, int64_t B, int64_t N, int64_t C, \
+                         int64_t c, int64_t a, int64_t nk, int64_t np, T alpha, T *x_out,        \
+                         T *sizes_out, int64_t *ids_out, int threads) {                         \
+    int64_t n = nk + np, No = c + nk;                                                          \
+    unsigned char *seen = calloc((size_t)(n ? n : 1), 1);                                      \
+    if (!seen) return 2;                                                                       \
+    for (int64_t b = 0; b < B; b++) {  /* a partition of 0 .. n-1, image by image */            \
+        int ok = 1;                                                                            \
+        for (int64_t i = 0; i < nk + np && ok; i++) {                                          \
+            int64_t j = i < nk ? kept[b * nk + i] : prop[b * np + i - nk];                     \
+            ok = j >= 0 && j < n && !seen[j];                                                  \
+            if (ok) seen[j] = 1;                                                               \
+        }                                                                                      \
+        if (!ok) { free(seen); return 1; }                                                     \
+        memset(seen, 0, (size_t)n);                                                            \
+    }                                                                                          \
+    free(seen);                                                                                \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * No * C > 65536)")  \
+    for (int64_t r = 0; r < B * No; r++) {                                                     \
+        int64_t b = r / No, i = r % No;                                                        \
+        const T *xb = x + b * N * C;                                                           \
+        T *out = x_out + r * C;                                                                \
+        if (i < c) {                                                                           \
+            memcpy(out, xb + i * C, (size_t)C * sizeof(T));                                    \
+            if (sizes) sizes_out[r] = sizes[b * N + i];                                        \
+            continue;                                                                          \
+        }                                                                                      \
+        int64_t K = kept[b * nk + i - c];                                                      \
+        const int64_t *idb = ids + b * n, *pb = prop + b * np;                                 \
+        const T *arow = A0 + (b * a + idb[K]) * a;  /* Â[b, K, :] through ids */               \
+        ids_out[b * nk + i - c] = idb[K];                                                      \
+        for (int64_t t = 0; t < C; t++) out[t] = 0;                                            \
+        T s = 0;                                                                               \
+        for (int64_t p = 0; p < np; p++) {  /* sum_p Â[K, P_p] x_P (the graph's zeros skipped) */ \
+            T w = arow[idb[pb[p]]];                                                            \
+            if (w == 0) continue;                                                              \
+            const T *xp = xb + (c + pb[p]) * C;                                                \
+            for (int64_t t = 0; t < C; t++) out[t] += w * xp[t];                               \
+            if (sizes) s += w * sizes[b * N + c + pb[p]];                                      \
+        }                                                                                      \
+        const T *xk = xb + (c + K) * C;                                                        \
+        for (int64_t t = 0; t < C; t++) out[t] = xk[t] + alpha * out[t];                       \
+        if (sizes) sizes_out[r] = sizes[b * N + c + K] + alpha * s;                            \
+    }                                                                                          \
+    return 0;                                                                                  \
+}
+
+/* GTP's selection, per image b: prop[b] = the np lowest of scores[b, 0 .. n-1] ranked by (score
+ * ascending, index descending), NaN above everything and -0 equal to +0 (the order of a stable
+ * sort of the reversed scores, gtp_ref.select.select_tokens); kept[b] = the others, ascending.
+ * Insertion into the np best so far: O(n np) at worst, for the small np of GTP's schedules
+ * (1 <= np <= n). */
+#define SELECT_TOKENS(NAME, T, K)                                                              \
+void select_tokens_##NAME(const T *scores, int64_t B, int64_t n, int64_t np, int64_t *kept,    \
+                          int64_t *prop, int threads) {                                        \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * n * np > 65536)")  \
+    for (int64_t b = 0; b < B; b++) {                                                          \
+        const T *s = scores + b * n;                                                           \
+        int64_t *pb = prop + b * np, *kb = kept + b * (n - np), m = 0;                         \
+        K best[np];                                                                            \
+        unsigned char chosen[n];                                                               \
+        for (int64_t i = n - 1; i >= 0; i--) {  /* a later one of equal key ranks after */    \
+            K key = key_##NAME(s[i] == 0 ? (T)0 : s[i]);                                       \
+            if (m == np && !(key < best[np - 1])) continue;                                    \
+            int64_t j = m < np ? m++ : np - 1;                                                 \
+            for (; j > 0 && best[j - 1] > key; j--) best[j] = best[j - 1], pb[j] = pb[j - 1];  \
+            best[j] = key, pb[j] = i;                                                          \
+        }                                                                                      \
+        memset(chosen, 0, (size_t)n);                                                          \
+        for (int64_t j = 0; j < np; j++) chosen[pb[j]] = 1;                                    \
+        for (int64_t i = 0, c = 0; i < n; i++)                                                 \
+            if (!chosen[i]) kb[c++] = i;                                                       \
+    }                                                                                          \
+}
+
 SELECTION(f32, float, uint32_t, 21)
 SELECTION(f64, double, uint64_t, 53)
 ATTENTION(f32, float, uint32_t, 32)
 ATTENTION(f64, double, uint64_t, 16)
+PROPAGATE(f32, float)
+PROPAGATE(f64, double)
+SELECT_TOKENS(f32, float, uint32_t)
+SELECT_TOKENS(f64, double, uint64_t)

@@ -1,18 +1,19 @@
 """The fast backend's ops (``gtp_ref.backends.fast`` says what they do and how).  Their results
 are the dense reference's."""
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from gtp_ref._checks import check_propagate_args, check_sparsity, check_square_map, prefix_count
+from gtp_ref._checks import check_graph_input, check_partition, check_select_input, check_propagate_args, check_sparsity, check_square_map, prefix_count
 from gtp_ref.backends import OPS
 from gtp_ref.backends.fast import cpu
-from gtp_ref.graph import token_graph as dense_token_graph
-from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, select_tokens, sparsity_k, token_scores
+from gtp_ref.graph import cosine_similarity, inv_sqrt_degree, semantic_threshold, spatial_graph
+from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, sparsity_k, token_scores
+from gtp_ref.select import select_tokens as sorted_selection
 
 try:  # the Triton kernels, where Triton is installed (a CUDA build of torch brings it)
     from gtp_ref.backends.fast import cuda
@@ -165,11 +166,31 @@ class LazyGraph:
 
 
 def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> LazyGraph:
-    """The dense reference's Â, wrapped as a LazyGraph over all n tokens."""
-    A = dense_token_graph(x_img, grid, graph, num_neighbours)  # (B, n, n)
-    B, n, _ = A.shape
-    ids = torch.arange(n, device=A.device).expand(B, n)
-    return LazyGraph(F.pad(A, (0, 1, 0, 1)), ids)
+    """The dense reference's Â (``gtp_ref.graph.token_graph``, the same values), wrapped as a LazyGraph
+    over all n tokens: built in place in A0 with the spatial graph kept between calls, in a few
+    passes over the n x n matrix instead of the reference's dozen."""
+    grid, n = check_graph_input(x_img, grid, graph, num_neighbours)
+    B = x_img.shape[0]
+    A0 = x_img.new_zeros(B, n + 1, n + 1)
+    A = A0[:, :n, :n]  # (B, n, n)
+    if graph in ("spatial", "mixed"):
+        S = spatial_graph(grid, dtype=x_img.dtype, device=x_img.device) if torch.compiler.is_compiling() \
+            else _spatial(grid, x_img.dtype, x_img.device)  # (n, n); never a traced tensor in the cache
+        A.copy_(S.expand(B, n, n))
+    if graph in ("semantic", "mixed") and num_neighbours > 0:
+        K = cosine_similarity(x_img)  # (B, n, n)
+        K.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))  # a token is never its own neighbour
+        A.masked_fill_(K >= semantic_threshold(K, num_neighbours), 1.0)  # S or E
+        A.diagonal(dim1=-2, dim2=-1).zero_()
+    d = inv_sqrt_degree(A.sum(dim=-1))  # (B, n)
+    A.mul_(d[..., :, None]).mul_(d[..., None, :])  # D^-1/2 A D^-1/2
+    return LazyGraph(A0, torch.arange(n, device=x_img.device).expand(B, n))
+
+
+@functools.lru_cache(maxsize=16)
+def _spatial(grid: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The spatial graph S of a grid, kept between calls (it depends on nothing else)."""
+    return spatial_graph(grid, dtype=dtype, device=device)
 
 
 def to_dense(G: LazyGraph) -> Tensor:
@@ -186,18 +207,39 @@ def _rows(t: Tensor, idx: Tensor, offset: int) -> Tensor:
     return t.reshape(B * N, *t.shape[2:]).index_select(0, flat).view(B, idx.shape[1], *t.shape[2:])
 
 
+def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
+    """``gtp_ref.select.select_tokens`` (the same indices): on the CPU (float32 / float64, 1 <=
+    num_prop <= ``cpu.SELECT_MAX``) without a sort, by the compiled ``cpu.select_tokens``
+    (O(n num_prop)); elsewhere the reference's sort."""
+    num_prop = check_select_input(scores, num_prop)
+    if 0 < num_prop <= cpu.SELECT_MAX and _compiled_cpu(scores):
+        return (cpu.select_tokens_op if torch.compiler.is_compiling() else cpu.select_tokens)(scores, num_prop)
+    return sorted_selection(scores, num_prop)
+
+
+def _without_grad(x: Tensor, G: LazyGraph | None, token_scales: Tensor | None) -> bool:
+    """Whether no gradient flows through propagate's inputs (the compiled propagation has none)."""
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
+                                                  for t in (x, token_scales, None if G is None else G.A0))
+
+
 def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha: float,
               token_scales: Tensor | None = None, class_token: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, LazyGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.backends.dense.propagate``, with G a LazyGraph (or None for mean/none).
 
     graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
-    same A0 with ids[K] (Â[K, K], not renormalised, never copied).
+    same A0 with ids[K] (Â[K, K], not renormalised, never copied).  On the CPU (float32 / float64,
+    no gradients needed) in one compiled call, ``cpu.propagate``; else in torch ops.
     """
-    # the index-value check reads its result (a host synchronisation): on the CPU only
-    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
-                         values=not x.is_cuda)
+    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph, values=False)
     c = prefix_count(class_token)
+    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_scales):  # it checks the indices itself
+        compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.propagate
+        x, scales, ids = compiled_propagate(x, token_scales, G.A0.to(x.dtype), G.ids, kept, prop, alpha, c)
+        return x, LazyGraph(G.A0, ids), None if token_scales is None else scales
+    if not x.is_cuda and not torch.compiler.is_compiling():  # the check reads its result: on a GPU, a host sync
+        check_partition(kept, prop, x.shape[1] - c)
     x_K = _rows(x, kept, c)  # (B, n-P, C)
     s_K = None if token_scales is None else _rows(token_scales, kept, c)  # (B, n-P)
     G_next = None if G is None else LazyGraph(G.A0, G.ids.gather(1, kept))
