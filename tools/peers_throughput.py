@@ -72,7 +72,7 @@ def main() -> int:
             official = copy.deepcopy(base)
             tome.patch.timm(official)
             official.r = P
-            models = {"unreduced": base, "gtp_ref GTP": from_timm(base, **settings, num_prop=P),
+            models = {"unreduced": base, "gtp_ref GTP": from_timm(base, **{**settings, "num_prop": P}),
                       "gtp_ref ToMe": tome_from_timm(base, r=P), "official ToMe": official}
             if args.gtp_vit:
                 models["authors' GTP"] = authors_gtp(args.gtp_vit, base, P)

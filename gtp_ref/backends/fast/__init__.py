@@ -1,7 +1,7 @@
 """The fast backend: the op-level API of ``gtp_ref.backends.dense``, built for speed on the CPU and the GPU.
 
     ops.py           the ops, and the attention's choice of path
-    cpu.py           the CPU kernels as torch custom ops (the threshold, the masking, the attention)
+    cpu.py           the CPU kernels as torch custom ops (threshold, masking, attention, selection, propagation)
     cpu_kernels.c    their C source
     cpu_build.py     how they are built on first use, and what is loaded
     cuda.py          the CUDA path: what its kernels do, and their launches
@@ -47,8 +47,15 @@ Same results as the dense reference (the property tests and the conformance suit
   interpreter (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the ``cuda`` path runs
   on CPU tensors instead, slowly: how the test suite checks it without a GPU.
 
-Token scores and selection are the dense reference's (static shapes already: a sort of the n
-scores per image).
+* **No per-op overhead where the work is small.**  On the CPU (float32 / float64, no gradients
+  needed) the propagation is one compiled call (``cpu.propagate``: the kept tokens' new features,
+  sizes and graph rows, and the check that kept and propagated tokens partition the image
+  tokens), the selection is one compiled call without a sort (``cpu.select_tokens``, O(n P),
+  the reference's order of ties), and the token graph is built in place with the spatial graph
+  kept between calls: at batch 1 these small steps, not the arithmetic, decide the time.
+
+Token scores are the dense reference's; elsewhere the selection is its sort (static shapes
+already).
 """
 from gtp_ref.backends.fast.ops import *  # noqa: F401,F403  (the op-level API and the attention)
 from gtp_ref.backends.fast.ops import FUSED_DEVICE, __all__  # noqa: F401
