@@ -18,7 +18,7 @@ GRAPHS = ("spatial", "semantic", "mixed")
 SELECTIONS = ("cls_attn_mean", "cls_attn_max", "img_attn_mean", "img_attn_max",
               "diag_attn_mean", "diag_attn_max", "mixed_attn_mean", "mixed_attn_max",
               "sum_attn_max", "cos_sim_mean", "cos_sim_max", "random")
-GLOBAL_POOLS = ("token", "avg")
+GLOBAL_POOLS = ("token", "avg", "map")
 # The propagation weight: the paper sweeps [0, 1]; negative weights (without token sizes) are
 # allowed for experiments.  Beyond |alpha| = 1 the propagated features dominate the kept ones
 # and compound block after block (up to (1 + |alpha| sqrt(deg))^L), which overflows float16 /

@@ -88,6 +88,9 @@ class GTPRun:
     generator: torch.Generator | None = None  # for selection="random"
     record: bool = False  # keep the attention maps (and so take the explicit path) and the provenance
     block: int = 0  # the block running
+    positions: Tensor | None = None  # (B, n_l) with rope: the patch each current image token started as
+    rope: Tensor | None = None  # with rope: the running block's table rows of the current image tokens
+    bias: Tensor | None = None  # with attn_bias: the running block's relative-position bias of the current tokens
     ids: Tensor | None = None  # (B, n_l) with record: the patch each current image token started as (-1: none)
     provenance: Provenance | None = None
 
@@ -122,6 +125,8 @@ class GTPBlock(Block):
         if P > 0:
             layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
             run.record_propagation(layer)
+            if run.positions is not None:  # a kept token keeps its position (its RoPE rows)
+                run.positions = run.positions.gather(1, layer.kept)
             x, run.graph, run.sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
                                                         run.sizes, run.prefix, run.propagation)
         return x + self.ls2(self.mlp(self.norm2(x))), layer  # (B, N - P, C)
@@ -130,18 +135,18 @@ class GTPBlock(Block):
                layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
         """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
         selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
-        q, k, v = self.attn.heads(self.norm1(x))  # (B, H, N, d)
-        if run.ops.attention is not None and not run.record:
+        q, k, v = self.attn.heads(self.norm1(x), run.rope)  # (B, H, N, d)
+        if run.ops.attention is not None and not run.record and run.bias is None:
             fused = run.ops.attention(q * self.attn.scale, k, v, run.sizes, run.sparsity, selection,
                                       prefix_count(run.prefix))
             if fused is not None:
                 out, scores = fused  # (B, N, H d), (B, n) or None
-                return self.attn.proj(out), scores
-        raw = self.attn.map(q, k, run.sizes)  # (B, H, N, N): softmax(q k^T / sqrt(d) + log s)
+                return self.attn.out(out), scores
+        raw = self.attn.map(q, k, run.sizes, run.bias)  # (B, H, N, N): softmax(q k^T / sqrt(d) + b + log s)
         attn = run.ops.sparsify_attention(raw, run.sparsity)  # entries below the head's threshold set to 0
         if run.record:
             layer.attn_raw = raw
-        out = self.attn.proj(self.attn.mix(attn, v))  # (B, N, C)
+        out = self.attn.out(self.attn.mix(attn, v))  # (B, N, C)
         return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix, run.generator)
 
 
@@ -199,6 +204,9 @@ class GTPViT(ViT):
         if not isinstance(value, GTPSettings):
             raise TypeError(f"settings must be a gtp_ref.settings.GTPSettings, got {type(value).__name__}")
         value = value.checked(len(self.blocks), self.num_image_tokens, self.num_prefix_tokens)
+        if (self.rope is not None or self.attn_bias) and value.propagation == "mean" and any(value.num_prop):
+            raise ValueError("propagation='mean' with rope or attn_bias: the mean token it appends has no position "
+                             "for its rotary embedding or relative-position bias; use propagation='graph' or 'none'")
         if getattr(self, "_settings", None) is None or value.backend != self._settings.backend:
             self.ops = get_backend(value.backend)  # the ops of that backend (a Backend object)
         self._settings = value
@@ -233,8 +241,10 @@ class GTPViT(ViT):
             trace.num_neighbours = None if self.graph == "spatial" else self.num_neighbours
             trace.graph_input = x[:, c:] if record else None
         run.sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
+        if self.rope is not None or self.attn_bias:
+            run.positions = torch.arange(self.num_image_tokens, device=x.device).expand(x.shape[0], -1)
         for l, (block, P) in enumerate(zip(self.blocks, self.num_prop)):
-            run.block = l
+            run.block, run.rope, run.bias = l, self.rope_for(l, run.positions), self.bias_for(l, run.positions)
             x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
         trace.final_tokens = x.shape[1]
@@ -245,7 +255,7 @@ class GTPViT(ViT):
             b = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(run.ids)
             final[b[real], run.ids[real]] = sizes[:, c:][real]
             trace.provenance.final_sizes = final
-        trace.logits = self.forward_head(x)
+        trace.logits = self.forward_head(x, run.sizes)
         return trace
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -22,6 +22,7 @@ among timm's registered models.
 
 timm itself is not imported here: the model passed in is the user's, so timm is already loaded.
 """
+import copy
 import sys
 from typing import Any
 
@@ -73,110 +74,264 @@ def _identity(module: nn.Module | None, what: str) -> None:
         raise ValueError(f"the model has {what} ({_name(module)}); not supported")
 
 
-def timm_geometry(model: nn.Module) -> dict[str, Any]:
-    """The ``gtp_ref.vit.ViT`` keyword arguments of a timm VisionTransformer, after checking that
-    every part of it is one the backbone represents exactly; ValueError naming the first that is not."""
-    timm = sys.modules.get("timm")
-    vit_class = getattr(getattr(getattr(timm, "models", None), "vision_transformer", None), "VisionTransformer", None)
-    distilled_class = getattr(getattr(getattr(timm, "models", None), "deit", None), "VisionTransformerDistilled", None)
-    if vit_class is None or not isinstance(model, vit_class):
-        raise ValueError(f"model is a {_name(model)}: from_timm takes a timm VisionTransformer "
-                         "(timm.models.vision_transformer.VisionTransformer) instance")
-    distilled = distilled_class is not None and type(model) is distilled_class
-    if type(model) is not vit_class and not distilled:
-        raise ValueError(f"the model is a subclass of VisionTransformer ({_name(model)}); not supported")
-    if distilled and (getattr(model, "num_reg_tokens", 0) or model.global_pool != "token"):
-        raise ValueError("the model is distilled DeiT with register tokens or another pooling than its [CLS] and "
-                         "distillation tokens; not supported")
-    if getattr(model, "dynamic_img_size", False):
-        raise ValueError("the model has a dynamic image size (dynamic_img_size=True); not supported")
-    pe = model.patch_embed
-    if _name(pe) != "PatchEmbed":
-        raise ValueError(f"the model's patch embedding is a {_name(pe)} (a hybrid stem?); only a plain PatchEmbed "
-                         "(one convolution, kernel = stride = patch) is supported")
-    if getattr(pe, "dynamic_img_pad", False) or not getattr(pe, "flatten", True):
-        raise ValueError("the model pads images to the patch size (dynamic_img_pad=True); not supported")
-    embed_norm = _norm(getattr(pe, "norm", None) or nn.Identity(), "the patch embedding's norm (patch_embed.norm)")
-    conv = pe.proj
-    patch = tuple(conv.kernel_size)
-    if (not isinstance(conv, nn.Conv2d) or patch != tuple(conv.stride) or patch[0] != patch[1]
-            or tuple(conv.padding) != (0, 0) or conv.groups != 1):
-        raise ValueError("the model's patch embedding is not one square convolution with kernel = stride = patch")
-    img_size = tuple(pe.img_size)
-    if img_size[0] % patch[0] or img_size[1] % patch[1]:
-        raise ValueError(f"the image size {img_size} is not divisible by the patch {patch[0]}; not supported")
-    if getattr(model, "pos_embed", None) is None:
-        raise ValueError("the model has no learned position embedding (pos_embed=None or rotary); not supported")
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in GLOBAL_POOLS:
-        pool = "map" if getattr(model, "attn_pool", None) is not None else model.global_pool
-        raise ValueError(f"the model pools with global_pool={pool!r}; only 'token' and 'avg' are supported")
-    if getattr(model, "pool_include_prefix", False):
-        raise ValueError("the model averages the prefix tokens too (pool_include_prefix=True); not supported")
+def _classes() -> dict[str, Any]:
+    """timm's model classes that convert, by role (None where this timm has no such class)."""
+    models = getattr(sys.modules.get("timm"), "models", None)
+    return {"vit": getattr(getattr(models, "vision_transformer", None), "VisionTransformer", None),
+            "distilled": getattr(getattr(models, "deit", None), "VisionTransformerDistilled", None),
+            "eva": getattr(getattr(models, "eva", None), "Eva", None),
+            "relpos": getattr(getattr(models, "vision_transformer_relpos", None), "VisionTransformerRelPos", None),
+            "beit": getattr(getattr(models, "beit", None), "Beit", None)}
 
-    final_norm = not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity))
-    C = model.embed_dim
-    norms = {embed_norm, _norm(model.norm_pre, "norm_pre"), _norm(model.norm, "norm"), _norm(model.fc_norm, "fc_norm")}
-    acts = set()
-    blocks = list(model.blocks)
-    heads, hidden, layer_scale = set(), set(), set()
-    qkv_bias = set()
-    for l, block in enumerate(blocks):
-        where = f"blocks.{l}"
-        if _name(block) != "Block":
-            post = " (post-norm: the norms after attention and MLP)" if _name(block) == "ResPostBlock" else ""
-            raise ValueError(f"{where} is a {_name(block)}{post}; only timm's pre-norm Block is supported")
-        attn, mlp = block.attn, block.mlp
-        if _name(attn) != "Attention":
-            raise ValueError(f"{where}.attn is a {_name(attn)}; only timm's Attention is supported")
-        _identity(getattr(attn, "q_norm", None), f"a query norm ({where}.attn.q_norm)")
-        _identity(getattr(attn, "k_norm", None), f"a key norm ({where}.attn.k_norm)")
-        _identity(getattr(attn, "norm", None), f"an attention output norm ({where}.attn.norm)")
-        if getattr(attn, "gate", None) is not None:
-            raise ValueError(f"{where}.attn is gated; not supported")
-        head_dim = attn.qkv.out_features // (3 * attn.num_heads)
-        if attn.qkv.out_features != 3 * C or abs(attn.scale - head_dim ** -0.5) > 1e-12 * head_dim ** -0.5:
-            raise ValueError(f"{where}.attn has an attention width or scale other than C and 1/sqrt(C/H); not supported")
-        if attn.proj.bias is None:
-            raise ValueError(f"{where}.attn.proj has no bias (proj_bias=False); not supported")
-        if _name(mlp) != "Mlp":
-            raise ValueError(f"{where}.mlp is {_name(mlp)}; only an Mlp (two linear layers around an activation) "
-                             "is supported")
-        acts.add(_activation(mlp.act, where))
-        _identity(getattr(mlp, "norm", None), f"an MLP norm ({where}.mlp.norm)")
-        if mlp.fc1.bias is None or mlp.fc2.bias is None:
-            raise ValueError(f"{where}.mlp has no biases; not supported")
-        norms |= {_norm(block.norm1, f"{where}.norm1"), _norm(block.norm2, f"{where}.norm2")}
+
+def _linear_bias(layer: nn.Module | None) -> bool:
+    return layer is not None and layer.bias is not None
+
+
+def _attention(attn: nn.Module, where: str, C: int, prefix: int) -> dict[str, Any]:
+    """The ``Attention`` options of a timm Attention, EvaAttention or AttentionRope; ValueError
+    where it is something else."""
+    if _name(attn) not in ("Attention", "EvaAttention", "AttentionRope", "RelPosAttention"):
+        raise ValueError(f"{where}.attn is a {_name(attn)}; only timm's Attention, EvaAttention, AttentionRope and "
+                         "RelPosAttention are supported")
+    if getattr(attn, "gate", None) is not None:
+        raise ValueError(f"{where}.attn is gated; not supported")
+    if getattr(attn, "num_kv_groups", 1) != 1:
+        raise ValueError(f"{where}.attn has grouped-query attention (num_kv_heads); not supported")
+    H = attn.num_heads
+    head_dim = C // H
+    fused = getattr(attn, "qkv", None) is not None
+    width = attn.qkv.out_features if fused else attn.q_proj.out_features * 3
+    if width != 3 * C or C % H or abs(attn.scale - head_dim ** -0.5) > 1e-12 * head_dim ** -0.5:
+        raise ValueError(f"{where}.attn has an attention width or scale other than C and 1/sqrt(C/H); not supported")
+    if fused:
+        q_bias = _linear_bias(attn.qkv) or getattr(attn, "q_bias", None) is not None
+        k_bias = _linear_bias(attn.qkv)
+    else:
+        q_bias, k_bias = _linear_bias(attn.q_proj), _linear_bias(attn.k_proj)
+        if q_bias != _linear_bias(attn.v_proj):
+            raise ValueError(f"{where}.attn has a bias on q or v only; not supported")
+    if getattr(attn, "num_prefix_tokens", prefix) != prefix:
+        raise ValueError(f"{where}.attn leaves {attn.num_prefix_tokens} tokens unturned by RoPE, the model has "
+                         f"{prefix} prefix tokens; not supported")
+    norms = {_norm(getattr(attn, n, None) or nn.Identity(), f"{where}.attn.{n}") for n in ("q_norm", "k_norm", "norm")}
+    return dict(qkv_fused=fused, qkv_bias=q_bias, k_bias=k_bias or not q_bias,
+                qk_norm=not isinstance(getattr(attn, "q_norm", None) or nn.Identity(), nn.Identity),
+                attn_norm=not isinstance(getattr(attn, "norm", None) or nn.Identity(), nn.Identity),
+                proj_bias=_linear_bias(attn.proj), heads=H, rotate_half=bool(getattr(attn, "rotate_half", False)),
+                norms=norms)
+
+
+def _mlp(mlp: nn.Module, where: str) -> dict[str, Any]:
+    """The MLP options of a timm Mlp, SwiGLU or GluMlp (gate first); ValueError otherwise."""
+    kind = {"Mlp": "mlp", "SwiGLU": "swiglu", "GluMlp": "glu"}.get(_name(mlp))
+    if kind is None:
+        raise ValueError(f"{where}.mlp is {_name(mlp)}; only an Mlp (two linear layers around an activation), "
+                         "SwiGLU and GluMlp are supported")
+    layers = [mlp.fc1_g, mlp.fc1_x, mlp.fc2] if kind == "swiglu" else [mlp.fc1, mlp.fc2]
+    if not all(isinstance(layer, nn.Linear) for layer in layers):
+        raise ValueError(f"{where}.mlp has convolutions for its linear layers; not supported")
+    if len({layer.bias is not None for layer in layers}) > 1:
+        raise ValueError(f"{where}.mlp has biases on some of its linear layers only; not supported")
+    if kind == "mlp":
+        act, hidden = _activation(mlp.act, where), mlp.fc1.out_features
+    else:
+        if _name(mlp.act) != "SiLU" or getattr(mlp, "gate_last", False):
+            raise ValueError(f"{where}.mlp is a {_name(mlp)} with {_name(mlp.act)}"
+                             f"{' and the gate last' if getattr(mlp, 'gate_last', False) else ''}; only SiLU with the "
+                             "gate first is supported")
+        act, hidden = "gelu", mlp.fc2.in_features
+    norm = _norm(getattr(mlp, "norm", None) or nn.Identity(), f"{where}.mlp.norm")
+    return dict(mlp=kind, act=act, hidden=hidden, mlp_norm=norm is not None, mlp_bias=layers[0].bias is not None,
+                norms={norm})
+
+
+def _block(block: nn.Module, where: str, C: int, prefix: int) -> dict[str, Any]:
+    """Everything a pre-norm block of timm's ViT or EVA sets, for the comparison of all blocks."""
+    if _name(block) not in ("Block", "EvaBlock", "RelPosBlock"):
+        post = " (post-norm: the norms after attention and MLP)" if "Post" in _name(block) else ""
+        raise ValueError(f"{where} is a {_name(block)}{post}; only timm's pre-norm Block, EvaBlock and RelPosBlock "
+                         "are supported")
+    if not hasattr(block, "gamma_1"):  # ls1 / ls2 modules; EVA and BEiT: gamma_1 / gamma_2 parameters
         scales = {_name(block.ls1), _name(block.ls2)}
         if scales - {"Identity", "LayerScale"} or len(scales) != 1:
             raise ValueError(f"{where} has layer scale {sorted(scales)}; only both ls1 and ls2 or neither is supported")
-        heads.add(attn.num_heads)
-        hidden.add(mlp.fc1.out_features)
-        layer_scale.add(scales.pop())
-        qkv_bias.add(attn.qkv.bias is not None)
+        layer_scale = scales == {"LayerScale"}
+        mlp_layer_scale = True
+    else:
+        if block.gamma_1 is None and block.gamma_2 is not None:
+            raise ValueError(f"{where} has layer scale on the MLP only; not supported")
+        layer_scale, mlp_layer_scale = block.gamma_1 is not None, block.gamma_2 is not None
+    attention, mlp = _attention(block.attn, where, C, prefix), _mlp(block.mlp, where)
+    norms = attention.pop("norms") | mlp.pop("norms") | {_norm(block.norm1, f"{where}.norm1"),
+                                                         _norm(block.norm2, f"{where}.norm2")}
+    return {**attention, **mlp, "layer_scale": layer_scale, "mlp_layer_scale": mlp_layer_scale or not layer_scale,
+            "norms": norms}
+
+
+def _attention_pool(pool: nn.Module, block: dict[str, Any], C: int) -> set[tuple[str, float] | None]:
+    """Check that timm's attention pool is the backbone's ``AttentionPool`` with the blocks' heads,
+    MLP and biases; its norms, for the comparison of all norms."""
+    if (_name(pool) != "AttentionPoolLatent" or getattr(pool, "pos_embed", None) is not None
+            or not isinstance(pool.q, nn.Linear) or pool.latent.shape[1] != 1 or pool.proj.out_features != C):
+        raise ValueError("the model's attention pool (attn_pool) has a position embedding, no query projection, "
+                         "several latents or another width; only one latent query over the tokens is supported")
+    if getattr(pool, "mlp", None) is None or _name(pool.mlp) != "Mlp" or _activation(pool.mlp.act, "attn_pool") != \
+            block["act"] or pool.mlp.fc1.bias is None or int(C * (pool.mlp.fc1.out_features / C)) != pool.mlp.fc1.out_features:
+        raise ValueError("the model's attention pool (attn_pool) has an MLP of another kind or activation than the "
+                         "blocks' plain MLP; not supported")
+    if _linear_bias(pool.q) != block["qkv_bias"] or _linear_bias(pool.kv) != block["qkv_bias"]:
+        raise ValueError("the model's attention pool (attn_pool) has other q / kv biases than the blocks; not supported")
+    if not isinstance(pool.q_norm, nn.Identity) or not isinstance(pool.k_norm, nn.Identity):
+        raise ValueError("the model's attention pool (attn_pool) normalises q and k; not supported")
+    norm = _norm(pool.norm, "attn_pool.norm")
+    if norm is None:
+        raise ValueError("the model's attention pool (attn_pool) has no norm before its MLP; not supported")
+    return {norm}
+
+
+def timm_geometry(model: nn.Module) -> dict[str, Any]:
+    """The ``gtp_ref.vit.ViT`` keyword arguments of a timm VisionTransformer or Eva, after checking
+    that every part of it is one the backbone represents exactly; ValueError naming the first
+    that is not."""
+    classes = _classes()
+    kind = next((k for k, cls in classes.items() if cls is not None and type(model) is cls), None)
+    distilled, eva = kind == "distilled", kind in ("eva", "beit")  # Eva and Beit: their map pools every token
+    if kind is None:
+        if classes["vit"] is not None and isinstance(model, classes["vit"]):
+            raise ValueError(f"the model is a subclass of VisionTransformer ({_name(model)}); not supported")
+        raise ValueError(f"model is a {_name(model)}: from_timm takes an instance of timm's VisionTransformer, "
+                         "VisionTransformerDistilled, VisionTransformerRelPos, Eva or Beit")
+    if distilled and (getattr(model, "num_reg_tokens", 0) or model.global_pool != "token"):
+        raise ValueError("the model is distilled DeiT with register tokens or another pooling than its [CLS] and "
+                         "distillation tokens; not supported")
+    pe = model.patch_embed
+    if _name(pe) not in ("PatchEmbed", "HybridEmbed"):
+        raise ValueError(f"the model's patch embedding is a {_name(pe)}; only a plain PatchEmbed (one convolution, "
+                         "kernel = stride = patch) or a HybridEmbed (a stem, then such a convolution) is supported")
+    if getattr(pe, "dynamic_img_pad", False):
+        raise ValueError("the model pads images to the patch size (dynamic_img_pad=True); not supported")
+    if not getattr(pe, "flatten", True) and not getattr(model, "dynamic_img_size", False):
+        raise ValueError("the model's patch embedding keeps the patch grid (flatten=False); not supported")
+    embed_norm = _norm(getattr(pe, "norm", None) or nn.Identity(), "the patch embedding's norm (patch_embed.norm)")
+    conv = pe.proj
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"the model's patch projection is a {_name(conv)}; only a convolution is supported")
+    patch = tuple(conv.kernel_size)
+    if patch != tuple(conv.stride) or patch[0] != patch[1] or tuple(conv.padding) != (0, 0) or conv.groups != 1:
+        raise ValueError("the model's patch embedding is not one square convolution with kernel = stride = patch")
+    img_size, grid = tuple(pe.img_size), tuple(pe.grid_size)
+    stem_stride = img_size[0] // (grid[0] * patch[0]) if _name(pe) == "HybridEmbed" else 1
+    if img_size[0] % (patch[0] * stem_stride) or img_size[1] % (patch[0] * stem_stride) or \
+            (img_size[0] // (patch[0] * stem_stride), img_size[1] // (patch[0] * stem_stride)) != grid:
+        raise ValueError(f"the image size {img_size} is not divisible by the patch {patch[0]}"
+                         f"{f' times the stem stride {stem_stride}' if stem_stride > 1 else ''}; not supported")
+    rope, bias = getattr(model, "rope", None), attention_bias_table(model)
+    if getattr(model, "pos_embed", None) is None and rope is None and bias is None:
+        raise ValueError("the model has no learned, rotary or relative position embedding; not supported")
+    pool = "map" if getattr(model, "attn_pool", None) is not None else model.global_pool
+    if pool not in GLOBAL_POOLS:
+        raise ValueError(f"the model pools with global_pool={pool!r}; only 'token', 'avg' and 'map' are supported")
+    if not isinstance(model.norm, nn.Identity) and not isinstance(model.fc_norm, nn.Identity):
+        raise ValueError("the model has a norm both before and after pooling (norm and fc_norm); not supported")
+
+    C, prefix = model.embed_dim, model.num_prefix_tokens
+    blocks = [_block(block, f"blocks.{l}", C, prefix) for l, block in enumerate(model.blocks)]
+    norm_pre = getattr(model, "norm_pre", None) or nn.Identity()
+    norms = set().union(*(b.pop("norms") for b in blocks)) | {embed_norm, _norm(norm_pre, "norm_pre"),
+                                                               _norm(model.norm, "norm"), _norm(model.fc_norm, "fc_norm")}
     norms.discard(None)
     if len({kind for kind, _ in norms}) > 1:
         raise ValueError(f"the model mixes kinds of norm ({', '.join(sorted({kind for kind, _ in norms}))}); not supported")
-    if len(norms) > 1 or len(heads) > 1 or len(hidden) > 1 or len(layer_scale) > 1 or len(qkv_bias) > 1 or len(acts) > 1:
-        raise ValueError("the model's blocks differ from each other (norm eps, heads, MLP width or activation, layer "
-                         "scale or qkv bias); not supported")
-    (hidden,) = hidden
-    mlp_ratio = hidden / C
-    if int(C * mlp_ratio) != hidden:
-        raise ValueError(f"the MLP width {hidden} is not int(C * mlp_ratio) for any float mlp_ratio; not supported")
+    if len(norms) > 1 or any(b != blocks[0] for b in blocks):
+        raise ValueError("the model's blocks differ from each other (norm eps, heads, MLP, layer scale, biases or "
+                         "norms); not supported")
+    block = blocks[0]
+    mlp_ratio = block["hidden"] / C
+    if int(C * mlp_ratio) != block["hidden"]:
+        raise ValueError(f"the MLP width {block['hidden']} is not int(C * mlp_ratio) for any float mlp_ratio; not supported")
     head = model.head
     heads_out = [head, *([model.head_dist] if distilled else [])]
     if not all(isinstance(h, (nn.Linear, nn.Identity)) for h in heads_out):
         raise ValueError(f"the model's head is a {_name(head)}; only a Linear (or none) is supported")
+    if pool == "map":
+        norms |= _attention_pool(model.attn_pool, block, C)
+    if rope is not None and (C // block["heads"]) % 2:
+        raise ValueError(f"the model has rotary embeddings on heads of odd width {C // block['heads']}; not supported")
     kind, eps = norms.pop() if norms else ("layernorm", LN_EPS)  # the one kind and eps of every norm
-    return dict(img_size=img_size, patch_size=patch[0], in_chans=conv.in_channels,
+    hybrid = dict(stem=copy.deepcopy(pe.backbone), stem_channels=conv.in_channels, stem_stride=stem_stride) \
+        if _name(pe) == "HybridEmbed" else {}
+    return dict(img_size=img_size, patch_size=patch[0], in_chans=getattr(pe, "in_chans", conv.in_channels), **hybrid,
                 num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
-                depth=len(blocks), num_heads=heads.pop(), mlp_ratio=mlp_ratio, qkv_bias=qkv_bias.pop(),
-                class_token=model.cls_token is not None, global_pool=model.global_pool,
-                reg_tokens=getattr(model, "num_reg_tokens", 0), no_embed_class=model.no_embed_class,
-                pre_norm=not isinstance(model.norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
-                and isinstance(model.norm, nn.Identity), init_values=1.0 if layer_scale.pop() == "LayerScale" else None,
-                norm_eps=eps, patch_bias=conv.bias is not None, norm=kind, act=acts.pop(), final_norm=final_norm,
-                embed_norm=embed_norm is not None, dist_token=distilled)
+                depth=len(blocks), num_heads=block["heads"], mlp_ratio=mlp_ratio, qkv_bias=block["qkv_bias"],
+                class_token=model.cls_token is not None, global_pool=pool,
+                reg_tokens=0 if getattr(model, "reg_token", None) is None else model.reg_token.shape[1],
+                no_embed_class=getattr(model, "no_embed_class", False), pre_norm=not isinstance(norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
+                and isinstance(model.norm, nn.Identity), init_values=1.0 if block["layer_scale"] else None,
+                norm_eps=eps, patch_bias=conv.bias is not None, norm=kind, act=block["act"],
+                final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
+                embed_norm=embed_norm is not None, dist_token=distilled, mlp=block["mlp"], mlp_norm=block["mlp_norm"],
+                qkv_fused=block["qkv_fused"], k_bias=block["k_bias"], qk_norm=block["qk_norm"],
+                attn_norm=block["attn_norm"], proj_bias=block["proj_bias"], attn_bias=bias is not None,
+                pos_embed=getattr(model, "pos_embed", None) is not None,
+                rope=None if rope is None else "half" if block["rotate_half"] else "interleaved",
+                rope_mixed=bool(getattr(model, "rope_mixed", False)),
+                pool_heads=model.attn_pool.num_heads if pool == "map" else None, mlp_bias=block["mlp_bias"],
+                pool_mlp_ratio=model.attn_pool.mlp.fc1.out_features / C if pool == "map" else None,
+                mlp_layer_scale=block["mlp_layer_scale"],
+                pool_prefix=(eva and pool == "map") or bool(getattr(model, "pool_include_prefix", False)))  # Eva's map: all
+
+
+def rope_table(model: nn.Module) -> torch.Tensor:
+    """The timm model's RoPE table for its own grid, as Eva's forward computes it in eval mode:
+    [L, H, n, 2 d] (L = H = 1 unless the table differs per block and head)."""
+    rope = copy.deepcopy(model.rope).eval()
+    grid = tuple(model.patch_embed.grid_size)
+    table = rope.get_embed() if getattr(rope, "feat_shape", None) is not None and not model.dynamic_img_size \
+        else rope.get_embed(shape=grid)
+    return table if table.ndim == 4 else table[None, None]
+
+
+def attention_bias_table(model: nn.Module) -> torch.Tensor | None:
+    """The relative-position bias each block of a timm VisionTransformerRelPos or Beit adds to its
+    logits, for the model's own grid: [L, H, N, N] (N with the prefix tokens); None for other models."""
+    shared = getattr(model, "shared_rel_pos", None) or getattr(model, "rel_pos_bias", None)
+    shared = None if shared is None else shared.get_bias() if hasattr(shared, "get_bias") else shared()
+    tables = []
+    for block in model.blocks:
+        attn = getattr(block, "attn", None)  # (a block without one is refused by name later)
+        own = attn.rel_pos.get_bias() if getattr(attn, "rel_pos", None) is not None else \
+            attn._get_rel_pos_bias() if getattr(attn, "relative_position_bias_table", None) is not None else None
+        if own is not None and shared is not None and hasattr(attn, "relative_position_bias_table"):
+            own = own + shared  # BEiT adds both; RelPos takes its own where it has one
+        tables.append(own if own is not None else shared)
+    if all(t is None for t in tables):
+        return None
+    return torch.cat(tables)  # (L, H, N, N)
+
+
+# the timm keys of relative-position modules, whose bias the converted model keeps as one table
+REL_POS_KEYS = ("rel_pos", "shared_rel_pos", "rel_pos_bias", "relative_position_bias_table", "relative_position_index")
+
+
+def _state_dict(model: nn.Module, geometry: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The timm model's state_dict with this backbone's names: EVA's and BEiT's layer scales
+    ``gamma_1`` / ``gamma_2`` as ``ls1.gamma`` / ``ls2.gamma``; a RoPE module's parameters
+    replaced by the table they give (``rope_table``), and relative-position modules by the bias
+    they give (``attn_bias_table``)."""
+    renamed = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("rope.") or any(part in REL_POS_KEYS for part in key.split(".")):
+            continue
+        parts = key.split(".")
+        if parts[-1] in ("gamma_1", "gamma_2"):
+            parts[-1:] = [f"ls{parts[-1][-1]}", "gamma"]
+        renamed[".".join(parts)] = value
+    if geometry["rope"] is not None:
+        renamed["rope_table"] = rope_table(model)
+    if geometry["attn_bias"]:
+        renamed["attn_bias_table"] = attention_bias_table(model)
+    return renamed
 
 
 def stochastic_modules(model: nn.Module) -> list[str]:
@@ -206,7 +361,7 @@ def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
     param = next(model.parameters())
     with torch.device(param.device):
         net = cls(**geometry, **settings)
-    net.to(param.dtype).load_state_dict(model.state_dict(), strict=True)
+    net.to(param.dtype).load_state_dict(_state_dict(model, geometry), strict=True)
     net.dropout_not_applied = tuple(stochastic)  # ViT.train(True) warns about them
     return net.train(model.training)
 

@@ -120,6 +120,9 @@ class ToMeViT(ViT):
             raise ValueError("ToMe with prefix tokens beyond [CLS] (register tokens, a distillation token) is not "
                              "supported: the official ToMe protects only the [CLS] token, so it would merge them with "
                              "image tokens")
+        if self.rope is not None or self.attn_bias:
+            raise ValueError("ToMe with rotary position embeddings (rope) or a relative-position bias (attn_bias) is "
+                             "not supported: a merged token stands for several patches and has no one position")
         self.r = r  # validated by the property
 
     @property
@@ -138,7 +141,7 @@ class ToMeViT(ViT):
         trace = ToMeTrace(sizes=x.new_ones(x.shape[:2]), class_token=self.class_token)  # sizes (B, N)
         for block, r in zip(self.blocks, self.r):
             x = block(x, r, trace, self.fused_attn, record)
-        trace.logits = self.forward_head(x)
+        trace.logits = self.forward_head(x, trace.sizes)
         return trace
 
     def forward(self, x: Tensor) -> Tensor:

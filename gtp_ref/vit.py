@@ -11,157 +11,47 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gtp_ref._checks import GLOBAL_POOLS, choice, flag, integer, pair, real
-
-LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
-NORMS = ("layernorm", "rmsnorm")  # the kinds of norm, one for the whole model (timm's LayerNorm, RmsNorm)
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP's: exact GELU, tanh-approximated GELU, CLIP's QuickGELU
-
-# Parts of timm ViT checkpoints that this model does not have, by a key component they carry.
-FOREIGN_KEYS = {
-    "ls1": "layer scale (DeiT-III style ls1 / ls2)", "ls2": "layer scale (DeiT-III style ls1 / ls2)",
-    "reg_token": "register tokens", "dist_token": "a distillation token (distilled DeiT)",
-    "head_dist": "a distillation head (distilled DeiT)", "norm_pre": "a norm before the blocks (CLIP-style)",
-    "q_norm": "query / key normalisation", "k_norm": "query / key normalisation",
-    "attn_pool": "attention pooling (global_pool='map')", "backbone": "a convolutional stem (hybrid ViT)",
-    "cls_token": "a [CLS] token", "fc_norm": "a LayerNorm after pooling (fc_norm)",
-    "norm": "a LayerNorm before pooling (norm)",
-}
-
-
-class RmsNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight over the last dimension (timm's RmsNorm): [..., C] -> [..., C]."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
-
-
-class QuickGELU(nn.Module):
-    """x sigmoid(1.702 x): OpenAI CLIP's approximation of GELU."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-def norm_layer(kind: str, dim: int, eps: float) -> nn.Module:
-    """A LayerNorm (weight and bias) or an RmsNorm (weight) over dim channels."""
-    return nn.LayerNorm(dim, eps=eps) if kind == "layernorm" else RmsNorm(dim, eps)
-
-
-def activation(kind: str) -> nn.Module:
-    """The MLP activation of ``ACTIVATIONS`` named ``kind``."""
-    if kind == "quick_gelu":
-        return QuickGELU()
-    return nn.GELU(approximate="tanh" if kind == "gelu_tanh" else "none")
+from gtp_ref.attention import LN_EPS, Attention, AttentionMap, ValueMix, softmax_map  # noqa: F401  (re-exported)
+from gtp_ref.layers import (  # noqa: F401  (RmsNorm, QuickGELU, activation, Mlp: re-exported, their old home)
+    ACTIVATIONS,
+    FOREIGN_KEYS,
+    AttentionPool,
+    MLPS,
+    NORMS,
+    ROPE_LAYOUTS,
+    LayerScale,
+    Mlp,
+    QuickGELU,
+    RmsNorm,
+    activation,
+    axial_rope_table,
+    mlp_layer,
+    norm_layer,
+)
 
 
 class PatchEmbed(nn.Module):
     """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid; a norm of
-    each token after the projection with ``norm`` (AIMv2)."""
+    each token after the projection with ``norm`` (AIMv2).  With a ``backbone`` (a hybrid ViT's
+    convolutional stem, any module from images to a feature map or a list ending in one) the
+    patches are cut from its output: in_chans is then its channels."""
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int, bias: bool = True,
-                 norm: nn.Module | None = None) -> None:
+                 norm: nn.Module | None = None, backbone: nn.Module | None = None) -> None:
         super().__init__()
+        if backbone is not None:
+            self.backbone = backbone
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
         self.norm = norm or nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self, "backbone"):
+            x = self.backbone(x)
+            x = x[-1] if isinstance(x, (list, tuple)) else x  # (B, in_chans, H', W')
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # (B, n, C)
-
-
-class AttentionMap(nn.Module):
-    """Att = softmax(q k^T / sqrt(d) + log s): q, k [B, H, N, d], sizes s [B, N] or None -> [B, H, N, N].
-
-    The scale multiplies q (N d products, as timm does), not the N^2 logits."""
-
-    def __init__(self, scale: float) -> None:
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, q: Tensor, k: Tensor, token_sizes: Tensor | None = None) -> Tensor:
-        return softmax_map(q * self.scale, k, token_sizes)
-
-
-def softmax_map(q: Tensor, k: Tensor, token_sizes: Tensor | None = None) -> Tensor:
-    """softmax(q k^T + log s) for q already scaled: q, k [B, H, N, d], sizes s [B, N] or None ->
-    [B, H, N, N] (the attention map's one definition; the backends that compute it use it too)."""
-    logits = q @ k.transpose(-2, -1)  # (B, H, N, N)
-    if token_sizes is not None:
-        logits = logits + token_sizes.log()[:, None, None, :]  # + log s per key column
-    return logits.softmax(dim=-1)
-
-
-class ValueMix(nn.Module):
-    """Att v with the heads concatenated: Att [B, H, N, N], v [B, H, N, d] -> [B, N, H d]."""
-
-    def forward(self, attn: Tensor, v: Tensor) -> Tensor:
-        out = attn @ v  # (B, H, N, d)
-        B, H, N, d = out.shape
-        return out.transpose(1, 2).reshape(B, N, H * d)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with proportional attention: x [B, N, C] -> [B, N, C].
-
-    Att = softmax(q k^T / sqrt(d_h) + log s), the log s per key column only with token sizes s.
-    ``forward`` computes it fused (``scaled_dot_product_attention``, timm's default) or
-    explicitly.  The token-reduction blocks call the steps themselves -- ``heads``, ``map``,
-    ``mix``, ``proj`` -- so that a block can change the map between them; each step is a module
-    (``map`` and ``mix`` have no parameters), so ``gtp_ref.cost`` counts it as the backbone's.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.map = AttentionMap(self.scale)
-        self.mix = ValueMix()
-        self.proj = nn.Linear(dim, dim)
-
-    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v [B, H, N, d] of x [B, N, C]."""
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        return q, k, v
-
-    def forward(self, x: Tensor, token_sizes: Tensor | None = None, fused: bool = False) -> tuple[Tensor, Tensor]:
-        """(Attn(x) [B, N, C], the keys k [B, H, N, d]); ``fused``: by scaled_dot_product_attention."""
-        q, k, v = self.heads(x)  # (B, H, N, d)
-        if fused:
-            log_s = None if token_sizes is None else token_sizes.log()[:, None, None, :]  # (B, 1, 1, N)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=log_s)  # (B, H, N, d)
-            return self.proj(out.transpose(1, 2).flatten(2)), k
-        return self.proj(self.mix(self.map(q, k, token_sizes), v)), k
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, act: str = "gelu") -> None:
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), activation(act), nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class LayerScale(nn.Module):
-    """x * gamma, one learned scale per channel (DeiT-III, timm's ``ls1`` / ``ls2``)."""
-
-    def __init__(self, dim: int, init_values: float) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
 
 
 class Block(nn.Module):
@@ -174,17 +64,19 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
                  init_values: float | None = None, norm_eps: float = LN_EPS, norm: str = "layernorm",
-                 act: str = "gelu") -> None:
+                 act: str = "gelu", mlp: str = "mlp", mlp_norm: bool = False, mlp_bias: bool = True,
+                 mlp_layer_scale: bool = True, **attention: Any) -> None:
         super().__init__()
         self.norm1 = norm_layer(norm, dim, norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, norm=norm, norm_eps=norm_eps, **attention)
         self.ls1 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
         self.norm2 = norm_layer(norm, dim, norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
-        self.ls2 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = mlp_layer(mlp, dim, hidden, act, norm_layer(norm, hidden, norm_eps) if mlp_norm else None, mlp_bias)
+        self.ls2 = nn.Identity() if init_values is None or not mlp_layer_scale else LayerScale(dim, init_values)
 
-    def forward(self, x: Tensor, fused: bool = False) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), fused=fused)[0])  # (B, N, C)
+    def forward(self, x: Tensor, fused: bool = False, rope: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), fused=fused, rope=rope, bias=bias)[0])  # (B, N, C)
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
@@ -200,10 +92,26 @@ class ViT(nn.Module):
     (``norm``), by default after for average pooling and before for ``[CLS]`` pooling, and
     ``final_norm=False`` drops both; ``norm`` is the kind of every norm ("layernorm" or
     "rmsnorm"), ``act`` the MLP's activation ("gelu", "gelu_tanh", "quick_gelu");
-    ``global_pool="avg"`` averages the image tokens (prefix tokens left out).  With a
+    ``global_pool="avg"`` averages the image tokens, ``"map"`` pools them by attention
+    (``gtp_ref.layers.AttentionPool``: ``pool_heads`` heads, an MLP of ``pool_mlp_ratio``
+    times the width; the blocks' by default); ``pool_prefix`` pools the prefix
+    tokens too.  With a
     distillation token the logits are the mean of ``head`` on [CLS] and ``head_dist`` on the
     distillation token (timm's inference).  ``fused_attn`` chooses ``scaled_dot_product_attention`` (timm's default) over
     the explicit softmax attention.
+
+    The variants of timm's EVA family: ``mlp`` the MLP's kind ("mlp", "swiglu", "glu"),
+    ``mlp_norm`` a norm of its hidden units, ``mlp_bias`` its biases, ``mlp_layer_scale=False``
+    layer scale on the attention only; the attention's ``qkv_fused``, ``k_bias``,
+    ``qk_norm``, ``attn_norm``, ``proj_bias`` (``Attention``); ``pos_embed=False`` no learned
+    position embedding; ``rope`` rotary position embeddings in the layout "interleaved" or
+    "half", from the buffer ``rope_table`` [L, H, n, 2 d] (L = H = 1 unless ``rope_mixed``: one
+    table per block and head), by default an axial 2-D table (``gtp_ref.layers.axial_rope_table``;
+    ``from_timm`` puts the timm model's own there).  A hybrid ViT: ``stem`` (a module from images
+    to a feature map of ``stem_channels`` channels, ``stem_stride`` times smaller) before the
+    patch projection; the grid of tokens is then that of the feature map's patches.
+    ``attn_bias``: a relative-position bias of each block's logits, the buffer
+    ``attn_bias_table`` [L, H, N, N] (zeros unless ``from_timm`` copies a timm model's).
     """
 
     block_class: type[Block] = Block  # the token-reduction models put their own block here
@@ -215,7 +123,12 @@ class ViT(nn.Module):
                  no_embed_class: bool = False, pre_norm: bool = False, fc_norm: bool | None = None,
                  init_values: float | None = None, norm_eps: float = LN_EPS, patch_bias: bool = True,
                  norm: str = "layernorm", act: str = "gelu", final_norm: bool = True, embed_norm: bool = False,
-                 dist_token: bool = False) -> None:
+                 dist_token: bool = False, mlp: str = "mlp", mlp_norm: bool = False, qkv_fused: bool = True,
+                 k_bias: bool = True, qk_norm: bool = False, attn_norm: bool = False, proj_bias: bool = True,
+                 pos_embed: bool = True, rope: str | None = None, rope_mixed: bool = False,
+                 pool_heads: int | None = None, pool_prefix: bool = False, pool_mlp_ratio: float | None = None,
+                 mlp_bias: bool = True, mlp_layer_scale: bool = True, stem: nn.Module | None = None,
+                 stem_channels: int = 0, stem_stride: int = 1, attn_bias: bool = False) -> None:
         super().__init__()
         img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
         in_chans = integer("in_chans", in_chans, minimum=1)
@@ -235,13 +148,29 @@ class ViT(nn.Module):
         choice("act", act, ACTIVATIONS)
         final_norm, embed_norm = flag("final_norm", final_norm), flag("embed_norm", embed_norm)
         dist_token = flag("dist_token", dist_token)
+        choice("mlp", mlp, MLPS)
+        options = {name: flag(name, value) for name, value in (("qkv_fused", qkv_fused), ("k_bias", k_bias),
+                   ("qk_norm", qk_norm), ("attn_norm", attn_norm), ("proj_bias", proj_bias))}
+        mlp_norm, pos_embed, rope_mixed = flag("mlp_norm", mlp_norm), flag("pos_embed", pos_embed), flag("rope_mixed", rope_mixed)
+        mlp_bias, mlp_layer_scale = flag("mlp_bias", mlp_bias), flag("mlp_layer_scale", mlp_layer_scale)
+        pool_mlp_ratio = mlp_ratio if pool_mlp_ratio is None else real("pool_mlp_ratio", pool_mlp_ratio, 0.0, low_open=True)
+        if rope is not None:
+            choice("rope", rope, ROPE_LAYOUTS)
+        pool_heads = num_heads if pool_heads is None else integer("pool_heads", pool_heads, minimum=1)
+        self.pool_prefix = flag("pool_prefix", pool_prefix)
+        if global_pool == "map" and embed_dim % pool_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by pool_heads={pool_heads}")
         fc_norm = global_pool == "avg" if fc_norm is None else flag("fc_norm", fc_norm)
         if dist_token and (not class_token or global_pool != "token"):
             raise ValueError("dist_token=True (distilled DeiT) needs class_token=True and global_pool='token'")
         if patch_size[0] != patch_size[1]:
             raise ValueError(f"patch_size={patch_size!r} must be square (timm's PatchEmbed)")
-        if img_size[0] % patch_size[0] or img_size[1] % patch_size[1]:
-            raise ValueError(f"img_size={img_size!r} is not divisible by patch_size={patch_size[0]}")
+        if stem is not None:  # the patches are cut from the stem's feature map
+            stem_channels, stem_stride = integer("stem_channels", stem_channels, 1), integer("stem_stride", stem_stride, 1)
+        stride = patch_size[0] * (stem_stride if stem is not None else 1)  # image pixels per token, each way
+        if img_size[0] % stride or img_size[1] % stride:
+            raise ValueError(f"img_size={img_size!r} is not divisible by {'the stem stride x ' if stem else ''}"
+                             f"patch_size={stride}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         if int(embed_dim * mlp_ratio) < 1:
@@ -250,15 +179,15 @@ class ViT(nn.Module):
         if not class_token and global_pool == "token":
             raise ValueError("global_pool='token' needs a [CLS] token (class_token=True); "
                              "use global_pool='avg'")
-        self.grid = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+        self.grid = (img_size[0] // stride, img_size[1] // stride)
         self.img_size, self.in_chans = img_size, in_chans
         self.class_token, self.global_pool, self.fused_attn = class_token, global_pool, fused_attn
         self.num_prefix_tokens = int(class_token) + int(dist_token) + reg_tokens
         self.no_embed_class = no_embed_class
         n = self.grid[0] * self.grid[1]
 
-        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size[0], patch_bias,
-                                      norm_layer(norm, embed_dim, norm_eps) if embed_norm else None)
+        self.patch_embed = PatchEmbed(stem_channels if stem is not None else in_chans, embed_dim, patch_size[0],
+                                      patch_bias, norm_layer(norm, embed_dim, norm_eps) if embed_norm else None, stem)
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if dist_token:
@@ -266,12 +195,26 @@ class ViT(nn.Module):
         if reg_tokens:
             self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim))
         embed_len = n if no_embed_class else n + self.num_prefix_tokens
-        self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
+        if pos_embed:
+            self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
+        self.rope, self.attn_bias = rope, flag("attn_bias", attn_bias)
+        if self.attn_bias:  # one relative-position bias of the logits per block: (L, H, N, N), N with the prefix
+            N0 = n + self.num_prefix_tokens
+            self.register_buffer("attn_bias_table", torch.zeros(depth, num_heads, N0, N0))
+        if rope is not None:
+            table = axial_rope_table(self.grid, embed_dim // num_heads)  # (n, 2 d)
+            shape = (depth, num_heads) if rope_mixed else (1, 1)
+            self.register_buffer("rope_table", table.expand(*shape, *table.shape).clone())  # (L, H, n, 2 d)
         self.norm_pre = norm_layer(norm, embed_dim, norm_eps) if pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_eps,
-                                                     norm, act) for _ in range(depth))
+                                                     norm, act, mlp, mlp_norm, mlp_bias, mlp_layer_scale, rope=rope,
+                                                     **options)
+                                    for _ in range(depth))
         self.norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and not fc_norm else nn.Identity()
         self.fc_norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and fc_norm else nn.Identity()
+        if global_pool == "map":  # attention pooling, its MLP of the blocks' kind and activation
+            self.attn_pool = AttentionPool(embed_dim, pool_heads, pool_mlp_ratio, act, norm_layer(norm, embed_dim, norm_eps),
+                                           qkv_bias=qkv_bias)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if dist_token:
             self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -327,19 +270,47 @@ class ViT(nn.Module):
         x = self.patch_embed(x)  # (B, n, C)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (getattr(self, "cls_token", None), getattr(self, "dist_token", None),
                                                          getattr(self, "reg_token", None)) if t is not None]
-        if self.no_embed_class:  # the position embedding covers the image tokens only
-            x = torch.cat([*prefix, x + self.pos_embed], dim=1)  # (B, N, C)
+        pos = getattr(self, "pos_embed", None)
+        if pos is None:
+            x = torch.cat([*prefix, x], dim=1)  # (B, N, C)
+        elif self.no_embed_class:  # the position embedding covers the image tokens only
+            x = torch.cat([*prefix, x + pos], dim=1)
         else:
-            x = torch.cat([*prefix, x], dim=1) + self.pos_embed  # (B, N, C)
+            x = torch.cat([*prefix, x], dim=1) + pos
         return self.norm_pre(x)
 
-    def forward_head(self, x: Tensor) -> Tensor:
-        """The tokens after the last block [B, N_L, C] -> logits [B, num_classes]."""
+    def bias_for(self, block: int, positions: Tensor | None = None) -> Tensor | None:
+        """Block ``block``'s relative-position bias among the prefix tokens and the image tokens at
+        ``positions`` [B, n_l] (None: all, in order) -> [B or 1, H, N_l, N_l]; None without one."""
+        if not self.attn_bias:
+            return None
+        table = self.attn_bias_table[block]  # (H, N0, N0)
+        if positions is None:
+            return table[None]
+        c = self.num_prefix_tokens
+        index = torch.cat([torch.arange(c, device=positions.device).expand(positions.shape[0], c), c + positions], 1)
+        return table[:, index[:, :, None], index[:, None, :]].transpose(0, 1)  # (B, H, N_l, N_l)
+
+    def rope_for(self, block: int, positions: Tensor | None = None) -> Tensor | None:
+        """Block ``block``'s RoPE rows for the image tokens at ``positions`` [B, n_l] (their patches'
+        indices; None: all n patches in order) -> [B or 1, H or 1, n_l, 2 d]; None without rope."""
+        if self.rope is None:
+            return None
+        table = self.rope_table[block if self.rope_table.shape[0] > 1 else 0]  # (H or 1, n, 2 d)
+        if positions is None:
+            return table[None]
+        return table[:, positions].transpose(0, 1)  # (B, H or 1, n_l, 2 d)
+
+    def forward_head(self, x: Tensor, token_sizes: Tensor | None = None) -> Tensor:
+        """The tokens after the last block [B, N_L, C] (with their sizes [B, N_L] or None) -> logits [B, num_classes]."""
         x = self.norm(x)  # (B, N_L, C); the identity with fc_norm
         if hasattr(self, "dist_token"):  # distilled DeiT: the mean of the two heads' logits (timm's inference)
             return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
-        if self.global_pool == "avg":  # plain mean of the image tokens; prefix tokens left out (timm)
-            pooled = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, C)
+        c = 0 if self.pool_prefix else self.num_prefix_tokens  # the tokens pooled start at c
+        if self.global_pool == "map":
+            pooled = self.attn_pool(x[:, c:], None if token_sizes is None else token_sizes[:, c:])
+        elif self.global_pool == "avg":  # plain mean of the tokens
+            pooled = x[:, c:].mean(dim=1)  # (B, C)
         else:
             pooled = x[:, 0]  # [CLS]
         return self.head(self.fc_norm(pooled))
@@ -361,6 +332,6 @@ class ViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """[B, in_chans, H, W] -> logits [B, num_classes]."""
         x = self.embed(x)  # (B, N, C)
-        for block in self.blocks:
-            x = block(x, self.fused_attn)
+        for l, block in enumerate(self.blocks):
+            x = block(x, self.fused_attn, self.rope_for(l), self.bias_for(l))
         return self.forward_head(x)

@@ -46,17 +46,41 @@ SUPPORTED = [
      dict(TINY, norm_layer="rmsnorm", embed_norm_layer="rmsnorm", pre_norm=True)),
     ("no final norm", "vit_base_patch16_radio_v3", dict(depth=1, img_size=64)),
     ("distilled DeiT (two prefix tokens, two heads)", "deit_tiny_distilled_patch16_224", dict(depth=2)),
+    ("q/k norm", None, dict(TINY, qk_norm=True)),
+    ("dynamic image size (converted for its img_size)", None, dict(TINY, dynamic_img_size=True)),
+    ("EVA-02: RoPE, GluMlp, q / v biases (Eva)", "eva02_tiny_patch14_224", dict(depth=2, img_size=56)),
+    ("EVA-02: SwiGLU with a norm, attention-output norm, separate q / k / v", "eva02_base_patch14_448",
+     dict(depth=1, img_size=56)),
+    ("EVA: no RoPE, layer scale absent", "eva_giant_patch14_224", dict(depth=1, img_size=56, embed_dim=88, num_heads=4)),
+    ("DINOv3: RoPE (half layout), registers, layer scale, no position embedding", "vit_small_patch16_dinov3",
+     dict(depth=2, img_size=64)),
+    ("RoPE-ViT: a RoPE table per block and head (AttentionRope)", "vit_small_patch16_rope_mixed_224",
+     dict(depth=2, img_size=64)),
+    ("RoPE-ViT: axial RoPE with a position embedding", "vit_small_patch16_rope_ape_224", dict(depth=2, img_size=64)),
+    ("Sapiens2: GluMlp, q / k norm, layer scale on the attention only", None, None),
+    ("map pooling (SigLIP)", "vit_base_patch16_siglip_224", dict(depth=1, img_size=64)),
+    ("map pooling over the image tokens, registers", "vit_so150m_patch16_reg4_map_256", dict(depth=1, img_size=64)),
+    ("map pooling with its own heads over every token (PE core)", "vit_pe_core_small_patch16_384",
+     dict(depth=1, img_size=64)),
+    ("SwiGLU without biases, RmsNorm, no attention bias (AIMv2)", "aimv2_large_patch14_224", dict(depth=1, img_size=56)),
+    ("hybrid: ResNet stem, 1x1 projection", "vit_small_r26_s32_224", dict(depth=1, img_size=128)),
+    ("hybrid: stem with batch norm (ResNet-26d features)", "vit_small_resnet26d_224", dict(depth=1, img_size=128)),
+    ("hybrid: convolutional stem, 8x8 patches of its map", "vit_tiny_r_s16_p8_224", dict(depth=1)),
+    ("relative-position bias from an MLP (VisionTransformerRelPos)", "vit_relpos_small_patch16_224",
+     dict(depth=2, img_size=64)),
+    ("relative-position bias shared by the blocks, [CLS]", "vit_srelpos_small_patch16_224",
+     dict(depth=2, img_size=64, class_token=True, global_pool="token")),
+    ("BEiT: relative-position bias table, q / v biases, layer scale", "beit_base_patch16_224",
+     dict(depth=1, img_size=64)),
 ]
 REFUSED = [
     ("post-norm blocks", "vit_base_patch16_rpn_224", dict(depth=1), r"ResPostBlock \(post-norm"),
-    ("map pooling", None, dict(TINY, global_pool="map"), "global_pool='map'"),
+    ("post-norm relative-position blocks", "vit_relpos_small_patch16_rpn_224", dict(depth=1), r"ResPostRelPosBlock"),
     ("max pooling", None, dict(TINY, global_pool="max"), "global_pool='max'"),
-    ("hybrid stem", "vit_small_r26_s32_224", dict(depth=1), "patch embedding is a HybridEmbed"),
-    ("another model class (EVA-02)", "eva02_tiny_patch14_224", dict(depth=1), "model is a Eva"),
+    ("parallel blocks", "vit_base_patch16_xp_224", dict(depth=1), "ParallelScalingBlock"),
+    ("windowed attention (SAM)", "samvit_base_patch16", dict(depth=1), "model is a VisionTransformerSAM"),
     ("image size not divisible by the patch", None, dict(TINY, img_size=36), "not divisible by the patch"),
-    ("q/k norm", None, dict(TINY, qk_norm=True), "query norm"),
-    ("SwiGLU MLP", None, dict(TINY, mlp_layer=timm.layers.SwiGLU), "only an Mlp"),
-    ("dynamic image size", None, dict(TINY, dynamic_img_size=True), "dynamic image size"),
+    ("SwiGLU with GELU", None, dict(TINY, mlp_layer=timm.layers.SwiGLU), "only SiLU with the gate first"),
 ]
 
 
@@ -77,8 +101,20 @@ def randomise(model):
     return model
 
 
+def sapiens2_like():
+    """An Eva as timm's Sapiens2 models build it (their factories take no depth), at a tiny size."""
+    from timm.models.eva import Eva
+    return Eva(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, qkv_fused=False,
+               swiglu_mlp=True, qk_norm=True, init_values=1e-5, attn_only_layer_scale=True, use_abs_pos_emb=False,
+               use_rot_pos_emb=True, rope_type="dinov3", rope_rotate_half=True, attn_type="rope", global_pool="token",
+               norm_layer=timm.layers.RmsNorm)
+
+
 def timm_model(name, kwargs, dtype=torch.float64):
-    model = VisionTransformer(**kwargs) if name is None else timm.create_model(name, pretrained=False, **kwargs)
+    if kwargs is None:
+        model = sapiens2_like()
+    else:
+        model = VisionTransformer(**kwargs) if name is None else timm.create_model(name, pretrained=False, **kwargs)
     return randomise(model.to(dtype)).eval()
 
 
@@ -101,14 +137,17 @@ def test_no_reduction_is_the_timm_model(what, name, kwargs):
     with torch.no_grad():
         want, got = model(x), gtp(x)
     assert got.shape == want.shape and rel_err(got, want) <= 1e-12, (what, rel_err(got, want))
-    if gtp.num_prefix_tokens <= int(gtp.class_token):  # ToMe: no registers (the official protects [CLS] only)
+    if gtp.num_prefix_tokens <= int(gtp.class_token) and gtp.rope is None and not gtp.attn_bias:  # ToMe: [CLS] only
         with torch.no_grad():
             tome = tome_from_timm(model, r=0)(x)
         assert rel_err(tome, want) <= 1e-12, (what, "ToMe r=0", rel_err(tome, want))
 
 
-@pytest.mark.parametrize("what, name, kwargs", [SUPPORTED[1], SUPPORTED[12], SUPPORTED[13]],
-                         ids=[SUPPORTED[i][0] for i in (1, 12, 13)])
+FLOAT32 = [s for s in SUPPORTED if s[0] in ("DeiT-S", "layer scale (DeiT-III)", "EVA-02: RoPE, GluMlp, q / v biases (Eva)",
+                                             "BEiT: relative-position bias table, q / v biases, layer scale")]
+
+
+@pytest.mark.parametrize("what, name, kwargs", FLOAT32, ids=[s[0] for s in FLOAT32])
 def test_float32_is_the_timm_model_too(what, name, kwargs):
     model = timm_model(name, kwargs, torch.float32)
     x = images(model, dtype=torch.float32)
@@ -118,6 +157,9 @@ def test_float32_is_the_timm_model_too(what, name, kwargs):
 
 
 PREFIXED = [SUPPORTED[i] for i in (13, 14, 10)] + [s for s in SUPPORTED if s[0].startswith("distilled")]
+# one model of every family since the plain ViT: GTP on every backend agrees with the dense reference
+FAMILIES = [s for s in SUPPORTED if s[0].split(":")[0] in ("EVA-02", "DINOv3", "Sapiens2") or s[0].startswith((
+    "RoPE-ViT: a RoPE table", "map pooling with", "hybrid: stem", "relative-position bias shared", "BEiT", "SwiGLU"))]
 
 
 @pytest.mark.parametrize("backend", ["dense", "sparse", "fast"])
@@ -137,6 +179,90 @@ def test_gtp_runs_on_every_backend_with_prefix_tokens(what, name, kwargs, backen
     assert trace.tokens_per_layer[-1] == c + n - 3 * len(gtp.blocks)
     assert all(int(layer.prop.max()) < layer.tokens - c for layer in trace.layers), "indices are image tokens"
     assert torch.allclose(trace.logits, want, rtol=1e-9, atol=1e-12), (what, backend)
+
+
+@pytest.mark.parametrize("backend", ["sparse", "fast"])
+@pytest.mark.parametrize("what, name, kwargs", FAMILIES, ids=[s[0] for s in FAMILIES])
+def test_gtp_on_the_new_families_agrees_across_backends(what, name, kwargs, backend):
+    """RoPE, relative-position biases, attention pooling, gated MLPs, hybrid stems: GTP with
+    propagation on the sparse and fast backends selects the dense reference's tokens and gives its
+    logits (the kept tokens' positions gathered the same way in each)."""
+    model = timm_model(name, kwargs)
+    x = images(model)
+    settings = dict(num_prop=2, sparsity=0.6, token_scale=True, alpha=0.3, num_neighbours=2)
+    with torch.no_grad():
+        want = from_timm(model, **settings).forward_trace(x, record=True)
+        got = from_timm(model, backend=backend, **settings).forward_trace(x, record=True)
+    assert [layer.prop.tolist() for layer in got.layers] == [layer.prop.tolist() for layer in want.layers], what
+    assert torch.allclose(got.logits, want.logits, rtol=1e-9, atol=1e-12), (what, backend)
+
+
+def test_a_kept_token_keeps_its_rope_rows_and_bias_entries():
+    """The rows of RoPE and of the relative-position bias follow the kept tokens' first positions."""
+    rope = from_timm(timm_model("vit_small_patch16_rope_mixed_224", dict(depth=2, img_size=64)))
+    positions = torch.tensor([[0, 5, 7], [3, 4, 15]])
+    rows = rope.rope_for(1, positions)  # (B, H, 3, 2 d)
+    assert torch.equal(rows[1, :, 2], rope.rope_table[1, :, 15]) and torch.equal(rows[0, :, 1], rope.rope_table[1, :, 5])
+    beit = from_timm(timm_model("beit_base_patch16_224", dict(depth=1, img_size=64)))
+    bias = beit.bias_for(0, positions)  # (B, H, 1 + 3, 1 + 3): [CLS] first
+    table = beit.attn_bias_table[0]
+    assert torch.equal(bias[1, :, 0, 3], table[:, 0, 16]) and torch.equal(bias[0, :, 2, 1], table[:, 6, 1])
+
+
+@pytest.mark.parametrize("name, kwargs", [("vit_small_patch16_rope_mixed_224", dict(depth=3, img_size=64)),
+                                          ("vit_small_patch16_dinov3", dict(depth=3, img_size=64)),
+                                          ("beit_base_patch16_224", dict(depth=3, img_size=64))])
+def test_pruning_turns_and_biases_each_token_by_its_own_patch(name, kwargs):
+    """GTP's pruning (propagation='none') on a RoPE / relative-position-bias model replayed block by
+    block with the trace's selections, each token's patch tracked here: the same logits."""
+    timm_net = timm_model(name, kwargs)
+    model, x = from_timm(timm_net, num_prop=4, propagation="none", sparsity=0.6), images(timm_net)
+    with torch.no_grad():
+        trace = model.forward_trace(x)
+        h, c = model.embed(x), model.num_prefix_tokens
+        B, C = h.shape[0], h.shape[2]
+        patch = torch.arange(model.num_image_tokens).expand(B, -1)  # (B, n_l): the patch of each image token
+        for l, (block, layer) in enumerate(zip(model.blocks, trace.layers)):
+            rope = bias = None
+            if model.rope is not None:
+                rope = torch.stack([model.rope_table[min(l, len(model.rope_table) - 1)][:, p] for p in patch])
+            if model.attn_bias:
+                index = torch.cat([torch.arange(c).expand(B, c), c + patch], 1)
+                bias = torch.stack([model.attn_bias_table[l][:, i][:, :, i] for i in index])
+            q, k, v = block.attn.heads(block.norm1(h), rope)
+            attn = model.ops.sparsify_attention(block.attn.map(q, k, None, bias), model.sparsity)
+            h = h + block.ls1(block.attn.out(block.attn.mix(attn, v)))
+            h = torch.cat([h[:, :c], h[:, c:].gather(1, layer.kept[..., None].expand(-1, -1, C))], 1)
+            patch = patch.gather(1, layer.kept)
+            h = h + block.ls2(block.mlp(block.norm2(h)))
+        assert torch.allclose(model.forward_head(h), trace.logits, rtol=1e-12, atol=1e-12), name
+
+
+def test_positions_without_a_patch_are_refused():
+    """propagation='mean' appends a token of no patch: refused with RoPE or a relative-position
+    bias; ToMe (merged tokens of several patches) refuses both."""
+    model = timm_model("vit_small_patch16_rope_224", dict(depth=2, img_size=64))
+    with pytest.raises(ValueError, match="propagation='mean' with rope or attn_bias"):
+        from_timm(model, num_prop=2, propagation="mean")
+    with pytest.raises(ValueError, match="ToMe with rotary position embeddings"):
+        tome_from_timm(model, r=2)
+    with pytest.raises(ValueError, match="ToMe with rotary position embeddings"):
+        tome_from_timm(timm_model("beit_base_patch16_224", dict(depth=1, img_size=64)))
+
+
+def test_attention_pooling_weighs_tokens_by_their_size():
+    """map pooling with token sizes: a token of size s pools as s copies of it would (proportional
+    attention), and sizes of 1 are timm's pooling."""
+    from gtp_ref.layers import AttentionPool
+    pool = AttentionPool(8, 2, 2.0, "gelu", torch.nn.LayerNorm(8)).double()
+    with torch.no_grad():
+        for p in pool.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(p.numel())))
+        x = torch.randn(2, 5, 8, dtype=torch.float64)
+        sizes = torch.tensor([[1.0, 3.0, 1.0, 2.0, 1.0]] * 2, dtype=torch.float64)
+        copies = torch.cat([x[:, :1], x[:, 1:2].expand(-1, 3, -1), x[:, 2:3], x[:, 3:4].expand(-1, 2, -1), x[:, 4:]], 1)
+        assert torch.allclose(pool(x, sizes), pool(copies), rtol=1e-12, atol=1e-12)
+        assert torch.equal(pool(x, torch.ones(2, 5, dtype=torch.float64)), pool(x))
 
 
 def test_the_converted_model_keeps_device_dtype_and_mode():
@@ -168,15 +294,15 @@ def test_tome_refuses_prefix_tokens_beyond_cls(name, kwargs):
 def test_the_registry_survey_names_every_refusal():
     """python -m gtp_ref.support on a few models of each kind: converted or refused with the reason."""
     from gtp_ref.apps import support
-    names = ["deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_base_patch16_clip_quickgelu_224",
-             "eva02_tiny_patch14_224", "vit_small_r26_s32_224", "samvit_base_patch16"]
+    names = ["deit_tiny_patch16_224", "eva02_tiny_patch14_224", "vit_small_r26_s32_224", "beit_base_patch16_224",
+             "samvit_base_patch16", "vit_base_patch16_rpn_224"]
     rows = {r["name"]: r for r in support.survey(names=names)}
     assert set(rows) == set(names)
-    assert [n for n in names if rows[n]["converted"]] == names[:3]
-    for n in names[3:]:
+    assert [n for n in names if rows[n]["converted"]] == names[:4]
+    for n in names[4:]:
         assert rows[n]["reason"], n
     table = support.table(list(rows.values()))
-    assert "converts 3 of the 6 models" in table and "refused, by reason" in table
+    assert "converts 4 of the 6 models" in table and "refused, by reason" in table
 
 
 def test_a_strict_key_match_is_no_proof():

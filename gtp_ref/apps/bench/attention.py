@@ -73,13 +73,13 @@ def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp
     def explicit():
         q, k, v = block.attn.heads(block.norm1(x))
         attn = dense.sparsify_attention(block.attn.map(q, k, sizes), theta)
-        return block.attn.proj(block.attn.mix(attn, v)), dense.token_scores(attn, selection, True)
+        return block.attn.out(block.attn.mix(attn, v)), dense.token_scores(attn, selection, True)
 
     def path(name):
         def run():
             q, k, v = block.attn.heads(block.norm1(x))
             out, col_sums, diagonal, _ = fast.PATHS[name](q * block.attn.scale, k, v, sizes, theta)
-            return block.attn.proj(out), column_scores(col_sums[..., 1:], diagonal[..., 1:], selection)
+            return block.attn.out(out), column_scores(col_sums[..., 1:], diagonal[..., 1:], selection)
         return run
 
     run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused=True)[0], None), "explicit": explicit,
