@@ -57,22 +57,24 @@ class Attention(nn.Module):
     ``k_proj``, ``v_proj``; ``k_bias=False`` no bias on k (with a fused qkv: ``q_bias`` and
     ``v_bias`` beside a bias-free ``qkv``); ``qk_norm`` a norm of each head's q and k;
     ``attn_norm`` a norm of the heads' output before ``proj``; ``rope`` the layout of the rotary
-    embedding that ``heads`` applies to the image tokens' q and k (``gtp_ref.layers.rotate``).
+    embedding that ``heads`` applies to the image tokens' q and k (``gtp_ref.layers.rotate``);
+    ``kv_heads`` fewer k / v heads than q heads (grouped-query attention, separate projections).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, *, qkv_fused: bool = True, k_bias: bool = True,
                  qk_norm: bool = False, attn_norm: bool = False, proj_bias: bool = True, rope: str | None = None,
-                 norm: str = "layernorm", norm_eps: float = LN_EPS) -> None:
+                 norm: str = "layernorm", norm_eps: float = LN_EPS, kv_heads: int | None = None) -> None:
         super().__init__()
-        self.num_heads, self.rope = num_heads, rope
+        self.num_heads, self.rope, self.kv_heads = num_heads, rope, kv_heads or num_heads
         head_dim = dim // num_heads
         self.scale = head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias and k_bias) if qkv_fused else None
         if qkv_fused and qkv_bias and not k_bias:  # EVA: q and v biases, none on k
             self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
         if not qkv_fused:
-            self.q_proj, self.k_proj = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, dim, bias=qkv_bias and k_bias)
-            self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+            kv = self.kv_heads * head_dim
+            self.q_proj, self.k_proj = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, kv, bias=qkv_bias and k_bias)
+            self.v_proj = nn.Linear(dim, kv, bias=qkv_bias)
         self.q_norm = norm_layer(norm, head_dim, norm_eps) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(norm, head_dim, norm_eps) if qk_norm else nn.Identity()
         self.map = AttentionMap(self.scale)
@@ -86,15 +88,18 @@ class Attention(nn.Module):
         B, N, C = x.shape
         H = self.num_heads
         if self.qkv is None:
-            q, k, v = (p(x).reshape(B, N, H, C // H).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+            q, k, v = (p(x).reshape(B, N, -1, C // H).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         else:
-            bias = self.qkv.bias if not hasattr(self, "q_bias") else \
-                torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-            q, k, v = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)
+            qkv = self.qkv(x)  # (B, N, 3 C); through the module, so that gtp_ref.cost counts it as the backbone's
+            if hasattr(self, "q_bias"):  # EVA: + (q_bias, 0, v_bias)
+                qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+            q, k, v = qkv.reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:  # the prefix tokens are not turned
             c = N - rope.shape[-2]
             q, k = (torch.cat([t[:, :, :c], rotate(t[:, :, c:], rope, self.rope)], dim=2) for t in (q, k))
+        if self.kv_heads != H:  # grouped-query attention: head h reads k / v head h // (H / kv_heads)
+            k, v = (t.repeat_interleave(H // self.kv_heads, dim=1) for t in (k, v))
         return q, k, v
 
     def out(self, heads: Tensor) -> Tensor:

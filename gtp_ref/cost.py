@@ -3,7 +3,8 @@
 Counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions,
 2 FLOPs per MAC).  Backbone: everything inside ``patch_embed``, the blocks' ``attn`` (or, where a
 token-reduction block calls its steps itself, ``attn.qkv`` or ``attn.q_proj`` / ``k_proj`` /
-``v_proj``, ``attn.map``, ``attn.mix`` and ``attn.proj``) and ``mlp``, and the ``head``; overhead: every other counted op -- GTP's graph,
+``v_proj``, ``attn.map``, ``attn.mix`` and ``attn.proj``) and ``mlp``, the attention pool
+(``attn_pool``) and the ``head``; overhead: every other counted op -- GTP's graph,
 propagation and cos-sim scores, or ToMe's matching.  Element-wise work (softmax, norms, maxima, sorts, gathers) is not
 counted by the flop counter; ``complexity.uncounted`` estimates it separately.
 
@@ -60,7 +61,7 @@ def _backbone_module(name: str, root: str) -> bool:
     if parts[0] != root:
         return False
     rest = parts[1:]
-    return rest in (["patch_embed"], ["head"]) or (len(rest) >= 3 and rest[0] == "blocks" and (
+    return rest in (["patch_embed"], ["head"], ["attn_pool"]) or (len(rest) >= 3 and rest[0] == "blocks" and (
         rest[2:] in (["attn"], ["mlp"]) or (rest[2] == "attn" and rest[3:] in (["qkv"], ["q_proj"], ["k_proj"], ["v_proj"], ["map"], ["mix"], ["proj"]))))
 
 

@@ -165,7 +165,7 @@ class AttentionPool(nn.Module):
     def forward(self, x: Tensor, token_sizes: Tensor | None = None) -> Tensor:
         B, N, C = x.shape
         H, L = self.num_heads, self.latent.shape[1]
-        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, L, H, C // H).transpose(1, 2)  # (B, H, L, d)
+        q = self.q(self.latent).expand(B, -1, -1).reshape(B, L, H, C // H).transpose(1, 2)  # (B, H, L, d)
         k, v = self.kv(x).reshape(B, N, 2, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
         log_s = None if token_sizes is None else token_sizes.log()[:, None, None, :]  # (B, 1, 1, N)
         out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=log_s)  # (B, H, L, d)

@@ -121,7 +121,7 @@ class GTPBlock(Block):
         """One GTP block (spec 3): x [B, N, C] -> [B, N - P, C], and what it did."""
         layer = LayerTrace(tokens=x.shape[1], attn_k=sparsity_k(x.shape[1], run.sparsity) if run.sparsity < 1 else None)
         attn_out, layer.scores = self.attend(x, run.selection if P > 0 else None, run, layer)  # Attn(LN1 x)
-        x = x + self.ls1(attn_out)  # (B, N, C)
+        x = self.attn_add(x, attn_out)  # (B, N, C)
         if P > 0:
             layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
             run.record_propagation(layer)
@@ -129,13 +129,13 @@ class GTPBlock(Block):
                 run.positions = run.positions.gather(1, layer.kept)
             x, run.graph, run.sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
                                                         run.sizes, run.prefix, run.propagation)
-        return x + self.ls2(self.mlp(self.norm2(x))), layer  # (B, N - P, C)
+        return self.mlp_add(x), layer  # (B, N - P, C)
 
     def attend(self, x: Tensor, selection: str | None, run: GTPRun,
                layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
         """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
         selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
-        q, k, v = self.attn.heads(self.norm1(x), run.rope)  # (B, H, N, d)
+        q, k, v = self.attn.heads(self.attn_in(x), run.rope)  # (B, H, N, d)
         if run.ops.attention is not None and not run.record and run.bias is None:
             fused = run.ops.attention(q * self.attn.scale, k, v, run.sizes, run.sparsity, selection,
                                       prefix_count(run.prefix))

@@ -1,24 +1,23 @@
 """GTP and ToMe on your own timm model: ``from_timm(model, **gtp_settings)`` and ``tome_from_timm``.
 
-Both read the geometry and the weights of a timm ``VisionTransformer`` *instance* and return a
-``GTPViT`` / ``ToMeViT`` with the same weights, on the same device and in the same dtype.  The
-model is checked module by module -- not by its state_dict keys, which a different architecture
-can share (a post-norm ViT has a pre-norm ViT's keys) -- and anything this project's backbone
-cannot represent is refused with a ValueError naming it.
+Both read the geometry and the weights of a timm ``VisionTransformer``,
+``VisionTransformerDistilled``, ``VisionTransformerRelPos``, ``Eva`` or ``Beit`` *instance* and
+return a ``GTPViT`` / ``ToMeViT`` with the same weights, on the same device and in the same dtype.
+The model is checked module by module -- not by its state_dict keys, which a different
+architecture can share (a post-norm ViT has a pre-norm ViT's keys) -- and anything this
+project's backbone cannot represent is refused with a ValueError naming it.
 
-Supported (docs/timm.md has the matrix and the timm versions tested): plain ViT / DeiT of any
-size, patch and image size (square or not); ``class_token=False`` with average pooling; a class
-token with average pooling (prefix tokens left out of the mean); layer scale (DeiT-III);
-register tokens (``reg_tokens``) and ``no_embed_class``; distilled DeiT (a distillation token,
-two heads); ``fc_norm`` either way (the ``*_gap_*`` models) or no final norm; ``norm_pre``
-(CLIP-style pre-norm) and a norm after the patch embedding; LayerNorm of any eps or RmsNorm;
-exact or tanh GELU and QuickGELU; patch embeddings without bias; no head (``num_classes=0``, e.g.
-MAE weights).  Refused: post-norm blocks, parallel or other block types, ``map`` / ``max`` / no
-pooling, hybrid (convolutional) stems, q/k or attention / MLP norms, gated attention, MLPs of
-another kind (SwiGLU, ...), a dynamic image size or padding, rotary or no position embeddings,
-and every other model class (EVA, ...).  ToMe also refuses register and distillation tokens (the
-official ToMe protects only the [CLS] token).  ``python -m gtp_ref.support`` counts what converts
-among timm's registered models.
+Supported (docs/timm.md has the matrix and the timm versions tested): pre- and post-norm blocks
+with timm's Attention, EvaAttention, AttentionRope or RelPosAttention (fused or separate q / k /
+v, q / v biases, grouped-query k / v, q / k and output norms) and an Mlp, SwiGLU or GluMlp (GELU,
+tanh GELU, QuickGELU; with or without biases and a hidden norm); layer scale; [CLS], register and
+distillation tokens; learned, rotary (RoPE tables) or no absolute position embedding;
+relative-position biases (as tables for the model's grid); token, average or attention (``map``)
+pooling; LayerNorm or RmsNorm; plain and hybrid patch embeddings.  Refused: parallel blocks,
+windowed (SAM) and differential attention, NaFlexVit, ``max`` pooling, and the rarer parts each
+check names.  ToMe also refuses register and distillation tokens (the official ToMe protects only
+the [CLS] token), RoPE and relative-position biases (a merged token has no one position).
+``python -m gtp_ref.support`` counts what converts among timm's registered models.
 
 timm itself is not imported here: the model passed in is the user's, so timm is already loaded.
 """
@@ -96,12 +95,11 @@ def _attention(attn: nn.Module, where: str, C: int, prefix: int) -> dict[str, An
                          "RelPosAttention are supported")
     if getattr(attn, "gate", None) is not None:
         raise ValueError(f"{where}.attn is gated; not supported")
-    if getattr(attn, "num_kv_groups", 1) != 1:
-        raise ValueError(f"{where}.attn has grouped-query attention (num_kv_heads); not supported")
     H = attn.num_heads
     head_dim = C // H
     fused = getattr(attn, "qkv", None) is not None
     width = attn.qkv.out_features if fused else attn.q_proj.out_features * 3
+    kv_heads = getattr(attn, "num_kv_heads", H)  # grouped-query attention where fewer (separate projections)
     if width != 3 * C or C % H or abs(attn.scale - head_dim ** -0.5) > 1e-12 * head_dim ** -0.5:
         raise ValueError(f"{where}.attn has an attention width or scale other than C and 1/sqrt(C/H); not supported")
     if fused:
@@ -119,7 +117,7 @@ def _attention(attn: nn.Module, where: str, C: int, prefix: int) -> dict[str, An
                 qk_norm=not isinstance(getattr(attn, "q_norm", None) or nn.Identity(), nn.Identity),
                 attn_norm=not isinstance(getattr(attn, "norm", None) or nn.Identity(), nn.Identity),
                 proj_bias=_linear_bias(attn.proj), heads=H, rotate_half=bool(getattr(attn, "rotate_half", False)),
-                norms=norms)
+                kv_heads=None if kv_heads == H else kv_heads, norms=norms)
 
 
 def _mlp(mlp: nn.Module, where: str) -> dict[str, Any]:
@@ -148,11 +146,14 @@ def _mlp(mlp: nn.Module, where: str) -> dict[str, Any]:
 
 def _block(block: nn.Module, where: str, C: int, prefix: int) -> dict[str, Any]:
     """Everything a pre-norm block of timm's ViT or EVA sets, for the comparison of all blocks."""
-    if _name(block) not in ("Block", "EvaBlock", "RelPosBlock"):
-        post = " (post-norm: the norms after attention and MLP)" if "Post" in _name(block) else ""
-        raise ValueError(f"{where} is a {_name(block)}{post}; only timm's pre-norm Block, EvaBlock and RelPosBlock "
-                         "are supported")
-    if not hasattr(block, "gamma_1"):  # ls1 / ls2 modules; EVA and BEiT: gamma_1 / gamma_2 parameters
+    post_norm = _name(block) in ("ResPostBlock", "EvaBlockPostNorm", "ResPostRelPosBlock")
+    if _name(block) not in ("Block", "EvaBlock", "RelPosBlock") and not post_norm:
+        raise ValueError(f"{where} is a {_name(block)}; only timm's Block, EvaBlock and RelPosBlock and their post-norm "
+                         "forms (ResPostBlock, EvaBlockPostNorm, ResPostRelPosBlock) are supported (parallel blocks "
+                         "have no point between attention and MLP for GTP)")
+    if post_norm:  # no layer scale
+        layer_scale = mlp_layer_scale = False
+    elif not hasattr(block, "gamma_1"):  # ls1 / ls2 modules; EVA and BEiT: gamma_1 / gamma_2 parameters
         scales = {_name(block.ls1), _name(block.ls2)}
         if scales - {"Identity", "LayerScale"} or len(scales) != 1:
             raise ValueError(f"{where} has layer scale {sorted(scales)}; only both ls1 and ls2 or neither is supported")
@@ -166,7 +167,7 @@ def _block(block: nn.Module, where: str, C: int, prefix: int) -> dict[str, Any]:
     norms = attention.pop("norms") | mlp.pop("norms") | {_norm(block.norm1, f"{where}.norm1"),
                                                          _norm(block.norm2, f"{where}.norm2")}
     return {**attention, **mlp, "layer_scale": layer_scale, "mlp_layer_scale": mlp_layer_scale or not layer_scale,
-            "norms": norms}
+            "post_norm": post_norm, "norms": norms}
 
 
 def _attention_pool(pool: nn.Module, block: dict[str, Any], C: int) -> set[tuple[str, float] | None]:
@@ -215,16 +216,19 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
         raise ValueError("the model's patch embedding keeps the patch grid (flatten=False); not supported")
     embed_norm = _norm(getattr(pe, "norm", None) or nn.Identity(), "the patch embedding's norm (patch_embed.norm)")
     conv = pe.proj
-    if not isinstance(conv, nn.Conv2d):
+    hybrid = _name(pe) == "HybridEmbed"
+    if not isinstance(conv, nn.Conv2d) and not (hybrid and isinstance(conv, nn.Identity)):
         raise ValueError(f"the model's patch projection is a {_name(conv)}; only a convolution is supported")
-    patch = tuple(conv.kernel_size)
-    if patch != tuple(conv.stride) or patch[0] != patch[1] or tuple(conv.padding) != (0, 0) or conv.groups != 1:
+    patch = tuple(conv.kernel_size) if isinstance(conv, nn.Conv2d) else (1, 1)
+    if isinstance(conv, nn.Conv2d) and (patch != tuple(conv.stride) or patch[0] != patch[1]
+                                        or tuple(conv.padding) != (0, 0) or conv.groups != 1):
         raise ValueError("the model's patch embedding is not one square convolution with kernel = stride = patch")
     img_size, grid = tuple(pe.img_size), tuple(pe.grid_size)
-    stem_stride = img_size[0] // (grid[0] * patch[0]) if _name(pe) == "HybridEmbed" else 1
-    if img_size[0] % (patch[0] * stem_stride) or img_size[1] % (patch[0] * stem_stride) or \
-            (img_size[0] // (patch[0] * stem_stride), img_size[1] // (patch[0] * stem_stride)) != grid:
-        raise ValueError(f"the image size {img_size} is not divisible by the patch {patch[0]}"
+    stem_stride = img_size[0] // (grid[0] * patch[0]) if hybrid else 1
+    remainder = bool(img_size[0] % (patch[0] * stem_stride) or img_size[1] % (patch[0] * stem_stride))
+    if (img_size[0] // (patch[0] * stem_stride), img_size[1] // (patch[0] * stem_stride)) != grid or \
+            (remainder and (hybrid or getattr(pe, "strict_img_size", True) is False)):
+        raise ValueError(f"the image size {img_size} does not give the model's grid {grid} of patches {patch[0]}"
                          f"{f' times the stem stride {stem_stride}' if stem_stride > 1 else ''}; not supported")
     rope, bias = getattr(model, "rope", None), attention_bias_table(model)
     if getattr(model, "pos_embed", None) is None and rope is None and bias is None:
@@ -237,6 +241,7 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
 
     C, prefix = model.embed_dim, model.num_prefix_tokens
     blocks = [_block(block, f"blocks.{l}", C, prefix) for l, block in enumerate(model.blocks)]
+    kv = [b.pop("kv_heads") or b["heads"] for b in blocks]  # k / v heads may differ per block (Sapiens2)
     norm_pre = getattr(model, "norm_pre", None) or nn.Identity()
     norms = set().union(*(b.pop("norms") for b in blocks)) | {embed_norm, _norm(norm_pre, "norm_pre"),
                                                                _norm(model.norm, "norm"), _norm(model.fc_norm, "fc_norm")}
@@ -259,16 +264,17 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
     if rope is not None and (C // block["heads"]) % 2:
         raise ValueError(f"the model has rotary embeddings on heads of odd width {C // block['heads']}; not supported")
     kind, eps = norms.pop() if norms else ("layernorm", LN_EPS)  # the one kind and eps of every norm
-    hybrid = dict(stem=copy.deepcopy(pe.backbone), stem_channels=conv.in_channels, stem_stride=stem_stride) \
-        if _name(pe) == "HybridEmbed" else {}
-    return dict(img_size=img_size, patch_size=patch[0], in_chans=getattr(pe, "in_chans", conv.in_channels), **hybrid,
+    stem = dict(stem=copy.deepcopy(pe.backbone), stem_stride=stem_stride, patch_proj=isinstance(conv, nn.Conv2d),
+                stem_channels=conv.in_channels if isinstance(conv, nn.Conv2d) else C) if hybrid else {}
+    in_chans = getattr(pe, "in_chans", None) or getattr(conv, "in_channels", 3)
+    return dict(img_size=img_size, patch_size=patch[0], in_chans=in_chans, **stem, allow_remainder=remainder,
                 num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
                 depth=len(blocks), num_heads=block["heads"], mlp_ratio=mlp_ratio, qkv_bias=block["qkv_bias"],
                 class_token=model.cls_token is not None, global_pool=pool,
                 reg_tokens=0 if getattr(model, "reg_token", None) is None else model.reg_token.shape[1],
                 no_embed_class=getattr(model, "no_embed_class", False), pre_norm=not isinstance(norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
                 and isinstance(model.norm, nn.Identity), init_values=1.0 if block["layer_scale"] else None,
-                norm_eps=eps, patch_bias=conv.bias is not None, norm=kind, act=block["act"],
+                norm_eps=eps, patch_bias=getattr(conv, "bias", None) is not None, norm=kind, act=block["act"],
                 final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
                 embed_norm=embed_norm is not None, dist_token=distilled, mlp=block["mlp"], mlp_norm=block["mlp_norm"],
                 qkv_fused=block["qkv_fused"], k_bias=block["k_bias"], qk_norm=block["qk_norm"],
@@ -278,7 +284,8 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
                 rope_mixed=bool(getattr(model, "rope_mixed", False)),
                 pool_heads=model.attn_pool.num_heads if pool == "map" else None, mlp_bias=block["mlp_bias"],
                 pool_mlp_ratio=model.attn_pool.mlp.fc1.out_features / C if pool == "map" else None,
-                mlp_layer_scale=block["mlp_layer_scale"],
+                mlp_layer_scale=block["mlp_layer_scale"], post_norm=block["post_norm"],
+                kv_heads=None if kv == [block["heads"]] * len(kv) else kv[0] if len(set(kv)) == 1 else kv,
                 pool_prefix=(eva and pool == "map") or bool(getattr(model, "pool_include_prefix", False)))  # Eva's map: all
 
 

@@ -95,15 +95,15 @@ class ToMeBlock(Block):
     def forward(self, x: Tensor, r: int, trace: ToMeTrace, fused: bool = False,  # type: ignore[override]
                 record: bool = False) -> Tensor:
         """x [B, N, C] -> [B, N - r', C], r' = r clamped; trace.sizes updated."""
-        x_attn, k = self.attn(self.norm1(x), trace.sizes, fused)  # proportional attention
-        x = x + self.ls1(x_attn)
+        x_attn, k = self.attn(self.attn_in(x), trace.sizes, fused)  # proportional attention
+        x = self.attn_add(x, x_attn)
         metric = k.mean(dim=1)  # (B, N, d): the keys averaged over heads
         r = clamp_r(r, x.shape[1], int(trace.class_token))
         if r > 0:
             x, trace.sizes = merge_wavg(x, trace.sizes, bipartite_soft_matching(metric, r, trace.class_token))
         trace.merged.append(r)
         trace.metrics.append(metric if record else None)
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        return self.mlp_add(x)
 
 
 class ToMeViT(ViT):

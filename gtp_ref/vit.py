@@ -37,14 +37,16 @@ class PatchEmbed(nn.Module):
     """[B, in_chans, H, W] -> [B, n, C], n = (H/p) (W/p), row-major over the patch grid; a norm of
     each token after the projection with ``norm`` (AIMv2).  With a ``backbone`` (a hybrid ViT's
     convolutional stem, any module from images to a feature map or a list ending in one) the
-    patches are cut from its output: in_chans is then its channels."""
+    patches are cut from its output: in_chans is then its channels; without ``proj`` its map's
+    pixels are the tokens."""
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int, bias: bool = True,
-                 norm: nn.Module | None = None, backbone: nn.Module | None = None) -> None:
+                 norm: nn.Module | None = None, backbone: nn.Module | None = None, proj: bool = True) -> None:
         super().__init__()
         if backbone is not None:
             self.backbone = backbone
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias) if proj \
+            else nn.Identity()
         self.norm = norm or nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -56,17 +58,20 @@ class PatchEmbed(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm block: x <- x + ls1(Attn(LN1 x)), then x <- x + ls2(MLP(LN2 x)); ls1, ls2 are the
-    identity without layer scale.
+    identity without layer scale.  ``post_norm``: x <- x + LN1(Attn(x)), then x <- x + LN2(MLP(x))
+    (timm's ``ResPostBlock``).
 
     GTP and ToMe subclass it (``gtp_ref.model.GTPBlock``, ``gtp_ref.tome.ToMeBlock``) and put
-    their token reduction between the two halves; the parameters are the same.
+    their token reduction between the two halves (``attn_in`` / ``attn_add``, then ``mlp_add``);
+    the parameters are the same.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
                  init_values: float | None = None, norm_eps: float = LN_EPS, norm: str = "layernorm",
                  act: str = "gelu", mlp: str = "mlp", mlp_norm: bool = False, mlp_bias: bool = True,
-                 mlp_layer_scale: bool = True, **attention: Any) -> None:
+                 mlp_layer_scale: bool = True, post_norm: bool = False, **attention: Any) -> None:
         super().__init__()
+        self.post_norm = post_norm
         self.norm1 = norm_layer(norm, dim, norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, norm=norm, norm_eps=norm_eps, **attention)
         self.ls1 = nn.Identity() if init_values is None else LayerScale(dim, init_values)
@@ -75,9 +80,21 @@ class Block(nn.Module):
         self.mlp = mlp_layer(mlp, dim, hidden, act, norm_layer(norm, hidden, norm_eps) if mlp_norm else None, mlp_bias)
         self.ls2 = nn.Identity() if init_values is None or not mlp_layer_scale else LayerScale(dim, init_values)
 
+    def attn_in(self, x: Tensor) -> Tensor:
+        """The attention's input: LN1 x (pre-norm) or x (post-norm)."""
+        return x if self.post_norm else self.norm1(x)
+
+    def attn_add(self, x: Tensor, out: Tensor) -> Tensor:
+        """The residual of the attention's output: x + ls1(out) (pre-norm) or x + LN1(out) (post-norm)."""
+        return x + (self.norm1(out) if self.post_norm else self.ls1(out))
+
+    def mlp_add(self, x: Tensor) -> Tensor:
+        """The MLP half: x + ls2(MLP(LN2 x)) (pre-norm) or x + LN2(MLP(x)) (post-norm)."""
+        return x + (self.norm2(self.mlp(x)) if self.post_norm else self.ls2(self.mlp(self.norm2(x))))
+
     def forward(self, x: Tensor, fused: bool = False, rope: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), fused=fused, rope=rope, bias=bias)[0])  # (B, N, C)
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        x = self.attn_add(x, self.attn(self.attn_in(x), fused=fused, rope=rope, bias=bias)[0])  # (B, N, C)
+        return self.mlp_add(x)
 
 
 class ViT(nn.Module):
@@ -112,6 +129,10 @@ class ViT(nn.Module):
     patch projection; the grid of tokens is then that of the feature map's patches.
     ``attn_bias``: a relative-position bias of each block's logits, the buffer
     ``attn_bias_table`` [L, H, N, N] (zeros unless ``from_timm`` copies a timm model's).
+    ``post_norm``: post-norm blocks (``Block``); ``kv_heads``: grouped-query attention (an int,
+    or one per block);
+    ``patch_proj=False``: a stem whose feature map is the tokens; ``allow_remainder``: an image size
+    that is no multiple of the patch (the last pixels are not seen, as in timm).
     """
 
     block_class: type[Block] = Block  # the token-reduction models put their own block here
@@ -128,7 +149,8 @@ class ViT(nn.Module):
                  pos_embed: bool = True, rope: str | None = None, rope_mixed: bool = False,
                  pool_heads: int | None = None, pool_prefix: bool = False, pool_mlp_ratio: float | None = None,
                  mlp_bias: bool = True, mlp_layer_scale: bool = True, stem: nn.Module | None = None,
-                 stem_channels: int = 0, stem_stride: int = 1, attn_bias: bool = False) -> None:
+                 stem_channels: int = 0, stem_stride: int = 1, attn_bias: bool = False, post_norm: bool = False,
+                 kv_heads: int | list[int] | None = None, patch_proj: bool = True, allow_remainder: bool = False) -> None:
         super().__init__()
         img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
         in_chans = integer("in_chans", in_chans, minimum=1)
@@ -150,7 +172,16 @@ class ViT(nn.Module):
         dist_token = flag("dist_token", dist_token)
         choice("mlp", mlp, MLPS)
         options = {name: flag(name, value) for name, value in (("qkv_fused", qkv_fused), ("k_bias", k_bias),
-                   ("qk_norm", qk_norm), ("attn_norm", attn_norm), ("proj_bias", proj_bias))}
+                   ("qk_norm", qk_norm), ("attn_norm", attn_norm), ("proj_bias", proj_bias), ("post_norm", post_norm))}
+        kv = [None] * depth  # grouped-query attention: k and v of fewer heads, each shared by a group of q heads
+        if kv_heads is not None:
+            kv = list(kv_heads) if isinstance(kv_heads, (list, tuple)) else [kv_heads] * depth
+            if len(kv) != depth:
+                raise ValueError(f"kv_heads has {len(kv)} entries; give one int or one per block ({depth})")
+            kv = [integer("kv_heads", h, 1) for h in kv]
+            if qkv_fused or any(num_heads % h for h in kv):
+                raise ValueError(f"kv_heads={kv_heads} needs separate projections (qkv_fused=False) and to divide "
+                                 f"num_heads={num_heads}")
         mlp_norm, pos_embed, rope_mixed = flag("mlp_norm", mlp_norm), flag("pos_embed", pos_embed), flag("rope_mixed", rope_mixed)
         mlp_bias, mlp_layer_scale = flag("mlp_bias", mlp_bias), flag("mlp_layer_scale", mlp_layer_scale)
         pool_mlp_ratio = mlp_ratio if pool_mlp_ratio is None else real("pool_mlp_ratio", pool_mlp_ratio, 0.0, low_open=True)
@@ -167,10 +198,14 @@ class ViT(nn.Module):
             raise ValueError(f"patch_size={patch_size!r} must be square (timm's PatchEmbed)")
         if stem is not None:  # the patches are cut from the stem's feature map
             stem_channels, stem_stride = integer("stem_channels", stem_channels, 1), integer("stem_stride", stem_stride, 1)
+        if not flag("patch_proj", patch_proj) and (stem is None or stem_channels != embed_dim or patch_size[0] != 1):
+            raise ValueError("patch_proj=False (the stem's map is the tokens) needs a stem of embed_dim channels and "
+                             "patch_size=1")
         stride = patch_size[0] * (stem_stride if stem is not None else 1)  # image pixels per token, each way
-        if img_size[0] % stride or img_size[1] % stride:
+        if (img_size[0] % stride or img_size[1] % stride) and not flag("allow_remainder", allow_remainder):
             raise ValueError(f"img_size={img_size!r} is not divisible by {'the stem stride x ' if stem else ''}"
-                             f"patch_size={stride}")
+                             f"patch_size={stride} (allow_remainder=True ignores the pixels beyond the last whole "
+                             "patch, as timm's convolution does)")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         if int(embed_dim * mlp_ratio) < 1:
@@ -187,7 +222,8 @@ class ViT(nn.Module):
         n = self.grid[0] * self.grid[1]
 
         self.patch_embed = PatchEmbed(stem_channels if stem is not None else in_chans, embed_dim, patch_size[0],
-                                      patch_bias, norm_layer(norm, embed_dim, norm_eps) if embed_norm else None, stem)
+                                      patch_bias, norm_layer(norm, embed_dim, norm_eps) if embed_norm else None, stem,
+                                      patch_proj)
         if class_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if dist_token:
@@ -208,8 +244,8 @@ class ViT(nn.Module):
         self.norm_pre = norm_layer(norm, embed_dim, norm_eps) if pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(self.block_class(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_eps,
                                                      norm, act, mlp, mlp_norm, mlp_bias, mlp_layer_scale, rope=rope,
-                                                     **options)
-                                    for _ in range(depth))
+                                                     kv_heads=kv[l], **options)
+                                    for l in range(depth))
         self.norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and not fc_norm else nn.Identity()
         self.fc_norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and fc_norm else nn.Identity()
         if global_pool == "map":  # attention pooling, its MLP of the blocks' kind and activation
@@ -243,7 +279,7 @@ class ViT(nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"expected input of shape [B, {', '.join(map(str, want))}], "
                              f"got {list(x.shape)}")
-        dtype = self.patch_embed.proj.weight.dtype
+        dtype = next(self.patch_embed.parameters()).dtype
         if x.dtype != dtype:
             model = f" or the model (model.to({x.dtype}))" if x.is_floating_point() else ""
             raise TypeError(f"the input has dtype {x.dtype}, the model's parameters {dtype}: convert the images "

@@ -72,14 +72,19 @@ SUPPORTED = [
      dict(depth=2, img_size=64, class_token=True, global_pool="token")),
     ("BEiT: relative-position bias table, q / v biases, layer scale", "beit_base_patch16_224",
      dict(depth=1, img_size=64)),
+    ("post-norm blocks (ResPostBlock)", "vit_base_patch16_rpn_224", dict(depth=1, img_size=64)),
+    ("post-norm blocks with a relative-position bias", "vit_relpos_small_patch16_rpn_224", dict(depth=2, img_size=64)),
+    ("post-norm EVA blocks", "eva02_enormous_patch14_clip_224", dict(depth=1, img_size=56, embed_dim=64, num_heads=4)),
+    ("grouped-query attention, k / v heads per block (Sapiens2 5B)", None, dict(num_heads=4, num_kv_heads=[2, 4])),
+    ("a stem whose map is the tokens (no patch projection)", "vit_base_mci_224", dict(depth=1)),
+    ("image size no multiple of the patch (SigLIP so400m at 384 px)", "vit_so400m_patch14_siglip_384",
+     dict(depth=1, img_size=60, embed_dim=64, num_heads=4)),
 ]
 REFUSED = [
-    ("post-norm blocks", "vit_base_patch16_rpn_224", dict(depth=1), r"ResPostBlock \(post-norm"),
-    ("post-norm relative-position blocks", "vit_relpos_small_patch16_rpn_224", dict(depth=1), r"ResPostRelPosBlock"),
     ("max pooling", None, dict(TINY, global_pool="max"), "global_pool='max'"),
     ("parallel blocks", "vit_base_patch16_xp_224", dict(depth=1), "ParallelScalingBlock"),
     ("windowed attention (SAM)", "samvit_base_patch16", dict(depth=1), "model is a VisionTransformerSAM"),
-    ("image size not divisible by the patch", None, dict(TINY, img_size=36), "not divisible by the patch"),
+    ("differential attention", "vit_dlittle_patch16_reg1_gap_256", dict(depth=1), "DiffAttention"),
     ("SwiGLU with GELU", None, dict(TINY, mlp_layer=timm.layers.SwiGLU), "only SiLU with the gate first"),
 ]
 
@@ -101,18 +106,18 @@ def randomise(model):
     return model
 
 
-def sapiens2_like():
+def sapiens2_like(**kwargs):
     """An Eva as timm's Sapiens2 models build it (their factories take no depth), at a tiny size."""
     from timm.models.eva import Eva
-    return Eva(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, qkv_fused=False,
-               swiglu_mlp=True, qk_norm=True, init_values=1e-5, attn_only_layer_scale=True, use_abs_pos_emb=False,
-               use_rot_pos_emb=True, rope_type="dinov3", rope_rotate_half=True, attn_type="rope", global_pool="token",
-               norm_layer=timm.layers.RmsNorm)
+    return Eva(**{**dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, qkv_fused=False,
+                         swiglu_mlp=True, qk_norm=True, init_values=1e-5, attn_only_layer_scale=True,
+                         use_abs_pos_emb=False, use_rot_pos_emb=True, rope_type="dinov3", rope_rotate_half=True,
+                         attn_type="rope", global_pool="token", norm_layer=timm.layers.RmsNorm), **kwargs})
 
 
 def timm_model(name, kwargs, dtype=torch.float64):
-    if kwargs is None:
-        model = sapiens2_like()
+    if kwargs is None or "num_kv_heads" in kwargs:  # Sapiens2-like Evas (their factories take no depth)
+        model = sapiens2_like(**(kwargs or {}))
     else:
         model = VisionTransformer(**kwargs) if name is None else timm.create_model(name, pretrained=False, **kwargs)
     return randomise(model.to(dtype)).eval()
@@ -295,7 +300,7 @@ def test_the_registry_survey_names_every_refusal():
     """python -m gtp_ref.support on a few models of each kind: converted or refused with the reason."""
     from gtp_ref.apps import support
     names = ["deit_tiny_patch16_224", "eva02_tiny_patch14_224", "vit_small_r26_s32_224", "beit_base_patch16_224",
-             "samvit_base_patch16", "vit_base_patch16_rpn_224"]
+             "samvit_base_patch16", "vit_base_patch16_xp_224"]
     rows = {r["name"]: r for r in support.survey(names=names)}
     assert set(rows) == set(names)
     assert [n for n in names if rows[n]["converted"]] == names[:4]
@@ -306,13 +311,35 @@ def test_the_registry_survey_names_every_refusal():
 
 
 def test_a_strict_key_match_is_no_proof():
-    """A post-norm model's state_dict loads into GTPViT (same keys) -- from_timm looks at the modules."""
+    """A post-norm model's state_dict loads into a pre-norm GTPViT (same keys), which then computes
+    something else; from_timm looks at the modules and builds the post-norm model timm's is."""
     from gtp_ref import GTPViT
-    model = timm.create_model("vit_base_patch16_rpn_224", pretrained=False, depth=1)
-    GTPViT(depth=1, class_token=False, global_pool="avg", qkv_bias=False).load_state_dict(model.state_dict())
-    # ... the keys match (strict), ...
-    with pytest.raises(ValueError, match="post-norm"):  # ... the architecture does not
-        from_timm(model)
+    model = timm_model("vit_base_patch16_rpn_224", dict(depth=1, img_size=64))
+    pre_norm = GTPViT(img_size=64, depth=1, class_token=False, global_pool="avg", qkv_bias=False).double()
+    pre_norm.load_state_dict(model.state_dict())  # the keys match (strict) ...
+    x = images(model)
+    with torch.no_grad():
+        assert rel_err(pre_norm(x), model(x)) > 1e-3  # ... the architecture does not
+        converted = from_timm(model)
+        assert converted.blocks[0].post_norm and rel_err(converted(x), model(x)) <= 1e-12
+
+
+@pytest.mark.parametrize("name, kwargs, timm_countable", [
+    ("eva02_tiny_patch14_224", dict(depth=1, img_size=56), True),
+    ("vit_small_r26_s32_224", dict(depth=1, img_size=128), True),
+    ("sapiens2", dict(num_heads=4, num_kv_heads=2), True),
+    # timm's attention pool feeds a view of its latent made under no_grad to a Linear, which the
+    # flop counter's module tracker cannot follow: only gtp_ref's count
+    ("vit_pe_core_small_patch16_384", dict(depth=1, img_size=64), False)])
+def test_the_new_parts_count_as_backbone(name, kwargs, timm_countable):
+    """q / v biases, separate and grouped projections, the attention pool, a hybrid stem: all the
+    backbone's MACs (none counted as GTP's overhead), as many as the timm model runs."""
+    model = timm_model(name, kwargs)
+    x = images(model, B=1)
+    gtp = measure_macs(from_timm(model, num_prop=0), x)
+    assert gtp["overhead"] == 0 and gtp["backbone"] == gtp["total"] > 0, gtp
+    if timm_countable:
+        assert gtp["total"] == measure_macs(model, x)["total"]
 
 
 def test_macs_of_timm_deit_small_equal_the_cost_model():
@@ -388,3 +415,12 @@ def test_the_survey_command_checks_its_arguments_first(tmp_path):
     from tests.helpers import command
     r = command(support.main, "--json-out", tmp_path / "rows.txt")
     assert r.returncode == 2 and "--json-out" in r.stderr and "must end in .json" in r.stderr, r.stderr
+
+
+def test_the_benchmark_says_where_tome_is_not_defined():
+    """``bench throughput --timm`` on a RoPE model: ToMe asked for is refused with the reason."""
+    from gtp_ref.apps.bench import __main__ as bench
+    from tests.helpers import command
+    r = command(bench.main, "throughput", "--timm", "vit_small_patch16_rope_224", "--methods", "tome",
+                "--batches", "1", "--repeats", "1")
+    assert r.returncode == 2 and "ToMe is not defined for this model" in r.stderr and "RoPE" in r.stderr, r.stderr

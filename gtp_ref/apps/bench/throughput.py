@@ -86,8 +86,11 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         g = geometry(args.timm)
         unavailable = {"baseline_explicit": "the baseline is timm's own model",
                        "pruned_free": "free pruning is measured on the presets (--models)"}
-        if g.reg_tokens or hasattr(TIMM_MODELS[args.timm][0], "dist_token"):
-            unavailable["tome"] = "ToMe with prefix tokens beyond [CLS] (registers, a distillation token) is not supported"
+        from gtp_ref.timm_models import timm_geometry
+        full = timm_geometry(TIMM_MODELS[args.timm][0])
+        if full["reg_tokens"] or full["dist_token"] or full["rope"] or full["attn_bias"]:
+            unavailable["tome"] = ("ToMe is not defined for this model: prefix tokens beyond [CLS] (registers, a "
+                                   "distillation token), RoPE or a relative-position bias")
         asked = [m for m in args.methods if m.split("+")[0] in unavailable]
         if asked and set(args.methods) != set(METHODS + GRAPHED) and set(args.methods) != set(METHODS):
             parser.error(f"--methods {asked[0]} with --timm: {unavailable[asked[0].split('+')[0]]}")
