@@ -1,8 +1,8 @@
 """GTP and ToMe on your own timm model: ``from_timm(model, **gtp_settings)`` and ``tome_from_timm``.
 
 Both read the geometry and the weights of a timm ``VisionTransformer``,
-``VisionTransformerDistilled``, ``VisionTransformerRelPos``, ``Eva`` or ``Beit`` *instance* and
-return a ``GTPViT`` / ``ToMeViT`` with the same weights, on the same device and in the same dtype.
+``VisionTransformerDistilled``, ``VisionTransformerRelPos``, ``Eva``, ``Beit`` or ``NaFlexVit``
+*instance* and return a ``GTPViT`` / ``ToMeViT`` with the same weights, on the same device and in the same dtype.
 The model is checked module by module -- not by its state_dict keys, which a different
 architecture can share (a post-norm ViT has a pre-norm ViT's keys) -- and anything this
 project's backbone cannot represent is refused with a ValueError naming it.
@@ -13,10 +13,11 @@ v, q / v biases, grouped-query k / v, q / k and output norms) and an Mlp, SwiGLU
 tanh GELU, QuickGELU; with or without biases and a hidden norm); layer scale; [CLS], register and
 distillation tokens; learned, rotary (RoPE tables) or no absolute position embedding;
 relative-position biases (as tables for the model's grid); token, average or attention (``map``)
-pooling; LayerNorm or RmsNorm; plain and hybrid patch embeddings.  Refused: parallel blocks,
-windowed (SAM) and differential attention, NaFlexVit, ``max`` pooling, and the rarer parts each
-check names.  ToMe also refuses register and distillation tokens (the official ToMe protects only
-the [CLS] token), RoPE and relative-position biases (a merged token has no one position).
+pooling; LayerNorm or RmsNorm; plain, hybrid and NaFlex patch embeddings
+(``gtp_ref.timm_embeddings``).  Refused: parallel blocks, windowed (SAM) and differential
+attention, ``max`` pooling, and the rarer parts each check names.  ToMe also refuses register
+and distillation tokens (the official ToMe protects only the [CLS] token), RoPE and
+relative-position biases (a merged token has no one position).
 ``python -m gtp_ref.support`` counts what converts among timm's registered models.
 
 timm itself is not imported here: the model passed in is the user's, so timm is already loaded.
@@ -30,29 +31,11 @@ from torch import nn
 
 from gtp_ref._checks import GLOBAL_POOLS
 from gtp_ref.model import GTPViT
+from gtp_ref.timm_embeddings import naflex_embedding, naflex_state_dict, patch_embedding
+from gtp_ref.timm_embeddings import name_of as _name
+from gtp_ref.timm_embeddings import norm_kind as _norm
 from gtp_ref.tome import ToMeViT
 from gtp_ref.vit import LN_EPS
-
-
-def _name(obj: Any) -> str:
-    return type(obj).__name__
-
-
-def _norm(module: nn.Module, where: str) -> tuple[str, float] | None:
-    """(kind, eps) of a LayerNorm with weight and bias or of an RmsNorm with a weight (timm's or
-    torch's), None for an identity; ValueError otherwise."""
-    if isinstance(module, nn.Identity):
-        return None
-    if _name(module) in ("RmsNorm", "RMSNorm"):
-        weight, shape = getattr(module, "weight", None), tuple(getattr(module, "normalized_shape", ()))
-        if weight is None or len(shape) != 1 or getattr(module, "eps", None) is None:
-            raise ValueError(f"{where} is an RmsNorm without a weight over the channels; not supported")
-        return "rmsnorm", float(module.eps)
-    if type(module) is not nn.LayerNorm and _name(module) != "LayerNorm":  # timm's LayerNorm subclasses nn's
-        raise ValueError(f"{where} is a {_name(module)}; only LayerNorm and RmsNorm are supported")
-    if not isinstance(module, nn.LayerNorm) or not module.elementwise_affine or module.bias is None:
-        raise ValueError(f"{where} is a LayerNorm without weight and bias; not supported")
-    return "layernorm", module.eps
 
 
 TIMM_ACTIVATIONS = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}  # timm's activation modules
@@ -68,11 +51,6 @@ def _activation(act: nn.Module, where: str) -> str:
     raise ValueError(f"{where}.mlp is an Mlp with {name}; only GELU (exact or tanh) and QuickGELU are supported")
 
 
-def _identity(module: nn.Module | None, what: str) -> None:
-    if module is not None and not isinstance(module, nn.Identity):
-        raise ValueError(f"the model has {what} ({_name(module)}); not supported")
-
-
 def _classes() -> dict[str, Any]:
     """timm's model classes that convert, by role (None where this timm has no such class)."""
     models = getattr(sys.modules.get("timm"), "models", None)
@@ -80,7 +58,8 @@ def _classes() -> dict[str, Any]:
             "distilled": getattr(getattr(models, "deit", None), "VisionTransformerDistilled", None),
             "eva": getattr(getattr(models, "eva", None), "Eva", None),
             "relpos": getattr(getattr(models, "vision_transformer_relpos", None), "VisionTransformerRelPos", None),
-            "beit": getattr(getattr(models, "beit", None), "Beit", None)}
+            "beit": getattr(getattr(models, "beit", None), "Beit", None),
+            "naflex": getattr(getattr(models, "naflexvit", None), "NaFlexVit", None)}
 
 
 def _linear_bias(layer: nn.Module | None) -> bool:
@@ -181,8 +160,8 @@ def _attention_pool(pool: nn.Module, block: dict[str, Any], C: int) -> set[tuple
             block["act"] or pool.mlp.fc1.bias is None or int(C * (pool.mlp.fc1.out_features / C)) != pool.mlp.fc1.out_features:
         raise ValueError("the model's attention pool (attn_pool) has an MLP of another kind or activation than the "
                          "blocks' plain MLP; not supported")
-    if _linear_bias(pool.q) != block["qkv_bias"] or _linear_bias(pool.kv) != block["qkv_bias"]:
-        raise ValueError("the model's attention pool (attn_pool) has other q / kv biases than the blocks; not supported")
+    if _linear_bias(pool.q) != _linear_bias(pool.kv):
+        raise ValueError("the model's attention pool (attn_pool) has a bias on q or kv only; not supported")
     if not isinstance(pool.q_norm, nn.Identity) or not isinstance(pool.k_norm, nn.Identity):
         raise ValueError("the model's attention pool (attn_pool) normalises q and k; not supported")
     norm = _norm(pool.norm, "attn_pool.norm")
@@ -202,36 +181,14 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
         if classes["vit"] is not None and isinstance(model, classes["vit"]):
             raise ValueError(f"the model is a subclass of VisionTransformer ({_name(model)}); not supported")
         raise ValueError(f"model is a {_name(model)}: from_timm takes an instance of timm's VisionTransformer, "
-                         "VisionTransformerDistilled, VisionTransformerRelPos, Eva or Beit")
+                         "VisionTransformerDistilled, VisionTransformerRelPos, Eva, Beit or NaFlexVit")
     if distilled and (getattr(model, "num_reg_tokens", 0) or model.global_pool != "token"):
         raise ValueError("the model is distilled DeiT with register tokens or another pooling than its [CLS] and "
                          "distillation tokens; not supported")
-    pe = model.patch_embed
-    if _name(pe) not in ("PatchEmbed", "HybridEmbed"):
-        raise ValueError(f"the model's patch embedding is a {_name(pe)}; only a plain PatchEmbed (one convolution, "
-                         "kernel = stride = patch) or a HybridEmbed (a stem, then such a convolution) is supported")
-    if getattr(pe, "dynamic_img_pad", False):
-        raise ValueError("the model pads images to the patch size (dynamic_img_pad=True); not supported")
-    if not getattr(pe, "flatten", True) and not getattr(model, "dynamic_img_size", False):
-        raise ValueError("the model's patch embedding keeps the patch grid (flatten=False); not supported")
-    embed_norm = _norm(getattr(pe, "norm", None) or nn.Identity(), "the patch embedding's norm (patch_embed.norm)")
-    conv = pe.proj
-    hybrid = _name(pe) == "HybridEmbed"
-    if not isinstance(conv, nn.Conv2d) and not (hybrid and isinstance(conv, nn.Identity)):
-        raise ValueError(f"the model's patch projection is a {_name(conv)}; only a convolution is supported")
-    patch = tuple(conv.kernel_size) if isinstance(conv, nn.Conv2d) else (1, 1)
-    if isinstance(conv, nn.Conv2d) and (patch != tuple(conv.stride) or patch[0] != patch[1]
-                                        or tuple(conv.padding) != (0, 0) or conv.groups != 1):
-        raise ValueError("the model's patch embedding is not one square convolution with kernel = stride = patch")
-    img_size, grid = tuple(pe.img_size), tuple(pe.grid_size)
-    stem_stride = img_size[0] // (grid[0] * patch[0]) if hybrid else 1
-    remainder = bool(img_size[0] % (patch[0] * stem_stride) or img_size[1] % (patch[0] * stem_stride))
-    if (img_size[0] // (patch[0] * stem_stride), img_size[1] // (patch[0] * stem_stride)) != grid or \
-            (remainder and (hybrid or getattr(pe, "strict_img_size", True) is False)):
-        raise ValueError(f"the image size {img_size} does not give the model's grid {grid} of patches {patch[0]}"
-                         f"{f' times the stem stride {stem_stride}' if stem_stride > 1 else ''}; not supported")
+    embedding = naflex_embedding(model) if kind == "naflex" else patch_embedding(model)
+    embed_norm = embedding.pop("embed_norm")
     rope, bias = getattr(model, "rope", None), attention_bias_table(model)
-    if getattr(model, "pos_embed", None) is None and rope is None and bias is None:
+    if not embedding["pos_embed"] and rope is None and bias is None:
         raise ValueError("the model has no learned, rotary or relative position embedding; not supported")
     pool = "map" if getattr(model, "attn_pool", None) is not None else model.global_pool
     if pool not in GLOBAL_POOLS:
@@ -264,38 +221,33 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
     if rope is not None and (C // block["heads"]) % 2:
         raise ValueError(f"the model has rotary embeddings on heads of odd width {C // block['heads']}; not supported")
     kind, eps = norms.pop() if norms else ("layernorm", LN_EPS)  # the one kind and eps of every norm
-    stem = dict(stem=copy.deepcopy(pe.backbone), stem_stride=stem_stride, patch_proj=isinstance(conv, nn.Conv2d),
-                stem_channels=conv.in_channels if isinstance(conv, nn.Conv2d) else C) if hybrid else {}
-    in_chans = getattr(pe, "in_chans", None) or getattr(conv, "in_channels", 3)
-    return dict(img_size=img_size, patch_size=patch[0], in_chans=in_chans, **stem, allow_remainder=remainder,
+    embedding.pop("grid")
+    return dict(**embedding,
                 num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
                 depth=len(blocks), num_heads=block["heads"], mlp_ratio=mlp_ratio, qkv_bias=block["qkv_bias"],
-                class_token=model.cls_token is not None, global_pool=pool,
-                reg_tokens=0 if getattr(model, "reg_token", None) is None else model.reg_token.shape[1],
-                no_embed_class=getattr(model, "no_embed_class", False), pre_norm=not isinstance(norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
+                global_pool=pool, pre_norm=not isinstance(norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
                 and isinstance(model.norm, nn.Identity), init_values=1.0 if block["layer_scale"] else None,
-                norm_eps=eps, patch_bias=getattr(conv, "bias", None) is not None, norm=kind, act=block["act"],
+                norm_eps=eps, norm=kind, act=block["act"],
                 final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
                 embed_norm=embed_norm is not None, dist_token=distilled, mlp=block["mlp"], mlp_norm=block["mlp_norm"],
                 qkv_fused=block["qkv_fused"], k_bias=block["k_bias"], qk_norm=block["qk_norm"],
                 attn_norm=block["attn_norm"], proj_bias=block["proj_bias"], attn_bias=bias is not None,
-                pos_embed=getattr(model, "pos_embed", None) is not None,
                 rope=None if rope is None else "half" if block["rotate_half"] else "interleaved",
-                rope_mixed=bool(getattr(model, "rope_mixed", False)),
+                rope_mixed=bool(getattr(model, "rope_mixed", False) or getattr(model, "rope_is_mixed", False)),
                 pool_heads=model.attn_pool.num_heads if pool == "map" else None, mlp_bias=block["mlp_bias"],
+                pool_qkv_bias=_linear_bias(model.attn_pool.kv) if pool == "map" else None,
                 pool_mlp_ratio=model.attn_pool.mlp.fc1.out_features / C if pool == "map" else None,
                 mlp_layer_scale=block["mlp_layer_scale"], post_norm=block["post_norm"],
                 kv_heads=None if kv == [block["heads"]] * len(kv) else kv[0] if len(set(kv)) == 1 else kv,
                 pool_prefix=(eva and pool == "map") or bool(getattr(model, "pool_include_prefix", False)))  # Eva's map: all
 
 
-def rope_table(model: nn.Module) -> torch.Tensor:
-    """The timm model's RoPE table for its own grid, as Eva's forward computes it in eval mode:
+def rope_table(model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    """The timm model's RoPE table for the grid, as its forward computes it in eval mode:
     [L, H, n, 2 d] (L = H = 1 unless the table differs per block and head)."""
     rope = copy.deepcopy(model.rope).eval()
-    grid = tuple(model.patch_embed.grid_size)
-    table = rope.get_embed() if getattr(rope, "feat_shape", None) is not None and not model.dynamic_img_size \
-        else rope.get_embed(shape=grid)
+    table = rope.get_embed() if getattr(rope, "feat_shape", None) is not None and \
+        not getattr(model, "dynamic_img_size", True) else rope.get_embed(shape=grid)
     return table if table.ndim == 4 else table[None, None]
 
 
@@ -334,8 +286,12 @@ def _state_dict(model: nn.Module, geometry: dict[str, Any]) -> dict[str, torch.T
         if parts[-1] in ("gamma_1", "gamma_2"):
             parts[-1:] = [f"ls{parts[-1][-1]}", "gamma"]
         renamed[".".join(parts)] = value
+    if _name(model) == "NaFlexVit":
+        renamed = naflex_state_dict(model, renamed)
     if geometry["rope"] is not None:
-        renamed["rope_table"] = rope_table(model)
+        grid = (geometry["img_size"][0] // geometry["patch_size"] // geometry.get("stem_stride", 1),
+                geometry["img_size"][1] // geometry["patch_size"] // geometry.get("stem_stride", 1))
+        renamed["rope_table"] = rope_table(model, grid)
     if geometry["attn_bias"]:
         renamed["attn_bias_table"] = attention_bias_table(model)
     return renamed

@@ -111,7 +111,8 @@ class ViT(nn.Module):
     "rmsnorm"), ``act`` the MLP's activation ("gelu", "gelu_tanh", "quick_gelu");
     ``global_pool="avg"`` averages the image tokens, ``"map"`` pools them by attention
     (``gtp_ref.layers.AttentionPool``: ``pool_heads`` heads, an MLP of ``pool_mlp_ratio``
-    times the width; the blocks' by default); ``pool_prefix`` pools the prefix
+    times the width, q / kv biases by ``pool_qkv_bias``; the blocks' by default); ``pool_prefix``
+    pools the prefix
     tokens too.  With a
     distillation token the logits are the mean of ``head`` on [CLS] and ``head_dist`` on the
     distillation token (timm's inference).  ``fused_attn`` chooses ``scaled_dot_product_attention`` (timm's default) over
@@ -150,7 +151,8 @@ class ViT(nn.Module):
                  pool_heads: int | None = None, pool_prefix: bool = False, pool_mlp_ratio: float | None = None,
                  mlp_bias: bool = True, mlp_layer_scale: bool = True, stem: nn.Module | None = None,
                  stem_channels: int = 0, stem_stride: int = 1, attn_bias: bool = False, post_norm: bool = False,
-                 kv_heads: int | list[int] | None = None, patch_proj: bool = True, allow_remainder: bool = False) -> None:
+                 kv_heads: int | list[int] | None = None, patch_proj: bool = True, allow_remainder: bool = False,
+                 pool_qkv_bias: bool | None = None) -> None:
         super().__init__()
         img_size, patch_size = pair("img_size", img_size), pair("patch_size", patch_size)
         in_chans = integer("in_chans", in_chans, minimum=1)
@@ -250,7 +252,7 @@ class ViT(nn.Module):
         self.fc_norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and fc_norm else nn.Identity()
         if global_pool == "map":  # attention pooling, its MLP of the blocks' kind and activation
             self.attn_pool = AttentionPool(embed_dim, pool_heads, pool_mlp_ratio, act, norm_layer(norm, embed_dim, norm_eps),
-                                           qkv_bias=qkv_bias)
+                                           qkv_bias=qkv_bias if pool_qkv_bias is None else flag("pool_qkv_bias", pool_qkv_bias))
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if dist_token:
             self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
