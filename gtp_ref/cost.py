@@ -56,13 +56,17 @@ class _ProductOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# the attention's steps that a token-reduction block calls apart, each the backbone's
+ATTENTION_STEPS = (["qkv"], ["q_proj"], ["k_proj"], ["v_proj"], ["map"], ["mix"], ["proj"])
+
+
 def _backbone_module(name: str, root: str) -> bool:
     parts = name.split(".")
     if parts[0] != root:
         return False
     rest = parts[1:]
     return rest in (["patch_embed"], ["head"], ["attn_pool"]) or (len(rest) >= 3 and rest[0] == "blocks" and (
-        rest[2:] in (["attn"], ["mlp"]) or (rest[2] == "attn" and rest[3:] in (["qkv"], ["q_proj"], ["k_proj"], ["v_proj"], ["map"], ["mix"], ["proj"]))))
+        rest[2:] in (["attn"], ["mlp"]) or (rest[2] == "attn" and rest[3:] in ATTENTION_STEPS)))
 
 
 def _outermost(names: list[str]) -> list[str]:

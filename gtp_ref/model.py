@@ -88,17 +88,22 @@ class GTPRun:
     generator: torch.Generator | None = None  # for selection="random"
     record: bool = False  # keep the attention maps (and so take the explicit path) and the provenance
     block: int = 0  # the block running
-    positions: Tensor | None = None  # (B, n_l) with rope: the patch each current image token started as
+    # (B, n_l) with record, rope or attn_bias: the patch each current image token started as (-1: none)
+    ids: Tensor | None = None
     rope: Tensor | None = None  # with rope: the running block's table rows of the current image tokens
     bias: Tensor | None = None  # with attn_bias: the running block's relative-position bias of the current tokens
-    ids: Tensor | None = None  # (B, n_l) with record: the patch each current image token started as (-1: none)
     provenance: Provenance | None = None
 
-    def record_propagation(self, layer: LayerTrace) -> None:
-        """With ``record``: note which patches block ``self.block`` propagates, along which edges."""
-        if not self.record:
+    def track(self, layer: LayerTrace) -> None:
+        """After block ``self.block``'s selection: the kept tokens' patches (``ids``), and with
+        ``record`` which patches it propagates, along which edges."""
+        if self.ids is None:
             return
         prop_ids, kept_ids = self.ids.gather(1, layer.prop), self.ids.gather(1, layer.kept)  # (B, P), (B, n - P)
+        mean_token = self.ids.new_full((self.ids.shape[0], 1), -1)
+        self.ids = kept_ids if self.propagation != "mean" else torch.cat([kept_ids, mean_token], dim=1)
+        if not self.record:
+            return
         b = torch.arange(prop_ids.shape[0], device=prop_ids.device)[:, None].expand_as(prop_ids)
         real = prop_ids >= 0
         self.provenance.propagated_at[b[real], prop_ids[real]] = self.block
@@ -110,8 +115,6 @@ class GTPRun:
             self.provenance.edges.append({"block": torch.tensor(self.block), "image": image,
                                           "src": prop_ids[image, j], "dst": kept_ids[image, i],
                                           "weight": A_KP[image, i, j]})
-        mean_token = self.ids.new_full((self.ids.shape[0], 1), -1)
-        self.ids = kept_ids if self.propagation != "mean" else torch.cat([kept_ids, mean_token], dim=1)
 
 
 class GTPBlock(Block):
@@ -124,9 +127,7 @@ class GTPBlock(Block):
         x = self.attn_add(x, attn_out)  # (B, N, C)
         if P > 0:
             layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
-            run.record_propagation(layer)
-            if run.positions is not None:  # a kept token keeps its position (its RoPE rows)
-                run.positions = run.positions.gather(1, layer.kept)
+            run.track(layer)  # a kept token keeps its patch (its RoPE rows, its relative-position bias)
             x, run.graph, run.sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
                                                         run.sizes, run.prefix, run.propagation)
         return self.mlp_add(x), layer  # (B, N - P, C)
@@ -232,19 +233,18 @@ class GTPViT(ViT):
         run = GTPRun(self.ops, self.selection, self.sparsity, self.alpha, self.propagation,
                      bool(c) if c <= 1 else c, generator=generator, record=record)
         trace = GTPTrace(sparsity=self.sparsity)
-        if record:
-            n = self.num_image_tokens
+        n = self.num_image_tokens
+        if record or self.rope is not None or self.attn_bias:
             run.ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
+        if record:
             run.provenance = trace.provenance = Provenance(torch.full((x.shape[0], n), -1, device=x.device))
         if self.propagation == "graph" and any(self.num_prop):  # only graph propagation reads a graph
             run.graph = self.ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
             trace.num_neighbours = None if self.graph == "spatial" else self.num_neighbours
             trace.graph_input = x[:, c:] if record else None
         run.sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
-        if self.rope is not None or self.attn_bias:
-            run.positions = torch.arange(self.num_image_tokens, device=x.device).expand(x.shape[0], -1)
         for l, (block, P) in enumerate(zip(self.blocks, self.num_prop)):
-            run.block, run.rope, run.bias = l, self.rope_for(l, run.positions), self.bias_for(l, run.positions)
+            run.block, run.rope, run.bias = l, self.rope_for(l, run.ids), self.bias_for(l, run.ids)
             x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
         trace.final_tokens = x.shape[1]

@@ -156,8 +156,9 @@ def _attention_pool(pool: nn.Module, block: dict[str, Any], C: int) -> set[tuple
             or not isinstance(pool.q, nn.Linear) or pool.latent.shape[1] != 1 or pool.proj.out_features != C):
         raise ValueError("the model's attention pool (attn_pool) has a position embedding, no query projection, "
                          "several latents or another width; only one latent query over the tokens is supported")
-    if getattr(pool, "mlp", None) is None or _name(pool.mlp) != "Mlp" or _activation(pool.mlp.act, "attn_pool") != \
-            block["act"] or pool.mlp.fc1.bias is None or int(C * (pool.mlp.fc1.out_features / C)) != pool.mlp.fc1.out_features:
+    mlp = getattr(pool, "mlp", None)
+    if mlp is None or _name(mlp) != "Mlp" or _activation(mlp.act, "attn_pool") != block["act"] \
+            or mlp.fc1.bias is None or int(C * (mlp.fc1.out_features / C)) != mlp.fc1.out_features:
         raise ValueError("the model's attention pool (attn_pool) has an MLP of another kind or activation than the "
                          "blocks' plain MLP; not supported")
     if _linear_bias(pool.q) != _linear_bias(pool.kv):
@@ -225,8 +226,8 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
     return dict(**embedding,
                 num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
                 depth=len(blocks), num_heads=block["heads"], mlp_ratio=mlp_ratio, qkv_bias=block["qkv_bias"],
-                global_pool=pool, pre_norm=not isinstance(norm_pre, nn.Identity), fc_norm=not isinstance(model.fc_norm, nn.Identity)
-                and isinstance(model.norm, nn.Identity), init_values=1.0 if block["layer_scale"] else None,
+                global_pool=pool, pre_norm=not isinstance(norm_pre, nn.Identity),
+                fc_norm=not isinstance(model.fc_norm, nn.Identity) and isinstance(model.norm, nn.Identity), init_values=1.0 if block["layer_scale"] else None,
                 norm_eps=eps, norm=kind, act=block["act"],
                 final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
                 embed_norm=embed_norm is not None, dist_token=distilled, mlp=block["mlp"], mlp_norm=block["mlp_norm"],

@@ -184,7 +184,8 @@ class ViT(nn.Module):
             if qkv_fused or any(num_heads % h for h in kv):
                 raise ValueError(f"kv_heads={kv_heads} needs separate projections (qkv_fused=False) and to divide "
                                  f"num_heads={num_heads}")
-        mlp_norm, pos_embed, rope_mixed = flag("mlp_norm", mlp_norm), flag("pos_embed", pos_embed), flag("rope_mixed", rope_mixed)
+        mlp_norm, pos_embed = flag("mlp_norm", mlp_norm), flag("pos_embed", pos_embed)
+        rope_mixed = flag("rope_mixed", rope_mixed)
         mlp_bias, mlp_layer_scale = flag("mlp_bias", mlp_bias), flag("mlp_layer_scale", mlp_layer_scale)
         pool_mlp_ratio = mlp_ratio if pool_mlp_ratio is None else real("pool_mlp_ratio", pool_mlp_ratio, 0.0, low_open=True)
         if rope is not None:
@@ -251,8 +252,9 @@ class ViT(nn.Module):
         self.norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and not fc_norm else nn.Identity()
         self.fc_norm = norm_layer(norm, embed_dim, norm_eps) if final_norm and fc_norm else nn.Identity()
         if global_pool == "map":  # attention pooling, its MLP of the blocks' kind and activation
-            self.attn_pool = AttentionPool(embed_dim, pool_heads, pool_mlp_ratio, act, norm_layer(norm, embed_dim, norm_eps),
-                                           qkv_bias=qkv_bias if pool_qkv_bias is None else flag("pool_qkv_bias", pool_qkv_bias))
+            pool_bias = qkv_bias if pool_qkv_bias is None else flag("pool_qkv_bias", pool_qkv_bias)
+            self.attn_pool = AttentionPool(embed_dim, pool_heads, pool_mlp_ratio, act,
+                                           norm_layer(norm, embed_dim, norm_eps), qkv_bias=pool_bias)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if dist_token:
             self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -5,10 +5,10 @@ in two streaming passes (``cpu_kernels.c`` says how), against a sort-like ``torc
 sums, diagonal and first row in one more pass while the head's map is in cache;
 ``attention_op``: a GTP block's whole attention per image and head -- q k^T, the softmax, the
 threshold, the masking, what the selection reads and Att v -- with the head's map in the cache of
-the core that computes it from the first product to the last; ``select_tokens``: GTP's selection without a sort; ``propagate``: the propagation
-by the graph, the kept tokens' new features, sizes and graph rows in one pass (with the check that
-kept and propagated tokens partition the image tokens), where torch ops take some thirty small
-calls.
+the core that computes it from the first product to the last; ``select_tokens``: GTP's selection
+without a sort; ``propagate``: the propagation by the graph -- the kept tokens' new features,
+sizes and graph rows in one pass, with the check that kept and propagated tokens partition the
+image tokens -- where torch ops take some thirty small calls.
 
 The library is built on first use and loaded only when trusted and intact
 (``gtp_ref.backends.fast.cpu_build`` says how).

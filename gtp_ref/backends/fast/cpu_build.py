@@ -193,7 +193,8 @@ def _self_test(lib: ctypes.CDLL) -> None:
         # selection: the two lowest of (2, -0, 1, 0, nan): the zeros, the later one first
         kept2, prop2 = np.full(3, -1), np.full(2, -1)
         getattr(lib, f"select_tokens_{name}")(p(np.array([2, -0.0, 1, 0, np.nan], dtype)), 1, 5, 2, p(kept2), p(prop2), 1)
-        if not (out.tolist() == [36.0, 6.0] and refused == 0 and prop2.tolist() == [3, 1] and kept2.tolist() == [0, 2, 4] and x2.tolist() == [9.0, 1.5, 4.25]
+        if not (out.tolist() == [36.0, 6.0] and refused == 0 and prop2.tolist() == [3, 1]
+                and kept2.tolist() == [0, 2, 4] and x2.tolist() == [9.0, 1.5, 4.25]
                 and sizes2.tolist() == [1.0, 1.25, 1.125] and ids2.tolist() == [0, 2]
                 and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
                 and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0]) and tau[0] == 0.25

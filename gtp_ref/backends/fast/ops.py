@@ -8,7 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import check_graph_input, check_partition, check_select_input, check_propagate_args, check_sparsity, check_square_map, prefix_count
+from gtp_ref._checks import (
+    check_graph_input,
+    check_partition,
+    check_propagate_args,
+    check_select_input,
+    check_sparsity,
+    check_square_map,
+    prefix_count,
+)
 from gtp_ref.backends import OPS
 from gtp_ref.backends.fast import cpu
 from gtp_ref.graph import cosine_similarity, inv_sqrt_degree, semantic_threshold, spatial_graph
@@ -232,7 +240,8 @@ def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha:
     same A0 with ids[K] (Â[K, K], not renormalised, never copied).  On the CPU (float32 / float64,
     no gradients needed) in one compiled call, ``cpu.propagate``; else in torch ops.
     """
-    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph, values=False)
+    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
+                         values=False)
     c = prefix_count(class_token)
     if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_scales):  # it checks the indices itself
         compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.propagate
