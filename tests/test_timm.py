@@ -439,3 +439,16 @@ def test_the_benchmark_says_where_tome_is_not_defined():
     r = command(bench.main, "throughput", "--timm", "vit_small_patch16_rope_224", "--methods", "tome",
                 "--batches", "1", "--repeats", "1")
     assert r.returncode == 2 and "ToMe is not defined for this model" in r.stderr and "RoPE" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "beit_base_patch16_224"])
+def test_vis_draws_gtp_on_a_rope_and_a_relative_bias_model(tmp_path, name):
+    """``python -m gtp_ref.vis IMAGE --timm NAME`` on the new families: the figure is written."""
+    from PIL import Image
+
+    from gtp_ref.apps import vis
+    from tests.helpers import command
+    rgb = np.random.default_rng(0).integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "image.png")
+    r = command(vis.main, tmp_path / "image.png", "--timm", name, "--num-prop", "4", "--out", tmp_path / "gtp.png")
+    assert r.returncode == 0 and (tmp_path / "gtp.png").stat().st_size > 10_000, r.stderr
