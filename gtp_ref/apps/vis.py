@@ -72,7 +72,7 @@ def draw(image: np.ndarray, trace: Any, grid: tuple[int, int], patch: int, depth
     norm = matplotlib.colors.Normalize(0, depth - 1)
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="block that propagated the patch")
     which = "every block" if block == "all" else f"block {block}"
-    ax.set(title=f"propagated patches, coloured by block;\nlines: graph edges to the kept patches that received "
+    ax.set(title=f"propagated patches, coloured by block;\nlines: graph edges to the kept patches\nthat received "
                  f"them ({which})", xticks=[], yticks=[])
     sizes = trace.provenance.final_sizes[0].reshape(grid).cpu().numpy().astype(float)
     im = ax2.imshow(np.ma.masked_equal(sizes, 0.0), cmap="magma")
