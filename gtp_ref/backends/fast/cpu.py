@@ -59,9 +59,11 @@ def _pointer(t: Tensor | None) -> Any:
     return None if t is None else t.data_ptr()
 
 
-def _call(name: str, *tensors: Tensor, ints: tuple[int, ...], outputs: tuple[Tensor, ...]) -> None:
-    """<name>_<dtype>(tensors..., ints..., outputs..., threads) on contiguous CPU tensors."""
-    _function(name, tensors[0].dtype)(*map(_pointer, tensors), *ints, *map(_pointer, outputs), torch.get_num_threads())
+def _call(name: str, *tensors: Tensor | None, ints: tuple[Any, ...], outputs: tuple[Tensor, ...]) -> Any:
+    """<name>_<dtype>(tensors..., ints..., outputs..., threads) on CPU tensors (None: NULL), the
+    dtype the first tensor's; what the C function returns."""
+    return _function(name, tensors[0].dtype)(*map(_pointer, tensors), *ints, *map(_pointer, outputs),
+                                             torch.get_num_threads())
 
 
 @torch.library.custom_op("gtp_ref::kth_smallest_rows", mutates_args=())
@@ -136,9 +138,8 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
     tau = q.new_full((B, H), float("-inf"))
     if B * H and N:
         strides = (ctypes.c_int64 * 9)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        failed = _function("attention", q.dtype)(*map(_pointer, (q, k, v, log_s)), strides, B, H, N, d, dv, kth,
-                                                 *map(_pointer, (out, col_sums, diagonal, first_row, tau)),
-                                                 torch.get_num_threads())
+        failed = _call("attention", q, k, v, log_s, ints=(strides, B, H, N, d, dv, kth),
+                       outputs=(out, col_sums, diagonal, first_row, tau))
         if failed:
             raise MemoryError(f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps "
                               f"({N} x {N})")
@@ -182,7 +183,7 @@ attention_op.register_autograd(_attention_backward, setup_context=_save_attentio
 
 
 def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Tensor, prop: Tensor,
-                 alpha: float, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+              alpha: float, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
     """GTP's propagation by the graph on the CPU in one call: x [B, N, C] (float32 / float64),
     token sizes [B, N] or None, the fast backend's LazyGraph (A0 [B, a, a] in x's dtype, ids [B, n]),
     kept [B, n - P] and prop [B, P] (image-token indices that together name each of the n = N -
@@ -195,9 +196,8 @@ def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Te
     (B, N, C), c, nk, n_prop = x.shape, prefix, kept.shape[1], prop.shape[1]
     out, ids_out = x.new_empty(B, c + nk, C), ids.new_empty(B, nk)
     sizes_out = x.new_empty(B, c + nk if sizes is not None else 0)
-    refused = _function("propagate", x.dtype)(*map(_pointer, (x, sizes, A0, ids, kept, prop)), B, N, C, c, A0.shape[-1],
-                                             nk, n_prop, alpha, *map(_pointer, (out, sizes_out, ids_out)),
-                                             torch.get_num_threads())
+    refused = _call("propagate", x, sizes, A0, ids, kept, prop, ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
+                    outputs=(out, sizes_out, ids_out))
     if refused:
         check_partition(kept, prop, nk + n_prop)  # raises the ValueError that says which index is wrong
         raise MemoryError("the compiled CPU propagation found no memory for its index check")
@@ -228,8 +228,7 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     B, n = scores.shape
     kept, prop = scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)
     if B:
-        _function("select_tokens", scores.dtype)(*map(_pointer, (scores,)), B, n, num_prop,
-                                                 *map(_pointer, (kept, prop)), torch.get_num_threads())
+        _call("select_tokens", scores, ints=(B, n, num_prop), outputs=(kept, prop))
     return kept, prop
 
 

@@ -258,49 +258,35 @@ static inline int64_t collect_f64(const double *restrict row, int64_t n, double 
 }
 
 /* The keys of a[0..n) below p to lo (from the front, 16 keys of room to spare) and those above
- * it to hi, counted into *nlo / *nhi: sixteen / eight keys per step with AVX-512's compress,
- * else one at a time without a branch. */
-static inline void partition_f32(const uint32_t *restrict a, int64_t n, uint32_t p, uint32_t *restrict lo,
-                                 int64_t *nlo, uint32_t *restrict hi, int64_t *nhi) {
-    int64_t i = 0, l = 0, g = 0;
+ * it to hi, counted into *nlo / *nhi: 512 / W keys per step with AVX-512's compress (W the key's
+ * bits), else one at a time without a branch.  Both key widths from one definition. */
 #ifdef __AVX512F__
-    __m512i vp = _mm512_set1_epi32((int32_t)p);
-    for (; i + 16 <= n; i += 16) {
-        __m512i x = _mm512_loadu_si512(a + i);
-        __mmask16 below = _mm512_cmplt_epu32_mask(x, vp), above = _mm512_cmpgt_epu32_mask(x, vp);
-        _mm512_storeu_si512(lo + l, _mm512_maskz_compress_epi32(below, x));
-        _mm512_storeu_si512(hi + g, _mm512_maskz_compress_epi32(above, x));
-        l += __builtin_popcount(below), g += __builtin_popcount(above);
+#define PARTITION_VECTOR(W, MASK)                                                               \
+    __m512i vp = _mm512_set1_epi##W(p);                                                        \
+    for (; i + 512 / W <= n; i += 512 / W) {                                                   \
+        __m512i x = _mm512_loadu_si512(a + i);                                                 \
+        MASK below = _mm512_cmplt_epu##W##_mask(x, vp), above = _mm512_cmpgt_epu##W##_mask(x, vp); \
+        _mm512_storeu_si512(lo + l, _mm512_maskz_compress_epi##W(below, x));                   \
+        _mm512_storeu_si512(hi + g, _mm512_maskz_compress_epi##W(above, x));                   \
+        l += __builtin_popcount(below), g += __builtin_popcount(above);                        \
     }
+#else
+#define PARTITION_VECTOR(W, MASK)
 #endif
-    for (; i < n; i++) {
-        uint32_t x = a[i];
-        lo[l] = x, hi[g] = x;
-        l += x < p, g += x > p;
-    }
-    *nlo = l, *nhi = g;
+#define PARTITION(NAME, K, W, MASK)                                                            \
+static inline void partition_##NAME(const K *restrict a, int64_t n, K p, K *restrict lo, int64_t *nlo, \
+                                    K *restrict hi, int64_t *nhi) {                            \
+    int64_t i = 0, l = 0, g = 0;                                                               \
+    PARTITION_VECTOR(W, MASK)                                                                  \
+    for (; i < n; i++) {                                                                       \
+        K x = a[i];                                                                            \
+        lo[l] = x, hi[g] = x;                                                                  \
+        l += x < p, g += x > p;                                                                \
+    }                                                                                          \
+    *nlo = l, *nhi = g;                                                                        \
 }
-
-static inline void partition_f64(const uint64_t *restrict a, int64_t n, uint64_t p, uint64_t *restrict lo,
-                                 int64_t *nlo, uint64_t *restrict hi, int64_t *nhi) {
-    int64_t i = 0, l = 0, g = 0;
-#ifdef __AVX512F__
-    __m512i vp = _mm512_set1_epi64((int64_t)p);
-    for (; i + 8 <= n; i += 8) {
-        __m512i x = _mm512_loadu_si512(a + i);
-        __mmask8 below = _mm512_cmplt_epu64_mask(x, vp), above = _mm512_cmpgt_epu64_mask(x, vp);
-        _mm512_storeu_si512(lo + l, _mm512_maskz_compress_epi64(below, x));
-        _mm512_storeu_si512(hi + g, _mm512_maskz_compress_epi64(above, x));
-        l += __builtin_popcount(below), g += __builtin_popcount(above);
-    }
-#endif
-    for (; i < n; i++) {
-        uint64_t x = a[i];
-        lo[l] = x, hi[g] = x;
-        l += x < p, g += x > p;
-    }
-    *nlo = l, *nhi = g;
-}
+PARTITION(f32, uint32_t, 32, __mmask16)
+PARTITION(f64, uint64_t, 64, __mmask8)
 
 static inline float exp_f32(float x) {   /* x <= 0 or NaN: exp(x), subnormals included */
     x = x < -104.0f ? -104.0f : x;
@@ -602,7 +588,7 @@ void select_tokens_##NAME(const T *scores, int64_t B, int64_t n, int64_t np, int
             for (; j > 0 && best[j - 1] > key; j--) best[j] = best[j - 1], pb[j] = pb[j - 1];  \
             best[j] = key, pb[j] = i;                                                          \
         }                                                                                      \
-        memset(chosen, 0, (size_t)n);                                                          \
+        memset(chosen, 0, sizeof chosen);                                                      \
         for (int64_t j = 0; j < np; j++) chosen[pb[j]] = 1;                                    \
         for (int64_t i = 0, c = 0; i < n; i++)                                                 \
             if (!chosen[i]) kb[c++] = i;                                                       \
