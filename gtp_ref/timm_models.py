@@ -274,11 +274,11 @@ def attention_bias_table(model: nn.Module) -> torch.Tensor | None:
 REL_POS_KEYS = ("rel_pos", "shared_rel_pos", "rel_pos_bias", "relative_position_bias_table", "relative_position_index")
 
 
-def _state_dict(model: nn.Module, geometry: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _state_dict(model: nn.Module, net: nn.Module) -> dict[str, torch.Tensor]:
     """The timm model's state_dict with this backbone's names: EVA's and BEiT's layer scales
     ``gamma_1`` / ``gamma_2`` as ``ls1.gamma`` / ``ls2.gamma``; a RoPE module's parameters
     replaced by the table they give (``rope_table``), and relative-position modules by the bias
-    they give (``attn_bias_table``)."""
+    they give (``attn_bias_table``), for the grid of ``net``, the model converted to."""
     renamed = {}
     for key, value in model.state_dict().items():
         if key.startswith("rope.") or any(part in REL_POS_KEYS for part in key.split(".")):
@@ -289,11 +289,9 @@ def _state_dict(model: nn.Module, geometry: dict[str, Any]) -> dict[str, torch.T
         renamed[".".join(parts)] = value
     if _name(model) == "NaFlexVit":
         renamed = naflex_state_dict(model, renamed)
-    if geometry["rope"] is not None:
-        grid = (geometry["img_size"][0] // geometry["patch_size"] // geometry.get("stem_stride", 1),
-                geometry["img_size"][1] // geometry["patch_size"] // geometry.get("stem_stride", 1))
-        renamed["rope_table"] = rope_table(model, grid)
-    if geometry["attn_bias"]:
+    if net.rope is not None:
+        renamed["rope_table"] = rope_table(model, net.grid)
+    if net.attn_bias:
         renamed["attn_bias_table"] = attention_bias_table(model)
     return renamed
 
@@ -325,7 +323,7 @@ def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
     param = next(model.parameters())
     with torch.device(param.device):
         net = cls(**geometry, **settings)
-    net.to(param.dtype).load_state_dict(_state_dict(model, geometry), strict=True)
+    net.to(param.dtype).load_state_dict(_state_dict(model, net), strict=True)
     net.dropout_not_applied = tuple(stochastic)  # ViT.train(True) warns about them
     return net.train(model.training)
 
