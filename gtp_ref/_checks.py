@@ -24,6 +24,7 @@ GLOBAL_POOLS = ("token", "avg", "map")
 # and compound block after block (up to (1 + |alpha| sqrt(deg))^L), which overflows float16 /
 # float32 for deep models: refused, so that finite input always gives finite output.
 ALPHA_RANGE = (-1.0, 1.0)
+INDEX_DTYPES = (torch.int64, torch.int32)  # of the token indices kept / prop
 
 
 # ---- method settings ---------------------------------------------------------------------------
@@ -98,8 +99,10 @@ def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mod
     if N < c:
         raise ValueError(f"x has {N} tokens; class_token={class_token!r} needs {c} prefix token(s) first")
     n = N - c
-    check_tensor("kept", kept, 2, floating=False, shape=(B, None))
-    check_tensor("prop", prop, 2, floating=False, shape=(B, None))
+    for name, idx in (("kept", kept), ("prop", prop)):
+        check_tensor(name, idx, 2, floating=False, shape=(B, None))
+        if idx.dtype not in INDEX_DTYPES:  # torch indexes by these; uint8 would be read as a mask
+            raise TypeError(f"{name} must have dtype torch.int64 or torch.int32, got {idx.dtype}")
     if kept.shape[1] + prop.shape[1] != n:
         raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together "
                          f"hold the n = {n} image tokens of x ({N} tokens, {c} of them prefix tokens)")
@@ -117,11 +120,22 @@ def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mod
                              f"(batch {B}, n = {n} image tokens)")
     if values and not torch.compiler.is_compiling():
         check_partition(kept, prop, n)
+        if token_scales is not None:
+            check_token_sizes("token_scales", token_scales)
+
+
+def check_token_sizes(name, sizes):
+    """Token sizes [B, N] are finite and > 0 (each token stands for a positive number of patches;
+    the attention adds log s to its logits): O(B N), a host synchronisation on a GPU."""
+    bad = ~((sizes > 0) & sizes.isfinite())  # NaN fails both
+    if bool(bad.any()):
+        b, j = bad.nonzero()[0].tolist()
+        raise ValueError(f"{name}[{b}, {j}] = {float(sizes[b, j])}: token sizes must be finite and > 0")
 
 
 def check_partition(kept, prop, n):
     """Every row of kept and prop together holds each of 0..n-1 exactly once: O(B n)."""
-    idx = torch.cat([kept, prop], dim=1)  # (B, n)
+    idx = torch.cat([kept, prop], dim=1).long()  # (B, n); any integer dtype
     if idx.numel() == 0:
         return
     low, high = int(idx.min()), int(idx.max())
@@ -152,6 +166,8 @@ def check_graph_input(x_img, grid, graph, num_neighbours):
 def check_scores_input(attn, selection, class_token):
     choice("selection", selection, SELECTIONS)
     check_square_map(attn)
+    if attn.shape[1] == 0:
+        raise ValueError(f"attn has shape {list(attn.shape)}: the scores reduce over heads, give at least one")
     c = prefix_count(class_token)
     if attn.shape[-1] < c:
         raise ValueError(f"attn has N = {attn.shape[-1]} tokens; class_token={class_token!r} needs {c} prefix token(s)")

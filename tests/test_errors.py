@@ -102,7 +102,22 @@ BAD = [
     ("propagate", "x rank 2", lambda a, o: dict(x=a["x"][0]), ValueError, "x must have 3 dimensions"),
     ("propagate", "class_token float", dict(class_token=1.0), TypeError, "class_token=1.0 must be an integer"),
     ("propagate", "prefix count off", dict(class_token=2), ValueError, r"must together hold the n = 5 image tokens"),
+    ("propagate", "negative token size", lambda a, o: dict(token_scales=sizes(a, (1, 3), -1.0)), ValueError,
+     r"token_scales\[1, 3\] = -1.0: token sizes must be finite and > 0"),
+    ("propagate", "zero token size", lambda a, o: dict(token_scales=sizes(a, (0, 0), 0.0)), ValueError,
+     r"token_scales\[0, 0\] = 0.0: token sizes must be finite and > 0"),
+    ("propagate", "NaN token size", lambda a, o: dict(token_scales=sizes(a, (0, 6), float("nan"))), ValueError,
+     r"token_scales\[0, 6\] = nan"),
+    ("propagate", "infinite token size", lambda a, o: dict(token_scales=sizes(a, (1, 2), float("inf"))), ValueError,
+     r"token_scales\[1, 2\] = inf"),
 ]
+
+
+def sizes(args, where, value):
+    """Token sizes of x, all 1 but ``value`` at ``where``."""
+    s = torch.ones(args["x"].shape[:2], dtype=args["x"].dtype)
+    s[where] = value
+    return s
 
 
 def foreign_graph(ops, x):
@@ -122,6 +137,21 @@ def test_bad_op_arguments_are_refused_before_any_work(backend, op, change, error
     args.update(change(args, ops) if callable(change) else change)
     with pytest.raises(error, match=match):
         getattr(ops, op)(**args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["graph", "mean", "none"])
+def test_int32_indices_are_the_int64_ones(backend, mode):
+    ops = importlib.import_module(MODULES[backend])
+    args = valid_args("propagate")
+    args.update(G=graph_of(ops, args["x"]), mode=mode, token_scales=sizes(args, (0, 0), 1.0))
+    want = ops.propagate(**args)
+    got = ops.propagate(**{**args, "kept": args["kept"].int(), "prop": args["prop"].int()})
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+    assert torch.equal(ops.to_dense(got[1]), ops.to_dense(want[1]))
+    for dtype in (torch.int16, torch.uint8):  # not index dtypes of torch (uint8 would be a mask)
+        with pytest.raises(TypeError, match=f"kept must have dtype torch.int64 or torch.int32, got {dtype}"):
+            ops.propagate(**{**args, "kept": args["kept"].to(dtype)})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -19,16 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
                                 reason="needs a C compiler")
 
-# A stranger's library: a constructor that leaves a mark, and the kernel's names as no-ops (whose
-# outputs would stay uninitialised: NaN logits, silently).
+# A stranger's library: a constructor that leaves a mark, and every one of the kernel's names as a
+# no-op (whose outputs would stay uninitialised: NaN logits, silently).
 FOREIGN_C = """
 #include <stdio.h>
 #include <stdint.h>
 __attribute__((constructor)) static void mark(void) { FILE *f = fopen("MARK", "w"); if (f) fclose(f); }
-void kth_smallest_f32(void) {} void kth_smallest_f64(void) {}
-void mask_heads_f32(void) {} void mask_heads_f64(void) {}
-void attention_f32(void) {} void attention_f64(void) {}
-"""
+int64_t select_max(void) { return 64; }
+""" + "".join(f"int64_t {name}_{dtype}(void) {{ return 0; }}\n"
+              for name in cpu_build.FUNCTIONS for dtype in ("f32", "f64"))
 NO_NAMES_C = "int something_else(void) { return 1; }\n"
 
 # The child: the fast backend's threshold and masking on the CPU must be exact, whatever the cache held.
@@ -94,13 +93,20 @@ def test_a_library_in_a_world_writable_cache_is_never_loaded(tmp_path):
     assert "built in" in out and "for this process" in out, out
 
 
-def test_a_library_of_no_ops_with_the_right_names_and_digest_is_not_used(tmp_path):
+def test_a_library_of_no_ops_with_the_right_names_and_digest_is_not_used(tmp_path, monkeypatch):
     """Even in a private cache, with a matching digest: the self-test refuses it; it is rebuilt."""
     cache = tmp_path / "cache"
     (cache / "gtp_ref").mkdir(parents=True, mode=0o700)
     planted = cache / "gtp_ref" / library_name()
     compile_c(FOREIGN_C, planted, tmp_path)
     forge_digest(planted)
+    copy = tmp_path / "copy" / "foreign.so"  # the same library, looked at here before the child replaces it
+    copy.parent.mkdir()
+    shutil.copy2(planted, copy)
+    monkeypatch.chdir(tmp_path)  # its constructor's mark lands here
+    foreign = cpu_build._bind(copy)  # every name is there: what refuses it is the self-test
+    with pytest.raises(OSError, match="wrong answers in its self-test"):
+        cpu_build._self_test(foreign)
     out = run_child(cache, cwd=tmp_path)
     assert "available True" in out and "reason None" in out and "warning" not in out, out
     cpu_build._checked(planted)  # replaced by a real build, which passes the self-test here too

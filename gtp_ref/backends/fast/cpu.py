@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import check_partition
+from gtp_ref._checks import check_partition, check_tensor, check_token_sizes, integer
 from gtp_ref.backends.fast import cpu_build
+from gtp_ref.backends.fast.cpu_build import BAD_ARGUMENTS, BAD_SIZE, GRAPH_ROW, PARTITION_ERROR, SELECT_MAX
 
 _LIB: ctypes.CDLL | None = None
 REASON: str | None = None  # why the compiled kernels are not available, once that is known
@@ -66,18 +67,56 @@ def _call(name: str, *tensors: Tensor | None, ints: tuple[Any, ...], outputs: tu
                                              torch.get_num_threads())
 
 
+# ---- the arguments: every shape, dtype and rank checked before C sees a pointer ----------------
+def _cpu_float(name: str, t: Tensor, ndim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """t: a CPU float32 / float64 tensor of ``ndim`` dimensions (of ``dtype`` where given)."""
+    check_tensor(name, t, ndim, floating=True)
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be a CPU float32 / float64 tensor, got {t.dtype} on {t.device.type}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}; the other inputs have {dtype}")
+    return t
+
+
+def _cpu_index(name: str, t: Tensor, shape: tuple[int | None, ...]) -> Tensor:
+    """t: a CPU integer tensor of ``shape`` (None = any size)."""
+    check_tensor(name, t, len(shape), floating=False, shape=shape)
+    if t.device.type != "cpu":
+        raise TypeError(f"{name} must be a CPU tensor, got one on {t.device.type}")
+    return t
+
+
+def _refused(function: str, status: int) -> None:
+    """A C function's refusal that the checks above should have made first: a bug, said so."""
+    if status == BAD_ARGUMENTS:
+        raise ValueError(f"the compiled {function} refused its arguments (sizes or ranks out of range)")
+
+
+def _check_kth(rows: Tensor, k: int) -> int:
+    _cpu_float("rows", rows, 2)
+    if rows.shape[1] == 0:
+        raise ValueError(f"rows has shape {list(rows.shape)}: no k-th smallest of an empty row")
+    return integer("k", k, 1, rows.shape[1])
+
+
 @torch.library.custom_op("gtp_ref::kth_smallest_rows", mutates_args=())
 def kth_smallest_rows(rows: Tensor, k: int) -> Tensor:
-    """The exact k-th smallest (1-based) of every row of a CPU float32 / float64 [R, L] tensor -> [R]."""
+    """The exact k-th smallest (1-based) of every row of a CPU float32 / float64 [R, L] tensor -> [R]
+    (1 <= k <= L)."""
+    k = _check_kth(rows, k)
     rows = rows.contiguous()
     out = rows.new_empty(rows.shape[:1])
     if rows.shape[0]:
-        _call("kth_smallest", rows, ints=(rows.shape[0], rows.shape[1], k), outputs=(out,))
+        failed = _call("kth_smallest", rows, ints=(rows.shape[0], rows.shape[1], k), outputs=(out,))
+        _refused("selection", failed)
+        if failed:
+            raise MemoryError(f"the compiled CPU selection found no memory for {failed} of {rows.shape[0]} rows")
     return out
 
 
 @kth_smallest_rows.register_fake
 def _(rows: Tensor, k: int) -> Tensor:
+    _check_kth(rows, k)
     return rows.new_empty(rows.shape[:1])
 
 
@@ -88,17 +127,30 @@ def mask_heads(attn: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Te
     (masked map [B, H, N, N] with the entries below the head's k-th smallest set to 0, its column
     sums, diagonal and first row [B, H, N], the thresholds [B, H] (-inf for k = 0)).  Gradients
     flow to the kept entries, as through the reference's masked_fill."""
+    k = _check_mask(attn, k)
     attn = attn.contiguous()
     B, H, N, _ = attn.shape
     masked, col_sums, diagonal, first_row = torch.empty_like(attn), *(attn.new_empty(B, H, N) for _ in range(3))
-    tau = attn.new_empty(B, H)
-    if B * H:
-        _call("mask_heads", attn, ints=(B * H, N, k), outputs=(masked, col_sums, diagonal, first_row, tau))
+    tau = attn.new_full((B, H), float("-inf"))
+    if attn.numel():
+        failed = _call("mask_heads", attn, ints=(B * H, N, k), outputs=(masked, col_sums, diagonal, first_row, tau))
+        _refused("masking", failed)
+        if failed:
+            raise MemoryError(f"the compiled CPU masking found no memory for {failed} of {B * H} heads")
     return masked, col_sums, diagonal, first_row, tau
+
+
+def _check_mask(attn: Tensor, k: int) -> int:
+    _cpu_float("attn", attn, 4)
+    N = attn.shape[-1]
+    if attn.shape[-2] != N:
+        raise ValueError(f"attn must be [B, H, N, N] (square maps), got shape {list(attn.shape)}")
+    return integer("k", k, 0, N * N)
 
 
 @mask_heads.register_fake
 def _(attn: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _check_mask(attn, k)
     B, H, N, _ = attn.shape
     return torch.empty_like(attn), *(attn.new_empty(B, H, N) for _ in range(3)), attn.new_empty(B, H)
 
@@ -129,6 +181,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
     the thresholds [B, H], -inf for kth = 0).  Gradients are those of the same computation in
     torch ops, recomputed in the backward pass (the threshold passes none, as through the
     reference's masked_fill)."""
+    kth = _check_attention(q, k, v, log_s, kth)
     B, H, N, d = q.shape
     dv = v.shape[-1]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -140,14 +193,32 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
         strides = (ctypes.c_int64 * 9)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
         failed = _call("attention", q, k, v, log_s, ints=(strides, B, H, N, d, dv, kth),
                        outputs=(out, col_sums, diagonal, first_row, tau))
+        _refused("attention", failed)
         if failed:
             raise MemoryError(f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps "
                               f"({N} x {N})")
     return out, col_sums, diagonal, first_row, tau
 
 
+def _check_attention(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int) -> int:
+    """q, k [B, H, N, d] and v [B, H, N, dv] of one CPU float dtype, log s [B, N] or None, and
+    0 <= kth <= N^2."""
+    _cpu_float("q", q, 4)
+    _cpu_float("k", k, 4, q.dtype)
+    _cpu_float("v", v, 4, q.dtype)
+    B, H, N, d = q.shape
+    check_tensor("k", k, 4, shape=(B, H, N, d))
+    check_tensor("v", v, 4, shape=(B, H, N, None))
+    if log_s is not None:
+        check_tensor("log_s", log_s, 2, floating=True, shape=(B, N))
+        if log_s.device.type != "cpu":
+            raise TypeError(f"log_s must be a CPU tensor, got one on {log_s.device.type}")
+    return integer("kth", kth, 0, N * N)
+
+
 @attention_op.register_fake
 def _(q, k, v, log_s, kth):
+    _check_attention(q, k, v, log_s, kth)
     B, H, N, _ = q.shape
     return q.new_empty(B, N, H, v.shape[-1]), *(q.new_empty(B, H, N) for _ in range(3)), q.new_empty(B, H)
 
@@ -185,23 +256,61 @@ attention_op.register_autograd(_attention_backward, setup_context=_save_attentio
 def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Tensor, prop: Tensor,
               alpha: float, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
     """GTP's propagation by the graph on the CPU in one call: x [B, N, C] (float32 / float64),
-    token sizes [B, N] or None, the fast backend's LazyGraph (A0 [B, a, a] in x's dtype, ids [B, n]),
-    kept [B, n - P] and prop [B, P] (image-token indices that together name each of the n = N -
-    prefix image tokens once; ValueError otherwise), alpha -> (x [B, prefix + n - P, C] with
+    token sizes [B, N] (finite, > 0) or None, the fast backend's LazyGraph (A0 [B, a, a], ids
+    [B, n] rows of A0), kept [B, n - P] and prop [B, P] (image-token indices that together name
+    each of the n = N - prefix image tokens once), alpha -> (x [B, prefix + n - P, C] with
     x_K + alpha Â[K, P] x_P for the kept tokens, sizes [B, prefix + n - P] likewise ([B, 0]
-    without sizes), the kept tokens' rows of A0 [B, n - P]).  No autograd: ``ops.propagate`` takes
+    without sizes), the kept tokens' rows of A0 [B, n - P]).  ValueError for indices, rows or
+    sizes out of range, before anything is computed.  No autograd: ``ops.propagate`` takes
     torch ops where gradients are needed."""
-    x, A0, ids, kept, prop = (t.contiguous() for t in (x, A0, ids.long(), kept.long(), prop.long()))
+    prefix = _check_propagate(x, sizes, A0, ids, kept, prop, prefix)
+    x, ids, kept, prop = (t.contiguous() for t in (x, ids.long(), kept.long(), prop.long()))
+    A0 = A0.to(x.dtype).contiguous()
     sizes = None if sizes is None else sizes.to(x.dtype).contiguous()
     (B, N, C), c, nk, n_prop = x.shape, prefix, kept.shape[1], prop.shape[1]
     out, ids_out = x.new_empty(B, c + nk, C), ids.new_empty(B, nk)
     sizes_out = x.new_empty(B, c + nk if sizes is not None else 0)
-    refused = _call("propagate", x, sizes, A0, ids, kept, prop, ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
-                    outputs=(out, sizes_out, ids_out))
-    if refused:
+    status = _call("propagate", x, sizes, A0, ids, kept, prop, ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
+                   outputs=(out, sizes_out, ids_out))
+    _refused("propagation", status)
+    if status == PARTITION_ERROR:
         check_partition(kept, prop, nk + n_prop)  # raises the ValueError that says which index is wrong
+    if status == GRAPH_ROW:
+        check_graph_rows(ids, A0.shape[-1])
+    if status == BAD_SIZE:
+        check_token_sizes("token_scales", sizes)
+    if status:
         raise MemoryError("the compiled CPU propagation found no memory for its index check")
     return out, sizes_out, ids_out
+
+
+def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Tensor, prop: Tensor,
+                     prefix: int) -> int:
+    _cpu_float("x", x, 3)
+    B, N, _ = x.shape
+    prefix = integer("prefix", prefix, 0, N)
+    if sizes is not None:
+        _cpu_float("sizes", sizes, 2)
+        check_tensor("sizes", sizes, 2, shape=(B, N))
+    _cpu_float("A0", A0, 3)
+    check_tensor("A0", A0, 3, shape=(B, A0.shape[1], A0.shape[1]))
+    if A0.shape[1] == 0:
+        raise ValueError("A0 has shape [B, 0, 0]: a graph needs at least one row")
+    n = N - prefix
+    _cpu_index("ids", ids, (B, n))
+    kept, prop = _cpu_index("kept", kept, (B, None)), _cpu_index("prop", prop, (B, None))
+    if kept.shape[1] + prop.shape[1] != n:
+        raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together hold the "
+                         f"n = {n} image tokens of x ({N} tokens, {prefix} of them prefix tokens)")
+    return prefix
+
+
+def check_graph_rows(ids: Tensor, rows: int) -> None:
+    """The LazyGraph's ids [B, n] name rows of its A0 (0 .. rows - 1); ValueError otherwise."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"G.ids hold row {bad}, outside the {rows} rows of G.A0 (a LazyGraph's ids name rows "
+                         "of its first layer's graph)")
 
 
 # The custom ops, for torch.compile; eager code calls the functions themselves (the dispatcher's
@@ -211,25 +320,32 @@ propagate_op = torch.library.custom_op("gtp_ref::cpu_propagate", propagate, muta
 
 @propagate_op.register_fake
 def _(x, sizes, A0, ids, kept, prop, alpha, prefix):
+    _check_propagate(x, sizes, A0, ids, kept, prop, prefix)
     B, _, C = x.shape
     nk = kept.shape[1]
     return x.new_empty(B, prefix + nk, C), x.new_empty(B, prefix + nk if sizes is not None else 0), \
         ids.new_empty(B, nk, dtype=torch.int64)
 
 
-SELECT_MAX = 64  # select_tokens' largest num_prop (insertion into the num_prop lowest: O(n num_prop))
-
-
 def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     """``gtp_ref.select.select_tokens`` on the CPU without a sort: scores [B, n] (float32 / float64),
     1 <= num_prop <= min(n, SELECT_MAX) -> (kept [B, n - num_prop] ascending, prop [B, num_prop]
     from the lowest score up; on equal scores the larger index first, NaN last)."""
+    num_prop = _check_select(scores, num_prop)
     scores = scores.contiguous()
     B, n = scores.shape
     kept, prop = scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)
     if B:
-        _call("select_tokens", scores, ints=(B, n, num_prop), outputs=(kept, prop))
+        status = _call("select_tokens", scores, ints=(B, n, num_prop), outputs=(kept, prop))
+        _refused("selection", status)
+        if status:
+            raise MemoryError(f"the compiled CPU selection found no memory for {n} tokens")
     return kept, prop
+
+
+def _check_select(scores: Tensor, num_prop: int) -> int:
+    _cpu_float("scores", scores, 2)
+    return integer("num_prop", num_prop, 1, min(scores.shape[1], SELECT_MAX))
 
 
 select_tokens_op = torch.library.custom_op("gtp_ref::cpu_select_tokens", select_tokens, mutates_args=())
@@ -237,5 +353,12 @@ select_tokens_op = torch.library.custom_op("gtp_ref::cpu_select_tokens", select_
 
 @select_tokens_op.register_fake
 def _(scores, num_prop):
+    num_prop = _check_select(scores, num_prop)
     B, n = scores.shape
     return scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)
+
+
+def work_kept(dtype: torch.dtype) -> int:
+    """The bytes of work buffer the compiled attention keeps for this thread between calls (at
+    most 32 MiB: a larger map's buffer is released at the end of its call)."""
+    return int(_function("work_kept", dtype)())

@@ -140,67 +140,93 @@ def _intact(path: Path) -> bool:
         return False
 
 
+# The library's functions, each for float32 and float64 (<name>_f32 / <name>_f64) but select_max.
+FUNCTIONS = ("kth_smallest", "mask_heads", "attention", "propagate", "select_tokens", "work_kept")
+SELECT_MAX = 64  # select_tokens' largest num_prop: the C source's SELECT_MAX (the self-test checks they agree)
+# What the functions return (the C source's codes): sizes or ranks out of range; for propagate,
+# indices that are no partition, no memory, a graph row beyond A0, a token size not finite and > 0
+BAD_ARGUMENTS, PARTITION_ERROR, NO_MEMORY, GRAPH_ROW, BAD_SIZE = -1, 1, 2, 3, 4
+
+
 def _bind(path: Path) -> ctypes.CDLL:
     """Load the library and declare its functions; OSError / AttributeError where it lacks them."""
     lib = ctypes.CDLL(str(path))
+    ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # data pointers as addresses (cheaper than casts)
     for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        ptr, i64 = ctypes.c_void_p, ctypes.c_int64  # data pointers as addresses (a cast per pointer costs more)
-        getattr(lib, f"kth_smallest_{name}").argtypes = [ptr, i64, i64, i64, ptr, ctypes.c_int]
-        getattr(lib, f"mask_heads_{name}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"kth_smallest_{name}").restype = getattr(lib, f"mask_heads_{name}").restype = None
-        fn = getattr(lib, f"attention_{name}")
-        fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
-                       ptr, ctypes.c_int]
-        fn.restype = i64
-        fn = getattr(lib, f"propagate_{name}")
-        fn.argtypes = [ptr] * 6 + [i64] * 7 + [c_float, ptr, ptr, ptr, ctypes.c_int]
-        fn.restype = i64
-        getattr(lib, f"select_tokens_{name}").argtypes = [ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"select_tokens_{name}").restype = None
+        signatures = {
+            "kth_smallest": [ptr, i64, i64, i64, ptr, i32],
+            "mask_heads": [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i32],
+            "attention": [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
+                          ptr, i32],
+            "propagate": [ptr] * 6 + [i64] * 7 + [c_float, ptr, ptr, ptr, i32],
+            "select_tokens": [ptr, i64, i64, i64, ptr, ptr, i32],
+            "work_kept": [],
+        }
+        for function in FUNCTIONS:
+            fn = getattr(lib, f"{function}_{name}")
+            fn.argtypes, fn.restype = signatures[function], i64
+    lib.select_max.argtypes, lib.select_max.restype = [], i64
     return lib
 
 
 def _self_test(lib: ctypes.CDLL) -> None:
-    """A few exact answers from the loaded library, in both dtypes; OSError where one is wrong.
-    numpy arrays, not torch tensors: this may run while torch traces (torch.compile / export),
-    where new tensors are fake."""
+    """A few exact answers from the loaded library, in both dtypes, and its refusal of arguments
+    out of range; OSError where one is wrong.  numpy arrays, not torch tensors: this may run
+    while torch traces (torch.compile / export), where new tensors are fake."""
     import numpy as np
-    for dtype, c_float in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
+    right = lib.select_max() == SELECT_MAX
+    for dtype in (np.float32, np.float64):
         name = "f32" if dtype == np.float32 else "f64"
+
         def p(a):
             return a.ctypes.data
+
+        def call(function, *args):
+            return getattr(lib, f"{function}_{name}")(*args)
         rows = np.ascontiguousarray(np.arange(60, dtype=dtype)[::-1].reshape(2, 30))  # 59..30, 29..0
         out = np.full(2, np.nan, dtype)
-        getattr(lib, f"kth_smallest_{name}")(p(rows), 2, 30, 7, p(out), 1)
+        status = [call("kth_smallest", p(rows), 2, 30, 7, p(out), 1)]
         attn = (np.arange(16, dtype=dtype) / 16).reshape(4, 4)
         masked, sums, diag, first, tau = (np.full(shape, np.nan, dtype) for shape in ((4, 4), 4, 4, 4, 1))
-        getattr(lib, f"mask_heads_{name}")(p(attn), 1, 4, 5, p(masked), p(sums), p(diag), p(first), p(tau), 1)
+        status.append(call("mask_heads", p(attn), 1, 4, 5, p(masked), p(sums), p(diag), p(first), p(tau), 1))
         want = np.where(attn < 0.25, 0, attn)
         # attention of two tokens with q = 0: every entry of the map 1/2, Att v the mean of v
         q, v = np.zeros((2, 1), dtype), np.array([[2.0], [4.0]], dtype)
         mixed, cols, diag2, first2 = (np.full(2, np.nan, dtype) for _ in range(4))
         tau2 = np.full(1, np.nan, dtype)
         strides = (ctypes.c_int64 * 9)(2, 2, 1, 2, 2, 1, 2, 2, 1)
-        failed = getattr(lib, f"attention_{name}")(p(q), p(q), p(v), None, strides, 1, 1, 2, 1, 1, 2, p(mixed), p(cols),
-                                                   p(diag2), p(first2), p(tau2), 1)
+        status.append(call("attention", p(q), p(q), p(v), None, strides, 1, 1, 2, 1, 1, 2, p(mixed), p(cols),
+                           p(diag2), p(first2), p(tau2), 1))
         # propagation: a [CLS] and three image tokens; token 1 goes to 0 and 2 with weights 1/2, 1/4
         x, sizes = np.array([[9.0], [1.0], [2.0], [4.0]], dtype), np.ones(4, dtype)
         A0, ids = np.array([[0, 0.5, 0, 0], [0, 0, 0, 0], [0, 0.25, 0, 0], [0, 0, 0, 0]], dtype), np.arange(3)
         kept, prop = np.array([0, 2]), np.array([1])
         x2, sizes2, ids2 = np.full(3, np.nan, dtype), np.full(3, np.nan, dtype), np.full(2, -1)
-        refused = getattr(lib, f"propagate_{name}")(*map(p, (x, sizes, A0, ids, kept, prop)), 1, 4, 1, 1, 4, 2, 1, 0.5,
-                                                    p(x2), p(sizes2), p(ids2), 1)
+        status.append(call("propagate", *map(p, (x, sizes, A0, ids, kept, prop)), 1, 4, 1, 1, 4, 2, 1, 0.5,
+                           p(x2), p(sizes2), p(ids2), 1))
         # selection: the two lowest of (2, -0, 1, 0, nan): the zeros, the later one first
         kept2, prop2 = np.full(3, -1), np.full(2, -1)
-        getattr(lib, f"select_tokens_{name}")(p(np.array([2, -0.0, 1, 0, np.nan], dtype)), 1, 5, 2, p(kept2), p(prop2), 1)
-        if not (out.tolist() == [36.0, 6.0] and refused == 0 and prop2.tolist() == [3, 1]
-                and kept2.tolist() == [0, 2, 4] and x2.tolist() == [9.0, 1.5, 4.25]
-                and sizes2.tolist() == [1.0, 1.25, 1.125] and ids2.tolist() == [0, 2]
-                and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
-                and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0]) and tau[0] == 0.25
-                and failed == 0 and mixed.tolist() == [3.0, 3.0] and cols.tolist() == [1.0, 1.0]
-                and diag2.tolist() == first2.tolist() == [0.5, 0.5] and tau2[0] == 0.5):
-            raise OSError("the compiled library gave wrong answers in its self-test")
+        status.append(call("select_tokens", p(np.array([2, -0.0, 1, 0, np.nan], dtype)), 1, 5, 2, p(kept2), p(prop2), 1))
+        # refusals, before anything is written: k beyond the row, a threshold rank beyond the map,
+        # no selection, more tokens than the sizes say, a graph row beyond A0
+        refused = [call("kth_smallest", p(rows), 2, 30, 31, p(out), 1),
+                   call("mask_heads", p(attn), 1, 4, 17, p(masked), p(sums), p(diag), p(first), p(tau), 1),
+                   call("select_tokens", p(rows), 1, 5, 0, p(kept2), p(prop2), 1),
+                   call("propagate", *map(p, (x, sizes, A0, ids, kept, prop)), 1, 3, 1, 1, 4, 2, 1, 0.5,
+                        p(x2), p(sizes2), p(ids2), 1)]
+        far = np.array([0, 9, 2])
+        row_status = call("propagate", *map(p, (x, sizes, A0, far, kept, prop)), 1, 4, 1, 1, 4, 2, 1, 0.5,
+                          p(x2), p(sizes2), p(ids2), 1)
+        right = right and (status == [0] * 5 and refused == [BAD_ARGUMENTS] * 4 and row_status == GRAPH_ROW
+                           and out.tolist() == [36.0, 6.0] and prop2.tolist() == [3, 1]
+                           and kept2.tolist() == [0, 2, 4] and x2.tolist() == [9.0, 1.5, 4.25]
+                           and sizes2.tolist() == [1.0, 1.25, 1.125] and ids2.tolist() == [0, 2]
+                           and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
+                           and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0])
+                           and tau[0] == 0.25 and mixed.tolist() == [3.0, 3.0] and cols.tolist() == [1.0, 1.0]
+                           and diag2.tolist() == first2.tolist() == [0.5, 0.5] and tau2[0] == 0.5)
+    if not right:
+        raise OSError("the compiled library gave wrong answers in its self-test")
 
 
 def load() -> ctypes.CDLL:

@@ -1,4 +1,4 @@
-/* The fast backend's CPU threshold and masking (gtp_ref/_native.py compiles and loads this file).
+/* The fast backend's CPU kernels (gtp_ref/backends/fast/cpu_build.py compiles and loads this file).
  *
  * kth_smallest_{f32,f64}: the exact k-th smallest value of every row of a matrix.  Per row, two
  * streaming passes and a selection among few values:
@@ -22,6 +22,12 @@
  * for a batch (below).
  *
  * Rows / heads run in parallel (OpenMP).
+ *
+ * Arguments: gtp_ref/backends/fast/cpu.py checks every shape, dtype, stride and index before it
+ * calls a function here, and each function checks again what it can see -- its sizes, ranks and
+ * indices -- returning BAD_ARGUMENTS (or the code it names) before it writes anything.  Nothing
+ * sized by the input lives on the C stack: buffers that grow with it come from the heap, and a
+ * failed allocation is a return code, never a crash.
  */
 #include <math.h>
 #include <stdint.h>
@@ -32,6 +38,7 @@
 #endif
 
 #define BINS 2048
+#define BAD_ARGUMENTS (-1)  /* what every entry point returns for arguments out of its range */
 
 /* Order keys: unsigned integers that sort as the floats do, NaN last. */
 static inline uint32_t key_f32(float f) {
@@ -82,8 +89,9 @@ static K select_##NAME(K *a, int64_t n, int64_t r) { /* the r-th smallest (0-bas
     return a[lo];                                                                          \
 }                                                                                          \
                                                                                            \
-/* the k-th smallest of a rows x cols block (row stride: stride), 1 <= k <= rows * cols */      \
-static T kth_block_##NAME(const T *x, int64_t rows, int64_t cols, int64_t stride, int64_t k) { \
+/* the k-th smallest of a rows x cols block (row stride: stride), 1 <= k <= rows * cols; *ok   \
+ * set to 0 where its buffer could not be had (the value is then NaN) */                   \
+static T kth_block_##NAME(const T *x, int64_t rows, int64_t cols, int64_t stride, int64_t k, int *ok) { \
     /* four interleaved histograms: runs of equal bins do not wait on one counter */      \
     uint32_t sub[4][BINS] = {{0}};                                                         \
     int64_t i = 0, hist[BINS];                                                             \
@@ -98,6 +106,7 @@ static T kth_block_##NAME(const T *x, int64_t rows, int64_t cols, int64_t stride
     int64_t bin = 0, before = 0;                                                           \
     while (before + hist[bin] < k) before += hist[bin++];                                  \
     K *buf = malloc(sizeof(K) * (size_t)(hist[bin] + 1));                                  \
+    if (!buf) { *ok = 0; return (T)NAN; }                                                   \
     int64_t m = 0;                                                                         \
     for (int64_t r = 0; r < rows; r++) {                                                   \
         const T *row = x + r * stride;                                                     \
@@ -122,8 +131,8 @@ static T kth_block_##NAME(const T *x, int64_t rows, int64_t cols, int64_t stride
     return value_##NAME(key);                                                              \
 }                                                                                          \
                                                                                            \
-static T kth_##NAME(const T *row, int64_t len, int64_t k) { /* 1 <= k <= len */            \
-    return kth_block_##NAME(row, 1, len, len, k);                                          \
+static T kth_##NAME(const T *row, int64_t len, int64_t k, int *ok) { /* 1 <= k <= len */   \
+    return kth_block_##NAME(row, 1, len, len, k, ok);                                      \
 }                                                                                          \
                                                                                            \
 /* The r-th smallest (0-based) of src[0..n), src left as it is: quickselect whose three-way \
@@ -151,9 +160,18 @@ static K select_copy_##NAME(const K *src, int64_t n, int64_t r, K *b1, K *b2) { 
     return small[r];                                                                       \
 }                                                                                          \
                                                                                            \
-void kth_smallest_##NAME(const T *x, int64_t rows, int64_t len, int64_t k, T *out, int threads) { \
-    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 1)")                  \
-    for (int64_t r = 0; r < rows; r++) out[r] = kth_##NAME(x + r * len, len, k);           \
+/* Returns 0; BAD_ARGUMENTS unless rows >= 0 and 1 <= k <= len (nothing written); else the    \
+ * number of rows whose buffer could not be had (their value NaN). */                     \
+int64_t kth_smallest_##NAME(const T *x, int64_t rows, int64_t len, int64_t k, T *out, int threads) { \
+    if (rows < 0 || len < 1 || k < 1 || k > len) return BAD_ARGUMENTS;                     \
+    int64_t failed = 0;                                                                    \
+    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(+:failed)") \
+    for (int64_t r = 0; r < rows; r++) {                                                   \
+        int ok = 1;                                                                        \
+        out[r] = kth_##NAME(x + r * len, len, k, &ok);                                     \
+        failed += !ok;                                                                     \
+    }                                                                                      \
+    return failed;                                                                         \
 }                                                                                          \
                                                                                            \
 static void mask_row_##NAME(const T *restrict row, T *restrict out, T *restrict sums, int64_t n, T tau) { \
@@ -165,15 +183,27 @@ static void mask_row_##NAME(const T *restrict row, T *restrict out, T *restrict 
     }                                                                                      \
 }                                                                                          \
                                                                                            \
-void mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T *masked,      \
-                       T *col_sums, T *diag, T *first_row, T *taus, int threads) {         \
-    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 1)")                  \
+/* Returns 0; BAD_ARGUMENTS unless heads >= 0, n >= 1 and 0 <= k <= n^2 (nothing written);  \
+ * else the number of heads whose buffers could not be had (their outputs NaN). */         \
+int64_t mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T *masked,   \
+                          T *col_sums, T *diag, T *first_row, T *taus, int threads) {      \
+    if (heads < 0 || n < 1 || k < 0 || k > n * n) return BAD_ARGUMENTS;                    \
+    int64_t failed = 0;                                                                    \
+    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(+:failed)") \
     for (int64_t h = 0; h < heads; h++) {                                                  \
         const T *map = attn + h * n * n;                                                   \
         T *out = masked + h * n * n;                                                       \
-        T tau = k ? kth_##NAME(map, n * n, k) : 0;                                       \
+        int ok = 1;                                                                        \
+        T tau = k ? kth_##NAME(map, n * n, k, &ok) : -(T)INFINITY;                         \
         T *sums = calloc((size_t)n, sizeof(T));                                            \
-        if (!k) tau = -(T)INFINITY;                                                        \
+        if (!ok || !sums) {                                                                \
+            free(sums);                                                                    \
+            failed++;                                                                      \
+            taus[h] = (T)NAN;                                                              \
+            for (int64_t i = 0; i < n * n; i++) out[i] = (T)NAN;                           \
+            for (int64_t i = 0; i < n; i++) col_sums[h * n + i] = diag[h * n + i] = first_row[h * n + i] = (T)NAN; \
+            continue;                                                                      \
+        }                                                                                  \
         taus[h] = tau;                                                                     \
         for (int64_t i = 0; i < n; i++)                                                    \
             mask_row_##NAME(map + i * n, out + i * n, sums, n, tau);                       \
@@ -184,6 +214,7 @@ void mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T *ma
         }                                                                                  \
         free(sums);                                                                        \
     }                                                                                      \
+    return failed;                                                                         \
 }
 
 /* ---- The fused attention ----
@@ -198,13 +229,15 @@ void mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T *ma
  *   4. the map with its entries below tau set to 0 (NaN kept), its column sums (row after row),
  *      diagonal and first row;
  *   5. Att v: RB rows x the head dimension per step.
- * Work buffers are per thread and kept between calls.  exp is computed here (exp_NAME, below), as
+ * Work buffers are per thread and kept between calls up to WORK_KEEP (32 MiB: a map of N = 1024
+ * float32 or N = 800 float64 tokens), released at the end of a call beyond.  exp is computed here (exp_NAME, below), as
  * a function of its argument alone, to within an ulp or two of the C library's.
  */
 #define RB 6       /* rows per step of the products */
 #define LANES 16   /* partial sums of the softmax */
 #define SAMPLE 1024  /* about this many entries of a head's map bracket its threshold ... */
 #define SPREAD 3.5   /* ... this many standard errors of the sample's quantile either side */
+#define WORK_KEEP ((size_t)32 << 20)  /* the bytes of work buffer a thread keeps between calls */
 
 /* room for the keys of the bracket's selection: the sample, or the entries a bracket holds */
 static inline int64_t kth_room(int64_t n) { return n * n / 4 + SAMPLE + n; }
@@ -299,7 +332,7 @@ static inline float exp_f32(float x) {   /* x <= 0 or NaN: exp(x), subnormals in
     r = r - n * 1.428606765330187e-06f;                 /* |r| <= ln(2) / 2 */
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667163e-1f + r * (4.1666667908e-2f + r * (8.3333337680e-3f
               + r * (1.3888889225e-3f + r * 1.9841270114e-4f))))));
-    int32_t b1 = (e1 + 127) << 23, b2 = (e2 + 127) << 23;
+    uint32_t b1 = (uint32_t)(e1 + 127) << 23, b2 = (uint32_t)(e2 + 127) << 23;  /* unsigned: NaN gives any e */
     float s1, s2;
     memcpy(&s1, &b1, 4);
     memcpy(&s2, &b2, 4);
@@ -329,7 +362,7 @@ static inline double exp_f64(double x) {
     p = 0.5 + r * p;
     p = 1.0 + r * p;
     p = 1.0 + r * p;
-    int64_t b1 = (e1 + 1023) << 52, b2 = (e2 + 1023) << 52;
+    uint64_t b1 = (uint64_t)(e1 + 1023) << 52, b2 = (uint64_t)(e2 + 1023) << 52;
     double s1, s2;
     memcpy(&s1, &b1, 8);
     memcpy(&s2, &b2, 8);
@@ -371,9 +404,9 @@ static void softmax_row_##NAME(T *z, int64_t n) {                               
  * unlucky sample, ties, NaN) or the bracket holds more than a quarter of the map, kth_block    \
  * finds it.  keys: room for kth_room(n) keys, b1, b2: twice that and 32; found: n * n + 16. */   \
 static T kth_map_##NAME(const T *map, int64_t n, int64_t ld, int64_t k, K *keys, K *b1, K *b2, \
-                        T *found) {                                                            \
+                        T *found, int *ok) {                                                   \
     int64_t stride = n * n / SAMPLE + 1, m = 0;                                               \
-    if (n * n < 4 * SAMPLE) return kth_block_##NAME(map, n, n, ld, k);                         \
+    if (n * n < 4 * SAMPLE) return kth_block_##NAME(map, n, n, ld, k, ok);                     \
     for (int64_t i = 0; i < n; i++)  /* the entries with (i + j) % stride == 0 */              \
         for (int64_t j = (stride - i % stride) % stride; j < n; j += stride)                  \
             keys[m++] = key_##NAME(map[i * ld + j]);                                           \
@@ -385,7 +418,7 @@ static T kth_map_##NAME(const T *map, int64_t n, int64_t ld, int64_t k, K *keys,
     for (int64_t i = 0; i < n; i++)                                                            \
         inside += collect_##NAME(map + i * ld, n, lo, hi, found + inside, &below);             \
     if (!(below < k && k <= below + inside) || inside > kth_room(n))                           \
-        return kth_block_##NAME(map, n, n, ld, k);                                             \
+        return kth_block_##NAME(map, n, n, ld, k, ok);                                         \
     for (int64_t i = 0; i < inside; i++) keys[i] = key_##NAME(found[i]);                       \
     return value_##NAME(select_copy_##NAME(keys, inside, k - below - 1, b1, b2));              \
 }                                                                                              \
@@ -437,6 +470,19 @@ static T *work_buffer_##NAME(size_t size) { /* this thread's buffer of at least 
     return w->buf;                                                                             \
 }                                                                                              \
                                                                                                \
+static void work_release_##NAME(void) { /* this thread's buffer, where it is over WORK_KEEP */ \
+    work_##NAME *w = &tls_##NAME;                                                              \
+    if (w->size * sizeof(T) > WORK_KEEP) {                                                     \
+        free(w->buf);                                                                          \
+        w->buf = NULL;                                                                         \
+        w->size = 0;                                                                           \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+int64_t work_kept_##NAME(void) { /* the bytes of work buffer the calling thread keeps */       \
+    return (int64_t)(tls_##NAME.size * sizeof(T));                                             \
+}                                                                                              \
+                                                                                               \
 /* One (image, head): q, k rows of d, v rows of dv, at strides ld* (unit stride along the head \
  * dimension), log_s [N] or NULL.  Returns 0, or -1 where no work buffer could be had. */      \
 static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ldk, const T *v,  \
@@ -468,7 +514,9 @@ static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ld
         }                                                                                      \
         for (int r = 0; r < RB && i0 + r < N; r++) softmax_row_##NAME(map + (i0 + r) * Np, N); \
     }                                                                                          \
-    T tau = kth ? kth_map_##NAME(map, N, Np, kth, key_buf, b1, b2, found) : -(T)INFINITY;  /* 3. */ \
+    int ok = 1;                                                                                \
+    T tau = kth ? kth_map_##NAME(map, N, Np, kth, key_buf, b1, b2, found, &ok) : -(T)INFINITY;  /* 3. */ \
+    if (!ok) return -1;                                                                        \
     *tau_out = tau;                                                                            \
     for (int64_t j = 0; j < N; j++) col_sums[j] = 0;                                           \
     for (int64_t i = 0; i < N; i++) {  /* 4. the masking and what the selection reads */        \
@@ -494,19 +542,26 @@ static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ld
 /* q, k: [B, H, N, d], v: [B, H, N, dv] at strides s[0..2] (q), s[3..5] (k), s[6..8] (v) for b, h, \
  * n; unit along the last dimension.  log_s [B, N] contiguous or NULL; out [B, N, H, dv]          \
  * contiguous; col_sums, diag, first_row                                                       \
- * [B, H, N]; taus [B, H] (-inf for kth = 0).  Returns the number of heads that could not be     \
- * computed (no memory), else 0. */                                                            \
+ * [B, H, N]; taus [B, H] (-inf for kth = 0).  Returns BAD_ARGUMENTS for sizes out of range    \
+ * (nothing written), else the number of heads that could not be computed (no memory).  A     \
+ * thread's work buffer is kept for the next call up to WORK_KEEP bytes, released beyond. */   \
 int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, const int64_t *s,  \
                          int64_t B, int64_t H, int64_t N, int64_t d, int64_t dv, int64_t kth, T *out, \
                          T *col_sums, T *diag, T *first_row, T *taus, int threads) {            \
+    if (B < 0 || H < 0 || N < 0 || d < 0 || dv < 0 || kth < 0 || kth > N * N) return BAD_ARGUMENTS; \
     int64_t failed = 0;                                                                        \
-    _Pragma("omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(+:failed)")  \
-    for (int64_t bh = 0; bh < B * H; bh++) {                                                   \
-        int64_t b = bh / H, h = bh % H;                                                        \
-        failed += attention_head_##NAME(q + b * s[0] + h * s[1], s[2], k + b * s[3] + h * s[4], s[5], \
-                                        v + b * s[6] + h * s[7], s[8], log_s ? log_s + b * N : NULL, \
-                                        N, d, dv, kth, out + (b * N * H + h) * dv, H * dv, col_sums + bh * N, \
-                                        diag + bh * N, first_row + bh * N, taus + bh) != 0;    \
+    _Pragma("omp parallel num_threads(threads) reduction(+:failed)")                           \
+    {                                                                                          \
+        _Pragma("omp for schedule(dynamic, 1)")                                                \
+        for (int64_t bh = 0; bh < B * H; bh++) {                                               \
+            int64_t b = bh / H, h = bh % H;                                                    \
+            failed += attention_head_##NAME(q + b * s[0] + h * s[1], s[2], k + b * s[3] + h * s[4], s[5], \
+                                            v + b * s[6] + h * s[7], s[8], log_s ? log_s + b * N : NULL, \
+                                            N, d, dv, kth, out + (b * N * H + h) * dv, H * dv,    \
+                                            col_sums + bh * N, diag + bh * N, first_row + bh * N, \
+                                            taus + bh) != 0;                                   \
+        }                                                                                      \
+        work_release_##NAME();                                                                 \
     }                                                                                          \
     return failed;                                                                             \
 }
@@ -516,27 +571,48 @@ int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, con
  *   x_out[b, :c] = x[b, :c];  x_out[b, c + i] = x[b, c + K_i] + alpha sum_p Â[b, K_i, P_p] x[b, c + P_p]
  * for the kept tokens K (nk of them) and the propagated P (np); the token sizes likewise where
  * sizes is not NULL; ids_out[b, i] = ids[b, K_i].  x [B, N, C], A0 [B, a, a], ids [B, n], kept
- * [B, nk], prop [B, np], all contiguous; n = N - c = nk + np.  Returns 0, or 1 where kept and
- * prop do not hold each of 0 .. n-1 exactly once in every row (then nothing is written). */
+ * [B, nk], prop [B, np], all contiguous; n = N - c = nk + np.  The graph's zero weights are
+ * skipped, but for a propagated token with a NaN or infinite feature (0 x NaN is NaN, as in the
+ * reference's matrix product: skipping such a product would keep the NaN local).  Before anything is
+ * written: BAD_ARGUMENTS where the sizes do not fit (n != nk + np, a < 1, ...), PARTITION where
+ * kept and prop do not hold each of 0 .. n-1 exactly once in every row, GRAPH_ROW where an id is
+ * outside 0 .. a-1, BAD_SIZE where a token size is not finite and > 0, NO_MEMORY; else 0. */
+#define PARTITION_ERROR 1
+#define NO_MEMORY 2
+#define GRAPH_ROW 3
+#define BAD_SIZE 4
 #define PROPAGATE(NAME, T)                                                                     \
 int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t *ids,           \
                          const int64_t *kept, const int64_t *prop, int64_t B, int64_t N, int64_t C, \
                          int64_t c, int64_t a, int64_t nk, int64_t np, T alpha, T *x_out,        \
                          T *sizes_out, int64_t *ids_out, int threads) {                         \
+    if (B < 0 || C < 0 || c < 0 || nk < 0 || np < 0 || a < 1 || N != c + nk + np)             \
+        return BAD_ARGUMENTS;                                                                  \
     int64_t n = nk + np, No = c + nk;                                                          \
     unsigned char *seen = calloc((size_t)(n ? n : 1), 1);                                      \
-    if (!seen) return 2;                                                                       \
-    for (int64_t b = 0; b < B; b++) {  /* a partition of 0 .. n-1, image by image */            \
-        int ok = 1;                                                                            \
-        for (int64_t i = 0; i < nk + np && ok; i++) {                                          \
+    if (!seen) return NO_MEMORY;                                                               \
+    for (int64_t b = 0; b < B; b++) {  /* per image: a partition of 0 .. n-1, rows of A0, sizes */ \
+        int64_t status = 0;                                                                    \
+        for (int64_t i = 0; i < n && !status; i++) {                                           \
             int64_t j = i < nk ? kept[b * nk + i] : prop[b * np + i - nk];                     \
-            ok = j >= 0 && j < n && !seen[j];                                                  \
-            if (ok) seen[j] = 1;                                                               \
+            if (j < 0 || j >= n || seen[j]) status = PARTITION_ERROR;                          \
+            else seen[j] = 1;                                                                  \
+            if (ids[b * n + i] < 0 || ids[b * n + i] >= a) status = status ? status : GRAPH_ROW; \
         }                                                                                      \
-        if (!ok) { free(seen); return 1; }                                                     \
+        for (int64_t i = 0; sizes && i < N && !status; i++)                                    \
+            if (!(sizes[b * N + i] > 0 && sizes[b * N + i] < (T)INFINITY)) status = BAD_SIZE;  /* NaN too */ \
+        if (status) { free(seen); return status; }                                             \
         memset(seen, 0, (size_t)n);                                                            \
     }                                                                                          \
     free(seen);                                                                                \
+    unsigned char *finite = malloc((size_t)(B * np > 0 ? B * np : 1));  /* per propagated token */ \
+    if (!finite) return NO_MEMORY;                                                             \
+    for (int64_t r = 0; r < B * np; r++) {                                                     \
+        const T *xp = x + ((r / np) * N + c + prop[r]) * C;                                    \
+        int bad = 0;                                                                           \
+        for (int64_t t = 0; t < C; t++) bad |= !(xp[t] - xp[t] == 0);  /* NaN or inf */        \
+        finite[r] = !bad;                                                                      \
+    }                                                                                          \
     _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * No * C > 65536)")  \
     for (int64_t r = 0; r < B * No; r++) {                                                     \
         int64_t b = r / No, i = r % No;                                                        \
@@ -553,9 +629,9 @@ int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t 
         ids_out[b * nk + i - c] = idb[K];                                                      \
         for (int64_t t = 0; t < C; t++) out[t] = 0;                                            \
         T s = 0;                                                                               \
-        for (int64_t p = 0; p < np; p++) {  /* sum_p Â[K, P_p] x_P (the graph's zeros skipped) */ \
+        for (int64_t p = 0; p < np; p++) {  /* sum_p Â[K, P_p] x_P */                          \
             T w = arow[idb[pb[p]]];                                                            \
-            if (w == 0) continue;                                                              \
+            if (w == 0 && finite[b * np + p]) continue;  /* adds +-0: nothing */               \
             const T *xp = xb + (c + pb[p]) * C;                                                \
             for (int64_t t = 0; t < C; t++) out[t] += w * xp[t];                               \
             if (sizes) s += w * sizes[b * N + c + pb[p]];                                      \
@@ -564,23 +640,29 @@ int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t 
         for (int64_t t = 0; t < C; t++) out[t] = xk[t] + alpha * out[t];                       \
         if (sizes) sizes_out[r] = sizes[b * N + c + K] + alpha * s;                            \
     }                                                                                          \
+    free(finite);                                                                              \
     return 0;                                                                                  \
 }
 
 /* GTP's selection, per image b: prop[b] = the np lowest of scores[b, 0 .. n-1] ranked by (score
  * ascending, index descending), NaN above everything and -0 equal to +0 (the order of a stable
  * sort of the reversed scores, gtp_ref.select.select_tokens); kept[b] = the others, ascending.
- * Insertion into the np best so far: O(n np) at worst, for the small np of GTP's schedules
- * (1 <= np <= n). */
+ * Insertion into the np best so far: O(n np) at worst, for the small np of GTP's schedules.
+ * Returns BAD_ARGUMENTS unless B >= 0 and 1 <= np <= min(n, SELECT_MAX) (nothing written),
+ * NO_MEMORY, else 0. */
+#define SELECT_MAX 64
 #define SELECT_TOKENS(NAME, T, K)                                                              \
-void select_tokens_##NAME(const T *scores, int64_t B, int64_t n, int64_t np, int64_t *kept,    \
-                          int64_t *prop, int threads) {                                        \
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * n * np > 65536)")  \
+int64_t select_tokens_##NAME(const T *scores, int64_t B, int64_t n, int64_t np, int64_t *kept, \
+                             int64_t *prop, int threads) {                                     \
+    if (B < 0 || np < 1 || np > n || np > SELECT_MAX) return BAD_ARGUMENTS;                    \
+    int64_t failed = 0;                                                                        \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * n * np > 65536) reduction(+:failed)") \
     for (int64_t b = 0; b < B; b++) {                                                          \
         const T *s = scores + b * n;                                                           \
         int64_t *pb = prop + b * np, *kb = kept + b * (n - np), m = 0;                         \
-        K best[np];                                                                            \
-        unsigned char chosen[n];                                                               \
+        K best[SELECT_MAX];                                                                    \
+        unsigned char *chosen = calloc((size_t)n, 1);                                          \
+        if (!chosen) { failed++; continue; }                                                   \
         for (int64_t i = n - 1; i >= 0; i--) {  /* a later one of equal key ranks after */    \
             K key = key_##NAME(s[i] == 0 ? (T)0 : s[i]);                                       \
             if (m == np && !(key < best[np - 1])) continue;                                    \
@@ -588,12 +670,15 @@ void select_tokens_##NAME(const T *scores, int64_t B, int64_t n, int64_t np, int
             for (; j > 0 && best[j - 1] > key; j--) best[j] = best[j - 1], pb[j] = pb[j - 1];  \
             best[j] = key, pb[j] = i;                                                          \
         }                                                                                      \
-        memset(chosen, 0, sizeof chosen);                                                      \
         for (int64_t j = 0; j < np; j++) chosen[pb[j]] = 1;                                    \
         for (int64_t i = 0, c = 0; i < n; i++)                                                 \
             if (!chosen[i]) kb[c++] = i;                                                       \
+        free(chosen);                                                                          \
     }                                                                                          \
+    return failed ? NO_MEMORY : 0;                                                             \
 }
+
+int64_t select_max(void) { return SELECT_MAX; }  /* the largest np select_tokens takes */
 
 SELECTION(f32, float, uint32_t, 21)
 SELECTION(f64, double, uint64_t, 53)

@@ -9,16 +9,22 @@ import torch
 from torch import Tensor
 
 from gtp_ref._checks import (
+    SELECTIONS,
     check_graph_input,
     check_partition,
     check_propagate_args,
     check_select_input,
     check_sparsity,
     check_square_map,
+    check_tensor,
+    check_token_sizes,
+    choice,
+    integer,
     prefix_count,
 )
 from gtp_ref.backends import OPS
 from gtp_ref.backends.fast import cpu
+from gtp_ref.backends.fast.cpu_build import SELECT_MAX
 from gtp_ref.graph import cosine_similarity, inv_sqrt_degree, semantic_threshold, spatial_graph
 from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, sparsity_k, token_scores
 from gtp_ref.select import select_tokens as sorted_selection
@@ -38,8 +44,12 @@ def kth_smallest(rows: Tensor, k: int) -> Tensor:
     passes per row); elsewhere the smallest of the L - k + 1 largest or the largest of the k
     smallest, by ``torch.topk``, whichever asks for fewer (on CUDA a multi-block radix selection;
     ``torch.kthvalue`` runs one block per row).  docs/performance.md compares them
-    (``python -m gtp_ref.bench threshold``).
+    (``python -m gtp_ref.bench threshold``).  1 <= k <= L, else ValueError.
     """
+    check_tensor("rows", rows, 2, floating=True)
+    if rows.shape[1] == 0:
+        raise ValueError(f"rows has shape {list(rows.shape)}: no k-th smallest of an empty row")
+    k = integer("k", k, 1, rows.shape[1])
     if rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.float64) and cpu.available():
         return cpu.kth_smallest_rows(rows, k)
     L = rows.shape[-1]
@@ -134,8 +144,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, spars
 
     q (scaled), k, v [B, H, N, d]; token_sizes [B, N] or None -> (Att v [B, N, H d] with the
     sparsified map, scores [B, n] or None for ``selection=None``) -- what the explicit path gives
-    -- or None where no path applies (``attention_path``).
+    -- or None where no path applies (``attention_path``).  Every argument is checked first, as
+    the dense reference's ops check theirs.
     """
+    _check_attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens)
     path, _ = attention_path(q, selection)
     if path is None:
         return None
@@ -147,6 +159,34 @@ def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, spars
         first = first_row[..., c:]  # (B, H, n)
         return out, first.mean(dim=1) if selection.endswith("mean") else first.amax(dim=1)
     return out, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
+
+
+def _check_attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float,
+                     selection: str | None, prefix_tokens: int) -> None:
+    """``attention``'s arguments: q, k [B, H, N, d] and v [B, H, N, dv] of one floating dtype on one
+    device, token sizes [B, N] (finite, > 0; the values checked off the GPU) or None, theta, a
+    selection or None, 0 <= prefix_tokens <= N."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, 4, floating=True)
+        if (t.dtype, t.device) != (q.dtype, q.device):
+            raise TypeError(f"{name} is {t.dtype} on {t.device}, q {q.dtype} on {q.device}: give q, k, v alike")
+    B, H, N, d = q.shape
+    if H == 0 and selection is not None:
+        raise ValueError(f"q has shape {list(q.shape)}: the scores reduce over heads, give at least one")
+    check_tensor("k", k, 4, shape=(B, H, N, d))
+    check_tensor("v", v, 4, shape=(B, H, N, None))
+    if token_sizes is not None:
+        check_tensor("token_sizes", token_sizes, 2, floating=True, shape=(B, N))
+        if token_sizes.device != q.device:
+            raise TypeError(f"token_sizes is on {token_sizes.device}, q on {q.device}")
+        if not token_sizes.is_cuda and not torch.compiler.is_compiling():
+            check_token_sizes("token_sizes", token_sizes)
+    check_sparsity(sparsity)
+    if selection is not None:
+        choice("selection", selection, SELECTIONS)
+    c = integer("prefix_tokens", prefix_tokens, 0, N)
+    if selection is not None and selection.startswith("cls_attn") and not c:
+        raise ValueError(f"selection={selection!r} needs a [CLS] token (prefix_tokens >= 1)")
 
 
 @dataclass
@@ -171,6 +211,15 @@ class LazyGraph:
         r, c = self.ids.gather(1, rows), self.ids.gather(1, cols)  # (B, r), (B, c) rows of A0
         b = torch.arange(r.shape[0], device=r.device)[:, None, None]
         return self.A0[b, r[:, :, None], c[:, None, :]]
+
+
+def _check_lazy_graph(G: LazyGraph) -> None:
+    """A0 [B, a, a] (a >= 1, floating) and ids [B, n] (integer) of one batch."""
+    check_tensor("G.ids", G.ids, 2, floating=False)
+    B = G.ids.shape[0]
+    check_tensor("G.A0", G.A0, 3, floating=True, shape=(B, G.A0.shape[1], G.A0.shape[1]))
+    if G.A0.shape[1] == 0:
+        raise ValueError("G.A0 has shape [B, 0, 0]: a graph needs at least one row")
 
 
 def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> LazyGraph:
@@ -217,10 +266,10 @@ def _rows(t: Tensor, idx: Tensor, offset: int) -> Tensor:
 
 def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     """``gtp_ref.select.select_tokens`` (the same indices): on the CPU (float32 / float64, 1 <=
-    num_prop <= ``cpu.SELECT_MAX``) without a sort, by the compiled ``cpu.select_tokens``
+    num_prop <= ``SELECT_MAX``) without a sort, by the compiled ``cpu.select_tokens``
     (O(n num_prop)); elsewhere the reference's sort."""
     num_prop = check_select_input(scores, num_prop)
-    if 0 < num_prop <= cpu.SELECT_MAX and _compiled_cpu(scores):
+    if 0 < num_prop <= SELECT_MAX and _compiled_cpu(scores):
         return (cpu.select_tokens_op if torch.compiler.is_compiling() else cpu.select_tokens)(scores, num_prop)
     return sorted_selection(scores, num_prop)
 
@@ -242,13 +291,19 @@ def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha:
     """
     check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
                          values=False)
+    if G is not None:
+        _check_lazy_graph(G)
     c = prefix_count(class_token)
-    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_scales):  # it checks the indices itself
+    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_scales):  # it checks the values itself
         compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.propagate
         x, scales, ids = compiled_propagate(x, token_scales, G.A0.to(x.dtype), G.ids, kept, prop, alpha, c)
         return x, LazyGraph(G.A0, ids), None if token_scales is None else scales
-    if not x.is_cuda and not torch.compiler.is_compiling():  # the check reads its result: on a GPU, a host sync
+    if not x.is_cuda and not torch.compiler.is_compiling():  # the checks read their result: on a GPU, a host sync
         check_partition(kept, prop, x.shape[1] - c)
+        if token_scales is not None:
+            check_token_sizes("token_scales", token_scales)
+        if G is not None:
+            cpu.check_graph_rows(G.ids, G.A0.shape[-1])
     x_K = _rows(x, kept, c)  # (B, n-P, C)
     s_K = None if token_scales is None else _rows(token_scales, kept, c)  # (B, n-P)
     G_next = None if G is None else LazyGraph(G.A0, G.ids.gather(1, kept))
