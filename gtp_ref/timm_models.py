@@ -35,7 +35,7 @@ from gtp_ref.timm_embeddings import naflex_embedding, naflex_state_dict, patch_e
 from gtp_ref.timm_embeddings import name_of as _name
 from gtp_ref.timm_embeddings import norm_kind as _norm
 from gtp_ref.tome import ToMeViT
-from gtp_ref.vit import LN_EPS
+from gtp_ref.vit import LN_EPS, ViT
 
 
 TIMM_ACTIVATIONS = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}  # timm's activation modules
@@ -257,6 +257,7 @@ def attention_bias_table(model: nn.Module) -> torch.Tensor | None:
     logits, for the model's own grid: [L, H, N, N] (N with the prefix tokens); None for other models."""
     shared = getattr(model, "shared_rel_pos", None) or getattr(model, "rel_pos_bias", None)
     shared = None if shared is None else shared.get_bias() if hasattr(shared, "get_bias") else shared()
+    shared = None if shared is None else shared.reshape(1, *shared.shape[-3:])  # BEiT's shared bias: [H, N, N]
     tables = []
     for block in model.blocks:
         attn = getattr(block, "attn", None)  # (a block without one is refused by name later)
@@ -308,8 +309,19 @@ def stochastic_modules(model: nn.Module) -> list[str]:
     return found
 
 
-def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
+def timm_backbone(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(the ``gtp_ref.vit.ViT`` keyword arguments, the state_dict in its layout) of a timm model:
+    what ``from_timm`` builds its model from, for callers that build several models on one set of
+    weights (the state_dict's tensors are the timm model's own, but for the RoPE and bias tables
+    made for its grid).  ValueError, as ``timm_geometry``, for what the backbone cannot represent."""
     geometry = timm_geometry(model)
+    with torch.device("meta"):
+        net = ViT(**geometry)  # what the state_dict's tables depend on: its grid, RoPE, biases
+    return geometry, _state_dict(model, net)
+
+
+def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
+    geometry, state = timm_backbone(model)
     dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()})
     if len(dtypes) > 1:
         raise ValueError(f"the model's parameters and buffers have several dtypes ({', '.join(dtypes)}); convert "
@@ -323,7 +335,7 @@ def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
     param = next(model.parameters())
     with torch.device(param.device):
         net = cls(**geometry, **settings)
-    net.to(param.dtype).load_state_dict(_state_dict(model, net), strict=True)
+    net.to(param.dtype).load_state_dict(state, strict=True)
     net.dropout_not_applied = tuple(stochastic)  # ViT.train(True) warns about them
     return net.train(model.training)
 

@@ -11,7 +11,7 @@ import torch
 
 from gtp_ref import GTPViT, deit_tiny
 from gtp_ref import GTPSettings, paper_settings
-from gtp_ref.apps.eval import Setting, backbone_kwargs, evaluate, reduced_model, settings_for
+from gtp_ref.apps.eval import Setting, backbone_of, evaluate, reduced_model, settings_for
 from gtp_ref.apps.images import ImageFolder
 from gtp_ref.apps import eval as eval_command
 from gtp_ref.apps.loading import read_state_dict
@@ -71,9 +71,9 @@ def test_a_model_built_to_be_right_scores_100_percent_with_every_method(tmp_path
     root = image_folder(tmp_path / "val")
     net = deit_tiny(num_classes=3).eval()
     net.load_state_dict(right_state)
-    kwargs = backbone_kwargs(net, "deit_tiny")
+    backbone = backbone_of(net, "deit_tiny")
     settings = settings_for(["baseline", "gtp", "prune", "tome"], Setting("gtp", num_prop=8))
-    models = {s.label: reduced_model(net, kwargs, s, paper_settings("deit_tiny")) for s in settings}
+    models = {s.label: reduced_model(net, backbone, s, paper_settings("deit_tiny")) for s in settings}
     out = evaluate(models, root, batch_size=5)
     assert set(out["results"]) == {"baseline", "gtp P=8 alpha=0.1 mixed M=4", "prune P=8", "tome r=8"}
     for name, r in out["results"].items():
@@ -98,9 +98,9 @@ def test_a_shuffled_head_scores_0_percent_and_random_labels_near_chance(tmp_path
 def test_models_share_the_weights(right_state):
     net = deit_tiny(num_classes=3).eval()
     net.load_state_dict(right_state)
-    kwargs = backbone_kwargs(net, "deit_tiny")
+    backbone = backbone_of(net, "deit_tiny")
     for s in settings_for(["gtp", "tome"], Setting("gtp", num_prop=4)):
-        model = reduced_model(net, kwargs, s, GTPSettings())
+        model = reduced_model(net, backbone, s, GTPSettings())
         assert model.blocks[3].mlp.fc1.weight.data_ptr() == net.blocks[3].mlp.fc1.weight.data_ptr()
         assert not any(p.is_meta for p in model.parameters())
 

@@ -88,34 +88,44 @@ def settings_for(methods: Sequence[str], base: Setting, sweep: str | None = None
     return out
 
 
-def backbone_kwargs(net: nn.Module, preset: str | None = None) -> dict[str, Any]:
-    """The GTPViT / ToMeViT keyword arguments of net's backbone: a timm ViT's (checked against the
-    support matrix, ``gtp_ref.timm_models``) or a preset's."""
+@dataclass(frozen=True)
+class Backbone:
+    """What every reduced model of a run is built from: the GTPViT / ToMeViT keyword arguments of
+    the model's backbone and its state_dict in their layout (``gtp_ref.timm_models.timm_backbone``
+    converts a timm model's: RoPE and bias tables, renamed layer scales)."""
+
+    kwargs: dict[str, Any]
+    state: dict[str, torch.Tensor]
+
+
+def backbone_of(net: nn.Module, preset: str | None = None) -> Backbone:
+    """The backbone of net: a timm ViT's (checked against the support matrix, converted as
+    ``from_timm`` converts it) or a preset's (already in the backbone's layout)."""
     if preset is not None:
         from complexity.backbone import PRESETS
         from gtp_ref.presets import vit_kwargs
-        return {**vit_kwargs(PRESETS[preset]), "num_classes": net.num_classes}
-    from gtp_ref.timm_models import timm_geometry
-    return timm_geometry(net)
+        return Backbone({**vit_kwargs(PRESETS[preset]), "num_classes": net.num_classes}, net.state_dict())
+    from gtp_ref.timm_models import timm_backbone
+    return Backbone(*timm_backbone(net))
 
 
-def reduced_model(net: nn.Module, kwargs: dict[str, Any], setting: Setting, base: GTPSettings) -> nn.Module:
+def reduced_model(net: nn.Module, backbone: Backbone, setting: Setting, base: GTPSettings) -> nn.Module:
     """The model of ``setting`` on net's weights, shared (built on the meta device, then the
     weights assigned: a sweep of many settings holds one copy): baseline: net itself; gtp /
-    prune: a GTPViT with ``base`` but for what the setting varies; tome: a ToMeViT.  kwargs:
-    ``backbone_kwargs(net)``."""
+    prune: a GTPViT with ``base`` but for what the setting varies; tome: a ToMeViT (ValueError
+    where ToMe is not defined for the backbone: RoPE, relative-position biases, registers)."""
     from gtp_ref.model import GTPViT
     from gtp_ref.tome import ToMeViT
     if setting.method == "baseline":
         return net
     with torch.device("meta"):
         if setting.method == "tome":
-            model = ToMeViT(**kwargs, r=setting.num_prop, fused_attn=True)
+            model = ToMeViT(**backbone.kwargs, r=setting.num_prop, fused_attn=True)
         else:
             gtp = base.replace(num_prop=setting.num_prop, alpha=setting.alpha, num_neighbours=setting.num_neighbours,
                                graph=setting.graph)
-            model = GTPViT(**kwargs, **gtp.kwargs())
-    model.load_state_dict(net.state_dict(), strict=True, assign=True)
+            model = GTPViT(**backbone.kwargs, **gtp.kwargs())
+    model.load_state_dict(backbone.state, strict=True, assign=True)
     return model.eval()
 
 
@@ -263,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dict", metavar="FILE", help="with --preset: the state_dict to load")
     p.add_argument("--num-classes", type=int, default=None, metavar="K",
                    help="build the model with K classes (a checkpoint fine-tuned on K classes; default the model's)")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                   help="default all four (ToMe left out, with a warning, where it is not defined for the model)")
     paper = paper_settings()  # the defaults: the paper's (gtp_ref.presets.paper_settings; theta per preset)
     p.add_argument("--num-prop", type=int, default=paper.num_prop, metavar="P",
                    help=f"tokens removed per block (ToMe's r; default {paper.num_prop})")
@@ -325,11 +336,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         net = (timm_model(args.timm, args.checkpoint, **create) if args.timm else
                preset_model(args.preset, args.state_dict, **create))
         net = net.to(args.device)
-        kwargs = backbone_kwargs(net, args.preset)
+        backbone = backbone_of(net, args.preset)
         base = Setting("gtp", num_prop=args.num_prop, alpha=args.alpha, num_neighbours=args.num_neighbours,
                        graph=args.graph)
-        settings = settings_for(args.methods, base, args.sweep, args.values or (), args.graphs)
-        models = {s.label: reduced_model(net, kwargs, s, gtp) for s in settings}
+        methods = list(METHODS) if args.methods is None else args.methods
+        if args.methods is None and "tome" in methods:  # by default ToMe only where it is defined
+            try:
+                reduced_model(net, backbone, Setting("tome"), gtp)
+            except ValueError as e:
+                methods.remove("tome")
+                print(f"python -m gtp_ref.eval: warning: tome left out: {' '.join(str(e).split())[:300]}",
+                      file=sys.stderr)
+        settings = settings_for(methods, base, args.sweep, args.values or (), args.graphs)
+        models = {s.label: reduced_model(net, backbone, s, gtp) for s in settings}
     except (TypeError, ValueError) as e:
         p.error(" ".join(str(e).split())[:400])
     for name in folder.empty:
@@ -364,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fig_out is not None:
             figure(doc, fig_out)
         return files
-    status = write_files(p, "--json-out / --figure", files, write) if files else 0
+    status = write_files(p, "--json-out / --figure", files, write, kept="the table above") if files else 0
     return status or (1 if len(out["skipped"]) == out["images"] else 0)
 
 
