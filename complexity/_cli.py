@@ -1,12 +1,16 @@
 """The project's command-line plumbing: one-line usage errors, and output files written safely.
 
-A usage error is one line on stderr and exit code 2.  Output files are checked before anything
-is written: an empty path is an error, a file that is a symbolic link is never written through
-(it could point anywhere outside the target directory), and each file written is reported as
-``wrote PATH`` or, where it existed before, ``replaced PATH``.
+A usage error is one line on stderr and exit code 2.  Output paths are checked before any work,
+so that a long run never ends in a path it cannot write: an empty path is an error, a file that
+is a symbolic link is never written through (it could point anywhere outside the target
+directory), and the place must take a file (tried: a file created in its folder and removed, an
+existing file opened for writing without changing it).  Each file written is reported as
+``wrote PATH`` or, where it existed before, ``replaced PATH``; a write that still fails
+afterwards (a full disk) is one line that says what was kept.
 """
 import argparse
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -27,7 +31,7 @@ def output_path(parser, option, value, *, suffixes=None):
     path = Path(value)
     if suffixes and path.suffix.lower() not in suffixes:
         parser.error(f"{option} {value!r}: must end in {' or '.join(suffixes)}")
-    problem = _target_problem(path) or (None if path.parent.is_dir() else
+    problem = _target_problem(path) or (_unwritable(path) if path.parent.is_dir() else
                                          f"its folder {str(path.parent)!r} does not exist")
     if problem:
         parser.error(f"{option} {value!r}: {problem}")
@@ -35,13 +39,42 @@ def output_path(parser, option, value, *, suffixes=None):
 
 
 def output_dir(parser, option, value):
-    """``value`` of ``option`` as a directory Path: not empty and not an existing file."""
+    """``value`` of ``option`` as a directory Path, checked before any work: not empty, not an
+    existing file, and files can be made in it (or in the nearest existing folder above it,
+    where it is still to be made)."""
     if not str(value).strip():
         parser.error(f"{option} '': give a directory")
     path = Path(value)
     if path.exists() and not path.is_dir():
         parser.error(f"{option} {value!r} is a file, not a directory")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    problem = _folder_problem(existing) if existing.is_dir() else f"{str(existing)!r} is a file"
+    if problem:
+        parser.error(f"{option} {value!r}: {problem}")
     return path
+
+
+def _folder_problem(folder):
+    """Why no file can be made in ``folder``, or None: tried with a temporary file, then removed."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as e:
+        return f"no file can be written in {str(folder)!r} ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def _unwritable(path):
+    """Why ``path`` cannot be written, or None: a file must be creatable in its folder (where it
+    is written whole, then renamed) and an existing file must open for writing (unchanged)."""
+    problem = _folder_problem(path.parent)
+    if problem is None and path.exists():
+        try:
+            os.close(os.open(path, os.O_WRONLY))
+        except OSError as e:
+            problem = f"cannot be written ({e.strerror or e})"
+    return problem
 
 
 def _target_problem(path):
@@ -55,11 +88,12 @@ def _target_problem(path):
     return None
 
 
-def write_files(parser, where, paths, write):
+def write_files(parser, where, paths, write, kept=None):
     """Write ``paths`` (all known beforehand) by calling ``write()``; report each as wrote/replaced.
 
     Every path is checked first (``_target_problem``), so nothing is written when one is bad; an
-    OSError while writing becomes the parser's one-line error naming ``where``.
+    OSError while writing becomes the parser's one-line error naming ``where`` and, where given,
+    ``kept``: what the user still has (e.g. "the table above").
     """
     paths = [Path(p) for p in paths]
     for p in paths:
@@ -70,7 +104,7 @@ def write_files(parser, where, paths, write):
     try:
         written = [Path(p) for p in write()]
     except OSError as e:
-        parser.error(f"cannot write into {where}: {e}")
+        parser.error(f"cannot write into {where}: {e}" + (f"; {kept} is all that was kept" if kept else ""))
     assert written == paths, (written, paths)  # the list above is the one written
     for p in paths:
         print(f"{'replaced' if p in existed else 'wrote'} {p}")

@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if json_out:
             json_out.write_text(json.dumps(results, indent=1) + "\n")
         return ([json_out] if json_out else []) + (figures(results, fig_dir) if fig_dir else [])
-    return write_files(p, "--json-out / --figures", paths, write) if paths else 0
+    return write_files(p, "--json-out / --figures", paths, write, kept="the table above") if paths else 0
 
 
 if __name__ == "__main__":

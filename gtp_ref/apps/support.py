@@ -95,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = survey(args.modules)
     print(table(rows), end="")
     if out is not None:
-        Path(out).write_text(json.dumps({"timm": timm.__version__, "torch": torch.__version__, "rows": rows},
-                                        indent=1) + "\n")
+        try:
+            Path(out).write_text(json.dumps({"timm": timm.__version__, "torch": torch.__version__, "rows": rows},
+                                            indent=1) + "\n")
+        except OSError as e:
+            parser.exit(1, f"{parser.prog}: error: the rows were not saved: cannot write --json-out {str(out)!r}: "
+                           f"{e}; the table above is all that was kept\n")
         print(f"wrote {out}")
     return 0
 

@@ -182,6 +182,21 @@ def write_json(path: str | Path, doc: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+_PARTIAL_FAILED: set[str] = set()  # the --json-out paths whose partial write failed (said once each)
+
+
+def write_partial(path: str | Path, doc: dict[str, Any]) -> None:
+    """The rows measured so far at path, marked ``"partial": true`` (a run cut short keeps them);
+    a failing write is one line on stderr, once, and the measurement goes on (its rows are printed
+    at the end, and the final write is tried again)."""
+    try:
+        write_json(path, {**doc, "partial": True})
+    except OSError as e:
+        if str(path) not in _PARTIAL_FAILED:
+            _PARTIAL_FAILED.add(str(path))
+            progress(f"warning: cannot save the rows so far to --json-out {str(path)!r} ({e}); measuring on")
+
+
 def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], table: str) -> int:
     """Print the table (or the JSON with --json), then write --json-out: a finished measurement
     is on the screen before anything can fail; a failing write is one line and exit status 1."""

@@ -276,8 +276,7 @@ def run(args: argparse.Namespace) -> Any:
                 for line in table(group, common.environment(args.device)).splitlines()[4:]:
                     common.progress(f"| {line}")  # this group's rows as soon as they are measured
                 if getattr(args, "json_out", None):  # and on disk: a run cut short keeps what it measured
-                    common.write_json(args.json_out, {**common.environment(args.device), "partial": True,
-                                                      "rows": rows})
+                    common.write_partial(args.json_out, {**common.environment(args.device), "rows": rows})
                 del fns, timings
     return rows
 
