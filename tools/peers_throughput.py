@@ -10,7 +10,8 @@ settings, ``gtp_ref.tome_from_timm``, the official ToMe (``tome.patch.timm``) an
 GTP (``models_v3.graph_propagation_deit_small_patch16_224``, the same settings).  Each round
 times every model once, in turn; the table gives the medians of the per-round ratios, which a
 noisy machine moves less than the times themselves.  Needs timm (and so a torchvision that
-matches torch).
+matches torch).  The foreign code runs in a temporary working directory (``tools/peers.py``: the
+authors' model writes a debug file into the current one).
 """
 import argparse
 import copy
@@ -22,11 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peers import foreign  # noqa: E402  (tools/peers.py, beside this file)
 
 
-def authors_gtp(path: str, base: torch.nn.Module, P: int) -> torch.nn.Module:
-    """The authors' GraphPropagationTransformer (DeiT-S) at the paper's settings, with base's weights."""
-    sys.path.insert(0, path)
+def authors_gtp(base: torch.nn.Module, P: int) -> torch.nn.Module:
+    """The authors' GraphPropagationTransformer (DeiT-S) at the paper's settings, with base's weights
+    (their checkout on sys.path)."""
     import models_v3
 
     to = torch.Tensor.to
@@ -53,7 +55,7 @@ def main() -> int:
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    sys.path.insert(0, args.tome)
+    foreign(args.tome, *([args.gtp_vit] if args.gtp_vit else []))
     import timm
     import tome
 
@@ -75,7 +77,7 @@ def main() -> int:
             models = {"unreduced": base, "gtp_ref GTP": from_timm(base, **{**settings, "num_prop": P}),
                       "gtp_ref ToMe": tome_from_timm(base, r=P), "official ToMe": official}
             if args.gtp_vit:
-                models["authors' GTP"] = authors_gtp(args.gtp_vit, base, P)
+                models["authors' GTP"] = authors_gtp(base, P)
             times: dict[str, list[float]] = {name: [] for name in models}
             with torch.no_grad():
                 for model in models.values():

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peers import foreign  # noqa: E402  (tools/peers.py, beside this file: the foreign code runs in a scratch folder)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tome", required=True, help="a checkout of facebookresearch/ToMe")
     args = parser.parse_args()
-    sys.path.insert(0, args.tome)
+    foreign(args.tome)
     import timm
     import tome
 
