@@ -5,15 +5,16 @@ symbols (symbolic expressions).  Notation follows supplement C.4, where ``M`` is
 of tokens *removed per layer* -- the model's ``num_prop`` (P), ``--num-prop`` on the command
 line -- **not** the number of semantic neighbours of the token graph.
 
-``complexity.backbone`` and ``complexity.schedule`` are plain Python (``gtp_ref`` uses them
-without importing sympy); the sympy expressions of ``complexity.extra`` load on first use.
+The cost model is a client of the library's torch-free base: the backbones it counts are
+``gtp_ref.config.ViTConfig`` values (``gtp_ref.config.PRESETS``), the token schedules
+``gtp_ref.schedule``'s.  ``complexity.backbone`` is plain Python; the sympy expressions of
+``complexity.extra`` load on first use.
 """
-from complexity.backbone import PRESETS, ViTGeometry, backbone_macs
-from complexity.schedule import prop_schedule, tome_schedule
+from complexity.backbone import backbone_macs
 
 _SYMPY = ("g_tome", "g_gtp", "eq2_printed", "eq3_printed", "g_tome_closed", "g_gtp_closed", "eq2_correction")
 
-__all__ = [*_SYMPY, "ViTGeometry", "PRESETS", "backbone_macs", "prop_schedule", "tome_schedule"]
+__all__ = [*_SYMPY, "backbone_macs"]
 
 
 def __getattr__(name):

@@ -3,7 +3,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from complexity._cli import OneLineParser
+from gtp_ref.cli import OneLineParser
 from complexity.report import (
     BACKBONES,
     PAPER_M,

@@ -20,7 +20,7 @@ ToMe (Eq. 2: sum_l (1/4 N_l^2 C + M C))
 from collections.abc import Sequence
 
 from complexity._validate import count
-from complexity.schedule import image_tokens, prop_schedule, tome_schedule
+from gtp_ref.schedule import image_tokens, prop_schedule, tome_schedule
 
 
 def g_gtp_exact(n: int, P: Sequence[int], C: int, *, semantic_graph: bool = True, token_scale: bool = False,

@@ -17,9 +17,9 @@ import numpy as np
 import sympy as sp
 
 from complexity import symbols as s
-from complexity._cli import OneLineParser, output_dir, write_files
+from gtp_ref.cli import OneLineParser, output_dir, write_files
 from complexity.extra import eq2_printed, g_gtp_closed, g_tome_closed
-from complexity.style import COLORS, save
+from gtp_ref.style import COLORS, save
 
 FIXED = {s.L: 12, s.M: 8}
 MARKS = [("DeiT-S", 384), ("DeiT-B", 768), ("C of ViT-L", 1024)]
@@ -121,7 +121,8 @@ def make_figure(out_dir: str | Path) -> list[Path]:
 def uncounted_series(sides: Sequence[int] = range(14, 65, 2), L: int = 12, P: int = 8, C: int = 384, H: int = 6,
                      patch: int = 16) -> dict[str, Any]:
     """Per grid side: N and the counts of the uncounted-work figure (DeiT-S widths)."""
-    from complexity.backbone import ViTGeometry, backbone_macs
+    from complexity.backbone import backbone_macs
+    from gtp_ref.config import ViTConfig
     from complexity.exact import g_gtp_exact, g_tome_exact
     from complexity.extra import g_gtp, g_tome
     from complexity.uncounted import gtp_uncounted, tome_uncounted, total
@@ -129,7 +130,7 @@ def uncounted_series(sides: Sequence[int] = range(14, 65, 2), L: int = 12, P: in
     rows = []
     for side in sides:
         N = side * side + 1
-        geom = ViTGeometry("DeiT-S", img_size=side * patch, embed_dim=C, num_heads=H, depth=L)
+        config = ViTConfig.of(name="DeiT-S", img_size=side * patch, embed_dim=C, num_heads=H, depth=L)
         rows.append({
             "N": N,
             "gtp_paper": float(g_gtp(N, L, P, C, H)), "tome_paper": float(g_tome(N, L, P, C)),
@@ -137,7 +138,7 @@ def uncounted_series(sides: Sequence[int] = range(14, 65, 2), L: int = 12, P: in
             "tome_macs": g_tome_exact(N, [P] * L, C, H),
             "gtp_uncounted": total(gtp_uncounted(N, L, P, C, H)).element_ops,
             "tome_uncounted": total(tome_uncounted(N, L, P, C, H)).element_ops,
-            "backbone": backbone_macs(geom, [P] * L)["total"],
+            "backbone": backbone_macs(config, [P] * L)["total"],
         })
     return rows
 

@@ -7,8 +7,9 @@ from typing import Any
 import sympy as sp
 
 from complexity import symbols as s
-from complexity.backbone import PRESETS, backbone_macs
-from complexity.schedule import prop_schedule, tome_schedule
+from complexity.backbone import backbone_macs
+from gtp_ref.config import PRESETS
+from gtp_ref.schedule import prop_schedule, tome_schedule
 from complexity.extra import (
     eq2_correction,
     eq2_printed,
@@ -87,12 +88,12 @@ def reproductions(b: Backbone, method: str, quoted: float, M: int = PAPER_M) -> 
 def tables_check() -> list[dict[str, Any]]:
     rows = []
     for key, table in TABLES.items():
-        geom = PRESETS[key]
+        config = PRESETS[key]
         for P, quoted in table.items():
-            merged = tome_schedule(P, geom.depth, geom.num_tokens, int(geom.class_token))
-            gtp = backbone_macs(geom, prop_schedule(P, geom.depth, geom.num_image_tokens))["total"] / 1e9
-            tome = backbone_macs(geom, merged)["total"] / 1e9
-            rows.append({"backbone": geom.name, "P": P, "table_gmacs": quoted,
+            merged = tome_schedule(P, config.depth, config.num_tokens, int(config.prefix.class_token))
+            gtp = backbone_macs(config, prop_schedule(P, config.depth, config.num_image_tokens))["total"] / 1e9
+            tome = backbone_macs(config, merged)["total"] / 1e9
+            rows.append({"backbone": config.name, "P": P, "table_gmacs": quoted,
                          "gtp_gmacs": gtp, "tome_gmacs": tome, "tome_r": merged})
     return rows
 

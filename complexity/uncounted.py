@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 from complexity._validate import count
-from complexity.schedule import prop_schedule, tome_schedule
+from gtp_ref.schedule import prop_schedule, tome_schedule
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,14 @@ unknown name, a shape that does not fit) or a ``TypeError`` (a value of the wron
 string, ``None``, a ``bool`` where a count is meant, a float where an integer is meant), naming
 the argument, the value it got and what is valid.  numpy integer and floating-point scalars are
 accepted wherever a Python ``int`` / ``float`` is, and are returned as the Python value.
-docs/spec.md ("Errors") lists every rule.  The scalar checks and the token schedules are shared
-with the cost model, which must not need torch: they live in ``complexity._validate`` and
-``complexity.schedule``.
+docs/spec.md ("Errors") lists every rule.  The tensor checks live here; the scalar checks and the
+token schedules, which the cost model shares without torch, in ``gtp_ref.validate`` and
+``gtp_ref.schedule``.
 """
 import torch
 
-from complexity._validate import choice, flag, integer, pair, real  # noqa: F401  (re-exported)
-from complexity.schedule import PROPAGATIONS, prop_schedule  # noqa: F401  (re-exported)
+from gtp_ref.schedule import PROPAGATIONS
+from gtp_ref.validate import choice, integer, pair, real
 
 GRAPHS = ("spatial", "semantic", "mixed")
 SELECTIONS = ("cls_attn_mean", "cls_attn_max", "img_attn_mean", "img_attn_max",

@@ -4,9 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gtp_ref.config import ViTConfig
 from gtp_ref.layers import norm_layer, rotate
-
-LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
 
 
 class AttentionMap(nn.Module):
@@ -47,44 +46,46 @@ class ValueMix(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with proportional attention: x [B, N, C] -> [B, N, C].
 
-    Att = softmax(q k^T / sqrt(d_h) + log s), the log s per key column only with token sizes s.
-    ``forward`` computes it fused (``scaled_dot_product_attention``, timm's default) or
-    explicitly.  The token-reduction blocks call the steps themselves -- ``heads``, ``map``,
-    ``mix``, ``out`` -- so that a block can change the map between them; each step is a module
-    (``map`` and ``mix`` have no parameters), so ``gtp_ref.cost`` counts it as the backbone's.
+    Att = softmax(q k^T / sqrt(d_h) + b + log s): the log s per key column only with token sizes s,
+    b a relative-position bias where the model has one.  ``forward`` computes it with
+    ``scaled_dot_product_attention`` (``fused_attn``, timm's default) or explicitly.  The
+    token-reduction blocks call the steps themselves -- ``heads``, ``map``, ``mix``, ``out`` -- so
+    that a block can change the map between them; each step is a module (``map`` and ``mix`` have
+    no parameters), so ``gtp_ref.cost`` counts it as the backbone's.
 
-    The variants of timm's EVA / RoPE attention: ``qkv_fused=False`` separate ``q_proj``,
-    ``k_proj``, ``v_proj``; ``k_bias=False`` no bias on k (with a fused qkv: ``q_bias`` and
-    ``v_bias`` beside a bias-free ``qkv``); ``qk_norm`` a norm of each head's q and k;
-    ``attn_norm`` a norm of the heads' output before ``proj``; ``rope`` the layout of the rotary
-    embedding that ``heads`` applies to the image tokens' q and k (``gtp_ref.layers.rotate``);
-    ``kv_heads`` fewer k / v heads than q heads (grouped-query attention, separate projections).
+    Its options are ``config.attention``'s (``gtp_ref.config.AttentionConfig``): one qkv projection
+    or separate ``q_proj``, ``k_proj``, ``v_proj``; EVA's ``q_bias`` / ``v_bias`` beside a
+    bias-free qkv; a norm of each head's q and k; a norm of the heads' output; rotary embeddings
+    of the image tokens' q and k (``config.positions.rope``, ``gtp_ref.layers.rotate``); and
+    ``kv_heads`` k / v heads (grouped-query attention).
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, *, qkv_fused: bool = True, k_bias: bool = True,
-                 qk_norm: bool = False, attn_norm: bool = False, proj_bias: bool = True, rope: str | None = None,
-                 norm: str = "layernorm", norm_eps: float = LN_EPS, kv_heads: int | None = None) -> None:
+    def __init__(self, config: ViTConfig, kv_heads: int | None = None) -> None:
         super().__init__()
-        self.num_heads, self.rope, self.kv_heads = num_heads, rope, kv_heads or num_heads
-        head_dim = dim // num_heads
+        a, dim = config.attention, config.embed_dim
+        self.num_heads, self.kv_heads = a.num_heads, kv_heads or a.num_heads
+        self.rope = config.positions.rope  # the layout of the rotation, or None
+        head_dim = config.head_dim
         self.scale = head_dim ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias and k_bias) if qkv_fused else None
-        if qkv_fused and qkv_bias and not k_bias:  # EVA: q and v biases, none on k
-            self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
-        if not qkv_fused:
+        self.qkv = nn.Linear(dim, dim * 3, bias=a.qkv_bias and a.k_bias) if a.qkv_fused else None
+        if a.qkv_fused and a.qkv_bias and not a.k_bias:  # EVA: q and v biases, none on k
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        if not a.qkv_fused:
             kv = self.kv_heads * head_dim
-            self.q_proj, self.k_proj = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, kv, bias=qkv_bias and k_bias)
-            self.v_proj = nn.Linear(dim, kv, bias=qkv_bias)
-        self.q_norm = norm_layer(norm, head_dim, norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(norm, head_dim, norm_eps) if qk_norm else nn.Identity()
+            self.q_proj = nn.Linear(dim, dim, bias=a.qkv_bias)
+            self.k_proj = nn.Linear(dim, kv, bias=a.qkv_bias and a.k_bias)
+            self.v_proj = nn.Linear(dim, kv, bias=a.qkv_bias)
+        self.q_norm = norm_layer(config.norm, head_dim) if a.qk_norm else nn.Identity()
+        self.k_norm = norm_layer(config.norm, head_dim) if a.qk_norm else nn.Identity()
         self.map = AttentionMap(self.scale)
         self.mix = ValueMix()
-        self.norm = norm_layer(norm, dim, norm_eps) if attn_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.norm = norm_layer(config.norm, dim) if a.attn_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=a.proj_bias)
 
-    def heads(self, x: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v [B, H, N, d] of x [B, N, C]; rope: the table rows [..., n, 2 d] of the last n
-        tokens (the image tokens), which turn their q and k, or None."""
+    def heads(self, x: Tensor, rope_rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v [B, H, N, d] of x [B, N, C]; rope_rows: the RoPE table's rows [..., n, 2 d] of the
+        last n tokens (the image tokens), which turn their q and k, or None."""
         B, N, C = x.shape
         H = self.num_heads
         if self.qkv is None:
@@ -95,9 +96,9 @@ class Attention(nn.Module):
                 qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
             q, k, v = qkv.reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:  # the prefix tokens are not turned
-            c = N - rope.shape[-2]
-            q, k = (torch.cat([t[:, :, :c], rotate(t[:, :, c:], rope, self.rope)], dim=2) for t in (q, k))
+        if rope_rows is not None:  # the prefix tokens are not turned
+            c = N - rope_rows.shape[-2]
+            q, k = (torch.cat([t[:, :, :c], rotate(t[:, :, c:], rope_rows, self.rope)], dim=2) for t in (q, k))
         if self.kv_heads != H:  # grouped-query attention: head h reads k / v head h // (H / kv_heads)
             k, v = (t.repeat_interleave(H // self.kv_heads, dim=1) for t in (k, v))
         return q, k, v
@@ -106,14 +107,16 @@ class Attention(nn.Module):
         """The heads' output [B, N, C] through ``norm`` (attn_norm) and ``proj``."""
         return self.proj(self.norm(heads))
 
-    def forward(self, x: Tensor, token_sizes: Tensor | None = None, fused: bool = False,
-                rope: Tensor | None = None, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(Attn(x) [B, N, C], the keys k [B, H, N, d]); ``fused``: by scaled_dot_product_attention;
-        rope: ``heads``'; bias: a relative-position bias of the logits [B or 1, H, N, N] or None."""
-        q, k, v = self.heads(x, rope)  # (B, H, N, d)
-        if fused:
-            mask = None if token_sizes is None else token_sizes.log()[:, None, None, :]  # (B, 1, 1, N)
-            mask = bias if mask is None else mask if bias is None else bias + mask
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
-            return self.out(out.transpose(1, 2).flatten(2)), k
-        return self.out(self.mix(self.map(q, k, token_sizes, bias), v)), k
+    def forward(self, x: Tensor, token_sizes: Tensor | None = None, fused_attn: bool = False,
+                rope_rows: Tensor | None = None, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(Attn(x) [B, N, C], the keys k [B, H, N, d]); ``fused_attn``: by scaled_dot_product_attention;
+        rope_rows: ``heads``'; bias: a relative-position bias of the logits [B or 1, H, N, N] or None."""
+        q, k, v = self.heads(x, rope_rows)  # (B, H, N, d)
+        if not fused_attn:
+            return self.out(self.mix(self.map(q, k, token_sizes, bias), v)), k
+        mask = bias  # (B or 1, H, N, N) or None
+        if token_sizes is not None:
+            log_s = token_sizes.log()[:, None, None, :]  # (B, 1, 1, N)
+            mask = log_s if mask is None else mask + log_s
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, d)
+        return self.out(out.transpose(1, 2).flatten(2)), k

@@ -9,10 +9,7 @@ kept token keeps its row (``gtp_ref.model`` gathers the rows of the tokens left 
 import torch
 from torch import Tensor, nn
 
-NORMS = ("layernorm", "rmsnorm")  # the kinds of norm, one for the whole model (timm's LayerNorm, RmsNorm)
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP's: exact GELU, tanh-approximated GELU, CLIP's QuickGELU
-MLPS = ("mlp", "swiglu", "glu")  # fc1 -> act -> fc2; SiLU(fc1_g x) * fc1_x x (SwiGLU); one fc1, SiLU(first half) * second
-ROPE_LAYOUTS = ("interleaved", "half")  # which channels a rotation pairs: (0, 1), (2, 3), ... or (i, i + d / 2)
+from gtp_ref.config import MLPConfig, NormConfig, ViTConfig
 
 # Parts of timm ViT checkpoints that this model does not have, by a key component they carry.
 FOREIGN_KEYS = {
@@ -47,13 +44,14 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def norm_layer(kind: str, dim: int, eps: float) -> nn.Module:
-    """A LayerNorm (weight and bias) or an RmsNorm (weight) over dim channels."""
-    return nn.LayerNorm(dim, eps=eps) if kind == "layernorm" else RmsNorm(dim, eps)
+def norm_layer(norm: NormConfig, dim: int) -> nn.Module:
+    """The config's kind of norm over ``dim`` channels: a LayerNorm (weight and bias) or an RmsNorm
+    (weight), with its eps."""
+    return nn.LayerNorm(dim, eps=norm.norm_eps) if norm.norm_kind == "layernorm" else RmsNorm(dim, norm.norm_eps)
 
 
 def activation(kind: str) -> nn.Module:
-    """The MLP activation of ``ACTIVATIONS`` named ``kind``."""
+    """The MLP activation of ``gtp_ref.config.ACTIVATIONS`` named ``kind``."""
     if kind == "quick_gelu":
         return QuickGELU()
     return nn.GELU(approximate="tanh" if kind == "gelu_tanh" else "none")
@@ -96,13 +94,14 @@ class GluMlp(nn.Module):
         return self.fc2(self.norm(self.act(gate) * value))
 
 
-def mlp_layer(kind: str, dim: int, hidden: int, act: str, norm: nn.Module | None, bias: bool = True) -> nn.Module:
-    """The MLP of ``MLPS`` named ``kind`` (``act`` is the plain MLP's; the gated ones use SiLU)."""
-    if kind == "swiglu":
-        return SwiGLU(dim, hidden, norm, bias)
-    if kind == "glu":
-        return GluMlp(dim, hidden, norm, bias)
-    return Mlp(dim, hidden, act, norm, bias)
+def mlp_layer(mlp: MLPConfig, dim: int, hidden: int, norm: nn.Module | None) -> nn.Module:
+    """The config's MLP (``mlp_kind``: a plain MLP with its activation, SwiGLU or GluMlp) from ``dim``
+    channels through ``hidden`` units, ``norm`` of the hidden units or None."""
+    if mlp.mlp_kind == "swiglu":
+        return SwiGLU(dim, hidden, norm, mlp.mlp_bias)
+    if mlp.mlp_kind == "glu":
+        return GluMlp(dim, hidden, norm, mlp.mlp_bias)
+    return Mlp(dim, hidden, mlp.act, norm, mlp.mlp_bias)
 
 
 class LayerScale(nn.Module):
@@ -154,13 +153,18 @@ class AttentionPool(nn.Module):
     token reduction) that is timm's pooling exactly.  The latents are pooled by ``pool``:
     "token" (the first) or "avg"."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, act: str, norm: nn.Module, latent_len: int = 1,
-                 pool: str = "token", qkv_bias: bool = True) -> None:  # mlp_ratio: its MLP's width over dim
+    def __init__(self, config: ViTConfig, latent_len: int = 1, pool: str = "token") -> None:
         super().__init__()
-        self.num_heads, self.pool = num_heads, pool
+        head, dim = config.head, config.embed_dim
+        self.num_heads, self.pool = head.pool_heads or config.attention.num_heads, pool
+        bias = config.attention.qkv_bias if head.pool_qkv_bias is None else head.pool_qkv_bias
+        ratio = config.mlp.mlp_ratio if head.pool_mlp_ratio is None else head.pool_mlp_ratio
         self.latent = nn.Parameter(torch.zeros(1, latent_len, dim))
-        self.q, self.kv = nn.Linear(dim, dim, bias=qkv_bias), nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj, self.norm, self.mlp = nn.Linear(dim, dim), norm, Mlp(dim, int(dim * mlp_ratio), act)
+        self.q = nn.Linear(dim, dim, bias=bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = norm_layer(config.norm, dim)
+        self.mlp = Mlp(dim, int(dim * ratio), config.mlp.act)
 
     def forward(self, x: Tensor, token_sizes: Tensor | None = None) -> Tensor:
         B, N, C = x.shape

@@ -13,9 +13,10 @@ from torch import Tensor
 
 from gtp_ref._checks import prefix_count
 from gtp_ref.backends import Backend, get_backend
+from gtp_ref.config import ViTConfig
 from gtp_ref.select import sparsity_k
 from gtp_ref.settings import GTPSettings
-from gtp_ref.vit import Block, ViT
+from gtp_ref.vit import Block, PostNormBlock, ViT
 
 
 @dataclass
@@ -90,7 +91,7 @@ class GTPRun:
     block: int = 0  # the block running
     # (B, n_l) with record, rope or attn_bias: the patch each current image token started as (-1: none)
     ids: Tensor | None = None
-    rope: Tensor | None = None  # with rope: the running block's table rows of the current image tokens
+    rope_rows: Tensor | None = None  # with RoPE: the running block's table rows of the current image tokens
     bias: Tensor | None = None  # with attn_bias: the running block's relative-position bias of the current tokens
     provenance: Provenance | None = None
 
@@ -118,7 +119,7 @@ class GTPRun:
 
 
 class GTPBlock(Block):
-    """A pre-norm block with GTP between attention and MLP; the parameters of ``vit.Block``."""
+    """A block with GTP between attention and MLP; the parameters of ``vit.Block``."""
 
     def forward(self, x: Tensor, P: int, run: GTPRun) -> tuple[Tensor, LayerTrace]:  # type: ignore[override]
         """One GTP block (spec 3): x [B, N, C] -> [B, N - P, C], and what it did."""
@@ -136,7 +137,7 @@ class GTPBlock(Block):
                layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
         """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
         selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
-        q, k, v = self.attn.heads(self.attn_in(x), run.rope)  # (B, H, N, d)
+        q, k, v = self.attn.heads(self.attn_in(x), run.rope_rows)  # (B, H, N, d)
         if run.ops.attention is not None and not run.record and run.bias is None:
             fused = run.ops.attention(q * self.attn.scale, k, v, run.sizes, run.sparsity, selection,
                                       prefix_count(run.prefix))
@@ -149,6 +150,10 @@ class GTPBlock(Block):
             layer.attn_raw = raw
         out = self.attn.out(self.attn.mix(attn, v))  # (B, N, C)
         return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix, run.generator)
+
+
+class GTPPostNormBlock(PostNormBlock, GTPBlock):
+    """A post-norm block (``vit.PostNormBlock``'s steps) with GTP between attention and MLP."""
 
 
 def _setting(name: str, doc: str) -> property:
@@ -165,33 +170,30 @@ def _setting(name: str, doc: str) -> property:
 class GTPViT(ViT):
     """A ViT with Graph-based Token Propagation.  Input [B, in_chans, H, W] -> logits [B, classes].
 
-    num_prop: tokens propagated per block (an int, or one int per block); 0 disables GTP there.
-    graph / num_neighbours: the token graph (spec 2); selection: the score (spec 3.4);
-    propagation: "graph" (GTP), "mean" or "none"; sparsity: theta in (0, 1]; alpha: the
-    propagation weight; token_scale: proportional attention with token sizes; backend: "dense"
-    (the reference), "sparse" or "fast".  ``backbone``: the further keyword arguments of
-    ``gtp_ref.vit.ViT`` (reg_tokens, no_embed_class, pre_norm, fc_norm, init_values, norm_eps,
-    patch_bias).  Prefix tokens ([CLS] and registers) are never nodes of the graph, never
-    selected or propagated, and keep size 1; ``cls_attn_*`` reads the first prefix token's row.
+    ``config``: the backbone (``gtp_ref.config.ViTConfig``; ``stem``: a hybrid ViT's stem module).
+    GTP's settings: num_prop, tokens propagated per block (an int, or one int per block; 0
+    disables GTP there); graph / num_neighbours, the token graph (spec 2); selection, the score
+    (spec 3.4); propagation, "graph" (GTP), "mean" or "none"; sparsity, theta in (0, 1]; alpha,
+    the propagation weight; token_scale, proportional attention with token sizes; backend,
+    "dense" (the reference), "sparse" or "fast".  Prefix tokens ([CLS], a distillation token,
+    registers) are never nodes of the graph, never selected or propagated, and keep size 1;
+    ``cls_attn_*`` reads the first prefix token's row.
 
     The GTP settings are one frozen object, ``model.settings`` (``gtp_ref.settings.GTPSettings``),
     and each is an attribute too; assigning either is validated by the constructor's rules.
     ``model.ops`` is the backend object the model runs (set by ``backend``).
     """
 
-    block_class = GTPBlock
+    block_classes = {False: GTPBlock, True: GTPPostNormBlock}
 
-    def __init__(self, img_size: int | tuple[int, int] = 224, patch_size: int = 16, in_chans: int = 3,
-                 num_classes: int = 1000, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, class_token: bool = True,
-                 global_pool: str = "token", num_prop: int | list[int] = 0, graph: str = "mixed",
-                 num_neighbours: int = 4, selection: str = "mixed_attn_max", propagation: str = "graph",
-                 sparsity: float = 1.0, alpha: float = 0.1, token_scale: bool = False,
-                 backend: str = "dense", **backbone: Any) -> None:
-        super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads,
-                         mlp_ratio, qkv_bias, class_token, global_pool, **backbone)
-        self.settings = GTPSettings(num_prop, graph, num_neighbours, selection, propagation, sparsity, alpha,
-                                    token_scale, backend)
+    def __init__(self, config: ViTConfig, *, stem: torch.nn.Module | None = None, num_prop: int | list[int] = 0,
+                 graph: str = "mixed", num_neighbours: int = 4, selection: str = "mixed_attn_max",
+                 propagation: str = "graph", sparsity: float = 1.0, alpha: float = 0.1, token_scale: bool = False,
+                 backend: str = "dense") -> None:
+        super().__init__(config, stem=stem)
+        self.settings = GTPSettings(num_prop=num_prop, graph=graph, num_neighbours=num_neighbours,
+                                    selection=selection, propagation=propagation, sparsity=sparsity, alpha=alpha,
+                                    token_scale=token_scale, backend=backend)
 
     @property
     def settings(self) -> GTPSettings:
@@ -205,7 +207,8 @@ class GTPViT(ViT):
         if not isinstance(value, GTPSettings):
             raise TypeError(f"settings must be a gtp_ref.settings.GTPSettings, got {type(value).__name__}")
         value = value.checked(len(self.blocks), self.num_image_tokens, self.num_prefix_tokens)
-        if (self.rope is not None or self.attn_bias) and value.propagation == "mean" and any(value.num_prop):
+        positions = self.config.positions
+        if (positions.rope is not None or positions.attn_bias) and value.propagation == "mean" and any(value.num_prop):
             raise ValueError("propagation='mean' with rope or attn_bias: the mean token it appends has no position "
                              "for its rotary embedding or relative-position bias; use propagation='graph' or 'none'")
         if getattr(self, "_settings", None) is None or value.backend != self._settings.backend:
@@ -234,7 +237,7 @@ class GTPViT(ViT):
                      bool(c) if c <= 1 else c, generator=generator, record=record)
         trace = GTPTrace(sparsity=self.sparsity)
         n = self.num_image_tokens
-        if record or self.rope is not None or self.attn_bias:
+        if record or self.config.positions.rope is not None or self.config.positions.attn_bias:
             run.ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
         if record:
             run.provenance = trace.provenance = Provenance(torch.full((x.shape[0], n), -1, device=x.device))
@@ -244,7 +247,7 @@ class GTPViT(ViT):
             trace.graph_input = x[:, c:] if record else None
         run.sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
         for l, (block, P) in enumerate(zip(self.blocks, self.num_prop)):
-            run.block, run.rope, run.bias = l, self.rope_for(l, run.ids), self.bias_for(l, run.ids)
+            run.block, run.rope_rows, run.bias = l, self.rope_rows_for(l, run.ids), self.bias_for(l, run.ids)
             x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
         trace.final_tokens = x.shape[1]

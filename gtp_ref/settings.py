@@ -11,18 +11,9 @@ of these attributes is assigned, so a built model never holds settings its const
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from gtp_ref._checks import (
-    GRAPHS,
-    PROPAGATIONS,
-    SELECTIONS,
-    check_alpha,
-    check_num_neighbours,
-    check_sparsity,
-    choice,
-    flag,
-    integer,
-    prop_schedule,
-)
+from gtp_ref._checks import GRAPHS, SELECTIONS, check_alpha, check_num_neighbours, check_sparsity
+from gtp_ref.schedule import PROPAGATIONS, prop_schedule
+from gtp_ref.validate import choice, flag, integer
 from gtp_ref.backends import NAMES as BACKENDS
 
 

@@ -1,5 +1,5 @@
 """How the tokens of a timm model are made, as the backbone's patch embedding: the checks and the
-``gtp_ref.vit.ViT`` keyword arguments of timm's ``PatchEmbed`` / ``HybridEmbed`` and of
+``gtp_ref.config.ViTConfig`` fields of timm's ``PatchEmbed`` / ``HybridEmbed`` and of
 NaFlexVit's ``NaFlexEmbeds`` (for ``gtp_ref.timm_models``), and the NaFlexVit weights under the
 backbone's names.
 
@@ -38,7 +38,7 @@ def norm_kind(module: nn.Module, where: str) -> tuple[str, float] | None:
 
 
 def patch_embedding(model: nn.Module) -> dict[str, Any]:
-    """The embedding's ``ViT`` arguments (and ``embed_norm`` as (kind, eps) or None, ``grid``) of a
+    """The embedding's ``ViTConfig`` fields (and ``embed_norm`` as (kind, eps) or None, ``grid``) of a
     timm model with a ``patch_embed`` (PatchEmbed or HybridEmbed); ValueError for anything else."""
     pe = model.patch_embed
     if name_of(pe) not in ("PatchEmbed", "HybridEmbed"):
@@ -62,7 +62,7 @@ def patch_embedding(model: nn.Module) -> dict[str, Any]:
             (remainder and (hybrid or getattr(pe, "strict_img_size", True) is False)):
         raise ValueError(f"the image size {img_size} does not give the model's grid {grid} of patches {patch[0]}"
                          f"{f' times the stem stride {stem_stride}' if stem_stride > 1 else ''}; not supported")
-    stem = dict(stem=copy.deepcopy(pe.backbone), stem_stride=stem_stride, patch_proj=isinstance(conv, nn.Conv2d),
+    stem = dict(stem_stride=stem_stride, patch_proj=isinstance(conv, nn.Conv2d),
                 stem_channels=conv.in_channels if isinstance(conv, nn.Conv2d) else model.embed_dim) if hybrid else {}
     reg = getattr(model, "reg_token", None)
     return dict(img_size=img_size, patch_size=patch[0], in_chans=getattr(pe, "in_chans", None) or conv.in_channels,
@@ -71,6 +71,12 @@ def patch_embedding(model: nn.Module) -> dict[str, Any]:
                 class_token=model.cls_token is not None, reg_tokens=0 if reg is None else reg.shape[1],
                 no_embed_class=getattr(model, "no_embed_class", False),
                 pos_embed=getattr(model, "pos_embed", None) is not None, grid=grid)
+
+
+def stem_of(model: nn.Module) -> nn.Module | None:
+    """A copy of a hybrid ViT's convolutional stem (timm's ``HybridEmbed.backbone``), else None."""
+    backbone = getattr(getattr(model, "patch_embed", None), "backbone", None)
+    return None if backbone is None else copy.deepcopy(backbone)
 
 
 def naflex_embedding(model: nn.Module) -> dict[str, Any]:

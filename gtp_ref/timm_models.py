@@ -18,24 +18,24 @@ pooling; LayerNorm or RmsNorm; plain, hybrid and NaFlex patch embeddings
 attention, ``max`` pooling, and the rarer parts each check names.  ToMe also refuses register
 and distillation tokens (the official ToMe protects only the [CLS] token), RoPE and
 relative-position biases (a merged token has no one position).
-``python -m gtp_ref.support`` counts what converts among timm's registered models.
+``python -m gtp_ref.apps.support`` counts what converts among timm's registered models.
 
 timm itself is not imported here: the model passed in is the user's, so timm is already loaded.
 """
 import copy
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from gtp_ref._checks import GLOBAL_POOLS
+from gtp_ref.config import GLOBAL_POOLS, LN_EPS, ViTConfig
 from gtp_ref.model import GTPViT
-from gtp_ref.timm_embeddings import naflex_embedding, naflex_state_dict, patch_embedding
+from gtp_ref.timm_embeddings import naflex_embedding, naflex_state_dict, patch_embedding, stem_of
 from gtp_ref.timm_embeddings import name_of as _name
 from gtp_ref.timm_embeddings import norm_kind as _norm
 from gtp_ref.tome import ToMeViT
-from gtp_ref.vit import LN_EPS, ViT
+from gtp_ref.vit import ViT
 
 
 TIMM_ACTIVATIONS = {"GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}  # timm's activation modules
@@ -171,10 +171,10 @@ def _attention_pool(pool: nn.Module, block: dict[str, Any], C: int) -> set[tuple
     return {norm}
 
 
-def timm_geometry(model: nn.Module) -> dict[str, Any]:
-    """The ``gtp_ref.vit.ViT`` keyword arguments of a timm VisionTransformer or Eva, after checking
-    that every part of it is one the backbone represents exactly; ValueError naming the first
-    that is not."""
+def timm_config(model: nn.Module) -> ViTConfig:
+    """The ``ViTConfig`` of a timm VisionTransformer, Eva, Beit, ... (the classes of
+    ``_classes``), after checking that every part of it is one the backbone represents exactly;
+    ValueError naming the first that is not."""
     classes = _classes()
     kind = next((k for k, cls in classes.items() if cls is not None and type(model) is cls), None)
     distilled, eva = kind == "distilled", kind in ("eva", "beit")  # Eva and Beit: their map pools every token
@@ -223,24 +223,25 @@ def timm_geometry(model: nn.Module) -> dict[str, Any]:
         raise ValueError(f"the model has rotary embeddings on heads of odd width {C // block['heads']}; not supported")
     kind, eps = norms.pop() if norms else ("layernorm", LN_EPS)  # the one kind and eps of every norm
     embedding.pop("grid")
-    return dict(**embedding,
-                num_classes=head.out_features if isinstance(head, nn.Linear) else 0, embed_dim=C,
-                depth=len(blocks), num_heads=block["heads"], mlp_ratio=mlp_ratio, qkv_bias=block["qkv_bias"],
-                global_pool=pool, pre_norm=not isinstance(norm_pre, nn.Identity),
-                fc_norm=not isinstance(model.fc_norm, nn.Identity) and isinstance(model.norm, nn.Identity), init_values=1.0 if block["layer_scale"] else None,
-                norm_eps=eps, norm=kind, act=block["act"],
-                final_norm=not (isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity)),
-                embed_norm=embed_norm is not None, dist_token=distilled, mlp=block["mlp"], mlp_norm=block["mlp_norm"],
-                qkv_fused=block["qkv_fused"], k_bias=block["k_bias"], qk_norm=block["qk_norm"],
-                attn_norm=block["attn_norm"], proj_bias=block["proj_bias"], attn_bias=bias is not None,
-                rope=None if rope is None else "half" if block["rotate_half"] else "interleaved",
-                rope_mixed=bool(getattr(model, "rope_mixed", False) or getattr(model, "rope_is_mixed", False)),
-                pool_heads=model.attn_pool.num_heads if pool == "map" else None, mlp_bias=block["mlp_bias"],
-                pool_qkv_bias=_linear_bias(model.attn_pool.kv) if pool == "map" else None,
-                pool_mlp_ratio=model.attn_pool.mlp.fc1.out_features / C if pool == "map" else None,
-                mlp_layer_scale=block["mlp_layer_scale"], post_norm=block["post_norm"],
-                kv_heads=None if kv == [block["heads"]] * len(kv) else kv[0] if len(set(kv)) == 1 else kv,
-                pool_prefix=(eva and pool == "map") or bool(getattr(model, "pool_include_prefix", False)))  # Eva's map: all
+    final = "none" if isinstance(model.norm, nn.Identity) and isinstance(model.fc_norm, nn.Identity) else \
+        "fc_norm" if isinstance(model.norm, nn.Identity) else "norm"
+    return ViTConfig.of(
+        name=_name(model), **embedding, embed_dim=C, depth=len(blocks),
+        num_classes=head.out_features if isinstance(head, nn.Linear) else 0, global_pool=pool,
+        pool_prefix=(eva and pool == "map") or bool(getattr(model, "pool_include_prefix", False)),  # Eva's map: all
+        pool_heads=model.attn_pool.num_heads if pool == "map" else None,
+        pool_qkv_bias=_linear_bias(model.attn_pool.kv) if pool == "map" else None,
+        pool_mlp_ratio=model.attn_pool.mlp.fc1.out_features / C if pool == "map" else None,
+        dist_token=distilled, attn_bias=bias is not None,
+        rope=None if rope is None else "half" if block["rotate_half"] else "interleaved",
+        rope_mixed=bool(getattr(model, "rope_mixed", False) or getattr(model, "rope_is_mixed", False)),
+        num_heads=block["heads"], qkv_bias=block["qkv_bias"], qkv_fused=block["qkv_fused"], k_bias=block["k_bias"],
+        qk_norm=block["qk_norm"], attn_norm=block["attn_norm"], proj_bias=block["proj_bias"],
+        kv_heads=None if kv == [block["heads"]] * len(kv) else kv[0] if len(set(kv)) == 1 else tuple(kv),
+        mlp_kind=block["mlp"], mlp_ratio=mlp_ratio, act=block["act"], mlp_norm=block["mlp_norm"],
+        mlp_bias=block["mlp_bias"], norm_kind=kind, norm_eps=eps, pre_norm=not isinstance(norm_pre, nn.Identity),
+        final_norm=final, embed_norm=embed_norm is not None, post_norm=block["post_norm"],
+        init_values=1.0 if block["layer_scale"] else None, mlp_layer_scale=block["mlp_layer_scale"])
 
 
 def rope_table(model: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
@@ -290,9 +291,9 @@ def _state_dict(model: nn.Module, net: nn.Module) -> dict[str, torch.Tensor]:
         renamed[".".join(parts)] = value
     if _name(model) == "NaFlexVit":
         renamed = naflex_state_dict(model, renamed)
-    if net.rope is not None:
+    if net.config.positions.rope is not None:
         renamed["rope_table"] = rope_table(model, net.grid)
-    if net.attn_bias:
+    if net.config.positions.attn_bias:
         renamed["attn_bias_table"] = attention_bias_table(model)
     return renamed
 
@@ -309,19 +310,28 @@ def stochastic_modules(model: nn.Module) -> list[str]:
     return found
 
 
-def timm_backbone(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(the ``gtp_ref.vit.ViT`` keyword arguments, the state_dict in its layout) of a timm model:
-    what ``from_timm`` builds its model from, for callers that build several models on one set of
-    weights (the state_dict's tensors are the timm model's own, but for the RoPE and bias tables
-    made for its grid).  ValueError, as ``timm_geometry``, for what the backbone cannot represent."""
-    geometry = timm_geometry(model)
+class Backbone(NamedTuple):
+    """What a model is built from: its config, its state_dict in the backbone's layout, and a
+    hybrid ViT's stem (the convolutional module the config cannot describe; None without one)."""
+
+    config: ViTConfig
+    state: dict[str, torch.Tensor]
+    stem: nn.Module | None
+
+
+def timm_backbone(model: nn.Module) -> Backbone:
+    """A timm model as the backbone's config and weights (the state_dict's tensors are the timm
+    model's own, but for the RoPE and bias tables made for its grid and a hybrid's stem, copied):
+    what ``from_timm`` builds its model from, and what callers that build several models on one
+    set of weights share.  ValueError, as ``timm_config``, for what the backbone cannot represent."""
+    config, stem = timm_config(model), stem_of(model)
     with torch.device("meta"):
-        net = ViT(**geometry)  # what the state_dict's tables depend on: its grid, RoPE, biases
-    return geometry, _state_dict(model, net)
+        net = ViT(config, stem=None if stem is None else copy.deepcopy(stem).to("meta"))  # its tables' grid
+    return Backbone(config, _state_dict(model, net), stem)  # (the stem's weights: timm's patch_embed.backbone.*)
 
 
 def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
-    geometry, state = timm_backbone(model)
+    config, state, stem = timm_backbone(model)
     dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()})
     if len(dtypes) > 1:
         raise ValueError(f"the model's parameters and buffers have several dtypes ({', '.join(dtypes)}); convert "
@@ -334,7 +344,7 @@ def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
                          "or build it with drop_rate=0, attn_drop_rate=0, proj_drop_rate=0, drop_path_rate=0")
     param = next(model.parameters())
     with torch.device(param.device):
-        net = cls(**geometry, **settings)
+        net = cls(config, stem=stem, **settings)
     net.to(param.dtype).load_state_dict(state, strict=True)
     net.dropout_not_applied = tuple(stochastic)  # ViT.train(True) warns about them
     return net.train(model.training)

@@ -24,9 +24,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from complexity.schedule import clamp_r, per_block
+from gtp_ref.config import ViTConfig
 from gtp_ref.graph import unit_rows
-from gtp_ref.vit import Block, ViT
+from gtp_ref.schedule import clamp_r, per_block
+from gtp_ref.vit import Block, PostNormBlock, ViT
 
 
 class Match(NamedTuple):
@@ -84,43 +85,49 @@ class ToMeTrace:
 
     logits: Tensor | None = None
     merged: list[int] = field(default_factory=list)  # r actually merged in each block
-    sizes: Tensor | None = None  # (B, N_final): how many input tokens each one holds
+    token_sizes: Tensor | None = None  # (B, N_final): how many input tokens each one holds
     class_token: bool = True
     metrics: list[Tensor | None] = field(default_factory=list)  # (B, N_l, d) per block (record=True)
 
 
 class ToMeBlock(Block):
-    """A pre-norm block with ToMe between attention and MLP; the parameters of ``vit.Block``."""
+    """A block with ToMe between attention and MLP; the parameters of ``vit.Block``."""
 
-    def forward(self, x: Tensor, r: int, trace: ToMeTrace, fused: bool = False,  # type: ignore[override]
+    def forward(self, x: Tensor, r: int, trace: ToMeTrace, fused_attn: bool = False,  # type: ignore[override]
                 record: bool = False) -> Tensor:
-        """x [B, N, C] -> [B, N - r', C], r' = r clamped; trace.sizes updated."""
-        x_attn, k = self.attn(self.attn_in(x), trace.sizes, fused)  # proportional attention
+        """x [B, N, C] -> [B, N - r', C], r' = r clamped; trace.token_sizes updated."""
+        x_attn, k = self.attn(self.attn_in(x), trace.token_sizes, fused_attn)  # proportional attention
         x = self.attn_add(x, x_attn)
         metric = k.mean(dim=1)  # (B, N, d): the keys averaged over heads
         r = clamp_r(r, x.shape[1], int(trace.class_token))
         if r > 0:
-            x, trace.sizes = merge_wavg(x, trace.sizes, bipartite_soft_matching(metric, r, trace.class_token))
+            x, trace.token_sizes = merge_wavg(x, trace.token_sizes, bipartite_soft_matching(metric, r, trace.class_token))
         trace.merged.append(r)
         trace.metrics.append(metric if record else None)
         return self.mlp_add(x)
 
 
-class ToMeViT(ViT):
-    """ViT with ToMe: ``r`` tokens merged per block (an int or one int per block).
+class ToMePostNormBlock(PostNormBlock, ToMeBlock):
+    """A post-norm block (``vit.PostNormBlock``'s steps) with ToMe between attention and MLP."""
 
-    Takes the same state_dict as ``GTPViT`` / timm's VisionTransformer of the same geometry.
+
+class ToMeViT(ViT):
+    """A ViT with ToMe: ``r`` tokens merged per block (an int or one int per block), on the
+    backbone of ``config`` (``gtp_ref.config.ViTConfig``; ``stem``: a hybrid ViT's stem module).
+
+    Takes the same state_dict as ``GTPViT`` / the timm model of the same architecture.
     """
 
-    block_class = ToMeBlock
+    block_classes = {False: ToMeBlock, True: ToMePostNormBlock}
 
-    def __init__(self, *args: Any, r: int | list[int] = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.num_prefix_tokens > int(self.class_token):
+    def __init__(self, config: ViTConfig, *, stem: torch.nn.Module | None = None, r: int | list[int] = 0,
+                 fused_attn: bool = False) -> None:
+        super().__init__(config, stem=stem, fused_attn=fused_attn)
+        if self.num_prefix_tokens > int(config.prefix.class_token):
             raise ValueError("ToMe with prefix tokens beyond [CLS] (register tokens, a distillation token) is not "
                              "supported: the official ToMe protects only the [CLS] token, so it would merge them with "
                              "image tokens")
-        if self.rope is not None or self.attn_bias:
+        if config.positions.rope is not None or config.positions.attn_bias:
             raise ValueError("ToMe with rotary position embeddings (rope) or a relative-position bias (attn_bias) is "
                              "not supported: a merged token stands for several patches and has no one position")
         self.r = r  # validated by the property
@@ -138,10 +145,10 @@ class ToMeViT(ViT):
     def forward_trace(self, x: Tensor, record: bool = False) -> ToMeTrace:
         """Logits, tokens merged per block and the final sizes; ``record=True`` keeps the metrics."""
         x = self.embed(x)  # (B, N, C)
-        trace = ToMeTrace(sizes=x.new_ones(x.shape[:2]), class_token=self.class_token)  # sizes (B, N)
+        trace = ToMeTrace(token_sizes=x.new_ones(x.shape[:2]), class_token=self.config.prefix.class_token)  # (B, N)
         for block, r in zip(self.blocks, self.r):
             x = block(x, r, trace, self.fused_attn, record)
-        trace.logits = self.forward_head(x, trace.sizes)
+        trace.logits = self.forward_head(x, trace.token_sizes)
         return trace
 
     def forward(self, x: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the
     tensors,
 )
 from gtp_ref.tome import ToMeViT
+from gtp_ref.conformance.seeded import flat_model
 
 BACKENDS = NAMES  # every backend of the registry: a new backend inherits every test that uses it
 # Where the fast backend's fused kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
@@ -118,7 +119,7 @@ def build(cfg, seed=0, dtype=torch.float64):
     """A GTPViT (or, with an ``r`` in cfg, a ToMeViT) of cfg with randomised weights, eval mode."""
     cls = ToMeViT if "r" in cfg else GTPViT
     torch.manual_seed(seed)
-    return randomise(cls(**cfg).to(dtype).eval(), seed)
+    return randomise(flat_model(cfg, cls).to(dtype).eval(), seed)
 
 
 def images_for(cfg, B, seed=1, dtype=torch.float64, ties=False):

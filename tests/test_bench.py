@@ -12,11 +12,12 @@ import torch
 from gtp_ref.apps.bench import __main__ as bench
 from gtp_ref.apps.bench import scaling
 from gtp_ref.apps.bench.scaling import peak_added_bytes
+from gtp_ref.config import ViTConfig
 from tests.helpers import command
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "gtp_ref.bench", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "gtp_ref.apps.bench", *args], capture_output=True, text=True)
 
 
 def test_scaling_smoke():
@@ -150,11 +151,11 @@ def test_pruned_free_drops_tokens_at_gtps_schedule():
     from gtp_ref.vit import ViT
     kw = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=3, num_heads=2)
     torch.manual_seed(0)
-    plain = ViT(**kw, fused_attn=True).eval()
+    plain = ViT(ViTConfig.of(**kw), fused_attn=True).eval()
     x = torch.randn(2, 3, 32, 32)
-    same = PrunedViT(**kw, num_prop=0).eval()
+    same = PrunedViT(ViTConfig.of(**kw), num_prop=0).eval()
     same.load_state_dict(plain.state_dict())
-    pruned = PrunedViT(**kw, num_prop=4).eval()
+    pruned = PrunedViT(ViTConfig.of(**kw), num_prop=4).eval()
     pruned.load_state_dict(plain.state_dict())
     seen = []
     pruned.blocks[2].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))

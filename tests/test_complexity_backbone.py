@@ -3,14 +3,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from complexity.backbone import PRESETS, ViTGeometry, backbone_macs
-from complexity.schedule import prop_schedule, tome_schedule
+from complexity.backbone import backbone_macs
+from gtp_ref.config import PRESETS, ViTConfig
+from gtp_ref.schedule import prop_schedule, tome_schedule
 
 
 def plain_vit_macs(g, tokens_attn, tokens_mlp):
     """Independent count: per block 4 N C^2 + 2 N^2 C (attention) and 2 N' C hidden (MLP)."""
     C = g.embed_dim
-    total = g.num_image_tokens * C * g.in_chans * g.patch_size**2 + C * g.num_classes
+    total = g.num_image_tokens * C * g.patches.in_chans * g.patches.patch_size**2 + C * g.head.num_classes
     for n, n2 in zip(tokens_attn, tokens_mlp):
         total += 4 * n * C * C + 2 * n * n * C + 2 * n2 * C * g.hidden
     return total
@@ -19,10 +20,11 @@ def plain_vit_macs(g, tokens_attn, tokens_mlp):
 @st.composite
 def geometry_and_schedule(draw):
     patch = draw(st.sampled_from([2, 4, 8, 16]))
-    g = ViTGeometry("t", img_size=patch * draw(st.integers(1, 8)), patch_size=patch,
-                    embed_dim=draw(st.integers(1, 64)), depth=draw(st.integers(1, 6)),
-                    num_heads=1, num_classes=draw(st.integers(1, 10)),
-                    class_token=draw(st.booleans()))
+    class_token = draw(st.booleans())
+    g = ViTConfig.of(img_size=patch * draw(st.integers(1, 8)), patch_size=patch,
+                     embed_dim=draw(st.integers(1, 64)), depth=draw(st.integers(1, 6)),
+                     num_heads=1, num_classes=draw(st.integers(1, 10)),
+                     class_token=class_token, global_pool="token" if class_token else "avg")
     budget = g.num_image_tokens - 1
     P = []
     for _ in range(g.depth):
@@ -54,8 +56,8 @@ def test_deit_small_is_4_6_gmacs():
 def test_tome_schedule_clamps_to_half_of_the_unprotected_tokens(gs, r):
     g, _ = gs
     n = g.num_tokens
-    for r_l in tome_schedule(r, g.depth, g.num_tokens, int(g.class_token)):
-        assert r_l == min(r, (n - int(g.class_token)) // 2)
+    for r_l in tome_schedule(r, g.depth, g.num_tokens, int(g.prefix.class_token)):
+        assert r_l == min(r, (n - int(g.prefix.class_token)) // 2)
         n -= r_l
     assert n >= 1
 

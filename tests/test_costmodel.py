@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench costmodel``: the cost model the CUDA path was chosen by.  Its counts
+"""``python -m gtp_ref.apps.bench costmodel``: the cost model the CUDA path was chosen by.  Its counts
 are checked against what each design must do (the products of attention, the bytes of q, k, v and
 the output), its forwards against their limits, and its bracket design against the constants of
 the kernels it describes."""
@@ -72,7 +72,7 @@ def test_a_forward_with_gtp_is_slower_than_free_pruning_and_faster_with_more_pru
 
 
 def test_command_prints_every_design_and_the_forwards():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "costmodel", "--sizes", "4x50", "--forward", "2", "4",
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.apps.bench", "costmodel", "--sizes", "4x50", "--forward", "2", "4",
                         "--passes", "--tile-rate", "0.5"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     for name in ("sdpa", "explicit", "two_kernel", "one_kernel", "radix8", "bracket", "32-row tiles at 0.5",

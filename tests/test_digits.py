@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.digits``, shortened (one seed, six epochs): it trains, saves and reuses its
+"""``python -m gtp_ref.apps.digits``, shortened (one seed, six epochs): it trains, saves and reuses its
 checkpoints, sweeps every experiment, and writes the JSON and the figures."""
 import json
 import subprocess
@@ -31,7 +31,7 @@ def test_shift_moves_each_image_by_at_most_one_pixel():
 
 
 def test_command_trains_reuses_and_writes(tmp_path):
-    args = [sys.executable, "-m", "gtp_ref.digits", "--seeds", "0", "--epochs", "6", "--models-dir",
+    args = [sys.executable, "-m", "gtp_ref.apps.digits", "--seeds", "0", "--epochs", "6", "--models-dir",
             str(tmp_path / "models"), "--json-out", str(tmp_path / "r.json"), "--figures", str(tmp_path / "figs")]
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

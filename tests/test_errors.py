@@ -12,6 +12,8 @@ from gtp_ref.backends import MODULES
 from gtp_ref.backends.sparse import SparseGraph
 from gtp_ref.tome import ToMeViT
 from gtp_ref.vit import ViT
+from gtp_ref.conformance.seeded import flat_model
+from gtp_ref.config import ViTConfig
 from tests.helpers import BACKENDS
 
 G_MARK = object()  # "the backend's own graph of x"
@@ -228,13 +230,13 @@ MODELS = {"ViT": ViT, "GTPViT": GTPViT, "ToMeViT": ToMeViT}
 @pytest.mark.parametrize("kwargs, error, match", GEOMETRY, ids=lambda v: repr(v) if isinstance(v, dict) else "")
 def test_bad_geometry_is_refused(model, kwargs, error, match):
     with pytest.raises(error, match=match):
-        MODELS[model](**{**BASE, **kwargs})
+        flat_model({**BASE, **kwargs}, MODELS[model])
 
 
 @pytest.mark.parametrize("kwargs, error, match", GTP_SETTINGS, ids=lambda v: repr(v) if isinstance(v, dict) else "")
 def test_bad_gtp_settings_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
-        GTPViT(**{**BASE, **kwargs})
+        flat_model({**BASE, **kwargs})
 
 
 def test_numpy_scalars_build_the_same_model():
@@ -244,17 +246,17 @@ def test_numpy_scalars_build_the_same_model():
                     num_neighbours=np.int64(3), sparsity=np.float64(0.6), alpha=np.float32(0.25),
                     token_scale=np.bool_(True))
     torch.manual_seed(0)
-    a = GTPViT(**as_numpy)
+    a = flat_model(as_numpy)
     torch.manual_seed(0)
-    b = GTPViT(**{k: v.item() for k, v in as_numpy.items()})
+    b = flat_model({k: v.item() for k, v in as_numpy.items()})
     assert a.num_prop == b.num_prop == [2, 2] and a.alpha == b.alpha == 0.25 and a.token_scale is True
-    assert a.grid == b.grid and a.img_size == b.img_size and type(a.img_size[0]) is int
+    assert a.grid == b.grid and a.config == b.config and type(a.config.patches.img_size[0]) is int
     assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 16), (1, 1, 32, 32), (3, 32, 32)])
 def test_forward_input_errors(shape):
-    model = GTPViT(**BASE)
+    model = GTPViT(ViTConfig.of(**BASE))
     with pytest.raises(ValueError, match=r"expected input of shape \[B, 3, 32, 32\], got"):
         model(torch.randn(*shape))
 
@@ -275,7 +277,7 @@ def test_sparse_graph_type_is_checked_by_the_other_backends():
     ("fc_norm.weight", r"fc_norm"),  # an average-pooled checkpoint into a [CLS]-pooled model
 ])
 def test_a_checkpoint_of_another_architecture_is_refused_by_name(key, feature):
-    model = GTPViT(**BASE)
+    model = GTPViT(ViTConfig.of(**BASE))
     state = {**model.state_dict(), key: torch.zeros(16)}
     with pytest.raises(ValueError, match=f"state_dict has '{key}': .*{feature}.*which this model was not built with"):
         model.load_state_dict(state)
@@ -291,7 +293,7 @@ def test_bad_settings_assigned_to_a_built_model_are_refused(backend, kwargs, err
     """Every setting of the constructor's table, assigned after construction (the others given to
     the constructor): the same error, and the model keeps its old settings."""
     *first, last = [k for k in kwargs if k not in GEOMETRY_KEYS]
-    model = GTPViT(**BASE, backend=backend, **{k: v for k, v in kwargs.items() if k != last})
+    model = flat_model({**BASE, "backend": backend, **{k: v for k, v in kwargs.items() if k != last}})
     before, ops = model.settings, model.ops
     with pytest.raises(error, match=match):
         setattr(model, last, kwargs[last])
@@ -304,7 +306,7 @@ def test_assigned_settings_take_effect(backend):
     cfg = dict(BASE, num_prop=2, sparsity=0.6, token_scale=True)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = GTPViT(**cfg).eval()
+    model = flat_model(cfg).eval()
     model.backend = backend
     assert model.ops.name == backend and model.backend == backend
     changes = dict(sparsity=0.3, alpha=0.5, selection="diag_attn_max", graph="spatial", num_neighbours=2,
@@ -312,7 +314,7 @@ def test_assigned_settings_take_effect(backend):
     for name, value in changes.items():
         setattr(model, name, value)
     torch.manual_seed(0)
-    built = GTPViT(**{**cfg, **changes}, backend=backend).eval()
+    built = flat_model({**cfg, **changes, "backend": backend}).eval()
     assert model.settings == built.settings and model.num_prop == [3, 1]
     with torch.no_grad():
         assert torch.allclose(model(x), built(x), rtol=1e-5, atol=1e-6)
@@ -321,7 +323,7 @@ def test_assigned_settings_take_effect(backend):
 def test_a_setting_that_breaks_another_is_refused():
     """A cross-rule: a schedule that 'mean' propagation allows (it appends a token per block) leaves
     a block without an image token under 'graph' propagation."""
-    model = GTPViT(**BASE, num_prop=[15, 1], propagation="mean")
+    model = GTPViT(ViTConfig.of(**BASE), num_prop=[15, 1], propagation="mean")
     with pytest.raises(ValueError, match="propagates 1 of the 1 image tokens left at block 1"):
         model.propagation = "graph"
     assert model.propagation == "mean"
@@ -332,7 +334,7 @@ def test_a_setting_that_breaks_another_is_refused():
 
 
 def test_tome_settings_assigned_are_checked():
-    model = ToMeViT(**BASE, r=2)
+    model = ToMeViT(ViTConfig.of(**BASE), r=2)
     with pytest.raises(TypeError, match="fused_attn='yes' must be True or False"):
         model.fused_attn = "yes"
     with pytest.raises(ValueError, match=r"r=-1 must be an integer >= 0"):
@@ -344,7 +346,7 @@ def test_tome_settings_assigned_are_checked():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.uint8, torch.int64])
 def test_an_input_of_another_dtype_is_refused_before_any_work(model, dtype):
     name, _, backend = model.partition(" ")
-    net = MODELS[name](**BASE, **({"backend": backend, "num_prop": 2} if backend else {})).eval()
+    net = MODELS[name](ViTConfig.of(**BASE), **({"backend": backend, "num_prop": 2} if backend else {})).eval()
     x = (torch.rand(2, 3, 32, 32) * 255).to(dtype)
     with pytest.raises(TypeError, match=f"the input has dtype {dtype}, the model's parameters torch.float32"):
         net(x)
@@ -360,11 +362,11 @@ def test_torch_jit_script_says_what_works_instead(model):
         warnings.simplefilter("ignore")  # torch's own deprecation of torch.jit.script
         with pytest.raises(TypeError, match=r"cannot be compiled by torch.jit.script; use torch.compile\(model\).*"
                                             r"torch.export.export"):
-            torch.jit.script(MODELS[model](**BASE))
+            torch.jit.script(MODELS[model](ViTConfig.of(**BASE)))
 
 
 def test_torch_export_works():
-    model = GTPViT(**BASE, num_prop=2, sparsity=0.6, backend="fast").eval()
+    model = GTPViT(ViTConfig.of(**BASE), num_prop=2, sparsity=0.6, backend="fast").eval()
     x = torch.randn(2, 3, 32, 32)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():

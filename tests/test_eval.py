@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.eval`` and ``gtp_ref.eval.evaluate`` on image folders made here: a model
+"""``python -m gtp_ref.apps.eval`` and ``gtp_ref.apps.eval.evaluate`` on image folders made here: a model
 built to be right on them scores 100 % with every method, a model with its head shuffled 0 %,
 random labels score near chance; bad folders and unreadable images are one line each."""
 import json
@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from gtp_ref import GTPViT, deit_tiny
+from gtp_ref import GTPViT
 from gtp_ref import GTPSettings, paper_settings
 from gtp_ref.apps.eval import Setting, backbone_of, evaluate, reduced_model, settings_for
 from gtp_ref.apps.images import ImageFolder
 from gtp_ref.apps import eval as eval_command
 from gtp_ref.apps.loading import read_state_dict
+from gtp_ref.config import PRESETS, ViTConfig
 from tests.helpers import command
 
 COLOURS = [(230, 20, 30), (10, 220, 40), (20, 30, 240)]  # class 0 red, 1 green, 2 blue
@@ -64,14 +65,14 @@ def colour_classifier(state: dict, classes: int = 3) -> dict:
 
 @pytest.fixture(scope="module")
 def right_state():
-    return colour_classifier(deit_tiny(num_classes=3).state_dict())
+    return colour_classifier(GTPViT(PRESETS['deit_tiny'].replace(num_classes=3)).state_dict())
 
 
 def test_a_model_built_to_be_right_scores_100_percent_with_every_method(tmp_path, right_state):
     root = image_folder(tmp_path / "val")
-    net = deit_tiny(num_classes=3).eval()
+    net = GTPViT(PRESETS['deit_tiny'].replace(num_classes=3)).eval()
     net.load_state_dict(right_state)
-    backbone = backbone_of(net, "deit_tiny")
+    backbone = backbone_of(net)
     settings = settings_for(["baseline", "gtp", "prune", "tome"], Setting("gtp", num_prop=8))
     models = {s.label: reduced_model(net, backbone, s, paper_settings("deit_tiny")) for s in settings}
     out = evaluate(models, root, batch_size=5)
@@ -84,7 +85,7 @@ def test_a_model_built_to_be_right_scores_100_percent_with_every_method(tmp_path
 
 
 def test_a_shuffled_head_scores_0_percent_and_random_labels_near_chance(tmp_path, right_state):
-    net = deit_tiny(num_classes=3).eval()
+    net = GTPViT(PRESETS['deit_tiny'].replace(num_classes=3)).eval()
     shuffled = dict(right_state, **{"head.weight": right_state["head.weight"][[1, 2, 0]]})
     net.load_state_dict(shuffled)
     r = evaluate({"shuffled": net}, image_folder(tmp_path / "val"))["results"]["shuffled"]
@@ -96,9 +97,9 @@ def test_a_shuffled_head_scores_0_percent_and_random_labels_near_chance(tmp_path
 
 
 def test_models_share_the_weights(right_state):
-    net = deit_tiny(num_classes=3).eval()
+    net = GTPViT(PRESETS['deit_tiny'].replace(num_classes=3)).eval()
     net.load_state_dict(right_state)
-    backbone = backbone_of(net, "deit_tiny")
+    backbone = backbone_of(net)
     for s in settings_for(["gtp", "tome"], Setting("gtp", num_prop=4)):
         model = reduced_model(net, backbone, s, GTPSettings())
         assert model.blocks[3].mlp.fc1.weight.data_ptr() == net.blocks[3].mlp.fc1.weight.data_ptr()
@@ -124,7 +125,7 @@ def test_limit_draws_from_every_class(tmp_path):
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "gtp_ref.eval", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gtp_ref.apps.eval", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd)
 
 
@@ -205,7 +206,7 @@ def test_bad_settings_are_one_line(tmp_path, setup, args, message):
 def test_an_empty_class_folder_is_a_warning_and_the_run_goes_on(tmp_path, right_state):
     root = image_folder(tmp_path / "val", per_class=1, colours=COLOURS)
     (root / "c3").mkdir()
-    net = deit_tiny(num_classes=4).eval()
+    net = GTPViT(PRESETS['deit_tiny'].replace(num_classes=4)).eval()
     net.load_state_dict(colour_classifier(net.state_dict(), classes=4))
     out = evaluate({"m": net}, root)
     assert out["empty_classes"] == ["c3"] and out["results"]["m"]["top1"] == 100.0
@@ -226,6 +227,6 @@ def test_evaluate_refuses_models_that_do_not_fit(tmp_path):
     root = image_folder(tmp_path / "val", per_class=1)
     with pytest.raises(ValueError, match="models: give at least one"):
         evaluate({}, root)
-    model = GTPViT(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=1, num_heads=2).eval()
+    model = GTPViT(ViTConfig.of(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=1, num_heads=2)).eval()
     with pytest.raises(ValueError, match="the model has 5 classes"):
         evaluate({"m": model}, root)

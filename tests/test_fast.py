@@ -344,7 +344,7 @@ def test_cuda_threshold_is_exact_on_ties(monkeypatch, cap):
 
 @pytest.mark.fused
 def test_every_attention_path_agrees_with_the_explicit_one():
-    """``python -m gtp_ref.bench attention``'s methods, small: the kernel path's output and
+    """``python -m gtp_ref.apps.bench attention``'s methods, small: the kernel path's output and
     scores are the explicit path's (DeiT-S's block: C = 384, six heads)."""
     import argparse
 

@@ -84,3 +84,30 @@ def test_there_is_no_import_circle():
 def test_no_module_is_longer_than_400_lines(name):
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines"
+
+
+BASE = ("gtp_ref.validate", "gtp_ref.schedule", "gtp_ref.config", "gtp_ref.cli", "gtp_ref.style")
+
+
+def test_the_library_stands_on_its_own_base():
+    """The cost model is a client of the library, never the other way round: nothing in gtp_ref
+    but its commands imports complexity; the torch-free base imports nothing of gtp_ref but itself."""
+    g = graph()
+    offenders = {name: sorted(d for d in deps if d.startswith("complexity"))
+                 for name, deps in g.items() if name.startswith("gtp_ref") and not name.startswith("gtp_ref.apps")}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+    for name in BASE:
+        assert g[name] <= set(BASE) | {"gtp_ref"}, (name, g[name])
+
+
+def test_the_base_needs_neither_torch_nor_sympy():
+    """``import gtp_ref`` and ``import complexity`` load no torch and no sympy, and install no import
+    hook; the public names load torch when first used."""
+    import subprocess
+    import sys
+    code = ("import sys; hooks = list(sys.meta_path); import gtp_ref, complexity; "
+            f"import {', '.join(BASE)}; "
+            "print(sorted(m for m in ('torch', 'sympy') if m in sys.modules), sys.meta_path == hooks); "
+            "gtp_ref.GTPViT; print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["[] True", "True"], r.stdout + r.stderr

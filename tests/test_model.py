@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import gtp_ref
 from gtp_ref import GTPViT
+from gtp_ref.conformance.seeded import flat_model
+from gtp_ref.config import ViTConfig
 from tests.helpers import BACKENDS, build, configs, images_for, near_tie, plain_vit
 
 
@@ -90,7 +92,7 @@ def test_presets_have_timm_state_dicts(factory, depth, C, pool, patch):
         model = factory(num_prop=8)
     sd = model.state_dict()
     assert set(sd) == timm_keys(depth, True, pool)
-    assert model.class_token and model.global_pool == pool
+    assert model.config.prefix.class_token and model.config.head.global_pool == pool
     assert sd["pos_embed"].shape == (1, 196 + 1, C)
     assert sd["patch_embed.proj.weight"].shape == (C, 3, patch, patch)
     assert sd["blocks.0.attn.qkv.weight"].shape == (3 * C, C)
@@ -101,7 +103,7 @@ def test_presets_have_timm_state_dicts(factory, depth, C, pool, patch):
 def test_strict_load_of_a_timm_layout_state_dict():
     cfg = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=2, num_heads=2)
     src = build(cfg)
-    dst = GTPViT(**cfg, num_prop=3, alpha=0.2).double()
+    dst = flat_model({**cfg, "num_prop": 3, "alpha": 0.2}).double()
     dst.load_state_dict({k: v.clone() for k, v in src.state_dict().items()}, strict=True)
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
 
@@ -147,7 +149,7 @@ def test_a_non_finite_image_gives_nan_logits_and_leaves_the_others_alone(method,
 
 
 def test_num_prop_can_be_changed_and_is_checked_on_assignment():
-    model = GTPViT(**BASE, num_prop=2)
+    model = GTPViT(ViTConfig.of(**BASE), num_prop=2)
     model.num_prop = 3
     assert model.num_prop == [3, 3]
     model.num_prop = [4, 0]

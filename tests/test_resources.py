@@ -1,6 +1,6 @@
 """The CUDA path's kernels fit a Hopper GPU: every variant the fast backend can launch, compiled
 ahead of time for sm_90a here (no GPU; Triton's bundled ptxas), without register spills and within
-the shared memory a block may have (``python -m gtp_ref.bench resources``).  Skipped, with the
+the shared memory a block may have (``python -m gtp_ref.apps.bench resources``).  Skipped, with the
 reason, where Triton cannot compile for the target."""
 import pytest
 import torch

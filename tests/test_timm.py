@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from complexity.backbone import PRESETS, backbone_macs
+from complexity.backbone import backbone_macs
+from gtp_ref.config import PRESETS
 from gtp_ref import from_timm, tome_from_timm
 from gtp_ref.cost import measure_macs
+from gtp_ref.config import ViTConfig
 from tests.helpers import import_timm
 
 timm = import_timm()
@@ -159,7 +161,9 @@ def test_no_reduction_is_the_timm_model(what, name, kwargs):
     with torch.no_grad():
         want, got = model(x), gtp(x)
     assert got.shape == want.shape and rel_err(got, want) <= 1e-12, (what, rel_err(got, want))
-    if gtp.num_prefix_tokens <= int(gtp.class_token) and gtp.rope is None and not gtp.attn_bias:  # ToMe: [CLS] only
+    positions = gtp.config.positions
+    if gtp.num_prefix_tokens <= int(gtp.config.prefix.class_token) and positions.rope is None \
+            and not positions.attn_bias:  # ToMe: [CLS] only
         with torch.no_grad():
             tome = tome_from_timm(model, r=0)(x)
         assert rel_err(tome, want) <= 1e-12, (what, "ToMe r=0", rel_err(tome, want))
@@ -224,7 +228,7 @@ def test_a_kept_token_keeps_its_rope_rows_and_bias_entries():
     """The rows of RoPE and of the relative-position bias follow the kept tokens' first positions."""
     rope = from_timm(timm_model("vit_small_patch16_rope_mixed_224", dict(depth=2, img_size=64)))
     positions = torch.tensor([[0, 5, 7], [3, 4, 15]])
-    rows = rope.rope_for(1, positions)  # (B, H, 3, 2 d)
+    rows = rope.rope_rows_for(1, positions)  # (B, H, 3, 2 d)
     assert torch.equal(rows[1, :, 2], rope.rope_table[1, :, 15]) and torch.equal(rows[0, :, 1], rope.rope_table[1, :, 5])
     beit = from_timm(timm_model("beit_base_patch16_224", dict(depth=1, img_size=64)))
     bias = beit.bias_for(0, positions)  # (B, H, 1 + 3, 1 + 3): [CLS] first
@@ -247,9 +251,9 @@ def test_pruning_turns_and_biases_each_token_by_its_own_patch(name, kwargs):
         patch = torch.arange(model.num_image_tokens).expand(B, -1)  # (B, n_l): the patch of each image token
         for l, (block, layer) in enumerate(zip(model.blocks, trace.layers)):
             rope = bias = None
-            if model.rope is not None:
+            if model.config.positions.rope is not None:
                 rope = torch.stack([model.rope_table[min(l, len(model.rope_table) - 1)][:, p] for p in patch])
-            if model.attn_bias:
+            if model.config.positions.attn_bias:
                 index = torch.cat([torch.arange(c).expand(B, c), c + patch], 1)
                 bias = torch.stack([model.attn_bias_table[l][:, i][:, :, i] for i in index])
             q, k, v = block.attn.heads(block.norm1(h), rope)
@@ -277,7 +281,7 @@ def test_attention_pooling_weighs_tokens_by_their_size():
     """map pooling with token sizes: a token of size s pools as s copies of it would (proportional
     attention), and sizes of 1 are timm's pooling."""
     from gtp_ref.layers import AttentionPool
-    pool = AttentionPool(8, 2, 2.0, "gelu", torch.nn.LayerNorm(8)).double()
+    pool = AttentionPool(ViTConfig.of(embed_dim=8, num_heads=2, mlp_ratio=2.0, depth=1, norm_eps=1e-5)).double()
     with torch.no_grad():
         for p in pool.parameters():
             p.copy_(torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(p.numel())))
@@ -315,7 +319,7 @@ def test_tome_refuses_prefix_tokens_beyond_cls(name, kwargs):
 
 
 def test_the_registry_survey_names_every_refusal():
-    """python -m gtp_ref.support on a few models of each kind: converted or refused with the reason."""
+    """python -m gtp_ref.apps.support on a few models of each kind: converted or refused with the reason."""
     from gtp_ref.apps import support
     names = ["deit_tiny_patch16_224", "eva02_tiny_patch14_224", "vit_small_r26_s32_224", "beit_base_patch16_224",
              "samvit_base_patch16", "vit_base_patch16_xp_224"]
@@ -332,14 +336,15 @@ def test_a_strict_key_match_is_no_proof():
     """A post-norm model's state_dict loads into a pre-norm GTPViT (same keys), which then computes
     something else; from_timm looks at the modules and builds the post-norm model timm's is."""
     from gtp_ref import GTPViT
+    from gtp_ref.vit import PostNormBlock
     model = timm_model("vit_base_patch16_rpn_224", dict(depth=1, img_size=64))
-    pre_norm = GTPViT(img_size=64, depth=1, class_token=False, global_pool="avg", qkv_bias=False).double()
+    pre_norm = GTPViT(ViTConfig.of(img_size=64, depth=1, class_token=False, global_pool="avg", qkv_bias=False)).double()
     pre_norm.load_state_dict(model.state_dict())  # the keys match (strict) ...
     x = images(model)
     with torch.no_grad():
         assert rel_err(pre_norm(x), model(x)) > 1e-3  # ... the architecture does not
         converted = from_timm(model)
-        assert converted.blocks[0].post_norm and rel_err(converted(x), model(x)) <= 1e-12
+        assert isinstance(converted.blocks[0], PostNormBlock) and rel_err(converted(x), model(x)) <= 1e-12
 
 
 @pytest.mark.parametrize("name, kwargs, timm_countable", [
@@ -385,13 +390,13 @@ def test_preprocessing_is_timms_evaluation_transform(tmp_path):
 
 
 def test_throughput_benchmark_of_a_timm_model(tmp_path):
-    """``python -m gtp_ref.bench throughput --timm NAME --checkpoint FILE`` (a smoke run, no timing asserted)."""
+    """``python -m gtp_ref.apps.bench throughput --timm NAME --checkpoint FILE`` (a smoke run, no timing asserted)."""
     import json
     import subprocess
     import sys
     checkpoint = tmp_path / "deit_t.pth"
     torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), checkpoint)
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.bench", "throughput", "--timm", "deit_tiny_patch16_224",
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.apps.bench", "throughput", "--timm", "deit_tiny_patch16_224",
                         "--checkpoint", str(checkpoint), "--num-prop", "16", "--batches", "1", "--repeats", "1",
                         "--methods", "baseline_fused", "gtp_fast", "tome", "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -446,7 +451,7 @@ def test_the_benchmark_says_where_tome_is_not_defined():
 
 @pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "beit_base_patch16_224"])
 def test_vis_draws_gtp_on_a_rope_and_a_relative_bias_model(tmp_path, name):
-    """``python -m gtp_ref.vis IMAGE --timm NAME`` on the new families: the figure is written."""
+    """``python -m gtp_ref.apps.vis IMAGE --timm NAME`` on the new families: the figure is written."""
     from PIL import Image
 
     from gtp_ref.apps import vis
@@ -471,7 +476,7 @@ BENCHED = ("eva02_tiny_patch14_224", "beit_base_patch16_224", "vit_base_patch32_
 
 @pytest.mark.parametrize("name", [n for _, n in FAMILIES], ids=[f for f, _ in FAMILIES])
 def test_eval_runs_gtp_on_every_family(tmp_path, name):
-    """``python -m gtp_ref.eval DIR --timm NAME`` with every method: GTP and pruning are built by
+    """``python -m gtp_ref.apps.eval DIR --timm NAME`` with every method: GTP and pruning are built by
     converting the model (its RoPE / bias tables, renamed layer scales), never by loading timm's raw
     state_dict into a fresh backbone; ToMe is left out with a warning where it is not defined."""
     from gtp_ref.apps import eval as eval_command
@@ -490,7 +495,7 @@ def test_eval_runs_gtp_on_every_family(tmp_path, name):
 
 @pytest.mark.parametrize("name", BENCHED)
 def test_the_throughput_benchmark_runs_on_the_new_families(name):
-    """``python -m gtp_ref.bench throughput --timm NAME`` on a RoPE, a bias and an attention-pooled
+    """``python -m gtp_ref.apps.bench throughput --timm NAME`` on a RoPE, a bias and an attention-pooled
     model (a smoke run, no timing asserted): the unreduced timm model and fast GTP made from it by
     ``from_timm``."""
     from gtp_ref.apps.bench import __main__ as bench

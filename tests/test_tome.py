@@ -6,13 +6,13 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from complexity.backbone import ViTGeometry
-from complexity.schedule import tome_schedule
-from complexity.schedule import clamp_r
+from gtp_ref.schedule import tome_schedule
+from gtp_ref.schedule import clamp_r
 from gtp_ref.conformance.seeded import tome_model_for, tome_vectors
 from gtp_ref.diagnostics import tome_margin
 from gtp_ref.tome import ToMeViT, bipartite_soft_matching, merge_wavg
 from gtp_ref.vit import ViT
+from gtp_ref.config import ViTConfig
 from tests.helpers import build, images_for, plain_vit, tensors, tome_configs
 
 VECTORS = tome_vectors()
@@ -27,8 +27,8 @@ def test_logits_match_the_official_tome(vector):
         trace = model.forward_trace(images)
     want = torch.tensor(vector["logits"], dtype=torch.float64)
     assert trace.merged == vector["merged_per_layer"], vector["config"]
-    assert trace.sizes.shape[1] == vector["final_tokens"]
-    assert trace.sizes.sum(-1).tolist() == vector["sizes_sum"]
+    assert trace.token_sizes.shape[1] == vector["final_tokens"]
+    assert trace.token_sizes.sum(-1).tolist() == vector["sizes_sum"]
     assert torch.allclose(trace.logits, want, rtol=1e-6, atol=1e-8), \
         f"{vector['id']}: max abs error {(trace.logits - want).abs().max().item():.3e}, config {vector['config']}"
 
@@ -46,7 +46,7 @@ def test_without_a_class_token_unmerged_tokens_follow_their_score():
 
 
 def test_r_can_be_changed_and_is_checked_on_assignment():
-    model = ToMeViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, r=2)
+    model = ToMeViT(ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2), r=2)
     model.r = 16
     assert model.r == [16, 16]
     model.r = [np.int32(1), 0]
@@ -65,11 +65,11 @@ def test_sizes_sum_to_the_token_count(cfg, ties):
     with torch.no_grad():
         trace = model.forward_trace(images_for(cfg, 2, ties=ties))
     N = model.num_image_tokens + int(cfg["class_token"])
-    assert (trace.sizes.sum(-1) == N).all(), trace.sizes
-    assert trace.sizes.shape[1] == N - sum(trace.merged)
-    assert (trace.sizes >= 1).all()
+    assert (trace.token_sizes.sum(-1) == N).all(), trace.token_sizes
+    assert trace.token_sizes.shape[1] == N - sum(trace.merged)
+    assert (trace.token_sizes >= 1).all()
     if cfg["class_token"]:
-        assert (trace.sizes[:, 0] == 1).all(), "[CLS] is never merged"
+        assert (trace.token_sizes[:, 0] == 1).all(), "[CLS] is never merged"
 
 
 @given(tome_configs())
@@ -77,8 +77,7 @@ def test_merged_counts_follow_the_complexity_models_clamp(cfg):
     model = build(cfg)
     with torch.no_grad():
         trace = model.forward_trace(images_for(cfg, 1))
-    g = ViTGeometry("t", img_size=cfg["img_size"][0], patch_size=cfg["patch_size"], depth=cfg["depth"],
-                    class_token=cfg["class_token"])
+    g = model.config
     n = model.num_image_tokens + int(cfg["class_token"])
     expected = []
     for r in cfg["r"]:
@@ -86,7 +85,7 @@ def test_merged_counts_follow_the_complexity_models_clamp(cfg):
         n -= expected[-1]
     assert trace.merged == expected
     if cfg["img_size"][0] == cfg["img_size"][1]:
-        assert trace.merged == tome_schedule(cfg["r"], g.depth, g.num_tokens, int(g.class_token))
+        assert trace.merged == tome_schedule(cfg["r"], g.depth, g.num_tokens, int(g.prefix.class_token))
 
 
 @given(tome_configs(), st.integers(1, 3))
@@ -149,16 +148,16 @@ def test_fused_attention_matches_explicit():
     cfg = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2)
     x = images_for(cfg, 2)
     with torch.no_grad():
-        for cls in (ViT, lambda **k: ToMeViT(**k, r=3)):
+        for cls in (ViT, lambda c, **k: ToMeViT(c, r=3, **k)):
             torch.manual_seed(0)
-            a = cls(**cfg).double().eval()
-            b = cls(**cfg, fused_attn=True).double().eval()
+            a = cls(ViTConfig.of(**cfg)).double().eval()
+            b = cls(ViTConfig.of(**cfg), fused_attn=True).double().eval()
             b.load_state_dict(a.state_dict())
             assert torch.allclose(a(x), b(x), rtol=1e-10, atol=1e-12)
 
 
 def test_bad_r():
     with pytest.raises(ValueError, match="r=-1"):
-        ToMeViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, r=-1)
+        ToMeViT(ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2), r=-1)
     with pytest.raises(ValueError, match="depth=2"):
-        ToMeViT(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, r=[1])
+        ToMeViT(ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2), r=[1])

@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.vis`` and the preprocessing it shares with the evaluation: on a synthetic image."""
+"""``python -m gtp_ref.apps.vis`` and the preprocessing it shares with the evaluation: on a synthetic image."""
 import subprocess
 import sys
 
@@ -12,6 +12,7 @@ from gtp_ref import GTPViT
 from gtp_ref.apps.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
 from gtp_ref.apps import vis
 from gtp_ref.apps.vis import draw, shading
+from gtp_ref.config import ViTConfig
 from tests.helpers import command
 
 
@@ -29,7 +30,7 @@ def test_preprocessing_resizes_crops_and_normalises(tmp_path):
     want = (torch.tensor([255, 128, 0]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(x, want[:, None, None].expand_as(x), atol=1e-6)
     assert pre.crop(load_image(tmp_path / "flat.png")).size == (32, 32)
-    model = GTPViT(img_size=(32, 48), patch_size=16, embed_dim=8, depth=1, num_heads=2)
+    model = GTPViT(ViTConfig.of(img_size=(32, 48), patch_size=16, embed_dim=8, depth=1, num_heads=2))
     assert Preprocessing.of(model).input_size == (32, 48)
 
 
@@ -40,7 +41,7 @@ def test_an_unreadable_image_is_one_line(tmp_path):
 
 
 def test_the_overlay_shades_exactly_the_propagated_patches_by_block():
-    model = GTPViT(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2, num_prop=[3, 2, 4],
+    model = GTPViT(ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2), num_prop=[3, 2, 4],
                    sparsity=0.6, token_scale=True).eval()
     with torch.no_grad():
         trace = model.forward_trace(torch.randn(1, 3, 32, 32), record=True)
@@ -59,7 +60,7 @@ def test_the_overlay_shades_exactly_the_propagated_patches_by_block():
 
 def test_vis_command_draws_the_figure(tmp_path):
     image, out = scene(tmp_path / "scene.png"), tmp_path / "gtp.png"
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.vis", str(image), "--preset", "deit_tiny", "--num-prop", "8",
+    r = subprocess.run([sys.executable, "-m", "gtp_ref.apps.vis", str(image), "--preset", "deit_tiny", "--num-prop", "8",
                         "--block", "0", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0 and f"wrote {out}" in r.stdout, r.stderr
     png = out.read_bytes()

@@ -75,7 +75,7 @@ tp() {  # tp NAME LIMIT_S ARGS...: a throughput table with its JSON (smoke sizes
       esac
     done
   fi
-  step "$name" "$limit" "$PY" -m gtp_ref.bench throughput --device "$DEVICE" --json-out "$OUT/steps/$name.json" "${args[@]}"
+  step "$name" "$limit" "$PY" -m gtp_ref.apps.bench throughput --device "$DEVICE" --json-out "$OUT/steps/$name.json" "${args[@]}"
 }
 
 GRAPHED="baseline_fused+graph pruned_free gtp_fast+graph tome+graph"
@@ -104,10 +104,10 @@ else
     tests/test_fast.py tests/test_model.py tests/test_sparse.py
 fi
 if (( SMOKE )); then
-  step attention 60 "$PY" -m gtp_ref.bench attention --device "$DEVICE" --sizes 2x23 --repeats 1 \
+  step attention 60 "$PY" -m gtp_ref.apps.bench attention --device "$DEVICE" --sizes 2x23 --repeats 1 \
     --json-out "$OUT/steps/attention.json"
 else
-  step attention 45 "$PY" -m gtp_ref.bench attention --device cuda --sizes 256x197 1x197 64x577 --dtypes fp16 bf16 fp32 \
+  step attention 45 "$PY" -m gtp_ref.apps.bench attention --device cuda --sizes 256x197 1x197 64x577 --dtypes fp16 bf16 fp32 \
     --json-out "$OUT/steps/attention.json"
 fi
 tp deit_small_fp16 45 --models deit_small --batches 256 1 --dtypes fp16 --num-prop $P_ALL --methods $GRAPHED \

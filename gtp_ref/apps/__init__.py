@@ -1,10 +1,10 @@
 """The commands and experiments built on the library -- never imported by it.
 
-    bench/         python -m gtp_ref.bench    benchmarks (throughput, threshold, attention, scaling, profile, plot)
-    eval.py        python -m gtp_ref.eval     top-1 / top-5 on an image folder, sweeps
-    vis.py         python -m gtp_ref.vis      a picture of what GTP did to one image
-    digits.py      python -m gtp_ref.digits   the supplement's accuracy experiments, small
-    support.py     python -m gtp_ref.support  which of timm's ViT-family models from_timm converts, and why not
+    bench/         python -m gtp_ref.apps.bench    benchmarks (throughput, threshold, attention, scaling, profile, plot)
+    eval.py        python -m gtp_ref.apps.eval     top-1 / top-5 on an image folder, sweeps
+    vis.py         python -m gtp_ref.apps.vis      a picture of what GTP did to one image
+    digits.py      python -m gtp_ref.apps.digits   the supplement's accuracy experiments, small
+    support.py     python -m gtp_ref.apps.support  which of timm's ViT-family models from_timm converts, and why not
     images.py      the image folder and its batches (for eval)
     loading.py     models and checkpoints for the commands
     preprocess.py  a model's evaluation preprocessing (Pillow and torch)

@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.digits``: the supplement's accuracy experiments at a scale that runs on a laptop
+"""``python -m gtp_ref.apps.digits``: the supplement's accuracy experiments at a scale that runs on a laptop
 CPU, on real images that ship with scikit-learn (the ``digits`` extra): its 1,797 handwritten
 digits, 8 x 8 pixels, 16 grey levels, read from the package (no download).
 
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from complexity._cli import OneLineParser, output_dir, output_path, write_files
+from gtp_ref.cli import OneLineParser, output_dir, output_path, write_files
 from gtp_ref.presets import paper_settings
 
 MODEL = dict(img_size=16, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, depth=4, num_heads=4, mlp_ratio=2.0)
@@ -87,8 +87,9 @@ def shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def build(head: str, **gtp: Any) -> Any:
+    from gtp_ref.config import ViTConfig
     from gtp_ref.model import GTPViT
-    return GTPViT(**MODEL, **HEADS[head], **gtp)
+    return GTPViT(ViTConfig.of(**MODEL, **HEADS[head]), **gtp)
 
 
 def train(seed: int, head: str, epochs: int, data: tuple, progress: Callable[[str], None] = print) -> dict:
@@ -132,9 +133,10 @@ def reduced(state: dict, head: str, method: str, num_prop: int = 0, alpha: float
             num_neighbours: int = 4, graph: str = "mixed", sparsity: float = 1.0) -> Any:
     """The trained model (state) reduced by ``method`` ("gtp", "prune" = GTP with alpha = 0, "tome",
     "none": GTP's blocks removing nothing, at ``sparsity``) at num_prop tokens per block, eval mode."""
+    from gtp_ref.config import ViTConfig
     from gtp_ref.tome import ToMeViT
     if method == "tome":
-        model = ToMeViT(**MODEL, **HEADS[head], r=num_prop)
+        model = ToMeViT(ViTConfig.of(**MODEL, **HEADS[head]), r=num_prop)
     elif method == "none":
         model = build(head, sparsity=sparsity)
     else:
@@ -195,7 +197,7 @@ def figures(results: dict[str, Any], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from complexity.style import COLORS, save
+    from gtp_ref.style import COLORS, save
     written = []
     note = f"mean of {len(results['seeds'])} training seeds, band: min-max; θ: attention sparsity"
     if results["alpha"]:
@@ -267,7 +269,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m gtp_ref.digits", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m gtp_ref.apps.digits", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
     p.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS),
@@ -302,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 states[(seed, head)] = train(seed, head, args.epochs, data, say)
                 torch.save(states[(seed, head)], path)
     say("sweeping ...")
-    results = {"command": "python -m gtp_ref.digits " + " ".join(sys.argv[1:] if argv is None else argv),
+    results = {"command": "python -m gtp_ref.apps.digits " + " ".join(sys.argv[1:] if argv is None else argv),
                "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "scikit-learn": sklearn_version(),
                "threads": torch.get_num_threads(),
                "seeds": args.seeds, "epochs": args.epochs, "model": MODEL, "train": TRAIN, "gtp": GTP,

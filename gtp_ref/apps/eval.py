@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.eval DIR``: top-1 / top-5 accuracy of the unreduced model, GTP, plain pruning
+"""``python -m gtp_ref.apps.eval DIR``: top-1 / top-5 accuracy of the unreduced model, GTP, plain pruning
 and ToMe on an image folder, at one setting or swept over P, alpha or M.
 
 DIR holds one folder per class (``DIR/<class>/<image>``, the ImageNet validation layout that
@@ -23,7 +23,7 @@ Every image is read once and run through every model.  A progress line goes to s
 image that cannot be read is skipped with one line, and the count is in the summary and the
 JSON.  ``--limit N`` evaluates N images drawn evenly from all classes (a fixed permutation).
 The images/s reported are the models' forward passes alone, timed around each batch: a guide,
-not a benchmark (``python -m gtp_ref.bench throughput`` measures).
+not a benchmark (``python -m gtp_ref.apps.bench throughput`` measures).
 """
 import json
 import math
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from complexity._cli import OneLineParser, output_path, write_files
+from gtp_ref.cli import OneLineParser, output_path, write_files
 from gtp_ref.apps import AUTOCAST
 from gtp_ref.apps.images import ImageFolder, batches
 from gtp_ref.settings import GTPSettings
@@ -88,28 +88,18 @@ def settings_for(methods: Sequence[str], base: Setting, sweep: str | None = None
     return out
 
 
-@dataclass(frozen=True)
-class Backbone:
-    """What every reduced model of a run is built from: the GTPViT / ToMeViT keyword arguments of
-    the model's backbone and its state_dict in their layout (``gtp_ref.timm_models.timm_backbone``
-    converts a timm model's: RoPE and bias tables, renamed layer scales)."""
-
-    kwargs: dict[str, Any]
-    state: dict[str, torch.Tensor]
-
-
-def backbone_of(net: nn.Module, preset: str | None = None) -> Backbone:
-    """The backbone of net: a timm ViT's (checked against the support matrix, converted as
-    ``from_timm`` converts it) or a preset's (already in the backbone's layout)."""
-    if preset is not None:
-        from complexity.backbone import PRESETS
-        from gtp_ref.presets import vit_kwargs
-        return Backbone({**vit_kwargs(PRESETS[preset]), "num_classes": net.num_classes}, net.state_dict())
-    from gtp_ref.timm_models import timm_backbone
-    return Backbone(*timm_backbone(net))
+def backbone_of(net: nn.Module) -> Any:
+    """What every reduced model of a run is built from (a ``gtp_ref.timm_models.Backbone``: the
+    config, the state_dict in its layout, a hybrid's stem): a gtp_ref model's own, or a timm
+    model's as ``from_timm`` converts it (checked against the support matrix)."""
+    from gtp_ref.timm_models import Backbone, timm_backbone
+    from gtp_ref.vit import ViT
+    if isinstance(net, ViT):
+        return Backbone(net.config, net.state_dict(), getattr(net.patch_embed, "backbone", None))
+    return timm_backbone(net)
 
 
-def reduced_model(net: nn.Module, backbone: Backbone, setting: Setting, base: GTPSettings) -> nn.Module:
+def reduced_model(net: nn.Module, backbone: Any, setting: Setting, base: GTPSettings) -> nn.Module:
     """The model of ``setting`` on net's weights, shared (built on the meta device, then the
     weights assigned: a sweep of many settings holds one copy): baseline: net itself; gtp /
     prune: a GTPViT with ``base`` but for what the setting varies; tome: a ToMeViT (ValueError
@@ -120,11 +110,11 @@ def reduced_model(net: nn.Module, backbone: Backbone, setting: Setting, base: GT
         return net
     with torch.device("meta"):
         if setting.method == "tome":
-            model = ToMeViT(**backbone.kwargs, r=setting.num_prop, fused_attn=True)
+            model = ToMeViT(backbone.config, stem=backbone.stem, r=setting.num_prop, fused_attn=True)
         else:
             gtp = base.replace(num_prop=setting.num_prop, alpha=setting.alpha, num_neighbours=setting.num_neighbours,
                                graph=setting.graph)
-            model = GTPViT(**backbone.kwargs, **gtp.kwargs())
+            model = GTPViT(backbone.config, stem=backbone.stem, **gtp.kwargs())
     model.load_state_dict(backbone.state, strict=True, assign=True)
     return model.eval()
 
@@ -235,7 +225,7 @@ def figure(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from complexity.style import COLORS
+    from gtp_ref.style import COLORS
     sweep = doc["sweep"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines: dict[str, list[tuple[float, float]]] = {}
@@ -264,7 +254,7 @@ def figure(doc: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from gtp_ref._checks import GRAPHS, SELECTIONS
     from gtp_ref.presets import FACTORIES, paper_settings
-    p = OneLineParser(prog="python -m gtp_ref.eval", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m gtp_ref.apps.eval", description=__doc__.splitlines()[0])
     p.add_argument("folder", metavar="DIR", help="one folder per class, the images inside")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--timm", metavar="NAME", help="a timm model name (with --checkpoint)")
@@ -336,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         net = (timm_model(args.timm, args.checkpoint, **create) if args.timm else
                preset_model(args.preset, args.state_dict, **create))
         net = net.to(args.device)
-        backbone = backbone_of(net, args.preset)
+        backbone = backbone_of(net)
         base = Setting("gtp", num_prop=args.num_prop, alpha=args.alpha, num_neighbours=args.num_neighbours,
                        graph=args.graph)
         methods = list(METHODS) if args.methods is None else args.methods
@@ -345,20 +335,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reduced_model(net, backbone, Setting("tome"), gtp)
             except ValueError as e:
                 methods.remove("tome")
-                print(f"python -m gtp_ref.eval: warning: tome left out: {' '.join(str(e).split())[:300]}",
+                print(f"python -m gtp_ref.apps.eval: warning: tome left out: {' '.join(str(e).split())[:300]}",
                       file=sys.stderr)
         settings = settings_for(methods, base, args.sweep, args.values or (), args.graphs)
         models = {s.label: reduced_model(net, backbone, s, gtp) for s in settings}
     except (TypeError, ValueError) as e:
         p.error(" ".join(str(e).split())[:400])
     for name in folder.empty:
-        print(f"python -m gtp_ref.eval: warning: class folder {name!r} holds no images", file=sys.stderr)
+        print(f"python -m gtp_ref.apps.eval: warning: class folder {name!r} holds no images", file=sys.stderr)
     model_name = f"{args.timm} ({args.checkpoint})" if args.timm else f"{args.preset} ({args.state_dict or 'random'})"
     tty = sys.stderr.isatty()
 
     def progress(message: str) -> None:
         if message.startswith("skipped"):
-            print(("\n" if tty else "") + f"python -m gtp_ref.eval: {message}", file=sys.stderr)
+            print(("\n" if tty else "") + f"python -m gtp_ref.apps.eval: {message}", file=sys.stderr)
         else:
             print(message, end="\r" if tty else "\n", file=sys.stderr, flush=True)
     try:
@@ -371,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = [{**asdict(s), **out["results"][s.label]} for s in settings]
     doc = {"model": model_name, "root": str(args.folder), "device": args.device, "dtype": args.dtype,
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "sweep": args.sweep,
-           "command": "python -m gtp_ref.eval " + " ".join(sys.argv[1:] if argv is None else argv),
+           "command": "python -m gtp_ref.apps.eval " + " ".join(sys.argv[1:] if argv is None else argv),
            "gtp": {k: getattr(gtp, k) for k in ("selection", "sparsity", "token_scale", "propagation")},
            **{k: v for k, v in out.items() if k != "results"}, "rows": rows}
     print(table(doc), end="")

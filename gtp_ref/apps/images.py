@@ -1,5 +1,5 @@
 """The images of a labelled folder (``DIR/<class>/<image>``, torchvision's ImageFolder layout),
-read in batches by a few threads, for ``python -m gtp_ref.eval``."""
+read in batches by a few threads, for ``python -m gtp_ref.apps.eval``."""
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -55,13 +55,16 @@ def timm_model(name: str, checkpoint: str | Path | None = None, **create: Any) -
     return net.eval()
 
 
-def preset_model(name: str, state_dict: str | Path | None = None, **settings: Any) -> nn.Module:
-    """The ``gtp_ref`` preset ``name`` (``gtp_ref.presets``) with GTP ``settings`` and the state_dict
-    loaded strict, eval mode."""
-    from gtp_ref import presets
-    if name not in presets.FACTORIES:
-        raise ValueError(f"preset {name!r}: one of {', '.join(presets.FACTORIES)}")
-    model = getattr(presets, name)(**settings)
+def preset_model(name: str, state_dict: str | Path | None = None, *, num_classes: int | None = None,
+                 **settings: Any) -> nn.Module:
+    """The ``gtp_ref`` preset ``name`` (``gtp_ref.config.PRESETS``; with ``num_classes`` classes
+    where given) as a GTPViT with GTP ``settings`` and the state_dict loaded strict, eval mode."""
+    from gtp_ref.config import PRESETS
+    from gtp_ref.model import GTPViT
+    if name not in PRESETS:
+        raise ValueError(f"preset {name!r}: one of {', '.join(PRESETS)}")
+    config = PRESETS[name] if num_classes is None else PRESETS[name].replace(num_classes=num_classes)
+    model = GTPViT(config, **settings)
     if state_dict is not None:
         state = read_state_dict(state_dict)
         try:

@@ -77,8 +77,8 @@ class Preprocessing:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         if hasattr(getattr(model, "patch_embed", None), "img_size"):  # timm: the size the model was built for
             size = tuple(model.patch_embed.img_size)
-        elif hasattr(model, "img_size"):  # gtp_ref's ViT
-            size = tuple(model.img_size)
+        elif hasattr(model, "config"):  # gtp_ref's ViT
+            size = tuple(model.config.patches.img_size)
         else:
             size = tuple(cfg.get("input_size", (3, 224, 224)))[1:]
         interpolation = cfg.get("interpolation", "bicubic")

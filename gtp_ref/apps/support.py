@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.support``: which of timm's ViT-family models ``gtp_ref.from_timm`` converts,
+"""``python -m gtp_ref.apps.support``: which of timm's ViT-family models ``gtp_ref.from_timm`` converts,
 and why each of the others is refused.
 
 Every model that timm registers in its ViT-family modules (``MODULES``) is built on the meta
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from complexity._cli import OneLineParser, output_path
+from gtp_ref.cli import OneLineParser, output_path
 
 MODULES = ("vision_transformer", "eva", "deit", "beit", "vision_transformer_relpos", "naflexvit",
            "vision_transformer_hybrid", "vision_transformer_sam")
@@ -82,7 +82,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m gtp_ref.support", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m gtp_ref.apps.support", description=__doc__.split("\n\n")[0])
     parser.add_argument("--modules", nargs="+", default=list(MODULES), metavar="MODULE",
                         help=f"timm's model modules to survey (default: {' '.join(MODULES)})")
     parser.add_argument("--json-out", default=None, metavar="PATH", help="also write every model's row as JSON")

@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.vis IMAGE (--timm NAME [--checkpoint FILE] | --preset NAME) --out FILE.png``:
+"""``python -m gtp_ref.apps.vis IMAGE (--timm NAME [--checkpoint FILE] | --preset NAME) --out FILE.png``:
 what GTP did to one image.
 
 Left: the image as the model sees it (its own resolution, crop and mean / std, undone for display)
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from complexity._cli import OneLineParser, output_path, write_files
+from gtp_ref.cli import OneLineParser, output_path, write_files
 from gtp_ref._checks import GRAPHS, SELECTIONS
 from gtp_ref.presets import FACTORIES, paper_settings
 
@@ -105,7 +105,7 @@ def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[An
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m gtp_ref.vis", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m gtp_ref.apps.vis", description=__doc__.splitlines()[0])
     p.add_argument("image", help="an image file Pillow can read")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--timm", metavar="NAME", help="a timm model name (random weights unless --checkpoint)")
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with torch.no_grad():
         trace = model.forward_trace(x, record=True)
     shown = np.asarray(pre.crop(image)) / 255.0
-    patch = model.img_size[0] // model.grid[0]
+    patch = model.config.patches.img_size[0] // model.grid[0]
     title = (f"GTP on {name}: P = {args.num_prop} per block, {args.graph} graph (M = {args.num_neighbours}), "
              f"{args.selection}, θ = {model.sparsity}, α = {args.alpha}; {trace.final_tokens} of "
              f"{model.num_image_tokens + model.num_prefix_tokens} tokens left")

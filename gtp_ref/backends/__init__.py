@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from complexity._validate import choice
+from gtp_ref.validate import choice
 
 OPS = ("token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens", "propagate")
 MODULES = {"dense": "gtp_ref.backends.dense", "sparse": "gtp_ref.backends.sparse", "fast": "gtp_ref.backends.fast"}

@@ -4,7 +4,7 @@ computed with the authors' GTP and the official ToMe (float64)."""
 import sys
 from collections.abc import Sequence
 
-from complexity._cli import OneLineParser, output_dir, write_files
+from gtp_ref.cli import OneLineParser, output_dir, write_files
 from gtp_ref.conformance.export import export, paths
 
 

@@ -47,10 +47,21 @@ def weights_and_images(seed: int, shapes: dict[str, Sequence[int]], batch: int, 
     return state, torch.from_numpy(rng.standard_normal((batch, in_chans, h, w)))
 
 
+def flat_model(config: dict[str, Any], cls: type | None = None) -> Any:
+    """The model of a vector's flat config -- backbone fields (``gtp_ref.config.ViTConfig``'s) and
+    the method's settings (GTP's, or ToMe's ``r``) by name, as the vectors record them: a GTPViT
+    (or ``cls``, e.g. ToMeViT)."""
+    from gtp_ref.config import OWNER, ViTConfig
+    from gtp_ref.model import GTPViT
+    backbone = {k: (tuple(v) if isinstance(v, list) and k == "img_size" else v) for k, v in config.items()
+                if k in OWNER or k in ("embed_dim", "depth")}
+    method = {k: v for k, v in config.items() if k not in backbone}
+    return (cls or GTPViT)(ViTConfig.of(**backbone), **method)
+
+
 def model_for(vector: dict[str, Any], **overrides: Any) -> tuple["GTPViT", torch.Tensor]:
     """A float64 GTPViT with the vector's config and seeded weights, and its images."""
-    from gtp_ref import GTPViT
-    model = GTPViT(**{**vector["config"], **overrides}).double().eval()
+    model = flat_model({**vector["config"], **overrides}).double().eval()
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     cfg = vector["config"]
     state, images = weights_and_images(vector["seed"], shapes, vector["batch"], cfg["in_chans"], cfg["img_size"])
@@ -70,7 +81,7 @@ def tome_vectors() -> list[dict[str, Any]]:
 def tome_model_for(vector: dict[str, Any]) -> tuple["ToMeViT", torch.Tensor]:
     """A float64 ToMeViT with the vector's config and seeded weights (same rule), and its images."""
     from gtp_ref.tome import ToMeViT
-    model = ToMeViT(**vector["config"]).double().eval()
+    model = flat_model(vector["config"], ToMeViT).double().eval()
     cfg = vector["config"]
     state, images = weights_and_images(vector["seed"], vector["state_dict_shapes"], vector["batch"],
                                        cfg["in_chans"], cfg["img_size"])

@@ -4,9 +4,8 @@ import json
 import pytest
 import torch
 
-from gtp_ref import GTPViT
 from gtp_ref.conformance.harness import Ops, assert_close, assert_equal, call, load_impl
-from gtp_ref.conformance.seeded import VECTORS
+from gtp_ref.conformance.seeded import VECTORS, flat_model
 
 impl = load_impl()
 
@@ -87,8 +86,8 @@ def test_propagate_vectors(case):
 @pytest.mark.parametrize("case", cases("model"))
 def test_model_vectors(case):
     i = case["inputs"]
-    cfg = {k: (tuple(v) if k == "img_size" and isinstance(v, list) else v) for k, v in i["config"].items()}
-    model = GTPViT(**cfg).double().eval()
+    cfg = i["config"]
+    model = flat_model(cfg).double().eval()
     model.load_state_dict({k: t(v) for k, v in i["state_dict"].items()}, strict=True)
     model.ops = Ops(impl).backend()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m gtp_ref.bench COMMAND ...`` (``--help`` on each).
+"""Benchmarks: ``python -m gtp_ref.apps.bench COMMAND ...`` (``--help`` on each).
 
 scaling     the dense reference vs the sparse backend as the grid grows (time, memory)
 throughput  images / s of the unreduced model, GTP (each backend) and ToMe; speed-ups

@@ -1,8 +1,8 @@
-"""``python -m gtp_ref.bench COMMAND``: see ``gtp_ref.bench``."""
+"""``python -m gtp_ref.apps.bench COMMAND``: see ``gtp_ref.apps.bench``."""
 import sys
 from collections.abc import Sequence
 
-from complexity._cli import OneLineParser, output_path
+from gtp_ref.cli import OneLineParser, output_path
 from gtp_ref.apps.bench import attention, common, costmodel, plot, profile, resources, scaling, threshold, throughput
 
 COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "attention": attention,
@@ -10,7 +10,7 @@ COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m gtp_ref.bench",
+    parser = OneLineParser(prog="python -m gtp_ref.apps.bench",
                            description="Benchmarks of gtp-ref (docs/performance.md has the results).")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():

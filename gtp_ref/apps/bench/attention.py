@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench attention``: one block's attention alone, GTP's against the plain one.
+"""``python -m gtp_ref.apps.bench attention``: one block's attention alone, GTP's against the plain one.
 
 A DeiT-S block (C = 384, H = 6, random weights) on random tokens with token sizes, at the paper's
 settings (``gtp_ref.presets.paper_settings``: theta = 0.6, ``mixed_attn_max``; a [CLS] token) or
@@ -82,7 +82,7 @@ def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp
             return block.attn.out(out), column_scores(col_sums[..., 1:], diagonal[..., 1:], selection)
         return run
 
-    run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused=True)[0], None), "explicit": explicit,
+    run = {"sdpa": lambda: (block.attn(block.norm1(x), sizes, fused_attn=True)[0], None), "explicit": explicit,
            "cpu": path("cpu"), "cuda": path("cuda")}[method]
 
     def call():
@@ -92,13 +92,14 @@ def attention(block: Any, method: str, x: torch.Tensor, sizes: torch.Tensor, amp
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from gtp_ref.config import ViTConfig
     from gtp_ref.vit import Block
     rows = []
     for dtype in args.dtypes:
         for B, N in args.sizes:
             g = torch.Generator().manual_seed(0)
             with torch.device(args.device):
-                block = Block(DIM, HEADS, 4.0, True).eval()
+                block = Block(ViTConfig.of(embed_dim=DIM, num_heads=HEADS, depth=1), block=0).eval()
             x = torch.randn(B, N, DIM, generator=g).to(args.device)
             sizes = (1 + torch.rand(B, N, generator=g) * 3).to(args.device)
             fns = {m: attention(block, m, x, sizes, AUTOCAST[dtype], args.sparsity) for m in methods(args.device, N)}

@@ -200,7 +200,7 @@ def write_partial(path: str | Path, doc: dict[str, Any]) -> None:
 def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], table: str) -> int:
     """Print the table (or the JSON with --json), then write --json-out: a finished measurement
     is on the screen before anything can fail; a failing write is one line and exit status 1."""
-    doc = {**env, "command": " ".join(["python -m gtp_ref.bench", *sys.argv[1:]]), "rows": rows}
+    doc = {**env, "command": " ".join(["python -m gtp_ref.apps.bench", *sys.argv[1:]]), "rows": rows}
     text = json.dumps(doc, indent=2)
     print(text if args.json else table, end="\n" if args.json else "", flush=True)
     if getattr(args, "json_out", None):

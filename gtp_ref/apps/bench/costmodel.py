@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench costmodel``: what one GTP block's attention costs on a GPU, on paper,
+"""``python -m gtp_ref.apps.bench costmodel``: what one GTP block's attention costs on a GPU, on paper,
 for each candidate design of the fast backend's CUDA path -- bytes moved, tensor-core FLOPs,
 exponentials and integer operations, each against what the machine allows.
 

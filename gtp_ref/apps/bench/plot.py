@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench plot ROWS.json... --figure PNG``: the throughput figure, from saved rows.
+"""``python -m gtp_ref.apps.bench plot ROWS.json... --figure PNG``: the throughput figure, from saved rows.
 
 One panel per (device, model, batch, dtype): each method's speed-up over the unreduced model
 (fused attention, same run and execution mode: eager, CUDA-graph replay or compiled) against P,
@@ -10,9 +10,9 @@ import argparse
 import json
 from typing import Any
 
-from complexity.style import COLORS
+from gtp_ref.style import COLORS
 
-# The suffix sets the line style; the colour is the method's in every figure (complexity.style).
+# The suffix sets the line style; the colour is the method's in every figure (gtp_ref.style).
 STYLES = {"": "o-", "graph": "o--", "compile": "s-."}
 ROW_KEYS = {"model": str, "method": str, "num_prop": int, "batch": int, "dtype": str, "img_per_s": (int, float),
             "expected_speedup": (int, float)}
@@ -25,7 +25,7 @@ def add_arguments(sub: Any) -> None:
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from complexity._cli import output_path
+    from gtp_ref.cli import output_path
     output_path(parser, "--figure", args.figure, suffixes=[".png"])
     args.docs = [load(parser, path) for path in args.json]
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> Any:
         label = device_label(doc)
         for r in doc["rows"]:
             panels.setdefault((label, r["model"], r["batch"], r["dtype"]), []).append(r)
-    from complexity._cli import write_files
+    from gtp_ref.cli import write_files
     return write_files(args.parser, "--figure", [args.figure], lambda: draw(panels, args.figure))
 
 

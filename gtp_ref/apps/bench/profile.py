@@ -1,10 +1,10 @@
-"""``python -m gtp_ref.bench profile``: a ``torch.profiler`` table of one configuration's forward."""
+"""``python -m gtp_ref.apps.bench profile``: a ``torch.profiler`` table of one configuration's forward."""
 import argparse
 from typing import Any
 
 import torch
 
-from complexity.schedule import per_block, prop_schedule
+from gtp_ref.schedule import per_block, prop_schedule
 from gtp_ref.apps import AUTOCAST
 from gtp_ref.apps.bench import common, throughput
 
@@ -36,7 +36,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> Any:
     from torch.profiler import ProfilerActivity, profile
     g = throughput.geometry(args.model)
-    x = torch.randn(args.batch, g.in_chans, *g.image_hw, device=args.device)
+    x = torch.randn(args.batch, g.patches.in_chans, *g.patches.img_size, device=args.device)
     forward = throughput.forward_fn(throughput.build_model(args.model, args.method, args.num_prop, args.device),
                                     args.device, args.dtype)
     forward(x)  # warm-up

@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench resources``: registers, spills and shared memory of every kernel
+"""``python -m gtp_ref.apps.bench resources``: registers, spills and shared memory of every kernel
 variant the fast backend's CUDA path can launch, compiled ahead of time for a Hopper GPU (sm_90a)
 on this machine -- no GPU needed, only Triton with its bundled ptxas.
 

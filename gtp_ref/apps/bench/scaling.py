@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench scaling``: the dense reference against the sparse backend as the grid grows.
+"""``python -m gtp_ref.apps.bench scaling``: the dense reference against the sparse backend as the grid grows.
 
 Workload: the token graph (mixed, M = 8) plus 12 layers of selection (random scores) and graph
 propagation (alpha = 0.1, token sizes on) removing P = n/64 tokens per layer; B = 2, C = 64.

@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench threshold``: GTP's sparsity threshold alone, by every exact method.
+"""``python -m gtp_ref.apps.bench threshold``: GTP's sparsity threshold alone, by every exact method.
 
 The threshold is the k-th smallest of each head's N^2 attention entries, k = int(N^2 (1 - theta))
 (theta = 0.6), on softmax maps [B, H, N, N] with H = 6.  Every method's result is compared with

@@ -1,4 +1,4 @@
-"""``python -m gtp_ref.bench throughput``: images per second of the unreduced model, GTP and ToMe.
+"""``python -m gtp_ref.apps.bench throughput``: images per second of the unreduced model, GTP and ToMe.
 
 Per model, batch and dtype, every method at every P (``--num-prop``; ToMe's r) is timed in the same interleaved
 rounds (``common.measure``), so the speed-ups -- each against the unreduced model with fused
@@ -23,14 +23,14 @@ model (``baseline_fused``: timm's fused attention), GTP and ToMe come from it by
 values default to those of 4, 8, 12 and 16 that the model's token count allows).
 """
 import argparse
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from complexity.backbone import PRESETS, ViTGeometry, backbone_macs
-from complexity.schedule import per_block, prop_schedule, tome_schedule
+from complexity.backbone import backbone_macs
+from gtp_ref.config import PRESETS, ViTConfig
+from gtp_ref.schedule import per_block, prop_schedule, tome_schedule
 from gtp_ref.apps import AUTOCAST
 from gtp_ref.apps.bench import common
 from gtp_ref.presets import PAPER_NUM_PROP, paper_settings
@@ -38,7 +38,7 @@ from gtp_ref.vit import ViT
 
 # the tokens removed per block (P, ToMe's r) each model is measured at by default: the supplement's sweeps
 SCHEDULES = {**{name: list(P) for name, P in PAPER_NUM_PROP.items()}, "smoke": [1, 2]}
-SMOKE = ViTGeometry("smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+SMOKE = ViTConfig.of(name="smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
 # Only when named: free pruning -- the backbone at the same token schedule with fused attention and no
 # selection cost (the last P image tokens dropped): what any pruning method could reach at best.
@@ -71,7 +71,7 @@ def add_arguments(sub: Any) -> None:
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from complexity._cli import output_path
+    from gtp_ref.cli import output_path
     cuda = args.device == "cuda"
     if args.timm is not None:
         if args.img_size is not None:
@@ -86,9 +86,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         g = geometry(args.timm)
         unavailable = {"baseline_explicit": "the baseline is timm's own model",
                        "pruned_free": "free pruning is measured on the presets (--models)"}
-        from gtp_ref.timm_models import timm_geometry
-        full = timm_geometry(TIMM_MODELS[args.timm][0])
-        if full["reg_tokens"] or full["dist_token"] or full["rope"] or full["attn_bias"]:
+        if g.num_prefix_tokens > int(g.prefix.class_token) or g.positions.rope or g.positions.attn_bias:
             unavailable["tome"] = ("ToMe is not defined for this model: prefix tokens beyond [CLS] (registers, a "
                                    "distillation token), RoPE or a relative-position bias")
         asked = [m for m in args.methods if m.split("+")[0] in unavailable]
@@ -104,7 +102,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--methods: the +graph methods need --device cuda")
     for model in args.models:
         if args.img_size is not None:
-            patch = geometry(model).patch_size
+            patch = geometry(model).patches.patch_size
             if args.img_size < patch or args.img_size % patch:
                 parser.error(f"--img-size {args.img_size}: a positive multiple of {model}'s patch size {patch}")
             IMG_SIZE[model] = args.img_size
@@ -123,7 +121,7 @@ def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     """--timm NAME [--checkpoint FILE]: timm importable, the model known and supported, the
     checkpoint loadable -- all before anything is measured; args.models becomes [NAME]."""
     from gtp_ref.apps.loading import timm_model
-    from gtp_ref.timm_models import timm_geometry
+    from gtp_ref.timm_models import timm_config
     if args.models:
         parser.error("--timm and --models: measure one or the other")
     try:
@@ -131,7 +129,7 @@ def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     except ValueError as e:
         parser.error(f"--timm {args.timm!r}{f' --checkpoint {args.checkpoint!r}' if args.checkpoint else ''}: {e}")
     try:
-        g = ViTGeometry(args.timm, **{k: v for k, v in timm_geometry(net).items() if k in ViTGeometry.__dataclass_fields__})
+        g = timm_config(net).replace(name=args.timm)
     except ValueError as e:
         parser.error(f"--timm {args.timm!r}: {e}")
     TIMM_MODELS[args.timm] = (net.eval(), g)
@@ -140,56 +138,56 @@ def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 # --timm NAME: the timm model and its geometry, by name (filled by _validate_timm)
-TIMM_MODELS: dict[str, tuple[torch.nn.Module, ViTGeometry]] = {}
+TIMM_MODELS: dict[str, tuple[torch.nn.Module, ViTConfig]] = {}
 
 
 IMG_SIZE: dict[str, int] = {}  # --img-size, by model (filled by validate)
 
 
-def geometry(model: str) -> ViTGeometry:
+def geometry(model: str) -> ViTConfig:
+    """The config of ``model``: a preset's, the smoke model's or a --timm model's (at --img-size)."""
     if model in TIMM_MODELS:
         return TIMM_MODELS[model][1]
     g = SMOKE if model == "smoke" else PRESETS[model]
-    return dataclasses.replace(g, img_size=IMG_SIZE[model]) if model in IMG_SIZE else g
+    return g.replace(img_size=IMG_SIZE[model]) if model in IMG_SIZE else g
 
 
 class PrunedViT(ViT):
     """Free pruning: the plain ViT (fused attention) that drops its last P image tokens after each
     block's attention -- GTP's token schedule at no selection or propagation cost."""
 
-    def __init__(self, *args: Any, num_prop: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, fused_attn=True, **kwargs)
+    def __init__(self, config: ViTConfig, num_prop: int = 0) -> None:
+        super().__init__(config, fused_attn=True)
         self.num_prop = prop_schedule(num_prop, len(self.blocks), self.num_image_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
         for block, P in zip(self.blocks, self.num_prop):
-            x = x + block.ls1(block.attn(block.norm1(x), fused=True)[0])
+            x = block.attn_add(x, block.attn(block.attn_in(x), fused_attn=True)[0])
             x = x[:, :x.shape[1] - P]
-            x = x + block.ls2(block.mlp(block.norm2(x)))
+            x = block.mlp_add(x)
         return self.forward_head(x)
 
 
 def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module:
     """A randomly initialised model of the geometry running ``method`` at P (or r), eval mode."""
     from gtp_ref.model import GTPViT
-    from gtp_ref.presets import vit_kwargs
     from gtp_ref.tome import ToMeViT
 
     base = method.split("+")[0]
     if model in TIMM_MODELS:
         return _from_timm(TIMM_MODELS[model][0], base, P, device)
-    kwargs = vit_kwargs(geometry(model))
+    config = geometry(model)
     with torch.device(device):  # initialised where it runs: large models build in seconds, not minutes
         if base.startswith("baseline"):
-            net = ViT(**kwargs, fused_attn=base == "baseline_fused")
+            net = ViT(config, fused_attn=base == "baseline_fused")
         elif base == "pruned_free":
-            net = PrunedViT(**kwargs, num_prop=P)
+            net = PrunedViT(config, num_prop=P)
         elif base == "tome":
-            net = ToMeViT(**kwargs, r=P, fused_attn=True)
+            net = ToMeViT(config, r=P, fused_attn=True)
         else:
-            net = GTPViT(**kwargs, **paper_settings(model if model in PRESETS else None, num_prop=P,
-                                                    backend=base.split("_")[1]).kwargs())
+            net = GTPViT(config, **paper_settings(model if model in PRESETS else None, num_prop=P,
+                                                  backend=base.split("_")[1]).kwargs())
     return net.eval()
 
 
@@ -207,9 +205,9 @@ def _from_timm(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn
     return from_timm(net, **paper_settings(num_prop=P, backend=base.split("_")[1]).kwargs()).to(device).eval()
 
 
-def expected_speedup(g: ViTGeometry, method: str, P: int) -> float:
+def expected_speedup(g: ViTConfig, method: str, P: int) -> float:
     """Backbone MACs unreduced / with P removed per block (ToMe: r, clamped as ToMe does)."""
-    removed = (tome_schedule(P, g.depth, g.num_tokens, int(g.class_token)) if method.startswith("tome")
+    removed = (tome_schedule(P, g.depth, g.num_tokens, int(g.prefix.class_token)) if method.startswith("tome")
                else prop_schedule(P, g.depth, g.num_image_tokens))
     return backbone_macs(g)["total"] / backbone_macs(g, removed)["total"]
 
@@ -255,7 +253,7 @@ def run(args: argparse.Namespace) -> Any:
         batches = args.batches or ([1, 64 if model in ("vit_large", "eva_large") else 256] if cuda else [2])
         for batch in batches:
             for dtype in args.dtypes:
-                x = torch.randn(batch, g.in_chans, *g.image_hw, device=args.device)
+                x = torch.randn(batch, g.patches.in_chans, *g.patches.img_size, device=args.device)
                 configs = [(m, P) for m in args.methods for P in ([0] if m.startswith("baseline") else schedule)]
                 torch.compiler.reset()
                 _compile_limits(len(configs))

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import check_partition, check_tensor, check_token_sizes, integer
+from gtp_ref._checks import check_partition, check_tensor, check_token_sizes
+from gtp_ref.validate import integer
 from gtp_ref.backends.fast import cpu_build
 from gtp_ref.backends.fast.cpu_build import BAD_ARGUMENTS, BAD_SIZE, GRAPH_ROW, PARTITION_ERROR, SELECT_MAX
 

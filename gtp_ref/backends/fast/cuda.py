@@ -60,7 +60,7 @@ MAX_HEAD_DIM = HEAD_BLOCKS[-1]
 # The warps each tile kernel is launched with, by dtype and head block (up to 64 wide, wider): the
 # fewest with which both Triton 3.6 and 3.8 compile it for sm_90 without spilling.  A float32 /
 # float64 product runs on the FMA units, whose tiles take more registers per thread than the tensor
-# cores' half-precision ones.  ``python -m gtp_ref.bench resources`` checks every entry.
+# cores' half-precision ones.  ``python -m gtp_ref.apps.bench resources`` checks every entry.
 WARPS = {"half": {"_stats_kernel": (4, 4), "_collect_kernel": (4, 4), "_fallback_kernel": (4, 4),
                   "_output_kernel": (8, 8)},
          "fp32": {"_stats_kernel": (8, 8), "_collect_kernel": (8, 16), "_fallback_kernel": (32, 32),

@@ -18,10 +18,9 @@ from gtp_ref._checks import (
     check_square_map,
     check_tensor,
     check_token_sizes,
-    choice,
-    integer,
     prefix_count,
 )
+from gtp_ref.validate import choice, integer
 from gtp_ref.backends import OPS
 from gtp_ref.backends.fast import cpu
 from gtp_ref.backends.fast.cpu_build import SELECT_MAX
@@ -44,7 +43,7 @@ def kth_smallest(rows: Tensor, k: int) -> Tensor:
     passes per row); elsewhere the smallest of the L - k + 1 largest or the largest of the k
     smallest, by ``torch.topk``, whichever asks for fewer (on CUDA a multi-block radix selection;
     ``torch.kthvalue`` runs one block per row).  docs/performance.md compares them
-    (``python -m gtp_ref.bench threshold``).  1 <= k <= L, else ValueError.
+    (``python -m gtp_ref.apps.bench threshold``).  1 <= k <= L, else ValueError.
     """
     check_tensor("rows", rows, 2, floating=True)
     if rows.shape[1] == 0:
@@ -109,7 +108,7 @@ def _cpu(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: 
 
 
 # The attention paths by name: each (q, k, v, token_sizes, sparsity) -> Reductions, for the inputs
-# ``attention_path`` routes to it (tests and ``python -m gtp_ref.bench attention`` call them by name).
+# ``attention_path`` routes to it (tests and ``python -m gtp_ref.apps.bench attention`` call them by name).
 PATHS: dict[str, Callable[..., Reductions]] = {"cpu": _cpu, "cuda": _cuda}
 
 

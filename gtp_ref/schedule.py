@@ -11,7 +11,7 @@ protected), and N_{l+1} = N_l - (merged).
 """
 from collections.abc import Sequence
 
-from complexity._validate import choice, integer
+from gtp_ref.validate import choice, integer
 
 PROPAGATIONS = ("graph", "mean", "none")
 

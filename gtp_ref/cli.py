@@ -11,17 +11,20 @@ afterwards (a full disk) is one line that says what was kept.
 import argparse
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def output_path(parser, option, value, *, suffixes=None):
+def output_path(parser: argparse.ArgumentParser, option: str, value: Any, *,
+                suffixes: Sequence[str] | None = None) -> Path | None:
     """``value`` of ``option`` as a Path, checked before any work: not empty, not a symbolic link,
     not a directory, in an existing folder, and (where given) ending in one of ``suffixes``."""
     if value is None:
@@ -38,7 +41,7 @@ def output_path(parser, option, value, *, suffixes=None):
     return path
 
 
-def output_dir(parser, option, value):
+def output_dir(parser: argparse.ArgumentParser, option: str, value: Any) -> Path:
     """``value`` of ``option`` as a directory Path, checked before any work: not empty, not an
     existing file, and files can be made in it (or in the nearest existing folder above it,
     where it is still to be made)."""
@@ -54,7 +57,7 @@ def output_dir(parser, option, value):
     return path
 
 
-def _folder_problem(folder):
+def _folder_problem(folder: Path) -> str | None:
     """Why no file can be made in ``folder``, or None: tried with a temporary file, then removed."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
@@ -65,7 +68,7 @@ def _folder_problem(folder):
     return None
 
 
-def _unwritable(path):
+def _unwritable(path: Path) -> str | None:
     """Why ``path`` cannot be written, or None: a file must be creatable in its folder (where it
     is written whole, then renamed) and an existing file must open for writing (unchanged)."""
     problem = _folder_problem(path.parent)
@@ -77,7 +80,7 @@ def _unwritable(path):
     return problem
 
 
-def _target_problem(path):
+def _target_problem(path: Path) -> str | None:
     if path.is_symlink():
         return f"is a symbolic link (to {os.readlink(path)}); not writing through it -- remove it or choose another path"
     if path.is_dir():
@@ -88,7 +91,8 @@ def _target_problem(path):
     return None
 
 
-def write_files(parser, where, paths, write, kept=None):
+def write_files(parser: argparse.ArgumentParser, where: str, paths: Sequence[str | Path],
+                write: Callable[[], Sequence[str | Path]], kept: str | None = None) -> int:
     """Write ``paths`` (all known beforehand) by calling ``write()``; report each as wrote/replaced.
 
     Every path is checked first (``_target_problem``), so nothing is written when one is bad; an
