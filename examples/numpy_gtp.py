@@ -73,13 +73,13 @@ def sparsify_attention(attn, sparsity):
     return a
 
 
-def token_scores(attn, selection, class_token=True, generator=None):
+def token_scores(attn, selection, prefix_tokens=True, generator=None):
     a = _np(attn)
     if selection not in SELECTIONS:
         raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
-    if selection.startswith("cls") and not class_token:
+    if selection.startswith("cls") and not prefix_tokens:
         raise ValueError(f"selection={selection!r} needs a class token")
-    c = int(class_token)
+    c = int(prefix_tokens)
     B, H, N, _ = a.shape
     n = N - c
     if selection == "random":
@@ -120,17 +120,17 @@ def select_tokens(scores, num_prop):
     return kept.astype(np.int64), prop.astype(np.int64)
 
 
-def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
+def propagate(x, G, kept, prop, alpha, token_sizes=None, prefix_tokens=True, mode="graph"):
     x = _np(x)
     kept, prop = _np(kept, np.int64), _np(prop, np.int64)
-    c = int(class_token)
+    c = int(prefix_tokens)
     if mode not in ("graph", "mean", "none"):
         raise ValueError(f"mode={mode!r} is not one of graph, mean, none")
     if not np.isfinite(alpha):
         raise ValueError(f"alpha={alpha} must be finite")
     b = np.arange(x.shape[0])[:, None]
     x_K, x_P = x[:, c:][b, kept], x[:, c:][b, prop]
-    s = None if token_scales is None else _np(token_scales)
+    s = None if token_sizes is None else _np(token_sizes)
     s_K = s_P = None
     if s is not None:
         s_K, s_P = s[:, c:][b, kept], s[:, c:][b, prop]

@@ -9,6 +9,11 @@ docs/spec.md ("Errors") lists every rule.  The tensor checks live here; the scal
 token schedules, which the cost model shares without torch, in ``gtp_ref.validate`` and
 ``gtp_ref.schedule``.
 """
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from gtp_ref.schedule import PROPAGATIONS
@@ -25,6 +30,28 @@ GLOBAL_POOLS = ("token", "avg", "map")
 # float32 for deep models: refused, so that finite input always gives finite output.
 ALPHA_RANGE = (-1.0, 1.0)
 INDEX_DTYPES = (torch.int64, torch.int32)  # of the token indices kept / prop
+
+
+# ---- keywords of the op-level API that were renamed -------------------------------------------------
+# (old name -> new name): the old names keep working for one release, with a DeprecationWarning
+RENAMED = {"token_scales": "token_sizes", "class_token": "prefix_tokens"}
+
+
+def renamed_keywords(op: Callable[..., Any]) -> Callable[..., Any]:
+    """``op`` taking the keywords of ``RENAMED`` under their old names too, each with a
+    DeprecationWarning that names the new one (they were renamed in gtp-ref 0.2; the old names go in
+    the release after).  Positional calls, as the conformance harness makes them, are unchanged."""
+    @functools.wraps(op)
+    def with_old_names(*args: Any, **kwargs: Any) -> Any:
+        for old in set(kwargs) & set(RENAMED):
+            new = RENAMED[old]
+            if new in kwargs:
+                raise TypeError(f"{op.__name__}() got {old}= and {new}=: they are one argument ({old} is its old name)")
+            warnings.warn(f"{op.__name__}(..., {old}=...) is deprecated: the argument is {new}= now "
+                          f"(the old name goes in the next release)", DeprecationWarning, stacklevel=2)
+            kwargs[new] = kwargs.pop(old)
+        return op(*args, **kwargs)
+    return with_old_names
 
 
 # ---- method settings ---------------------------------------------------------------------------
@@ -48,12 +75,12 @@ def check_grid(grid, n):
 
 
 # ---- tensors of the op-level API ---------------------------------------------------------------
-def prefix_count(class_token):
-    """The prefix tokens that x and the attention map start with: ``class_token`` True / False
-    (one [CLS] token or none) or their number (a [CLS] token and register tokens)."""
-    if isinstance(class_token, bool) or type(class_token).__name__ == "bool_":
-        return int(class_token)
-    return integer("class_token", class_token, minimum=0)
+def prefix_count(prefix_tokens):
+    """The number of prefix tokens that x and the attention map start with: ``prefix_tokens`` an
+    int ([CLS], a distillation token, registers), or True / False (one [CLS] token or none)."""
+    if isinstance(prefix_tokens, bool) or type(prefix_tokens).__name__ == "bool_":
+        return int(prefix_tokens)
+    return integer("prefix_tokens", prefix_tokens, minimum=0)
 
 
 def check_tensor(name, t, ndim, *, floating=None, shape=None):
@@ -81,7 +108,7 @@ def check_square_map(attn):
     return attn
 
 
-def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, *, graph_type,
+def check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, *, graph_type,
                          values=True):
     """All arguments of ``propagate``, for every backend alike.
 
@@ -93,11 +120,11 @@ def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mod
     """
     choice("propagation", mode, PROPAGATIONS)
     check_alpha(alpha)
-    c = prefix_count(class_token)
+    c = prefix_count(prefix_tokens)
     check_tensor("x", x, 3, floating=True)
     B, N, _ = x.shape
     if N < c:
-        raise ValueError(f"x has {N} tokens; class_token={class_token!r} needs {c} prefix token(s) first")
+        raise ValueError(f"x has {N} tokens; prefix_tokens={prefix_tokens!r} needs {c} prefix token(s) first")
     n = N - c
     for name, idx in (("kept", kept), ("prop", prop)):
         check_tensor(name, idx, 2, floating=False, shape=(B, None))
@@ -106,8 +133,8 @@ def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mod
     if kept.shape[1] + prop.shape[1] != n:
         raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together "
                          f"hold the n = {n} image tokens of x ({N} tokens, {c} of them prefix tokens)")
-    if token_scales is not None:
-        check_tensor("token_scales", token_scales, 2, floating=True, shape=(B, N))
+    if token_sizes is not None:
+        check_tensor("token_sizes", token_sizes, 2, floating=True, shape=(B, N))
     if mode == "graph" and G is None:
         raise ValueError("propagation='graph' needs the token graph G, got None")
     if G is not None:
@@ -120,8 +147,8 @@ def check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mod
                              f"(batch {B}, n = {n} image tokens)")
     if values and not torch.compiler.is_compiling():
         check_partition(kept, prop, n)
-        if token_scales is not None:
-            check_token_sizes("token_scales", token_scales)
+        if token_sizes is not None:
+            check_token_sizes("token_sizes", token_sizes)
 
 
 def check_token_sizes(name, sizes):
@@ -163,16 +190,16 @@ def check_graph_input(x_img, grid, graph, num_neighbours):
     return grid, n
 
 
-def check_scores_input(attn, selection, class_token):
+def check_scores_input(attn, selection, prefix_tokens):
     choice("selection", selection, SELECTIONS)
     check_square_map(attn)
     if attn.shape[1] == 0:
         raise ValueError(f"attn has shape {list(attn.shape)}: the scores reduce over heads, give at least one")
-    c = prefix_count(class_token)
+    c = prefix_count(prefix_tokens)
     if attn.shape[-1] < c:
-        raise ValueError(f"attn has N = {attn.shape[-1]} tokens; class_token={class_token!r} needs {c} prefix token(s)")
+        raise ValueError(f"attn has N = {attn.shape[-1]} tokens; prefix_tokens={prefix_tokens!r} needs {c} prefix token(s)")
     if selection.startswith("cls_attn") and not c:
-        raise ValueError(f"selection={selection!r} needs a [CLS] token (class_token=True)")
+        raise ValueError(f"selection={selection!r} needs a [CLS] token (prefix_tokens >= 1)")
 
 
 def check_select_input(scores, num_prop):

@@ -83,9 +83,11 @@ class GTPRun:
     sparsity: float
     alpha: float
     propagation: str
-    prefix: bool | int  # the ops' class_token: the prefix tokens ([CLS], registers) x starts with
+    # the prefix tokens ([CLS], a distillation token, registers) x starts with, as the ops take them: True /
+    # False for one [CLS] or none (what implementations that take only a flag expect), else their number
+    prefix_tokens: bool | int
     graph: Any = None  # Â of the current image tokens, in the backend's representation
-    sizes: Tensor | None = None  # (B, N) token sizes s; None without proportional attention
+    token_sizes: Tensor | None = None  # (B, N) token sizes s; None without proportional attention
     generator: torch.Generator | None = None  # for selection="random"
     record: bool = False  # keep the attention maps (and so take the explicit path) and the provenance
     block: int = 0  # the block running
@@ -129,8 +131,8 @@ class GTPBlock(Block):
         if P > 0:
             layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
             run.track(layer)  # a kept token keeps its patch (its RoPE rows, its relative-position bias)
-            x, run.graph, run.sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
-                                                        run.sizes, run.prefix, run.propagation)
+            x, run.graph, run.token_sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
+                                                              run.token_sizes, run.prefix_tokens, run.propagation)
         return self.mlp_add(x), layer  # (B, N - P, C)
 
     def attend(self, x: Tensor, selection: str | None, run: GTPRun,
@@ -139,17 +141,17 @@ class GTPBlock(Block):
         selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
         q, k, v = self.attn.heads(self.attn_in(x), run.rope_rows)  # (B, H, N, d)
         if run.ops.attention is not None and not run.record and run.bias is None:
-            fused = run.ops.attention(q * self.attn.scale, k, v, run.sizes, run.sparsity, selection,
-                                      prefix_count(run.prefix))
-            if fused is not None:
-                out, scores = fused  # (B, N, H d), (B, n) or None
+            kernels = run.ops.attention(q * self.attn.scale, k, v, run.token_sizes, run.sparsity, selection,
+                                        prefix_count(run.prefix_tokens))
+            if kernels is not None:
+                out, scores = kernels  # (B, N, H d), (B, n) or None
                 return self.attn.out(out), scores
-        raw = self.attn.map(q, k, run.sizes, run.bias)  # (B, H, N, N): softmax(q k^T / sqrt(d) + b + log s)
+        raw = self.attn.map(q, k, run.token_sizes, run.bias)  # (B, H, N, N): softmax(q k^T / sqrt(d) + b + log s)
         attn = run.ops.sparsify_attention(raw, run.sparsity)  # entries below the head's threshold set to 0
         if run.record:
             layer.attn_raw = raw
         out = self.attn.out(self.attn.mix(attn, v))  # (B, N, C)
-        return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix, run.generator)
+        return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix_tokens, run.generator)
 
 
 class GTPPostNormBlock(PostNormBlock, GTPBlock):
@@ -245,20 +247,20 @@ class GTPViT(ViT):
             run.graph = self.ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
             trace.num_neighbours = None if self.graph == "spatial" else self.num_neighbours
             trace.graph_input = x[:, c:] if record else None
-        run.sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
+        run.token_sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
         for l, (block, P) in enumerate(zip(self.blocks, self.num_prop)):
             run.block, run.rope_rows, run.bias = l, self.rope_rows_for(l, run.ids), self.bias_for(l, run.ids)
             x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
         trace.final_tokens = x.shape[1]
         if record:
-            sizes = x.new_ones(x.shape[:2]) if run.sizes is None else run.sizes  # (B, N_L)
+            sizes = x.new_ones(x.shape[:2]) if run.token_sizes is None else run.token_sizes  # (B, N_L)
             final = torch.zeros(trace.provenance.propagated_at.shape, dtype=sizes.dtype, device=x.device)
             real = run.ids >= 0
             b = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(run.ids)
             final[b[real], run.ids[real]] = sizes[:, c:][real]
             trace.provenance.final_sizes = final
-        trace.logits = self.forward_head(x, run.sizes)
+        trace.logits = self.forward_head(x, run.token_sizes)
         return trace
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

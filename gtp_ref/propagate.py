@@ -1,13 +1,13 @@
 """Token propagation (spec section 3, step 5), dense reference.
 
-x [B, N, C] holds the prefix tokens first (class_token: True = one [CLS], False = none, or their
+x [B, N, C] holds the prefix tokens first (prefix_tokens: True = one [CLS], False = none, or their
 number: [CLS] and registers), then the n image tokens; G = Â [B, n, n];
-kept [B, n-P] and prop [B, P] index the image tokens; token_scales [B, N] or None.
+kept [B, n-P] and prop [B, P] index the image tokens; token_sizes [B, N] or None.
 """
 import torch
 from torch import Tensor
 
-from gtp_ref._checks import check_propagate_args, prefix_count
+from gtp_ref._checks import check_propagate_args, prefix_count, renamed_keywords
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
@@ -23,10 +23,11 @@ def gather_graph(G: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
                         for g, r, c in zip(G, rows, cols)])
 
 
+@renamed_keywords
 def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_scales: Tensor | None = None, class_token: bool | int = True,
+              token_sizes: Tensor | None = None, prefix_tokens: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Remove the tokens ``prop``; returns (x [B, N', C], G [B, n', n'] or None, token_scales).
+    """Remove the tokens ``prop``; returns (x [B, N', C], G [B, n', n'] or None, token_sizes).
 
     graph:  x_K <- x_K + alpha Â[K, P] x_P,  s_K <- s_K + alpha Â[K, P] s_P;  next graph Â[K, K]
             (not renormalised; a propagated token without kept neighbours is simply dropped)
@@ -36,14 +37,14 @@ def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: fl
     The prefix tokens and their sizes are never changed.  G may be None for
     mean / none, which need no graph; the returned graph is then None too.
     """
-    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode,
+    check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode,
                          graph_type=torch.Tensor)
-    c = prefix_count(class_token)
+    c = prefix_count(prefix_tokens)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K, x_P = gather_tokens(x_img, kept), gather_tokens(x_img, prop)  # (B, n-P, C), (B, P, C)
     s_cls = s_K = s_P = None
-    if token_scales is not None:
-        s_cls, s_img = token_scales[:, :c], token_scales[:, c:]  # (B, c), (B, n)
+    if token_sizes is not None:
+        s_cls, s_img = token_sizes[:, :c], token_sizes[:, c:]  # (B, c), (B, n)
         s_K, s_P = gather_tokens(s_img, kept), gather_tokens(s_img, prop)  # (B, n-P), (B, P)
     G_KK = None if G is None else gather_graph(G, kept, kept)  # (B, n-P, n-P)
 

@@ -14,6 +14,7 @@ from gtp_ref._checks import (
     check_sparsity,
     check_square_map,
     prefix_count,
+    renamed_keywords,
 )
 from gtp_ref.graph import cosine_similarity
 
@@ -72,11 +73,12 @@ def _cos_sim_score(R: Tensor) -> Tensor:
     return -cosine_similarity(R).sum(dim=-1)  # (B, n)
 
 
-def token_scores(attn: Tensor, selection: str, class_token: bool | int = True,
+@renamed_keywords
+def token_scores(attn: Tensor, selection: str, prefix_tokens: bool | int = True,
                  generator: torch.Generator | None = None) -> Tensor:
     """Score per image token from Att [B, H, N, N] -> [B, n]; the lowest scores are propagated.
 
-    c = the prefix tokens (class_token: True = one [CLS] token, False = none, or their number);
+    c = the prefix tokens (prefix_tokens: True = one [CLS] token, False = none, or their number);
     image token j is row / column c + j.  Rows i run over all N tokens, prefix tokens included;
     ``cls_attn_*`` reads the first prefix token's row.  Over heads h (mean or max, by the name's suffix):
         cls_attn_*   Att[h, 0, c+j]                       (needs [CLS])
@@ -87,8 +89,8 @@ def token_scores(attn: Tensor, selection: str, class_token: bool | int = True,
         cos_sim_*    -sum_k cos(R_j, R_k), R_j = agg_h Att[h, c+j, :]
         random       uniform in [0, 1), from ``generator``
     """
-    check_scores_input(attn, selection, class_token)
-    c = prefix_count(class_token)
+    check_scores_input(attn, selection, prefix_tokens)
+    c = prefix_count(prefix_tokens)
     B, H, N, _ = attn.shape
     n = N - c
     img_cols = attn[..., c:]  # (B, H, N, n)

@@ -2,8 +2,8 @@
 
 Default profile: fast enough for CI, derandomized there (CI=true) so a green main stays green;
 local runs explore new examples.  ``--hypothesis-profile long`` (or HYPOTHESIS_PROFILE=long) for
-soak runs.  ``@pytest.mark.cuda``: needs a CUDA device; ``@pytest.mark.fused``: needs the fast
-backend's fused kernels (CUDA with Triton, or Triton's interpreter with TRITON_INTERPRET=1) --
+soak runs.  ``@pytest.mark.cuda``: needs a CUDA device; ``@pytest.mark.triton``: needs the fast
+backend's Triton kernels (CUDA with Triton, or Triton's interpreter with TRITON_INTERPRET=1) --
 both skip cleanly, with the reason, where that is missing.
 """
 import os
@@ -23,10 +23,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
-    from tests.helpers import FUSED
+    from tests.helpers import TRITON
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
-        if "fused" in item.keywords and FUSED is None:
-            item.add_marker(pytest.mark.skip(reason="needs the fused kernels: CUDA with Triton, or TRITON_INTERPRET=1 "
+        if "triton" in item.keywords and TRITON is None:
+            item.add_marker(pytest.mark.skip(reason="needs the Triton kernels: CUDA with Triton, or TRITON_INTERPRET=1 "
                                                     "(tests/test_gpu_checks.py runs them so)"))

@@ -25,8 +25,8 @@ from gtp_ref.tome import ToMeViT
 from gtp_ref.conformance.seeded import flat_model
 
 BACKENDS = NAMES  # every backend of the registry: a new backend inherits every test that uses it
-# Where the fast backend's fused kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
-FUSED = fast.FUSED_DEVICE if fast.FUSED_DEVICE != "cuda" or torch.cuda.is_available() else None
+# Where the fast backend's Triton kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
+TRITON = fast.TRITON_DEVICE if fast.TRITON_DEVICE != "cuda" or torch.cuda.is_available() else None
 
 
 def plain_vit(state, images, *, patch_size, num_heads, class_token, global_pool):

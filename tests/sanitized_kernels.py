@@ -18,7 +18,7 @@ from gtp_ref.backends.fast import cpu, cpu_build  # noqa: E402
 from gtp_ref.select import sparsity_k  # noqa: E402
 
 cpu._LIB = cpu_build._checked(cpu_build.Path(sys.argv[1]))  # the sanitized build, self-tested
-assert fast.FUSED_DEVICE is None and cpu.available()
+assert fast.TRITON_DEVICE is None and cpu.available()
 REFUSED = (ValueError, TypeError)
 CASES = {"valid": 0, "refused": 0}
 examples = settings(max_examples=int(sys.argv[2]) if sys.argv[2].isdigit() else 1, deadline=None, database=None, derandomize=True,
@@ -133,7 +133,7 @@ def test_propagation(data):
                          for _ in range(B)]) if B else torch.zeros(0, n, dtype=torch.long)
     kept, prop = order[:, P:].sort(dim=1).values, order[:, :P]
     sizes = None if data.draw(st.booleans()) else values(data.draw, (B, c + n), dtype).abs() + 1
-    ids, A0 = G.ids, G.A0
+    ids, A0 = G.rows, G.A0
     malformed = data.draw(st.integers(0, 7))
     if malformed == 1 and kept.numel():
         kept = kept.clone()

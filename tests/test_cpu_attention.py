@@ -30,7 +30,7 @@ def has_compiler():
 
 # Without a C compiler there is nothing to test; with one, the kernels must be there (a library
 # that fails its self-test is not used, and would otherwise skip every test below silently).
-pytestmark = pytest.mark.skipif(fast.FUSED_DEVICE == "cpu" or not has_compiler(),
+pytestmark = pytest.mark.skipif(fast.TRITON_DEVICE == "cpu" or not has_compiler(),
                                 reason="no C compiler here (or Triton's interpreter holds the CPU path)")
 
 

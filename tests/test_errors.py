@@ -27,10 +27,10 @@ def valid_args(op):
     return {
         "token_graph": dict(x_img=x[:, 1:], grid=(2, 3), graph="mixed", num_neighbours=2),
         "sparsify_attention": dict(attn=attn, sparsity=0.6),
-        "token_scores": dict(attn=attn, selection="mixed_attn_max", class_token=True, generator=None),
+        "token_scores": dict(attn=attn, selection="mixed_attn_max", prefix_tokens=True, generator=None),
         "select_tokens": dict(scores=torch.rand(2, 6, generator=g, dtype=torch.float64), num_prop=2),
         "propagate": dict(x=x, G=G_MARK, kept=torch.tensor([[0, 1, 3, 5]] * 2), prop=torch.tensor([[4, 2]] * 2),
-                          alpha=0.1, token_scales=None, class_token=True, mode="graph"),
+                          alpha=0.1, token_sizes=None, prefix_tokens=True, mode="graph"),
     }[op]
 
 
@@ -66,11 +66,11 @@ BAD = [
     ("sparsify_attention", "attn not square", lambda a, o: dict(attn=a["attn"][..., :5]), ValueError,
      r"attn must be \[B, H, N, N\]"),
     ("token_scores", "unknown selection", dict(selection="best"), ValueError, "selection='best' is not one of"),
-    ("token_scores", "cls without [CLS]", dict(selection="cls_attn_max", class_token=False), ValueError,
+    ("token_scores", "cls without [CLS]", dict(selection="cls_attn_max", prefix_tokens=False), ValueError,
      r"selection='cls_attn_max' needs a \[CLS\] token"),
-    ("token_scores", "class_token str", dict(class_token="yes"), TypeError, "class_token='yes' must be an integer"),
-    ("token_scores", "class_token < 0", dict(class_token=-1), ValueError, "class_token=-1 must be an integer >= 0"),
-    ("token_scores", "more prefix than tokens", dict(class_token=8), ValueError, "attn has N = 7 tokens; class_token=8"),
+    ("token_scores", "prefix_tokens str", dict(prefix_tokens="yes"), TypeError, "prefix_tokens='yes' must be an integer"),
+    ("token_scores", "prefix_tokens < 0", dict(prefix_tokens=-1), ValueError, "prefix_tokens=-1 must be an integer >= 0"),
+    ("token_scores", "more prefix than tokens", dict(prefix_tokens=8), ValueError, "attn has N = 7 tokens; prefix_tokens=8"),
     ("token_scores", "attn rank 3", lambda a, o: dict(attn=a["attn"][0]), ValueError, "attn must have 4"),
     ("select_tokens", "P > n", dict(num_prop=7), ValueError, r"num_prop=7 must be an integer in \[0, 6\]"),
     ("select_tokens", "P < 0", dict(num_prop=-1), ValueError, r"num_prop=-1 must be an integer in \[0, 6\]"),
@@ -99,19 +99,19 @@ BAD = [
     ("propagate", "kept rank 1", lambda a, o: dict(kept=a["kept"][0]), ValueError, "kept must have 2 dimensions"),
     ("propagate", "prop of floats", lambda a, o: dict(prop=a["prop"].double()), TypeError, "prop must have an integer"),
     ("propagate", "kept batch 1", lambda a, o: dict(kept=a["kept"][:1]), ValueError, r"kept has shape \[1, 4\]"),
-    ("propagate", "sizes shape", lambda a, o: dict(token_scales=torch.ones(2, 6, dtype=torch.float64)), ValueError,
-     r"token_scales has shape \[2, 6\], expected \[2, 7\]"),
+    ("propagate", "sizes shape", lambda a, o: dict(token_sizes=torch.ones(2, 6, dtype=torch.float64)), ValueError,
+     r"token_sizes has shape \[2, 6\], expected \[2, 7\]"),
     ("propagate", "x rank 2", lambda a, o: dict(x=a["x"][0]), ValueError, "x must have 3 dimensions"),
-    ("propagate", "class_token float", dict(class_token=1.0), TypeError, "class_token=1.0 must be an integer"),
-    ("propagate", "prefix count off", dict(class_token=2), ValueError, r"must together hold the n = 5 image tokens"),
-    ("propagate", "negative token size", lambda a, o: dict(token_scales=sizes(a, (1, 3), -1.0)), ValueError,
-     r"token_scales\[1, 3\] = -1.0: token sizes must be finite and > 0"),
-    ("propagate", "zero token size", lambda a, o: dict(token_scales=sizes(a, (0, 0), 0.0)), ValueError,
-     r"token_scales\[0, 0\] = 0.0: token sizes must be finite and > 0"),
-    ("propagate", "NaN token size", lambda a, o: dict(token_scales=sizes(a, (0, 6), float("nan"))), ValueError,
-     r"token_scales\[0, 6\] = nan"),
-    ("propagate", "infinite token size", lambda a, o: dict(token_scales=sizes(a, (1, 2), float("inf"))), ValueError,
-     r"token_scales\[1, 2\] = inf"),
+    ("propagate", "prefix_tokens float", dict(prefix_tokens=1.0), TypeError, "prefix_tokens=1.0 must be an integer"),
+    ("propagate", "prefix count off", dict(prefix_tokens=2), ValueError, r"must together hold the n = 5 image tokens"),
+    ("propagate", "negative token size", lambda a, o: dict(token_sizes=sizes(a, (1, 3), -1.0)), ValueError,
+     r"token_sizes\[1, 3\] = -1.0: token sizes must be finite and > 0"),
+    ("propagate", "zero token size", lambda a, o: dict(token_sizes=sizes(a, (0, 0), 0.0)), ValueError,
+     r"token_sizes\[0, 0\] = 0.0: token sizes must be finite and > 0"),
+    ("propagate", "NaN token size", lambda a, o: dict(token_sizes=sizes(a, (0, 6), float("nan"))), ValueError,
+     r"token_sizes\[0, 6\] = nan"),
+    ("propagate", "infinite token size", lambda a, o: dict(token_sizes=sizes(a, (1, 2), float("inf"))), ValueError,
+     r"token_sizes\[1, 2\] = inf"),
 ]
 
 
@@ -146,7 +146,7 @@ def test_bad_op_arguments_are_refused_before_any_work(backend, op, change, error
 def test_int32_indices_are_the_int64_ones(backend, mode):
     ops = importlib.import_module(MODULES[backend])
     args = valid_args("propagate")
-    args.update(G=graph_of(ops, args["x"]), mode=mode, token_scales=sizes(args, (0, 0), 1.0))
+    args.update(G=graph_of(ops, args["x"]), mode=mode, token_sizes=sizes(args, (0, 0), 1.0))
     want = ops.propagate(**args)
     got = ops.propagate(**{**args, "kept": args["kept"].int(), "prop": args["prop"].int()})
     assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
@@ -371,3 +371,29 @@ def test_torch_export_works():
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), model(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_old_keyword_names_work_for_one_release_with_a_warning(backend):
+    """token_scales= and class_token= (the op-level API's names before token_sizes= and
+    prefix_tokens=) give the same results, each with a DeprecationWarning naming the new one;
+    both names at once are a TypeError."""
+    ops = importlib.import_module(MODULES[backend])
+    args = valid_args("propagate")
+    args.update(G=graph_of(ops, args["x"]), token_sizes=sizes(args, (0, 0), 1.0))
+    want = ops.propagate(**args)
+    renamed = {"token_scales": args.pop("token_sizes"), "class_token": args.pop("prefix_tokens")}
+    old = {**args, **renamed}
+    with pytest.warns(DeprecationWarning) as caught:
+        got = ops.propagate(**old)
+    assert sorted(str(w.message) for w in caught) == [
+        "propagate(..., class_token=...) is deprecated: the argument is prefix_tokens= now (the old name goes in the "
+        "next release)",
+        "propagate(..., token_scales=...) is deprecated: the argument is token_sizes= now (the old name goes in the "
+        "next release)"]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
+    s = valid_args("token_scores")
+    with pytest.warns(DeprecationWarning, match="class_token="):
+        assert torch.equal(ops.token_scores(s["attn"], s["selection"], class_token=True), ops.token_scores(**s))
+    with pytest.raises(TypeError, match="got token_scales= and token_sizes=: they are one argument"):
+        ops.propagate(**{**old, "token_sizes": old["token_scales"]})

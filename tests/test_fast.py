@@ -1,9 +1,9 @@
-"""The fast backend's own parts: the threshold by topk, the lazy graph, the fused attention path
+"""The fast backend's own parts: the threshold by topk, the lazy graph, the attention paths
 (its Triton kernels and the whole model on it), no host synchronisation and CUDA-graph replay.
 Its equality with the dense reference (ops, models, the authors' vectors, CUDA) is tested beside
 the sparse backend's in test_sparse.py.
 
-The fused tests (marker ``fused``) run where the kernels do: compiled on CUDA, or in Triton's
+The Triton tests (marker ``triton``) run where the kernels do: compiled on CUDA, or in Triton's
 interpreter on CPU tensors when TRITON_INTERPRET=1 is set before ``gtp_ref`` is imported --
 tests/test_gpu_checks.py runs them so, as the GPU script's dry run.
 """
@@ -24,7 +24,7 @@ from gtp_ref.diagnostics import margin
 from gtp_ref.select import COLUMN_SELECTIONS, sparsity_k
 from tests.helpers import (
     DTYPES,
-    FUSED,
+    TRITON,
     NEAR_TIE,
     build,
     configs,
@@ -301,7 +301,7 @@ def one_entry_buffer(monkeypatch, cuda):
     monkeypatch.setattr(cuda, "sizes", lambda N: (*sizes(N)[:2], 1))
 
 
-@pytest.mark.fused
+@pytest.mark.triton
 @pytest.mark.parametrize("route", ["bracket", "radix"])
 @pytest.mark.parametrize("N, d, dtype, sizes, theta, ties", CUDA_CASES)
 def test_cuda_attention(monkeypatch, route, N, d, dtype, sizes, theta, ties):
@@ -316,7 +316,7 @@ def test_cuda_attention(monkeypatch, route, N, d, dtype, sizes, theta, ties):
     log_s = log_s if sizes else None
     kth = sparsity_k(N, theta) if theta < 1 else 0
     want, tau = cuda_reference(q, k, v, log_s, kth)
-    on = (lambda t: None if t is None else t.to(FUSED))
+    on = (lambda t: None if t is None else t.to(TRITON))
     got = cuda.attention(on(q), on(k), on(v), on(log_s), kth)
     assert got[0].dtype == dtype and got[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     for name, a, b in zip(("out", "col_sums", "diagonal", "first_row"), got, want):
@@ -327,7 +327,7 @@ def test_cuda_attention(monkeypatch, route, N, d, dtype, sizes, theta, ties):
         assert torch.allclose(found.cpu().view_as(tau), tau, **TOLERANCE[dtype])
 
 
-@pytest.mark.fused
+@pytest.mark.triton
 @pytest.mark.parametrize("cap", [None, 1])
 def test_cuda_threshold_is_exact_on_ties(monkeypatch, cap):
     """A map of equal entries (q = 0: every entry 1/N): the kth smallest is that entry, bit for
@@ -338,18 +338,18 @@ def test_cuda_threshold_is_exact_on_ties(monkeypatch, cap):
     q, k, _, _ = qkv(1, 2, 24, 16, torch.float32, seed=0)
     q = torch.zeros_like(q)
     want = (q @ k.transpose(-2, -1)).softmax(-1).reshape(2, -1).kthvalue(100, -1).values
-    tau, settled, _ = cuda.threshold(q.to(FUSED), k.to(FUSED), None, 100)
+    tau, settled, _ = cuda.threshold(q.to(TRITON), k.to(TRITON), None, 100)
     assert torch.equal(tau.cpu(), want) and (settled.cpu() == (0 if cap == 1 else 1)).all(), (tau, want, settled)
 
 
-@pytest.mark.fused
+@pytest.mark.triton
 def test_every_attention_path_agrees_with_the_explicit_one():
     """``python -m gtp_ref.apps.bench attention``'s methods, small: the kernel path's output and
     scores are the explicit path's (DeiT-S's block: C = 384, six heads)."""
     import argparse
 
     from gtp_ref.apps.bench import attention
-    rows = attention.run(argparse.Namespace(device=FUSED, sizes=[(2, 23)], dtypes=["fp32"], repeats=1, sparsity=0.6))
+    rows = attention.run(argparse.Namespace(device=TRITON, sizes=[(2, 23)], dtypes=["fp32"], repeats=1, sparsity=0.6))
     assert [r["method"] for r in rows] == ["sdpa", "explicit", "cuda"]
     assert rows[2]["max_abs_diff_out"] < 1e-5 and rows[2]["max_abs_diff_scores"] < 1e-5, rows[2]
 
@@ -385,31 +385,31 @@ def test_cuda_graph_replay_equals_eager():
         assert torch.equal(replay(y).clone(), model(y)), "the graph reads its new input"
 
 
-FUSED_SELECTIONS = COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
+TRITON_SELECTIONS = COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
 
 
-@pytest.mark.fused
-@given(configs(propagation="graph"), st.sampled_from(FUSED_SELECTIONS), st.booleans(),
+@pytest.mark.triton
+@given(configs(propagation="graph"), st.sampled_from(TRITON_SELECTIONS), st.booleans(),
        st.sampled_from([torch.float64, torch.float32]))
-def test_fused_model_equals_dense(cfg, selection, ties, dtype):
-    """The whole model on the fused path (one kernel per image and head at these sizes), on the
+def test_triton_model_equals_dense(cfg, selection, ties, dtype):
+    """The whole model on the Triton path (one kernel per image and head at these sizes), on the
     GPU or in Triton's interpreter, against the dense reference on the CPU in the same dtype,
     barring decisions within rounding of a tie."""
     assume(cfg["class_token"] or not selection.startswith("cls_attn"))
     cfg = {**cfg, "selection": selection}
     x = images_for(cfg, 2, ties=ties, dtype=dtype)
-    model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
+    model = build({**cfg, "backend": "fast"}, dtype=dtype).to(TRITON)
     with torch.no_grad():
-        assert path_taken(model, x.to(FUSED), selection) is not None, "the fused path is taken"
+        assert path_taken(model, x.to(TRITON), selection) is not None, "the Triton path is taken"
         trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
-        got = model(x.to(FUSED)).cpu()
+        got = model(x.to(TRITON)).cpu()
     assume(margin(trace) > NEAR_TIE[dtype])
     rtol, atol = (1e-7, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5)  # as test_models_agree
-    assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (FUSED, dtype, cfg)
+    assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (TRITON, dtype, cfg)
 
 
-@pytest.mark.fused
-def test_fused_model_above_256_tokens_equals_dense():
+@pytest.mark.triton
+def test_triton_model_above_256_tokens_equals_dense():
     """Above 256 tokens (here 257: a 16 x 16 grid and [CLS]; the sample one entry in 9), against
     the dense reference, in float64 (with 256 tokens float32's closest decisions fall within its
     rounding; test_every_attention_path_agrees_with_the_explicit_one covers it in float32)."""
@@ -418,32 +418,32 @@ def test_fused_model_above_256_tokens_equals_dense():
                graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph", sparsity=0.6,
                alpha=0.1, token_scale=True)
     x = images_for(cfg, 2, seed=5, dtype=dtype)  # its closest decision: 3e-8 relative
-    model = build({**cfg, "backend": "fast"}, dtype=dtype).to(FUSED)
+    model = build({**cfg, "backend": "fast"}, dtype=dtype).to(TRITON)
     with torch.no_grad():
-        assert model.embed(x.to(FUSED)).shape[1] == 257 and path_taken(model, x.to(FUSED), cfg["selection"]) == \
+        assert model.embed(x.to(TRITON)).shape[1] == 257 and path_taken(model, x.to(TRITON), cfg["selection"]) == \
             "cuda", "the CUDA path is taken"
         trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
-        got = model(x.to(FUSED)).cpu()
+        got = model(x.to(TRITON)).cpu()
     assert margin(trace) > NEAR_TIE[dtype]
     assert torch.allclose(got, trace.logits, rtol=1e-7, atol=1e-9)
 
 
-FUSED_VECTORS = [v for v in official_vectors() if v["config"]["selection"] in FUSED_SELECTIONS]
+TRITON_VECTORS = [v for v in official_vectors() if v["config"]["selection"] in TRITON_SELECTIONS]
 
 
-@pytest.mark.fused
-@pytest.mark.parametrize("vector", FUSED_VECTORS, ids=lambda v: v["id"])
-def test_fused_path_reproduces_the_authors_vectors(vector):
-    """The authors' logits from the fast backend's fused path.  In Triton's interpreter (slow) the
+@pytest.mark.triton
+@pytest.mark.parametrize("vector", TRITON_VECTORS, ids=lambda v: v["id"])
+def test_triton_path_reproduces_the_authors_vectors(vector):
+    """The authors' logits from the fast backend's Triton path.  In Triton's interpreter (slow) the
     first image of each vector: an image's logits do not depend on the others in its batch
     (test_model's batch-independence property)."""
     model, images = model_for(vector, backend="fast")
     want = torch.tensor(vector["logits"], dtype=torch.float64)
-    if FUSED == "cpu":
+    if TRITON == "cpu":
         images, want = images[:1], want[:1]
-    model, images = model.to(FUSED), images.to(FUSED)
+    model, images = model.to(TRITON), images.to(TRITON)
     cfg = vector["config"]
     with torch.no_grad():
-        assert path_taken(model, images, cfg["selection"]) is not None, "the fused path is taken"
+        assert path_taken(model, images, cfg["selection"]) is not None, "the Triton path is taken"
         logits = model(images).cpu()
     assert torch.allclose(logits, want, rtol=1e-6, atol=1e-8)

@@ -1,5 +1,5 @@
 """The GPU script cannot waste a GPU run: its dry run (``GPU_CHECKS_DRY_RUN=1 bash
-tools/gpu_checks.sh``) runs every step's real command on the CPU at smoke sizes -- the fused
+tools/gpu_checks.sh``) runs every step's real command on the CPU at smoke sizes -- the Triton
 tests and the CUDA path in Triton's interpreter among them -- and must pass, name every step with
 its status line, and leave at most 8 files (what a GPU run returns)."""
 import os

@@ -6,7 +6,7 @@
 # Steps, in order, each under its own time limit (seconds, with room for Triton's compiles); a step
 # whose limit would pass the BUDGET (default 360 s; 1800 s in the dry run, which runs them all) is skipped:
 #   env        torch / Triton / GPU, and what the image lacks (pytest, hypothesis)
-#   tests      the CUDA and fused tests, a small fixed set of hypothesis examples (profile "gpu")
+#   tests      the CUDA and Triton tests, a small fixed set of hypothesis examples (profile "gpu")
 #   attention  one block's attention: fused (no GTP), explicit GTP, the CUDA path (bench attention)
 #   deit_small_fp16 / _bf16   DeiT-S at batch 256 and batch 1, CUDA-graph replays (+graph), P = 8 11 14 16
 #   deit_small_fp32 / _384 / deit_base_fp16 / vit_large_fp16    the other rows of docs/performance.md
@@ -97,10 +97,10 @@ elif '$DEVICE' == 'cuda':
 raise SystemExit(1 if missing else 0)
 "
 if [ "$DRY" = 1 ]; then  # all but the authors' vector v05 (197 tokens through 10 blocks: 35 s in the
-  # interpreter; test_fused_model_above_256_tokens_equals_dense runs the kernels on larger maps)
-  step tests 600 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m fused -k "not v05" tests/test_fast.py
+  # interpreter; test_triton_model_above_256_tokens_equals_dense runs the kernels on larger maps)
+  step tests 600 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m triton -k "not v05" tests/test_fast.py
 else
-  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m "cuda or fused" \
+  step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m "cuda or triton" \
     tests/test_fast.py tests/test_model.py tests/test_sparse.py
 fi
 if (( SMOKE )); then

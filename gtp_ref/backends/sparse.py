@@ -28,6 +28,7 @@ from gtp_ref._checks import (
     check_propagate_args,
     check_select_input,
     prefix_count,
+    renamed_keywords,
 )
 from gtp_ref.backends import OPS
 from gtp_ref.graph import inv_sqrt_degree, semantic_threshold, unit_rows
@@ -177,16 +178,17 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     return kept, prop.gather(1, order)
 
 
+@renamed_keywords
 def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_scales: Tensor | None = None, class_token: bool | int = True,
+              token_sizes: Tensor | None = None, prefix_tokens: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, SparseGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.backends.dense.propagate``, with G a SparseGraph (or None for mean/none).
 
     graph: x_K[a] += alpha * sum over edges (b, i, j, w) with i = K[a], j in P of w x_j, by one
     ``index_add_`` over the batch's edges; next graph: the K-K edges, renumbered.
     """
-    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=SparseGraph)
-    c = prefix_count(class_token)
+    check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, graph_type=SparseGraph)
+    c = prefix_count(prefix_tokens)
     B, n, C = x.shape[0], x.shape[1] - c, x.shape[2]
     nk, P = kept.shape[1], prop.shape[1]
     cls = x[:, :c]  # (B, c, C)
@@ -195,8 +197,8 @@ def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alph
     kept_flat = (image_start + kept).reshape(-1)  # (B*(n-P),)
     x_K = x_img.index_select(0, kept_flat)  # (B*(n-P), C)
     s_cls = s_img = s_K = None
-    if token_scales is not None:
-        s_cls, s_img = token_scales[:, :c], token_scales[:, c:].reshape(B * n)
+    if token_sizes is not None:
+        s_cls, s_img = token_sizes[:, :c], token_sizes[:, c:].reshape(B * n)
         s_K = s_img.index_select(0, kept_flat)  # (B*(n-P),)
 
     G_next = None

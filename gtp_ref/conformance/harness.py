@@ -71,17 +71,17 @@ class Ops:
     def sparsify_attention(self, attn: Tensor, sparsity: float) -> Tensor:
         return self._back(self.module.sparsify_attention(attn, sparsity), attn)
 
-    def token_scores(self, attn: Tensor, selection: str, class_token: bool = True,
+    def token_scores(self, attn: Tensor, selection: str, prefix_tokens: bool = True,
                      generator: torch.Generator | None = None) -> Tensor:
-        return self._back(self.module.token_scores(attn, selection, class_token, generator), attn)
+        return self._back(self.module.token_scores(attn, selection, prefix_tokens, generator), attn)
 
     def select_tokens(self, scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
         kept, prop = self.module.select_tokens(scores, num_prop)
         return self._back(kept, scores).long(), self._back(prop, scores).long()
 
-    def propagate(self, x: Tensor, G: Any, kept: Tensor, prop: Tensor, alpha: float, token_scales: Tensor | None = None,
-                  class_token: bool = True, mode: str = "graph") -> tuple[Tensor, Any, Tensor | None]:
-        x2, G2, s2 = self.module.propagate(x, G, kept, prop, alpha, token_scales, class_token, mode)
+    def propagate(self, x: Tensor, G: Any, kept: Tensor, prop: Tensor, alpha: float, token_sizes: Tensor | None = None,
+                  prefix_tokens: bool = True, mode: str = "graph") -> tuple[Tensor, Any, Tensor | None]:
+        x2, G2, s2 = self.module.propagate(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode)
         return self._back(x2, x), G2, None if s2 is None else self._back(s2, x)
 
 

@@ -19,35 +19,35 @@ impl = load_impl()
 
 @st.composite
 def layers(draw):
-    class_token = draw(st.booleans())
+    prefix_tokens = draw(st.booleans())
     h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     B, n, C = draw(st.integers(1, 3)), h * w, draw(st.integers(2, 5))
-    x = draw(tensors((B, n + int(class_token), C), ties=False))
+    x = draw(tensors((B, n + int(prefix_tokens), C), ties=False))
     graph = draw(st.sampled_from(["spatial", "semantic", "mixed"]))
     M = draw(st.integers(0, n - 1))
     P = draw(st.integers(0, n - 1))
     kept, prop = oracle.select_tokens(draw(tensors((B, n), ties=False)), P)
     sizes = None
     if draw(st.booleans()):
-        sizes = draw(tensors((B, n + int(class_token)), ties=True, low=1, high=4))
-        if class_token:
+        sizes = draw(tensors((B, n + int(prefix_tokens)), ties=True, low=1, high=4))
+        if prefix_tokens:
             sizes[:, 0] = 1.0
     return dict(x=x, grid=(h, w), graph=graph, M=M, kept=kept, prop=prop, sizes=sizes,
-                class_token=class_token, mode=draw(st.sampled_from(["graph", "mean", "none"])),
+                prefix_tokens=prefix_tokens, mode=draw(st.sampled_from(["graph", "mean", "none"])),
                 alpha=draw(st.floats(0, 1)))
 
 
 @given(layers())
 def test_propagate_matches_the_reference(case):
-    c = int(case["class_token"])
+    c = int(case["prefix_tokens"])
     x_img = case["x"][:, c:]
     assume(case["graph"] == "spatial" or semantic_margin(x_img, case["M"]) > 1e-9)
-    args = (case["kept"], case["prop"], case["alpha"], case["sizes"], case["class_token"], case["mode"])
+    args = (case["kept"], case["prop"], case["alpha"], case["sizes"], case["prefix_tokens"], case["mode"])
     G = impl.token_graph(x_img, case["grid"], case["graph"], case["M"])
     x2, G2, s2 = impl.propagate(case["x"], G, *args)
     wx, wG, ws = oracle.propagate(case["x"], oracle.token_graph(x_img, case["grid"], case["graph"], case["M"]), *args)
     what = call("propagate", x=case["x"], kept=case["kept"], prop=case["prop"], alpha=case["alpha"],
-                token_scales=case["sizes"], class_token=case["class_token"], mode=case["mode"])
+                token_sizes=case["sizes"], prefix_tokens=case["prefix_tokens"], mode=case["mode"])
     assert_close(what + " -> x", x2, wx, rtol=1e-9, atol=1e-12, test="test_propagate_matches")
     assert_close(what + " -> next graph Â[K, K] (not renormalised)", impl.to_dense(G2), wG,
                  rtol=1e-9, atol=1e-12, test="test_propagate_matches")
@@ -60,9 +60,9 @@ def test_propagate_matches_the_reference(case):
 
 @given(layers())
 def test_alpha_zero_is_pruning(case):
-    c = int(case["class_token"])
+    c = int(case["prefix_tokens"])
     G = impl.token_graph(case["x"][:, c:], case["grid"], case["graph"], case["M"])
-    rest = (case["sizes"], case["class_token"])
+    rest = (case["sizes"], case["prefix_tokens"])
     a = impl.propagate(case["x"], G, case["kept"], case["prop"], 0.0, *rest, "graph")
     b = impl.propagate(case["x"], G, case["kept"], case["prop"], 0.0, *rest, "none")
     B, N, C = case["x"].shape

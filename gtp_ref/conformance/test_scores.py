@@ -14,20 +14,20 @@ DETERMINISTIC = [s for s in SELECTIONS if s != "random"]
 @pytest.mark.parametrize("selection", DETERMINISTIC)
 @given(am=attention_maps())
 def test_scores_match_the_reference(selection, am):
-    attn, class_token = am
-    if selection.startswith("cls_attn") and not class_token:
+    attn, prefix_tokens = am
+    if selection.startswith("cls_attn") and not prefix_tokens:
         return
-    got = impl.token_scores(attn, selection, class_token, None)
-    assert_close(call("token_scores", attn=attn, selection=selection, class_token=class_token), got,
-                 oracle.token_scores(attn, selection, class_token), rtol=1e-9, atol=1e-12,
+    got = impl.token_scores(attn, selection, prefix_tokens, None)
+    assert_close(call("token_scores", attn=attn, selection=selection, prefix_tokens=prefix_tokens), got,
+                 oracle.token_scores(attn, selection, prefix_tokens), rtol=1e-9, atol=1e-12,
                  test=f"test_scores_match_the_reference[{selection}]")
 
 
 @given(am=attention_maps())
 def test_random_scores_have_one_value_per_image_token(am):
-    attn, class_token = am
-    got = torch.as_tensor(impl.token_scores(attn, "random", class_token, torch.Generator().manual_seed(0)))
-    n = attn.shape[-1] - int(class_token)
+    attn, prefix_tokens = am
+    got = torch.as_tensor(impl.token_scores(attn, "random", prefix_tokens, torch.Generator().manual_seed(0)))
+    n = attn.shape[-1] - int(prefix_tokens)
     assert tuple(got.shape) == (attn.shape[0], n), f"random scores: shape {list(got.shape)}, expected {[attn.shape[0], n]}"
 
 

@@ -4,6 +4,6 @@ from gtp_ref.backends.dense import *  # noqa: F401,F403
 from gtp_ref.graph import normalise
 
 
-def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
-    x, G, s = dense.propagate(x, G, kept, prop, alpha, token_scales, class_token, mode)
+def propagate(x, G, kept, prop, alpha, token_sizes=None, prefix_tokens=True, mode="graph"):
+    x, G, s = dense.propagate(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode)
     return x, None if G is None else normalise((G != 0).to(G.dtype)), s

@@ -14,8 +14,8 @@ def sparsify_attention(attn, sparsity):
     return dense.sparsify_attention(attn, sparsity)[..., None]
 
 
-def token_scores(attn, selection, class_token=True, generator=None):
-    return dense.token_scores(attn, selection, class_token, generator)[..., None]
+def token_scores(attn, selection, prefix_tokens=True, generator=None):
+    return dense.token_scores(attn, selection, prefix_tokens, generator)[..., None]
 
 
 def select_tokens(scores, num_prop):
@@ -23,6 +23,6 @@ def select_tokens(scores, num_prop):
     return kept[..., None], prop[..., None]
 
 
-def propagate(x, G, kept, prop, alpha, token_scales=None, class_token=True, mode="graph"):
-    x2, G2, s2 = dense.propagate(x, G, kept, prop, alpha, token_scales, class_token, mode)
+def propagate(x, G, kept, prop, alpha, token_sizes=None, prefix_tokens=True, mode="graph"):
+    x2, G2, s2 = dense.propagate(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode)
     return x2[..., None], G2, None if s2 is None else s2[..., None]

@@ -56,9 +56,9 @@ def methods(device: str, N: int) -> list[str]:
     """The methods that run on ``device`` at N tokens."""
     from gtp_ref.backends import fast
     names = ["sdpa", "explicit"]
-    if device == "cpu" and fast.FUSED_DEVICE != "cpu" and fast.cpu.available():
+    if device == "cpu" and fast.TRITON_DEVICE != "cpu" and fast.cpu.available():
         names.append("cpu")
-    if fast.FUSED_DEVICE == device and N <= fast.cuda.MAX_TOKENS:
+    if fast.TRITON_DEVICE == device and N <= fast.cuda.MAX_TOKENS:
         names.append("cuda")
     return names
 

@@ -58,4 +58,4 @@ Token scores are the dense reference's; elsewhere the selection is its sort (sta
 already).
 """
 from gtp_ref.backends.fast.ops import *  # noqa: F401,F403  (the op-level API and the attention)
-from gtp_ref.backends.fast.ops import FUSED_DEVICE, __all__  # noqa: F401
+from gtp_ref.backends.fast.ops import TRITON_DEVICE, __all__  # noqa: F401

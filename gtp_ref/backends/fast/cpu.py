@@ -254,38 +254,38 @@ def _attention_backward(ctx, *grads: Tensor):
 attention_op.register_autograd(_attention_backward, setup_context=_save_attention)
 
 
-def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Tensor, prop: Tensor,
+def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: Tensor, prop: Tensor,
               alpha: float, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
     """GTP's propagation by the graph on the CPU in one call: x [B, N, C] (float32 / float64),
-    token sizes [B, N] (finite, > 0) or None, the fast backend's LazyGraph (A0 [B, a, a], ids
+    token sizes [B, N] (finite, > 0) or None, the fast backend's LazyGraph (A0 [B, a, a], rows
     [B, n] rows of A0), kept [B, n - P] and prop [B, P] (image-token indices that together name
     each of the n = N - prefix image tokens once), alpha -> (x [B, prefix + n - P, C] with
     x_K + alpha Â[K, P] x_P for the kept tokens, sizes [B, prefix + n - P] likewise ([B, 0]
     without sizes), the kept tokens' rows of A0 [B, n - P]).  ValueError for indices, rows or
     sizes out of range, before anything is computed.  No autograd: ``ops.propagate`` takes
     torch ops where gradients are needed."""
-    prefix = _check_propagate(x, sizes, A0, ids, kept, prop, prefix)
-    x, ids, kept, prop = (t.contiguous() for t in (x, ids.long(), kept.long(), prop.long()))
+    prefix = _check_propagate(x, sizes, A0, rows, kept, prop, prefix)
+    x, rows, kept, prop = (t.contiguous() for t in (x, rows.long(), kept.long(), prop.long()))
     A0 = A0.to(x.dtype).contiguous()
     sizes = None if sizes is None else sizes.to(x.dtype).contiguous()
     (B, N, C), c, nk, n_prop = x.shape, prefix, kept.shape[1], prop.shape[1]
-    out, ids_out = x.new_empty(B, c + nk, C), ids.new_empty(B, nk)
+    out, rows_out = x.new_empty(B, c + nk, C), rows.new_empty(B, nk)
     sizes_out = x.new_empty(B, c + nk if sizes is not None else 0)
-    status = _call("propagate", x, sizes, A0, ids, kept, prop, ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
-                   outputs=(out, sizes_out, ids_out))
+    status = _call("propagate", x, sizes, A0, rows, kept, prop, ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
+                   outputs=(out, sizes_out, rows_out))
     _refused("propagation", status)
     if status == PARTITION_ERROR:
         check_partition(kept, prop, nk + n_prop)  # raises the ValueError that says which index is wrong
     if status == GRAPH_ROW:
-        check_graph_rows(ids, A0.shape[-1])
+        check_graph_rows(rows, A0.shape[-1])
     if status == BAD_SIZE:
-        check_token_sizes("token_scales", sizes)
+        check_token_sizes("token_sizes", sizes)
     if status:
         raise MemoryError("the compiled CPU propagation found no memory for its index check")
-    return out, sizes_out, ids_out
+    return out, sizes_out, rows_out
 
 
-def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, kept: Tensor, prop: Tensor,
+def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: Tensor, prop: Tensor,
                      prefix: int) -> int:
     _cpu_float("x", x, 3)
     B, N, _ = x.shape
@@ -298,7 +298,7 @@ def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, k
     if A0.shape[1] == 0:
         raise ValueError("A0 has shape [B, 0, 0]: a graph needs at least one row")
     n = N - prefix
-    _cpu_index("ids", ids, (B, n))
+    _cpu_index("rows", rows, (B, n))
     kept, prop = _cpu_index("kept", kept, (B, None)), _cpu_index("prop", prop, (B, None))
     if kept.shape[1] + prop.shape[1] != n:
         raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together hold the "
@@ -306,11 +306,11 @@ def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, ids: Tensor, k
     return prefix
 
 
-def check_graph_rows(ids: Tensor, rows: int) -> None:
-    """The LazyGraph's ids [B, n] name rows of its A0 (0 .. rows - 1); ValueError otherwise."""
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-        raise ValueError(f"G.ids hold row {bad}, outside the {rows} rows of G.A0 (a LazyGraph's ids name rows "
+def check_graph_rows(rows: Tensor, count: int) -> None:
+    """The LazyGraph's rows [B, n] name rows of its A0 (0 .. count - 1); ValueError otherwise."""
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= count):
+        bad = int(rows.min()) if int(rows.min()) < 0 else int(rows.max())
+        raise ValueError(f"G.rows hold row {bad}, outside the {count} rows of G.A0 (a LazyGraph's rows name rows "
                          "of its first layer's graph)")
 
 
@@ -320,12 +320,12 @@ propagate_op = torch.library.custom_op("gtp_ref::cpu_propagate", propagate, muta
 
 
 @propagate_op.register_fake
-def _(x, sizes, A0, ids, kept, prop, alpha, prefix):
-    _check_propagate(x, sizes, A0, ids, kept, prop, prefix)
+def _(x, sizes, A0, rows, kept, prop, alpha, prefix):
+    _check_propagate(x, sizes, A0, rows, kept, prop, prefix)
     B, _, C = x.shape
     nk = kept.shape[1]
     return x.new_empty(B, prefix + nk, C), x.new_empty(B, prefix + nk if sizes is not None else 0), \
-        ids.new_empty(B, nk, dtype=torch.int64)
+        rows.new_empty(B, nk, dtype=torch.int64)
 
 
 def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:

@@ -567,25 +567,25 @@ int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, con
 }
 
 /* GTP's propagation by the graph, per image b (the fast backend's LazyGraph: Â[b, i, j] =
- * A0[b, ids[b, i], ids[b, j]]):
+ * A0[b, rows[b, i], rows[b, j]]):
  *   x_out[b, :c] = x[b, :c];  x_out[b, c + i] = x[b, c + K_i] + alpha sum_p Â[b, K_i, P_p] x[b, c + P_p]
  * for the kept tokens K (nk of them) and the propagated P (np); the token sizes likewise where
- * sizes is not NULL; ids_out[b, i] = ids[b, K_i].  x [B, N, C], A0 [B, a, a], ids [B, n], kept
+ * sizes is not NULL; rows_out[b, i] = rows[b, K_i].  x [B, N, C], A0 [B, a, a], rows [B, n], kept
  * [B, nk], prop [B, np], all contiguous; n = N - c = nk + np.  The graph's zero weights are
  * skipped, but for a propagated token with a NaN or infinite feature (0 x NaN is NaN, as in the
  * reference's matrix product: skipping such a product would keep the NaN local).  Before anything is
  * written: BAD_ARGUMENTS where the sizes do not fit (n != nk + np, a < 1, ...), PARTITION where
- * kept and prop do not hold each of 0 .. n-1 exactly once in every row, GRAPH_ROW where an id is
+ * kept and prop do not hold each of 0 .. n-1 exactly once in every row, GRAPH_ROW where a row is
  * outside 0 .. a-1, BAD_SIZE where a token size is not finite and > 0, NO_MEMORY; else 0. */
 #define PARTITION_ERROR 1
 #define NO_MEMORY 2
 #define GRAPH_ROW 3
 #define BAD_SIZE 4
 #define PROPAGATE(NAME, T)                                                                     \
-int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t *ids,           \
+int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t *rows,           \
                          const int64_t *kept, const int64_t *prop, int64_t B, int64_t N, int64_t C, \
                          int64_t c, int64_t a, int64_t nk, int64_t np, T alpha, T *x_out,        \
-                         T *sizes_out, int64_t *ids_out, int threads) {                         \
+                         T *sizes_out, int64_t *rows_out, int threads) {                         \
     if (B < 0 || C < 0 || c < 0 || nk < 0 || np < 0 || a < 1 || N != c + nk + np)             \
         return BAD_ARGUMENTS;                                                                  \
     int64_t n = nk + np, No = c + nk;                                                          \
@@ -597,7 +597,7 @@ int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t 
             int64_t j = i < nk ? kept[b * nk + i] : prop[b * np + i - nk];                     \
             if (j < 0 || j >= n || seen[j]) status = PARTITION_ERROR;                          \
             else seen[j] = 1;                                                                  \
-            if (ids[b * n + i] < 0 || ids[b * n + i] >= a) status = status ? status : GRAPH_ROW; \
+            if (rows[b * n + i] < 0 || rows[b * n + i] >= a) status = status ? status : GRAPH_ROW; \
         }                                                                                      \
         for (int64_t i = 0; sizes && i < N && !status; i++)                                    \
             if (!(sizes[b * N + i] > 0 && sizes[b * N + i] < (T)INFINITY)) status = BAD_SIZE;  /* NaN too */ \
@@ -624,9 +624,9 @@ int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t 
             continue;                                                                          \
         }                                                                                      \
         int64_t K = kept[b * nk + i - c];                                                      \
-        const int64_t *idb = ids + b * n, *pb = prop + b * np;                                 \
-        const T *arow = A0 + (b * a + idb[K]) * a;  /* Â[b, K, :] through ids */               \
-        ids_out[b * nk + i - c] = idb[K];                                                      \
+        const int64_t *idb = rows + b * n, *pb = prop + b * np;                                 \
+        const T *arow = A0 + (b * a + idb[K]) * a;  /* Â[b, K, :] through rows */               \
+        rows_out[b * nk + i - c] = idb[K];                                                      \
         for (int64_t t = 0; t < C; t++) out[t] = 0;                                            \
         T s = 0;                                                                               \
         for (int64_t p = 0; p < np; p++) {  /* sum_p Â[K, P_p] x_P */                          \

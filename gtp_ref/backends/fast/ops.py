@@ -19,6 +19,7 @@ from gtp_ref._checks import (
     check_tensor,
     check_token_sizes,
     prefix_count,
+    renamed_keywords,
 )
 from gtp_ref.validate import choice, integer
 from gtp_ref.backends import OPS
@@ -33,7 +34,7 @@ try:  # the Triton kernels, where Triton is installed (a CUDA build of torch bri
 except ImportError:
     cuda = None
 # The device type the Triton kernels run on: "cuda" (compiled), "cpu" (Triton's interpreter), or None.
-FUSED_DEVICE = None if cuda is None else "cpu" if cuda.INTERPRETED else "cuda"
+TRITON_DEVICE = None if cuda is None else "cpu" if cuda.INTERPRETED else "cuda"
 
 
 def kth_smallest(rows: Tensor, k: int) -> Tensor:
@@ -64,7 +65,7 @@ def kth_smallest(rows: Tensor, k: int) -> Tensor:
 def _compiled_cpu(t: Tensor) -> bool:
     """Whether ``gtp_ref.backends.fast.cpu``'s compiled selection takes t: CPU float32 / float64, not
     under Triton's interpreter (which runs the GPU kernels on CPU tensors instead)."""
-    return (t.device.type == "cpu" and FUSED_DEVICE != "cpu" and t.dtype in (torch.float32, torch.float64)
+    return (t.device.type == "cpu" and TRITON_DEVICE != "cpu" and t.dtype in (torch.float32, torch.float64)
             and cpu.available())
 
 
@@ -120,13 +121,13 @@ def attention_path(q: Tensor, selection: str | None) -> tuple[str | None, str]:
     N, autocast = q.shape[2], torch.is_autocast_enabled(q.device.type)
     if selection is not None and selection not in COLUMN_SELECTIONS + CLS_SELECTIONS:
         return None, f"selection={selection!r} is scored from more than columns, diagonal and [CLS] row"
-    if q.device.type == "cpu" and FUSED_DEVICE != "cpu":
+    if q.device.type == "cpu" and TRITON_DEVICE != "cpu":
         if not autocast and _compiled_cpu(q):
             return "cpu", "float32 / float64 on the CPU, compiled kernels"
         return None, f"on the CPU the compiled kernels take float32 / float64 without autocast and a C compiler " \
                      f"(got {q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})"
-    if q.device.type != FUSED_DEVICE:
-        return None, f"the kernels run on {FUSED_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}"
+    if q.device.type != TRITON_DEVICE:
+        return None, f"the kernels run on {TRITON_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}"
     if not (autocast or q.dtype in (torch.float32, torch.float64)):
         return None, f"{q.dtype} without autocast: the reference's map is then {q.dtype}, the kernels' float32"
     if N > cuda.MAX_TOKENS:
@@ -193,29 +194,30 @@ class LazyGraph:
     """Â of the current image tokens, as rows / columns of the first layer's graph.
 
     A0: [B, n0 + 1, n0 + 1], the first layer's Â with one extra zero row and column (index n0,
-    the node of a ``mean`` token, which has no edges); ids: [B, n] long, the row of A0 of each
-    current token.  Â[b, i, j] = A0[b, ids[b, i], ids[b, j]].
+    the node of a ``mean`` token, which has no edges); rows: [B, n] long, the row of A0 of each
+    current token.  Â[b, i, j] = A0[b, rows[b, i], rows[b, j]].  (The graph's own bookkeeping:
+    the model's record of each token's patch is ``gtp_ref.model.GTPRun.ids``.)
     """
 
     A0: Tensor
-    ids: Tensor
+    rows: Tensor
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        B, n = self.ids.shape
+        B, n = self.rows.shape
         return (B, n, n)
 
     def block(self, rows: Tensor, cols: Tensor) -> Tensor:
         """Â[b, rows[b]][:, cols[b]] for rows [B, r], cols [B, c] (current-token indices) -> [B, r, c]."""
-        r, c = self.ids.gather(1, rows), self.ids.gather(1, cols)  # (B, r), (B, c) rows of A0
+        r, c = self.rows.gather(1, rows), self.rows.gather(1, cols)  # (B, r), (B, c) rows of A0
         b = torch.arange(r.shape[0], device=r.device)[:, None, None]
         return self.A0[b, r[:, :, None], c[:, None, :]]
 
 
 def _check_lazy_graph(G: LazyGraph) -> None:
-    """A0 [B, a, a] (a >= 1, floating) and ids [B, n] (integer) of one batch."""
-    check_tensor("G.ids", G.ids, 2, floating=False)
-    B = G.ids.shape[0]
+    """A0 [B, a, a] (a >= 1, floating) and rows [B, n] (integer) of one batch."""
+    check_tensor("G.rows", G.rows, 2, floating=False)
+    B = G.rows.shape[0]
     check_tensor("G.A0", G.A0, 3, floating=True, shape=(B, G.A0.shape[1], G.A0.shape[1]))
     if G.A0.shape[1] == 0:
         raise ValueError("G.A0 has shape [B, 0, 0]: a graph needs at least one row")
@@ -251,7 +253,7 @@ def _spatial(grid: tuple[int, int], dtype: torch.dtype, device: torch.device) ->
 
 def to_dense(G: LazyGraph) -> Tensor:
     """LazyGraph -> Â [B, n, n] (for tests and inspection)."""
-    everyone = torch.arange(G.ids.shape[1], device=G.ids.device).expand_as(G.ids)
+    everyone = torch.arange(G.rows.shape[1], device=G.rows.device).expand_as(G.rows)
     return G.block(everyone, everyone)
 
 
@@ -273,55 +275,56 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     return sorted_selection(scores, num_prop)
 
 
-def _without_grad(x: Tensor, G: LazyGraph | None, token_scales: Tensor | None) -> bool:
+def _without_grad(x: Tensor, G: LazyGraph | None, token_sizes: Tensor | None) -> bool:
     """Whether no gradient flows through propagate's inputs (the compiled propagation has none)."""
     return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
-                                                  for t in (x, token_scales, None if G is None else G.A0))
+                                                  for t in (x, token_sizes, None if G is None else G.A0))
 
 
+@renamed_keywords
 def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_scales: Tensor | None = None, class_token: bool | int = True,
+              token_sizes: Tensor | None = None, prefix_tokens: bool | int = True,
               mode: str = "graph") -> tuple[Tensor, LazyGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.backends.dense.propagate``, with G a LazyGraph (or None for mean/none).
 
     graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
-    same A0 with ids[K] (Â[K, K], not renormalised, never copied).  On the CPU (float32 / float64,
+    same A0 with rows[K] (Â[K, K], not renormalised, never copied).  On the CPU (float32 / float64,
     no gradients needed) in one compiled call, ``cpu.propagate``; else in torch ops.
     """
-    check_propagate_args(x, G, kept, prop, alpha, token_scales, class_token, mode, graph_type=LazyGraph,
+    check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, graph_type=LazyGraph,
                          values=False)
     if G is not None:
         _check_lazy_graph(G)
-    c = prefix_count(class_token)
-    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_scales):  # it checks the values itself
+    c = prefix_count(prefix_tokens)
+    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_sizes):  # it checks the values itself
         compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.propagate
-        x, scales, ids = compiled_propagate(x, token_scales, G.A0.to(x.dtype), G.ids, kept, prop, alpha, c)
-        return x, LazyGraph(G.A0, ids), None if token_scales is None else scales
+        x, scales, rows = compiled_propagate(x, token_sizes, G.A0.to(x.dtype), G.rows, kept, prop, alpha, c)
+        return x, LazyGraph(G.A0, rows), None if token_sizes is None else scales
     if not x.is_cuda and not torch.compiler.is_compiling():  # the checks read their result: on a GPU, a host sync
         check_partition(kept, prop, x.shape[1] - c)
-        if token_scales is not None:
-            check_token_sizes("token_scales", token_scales)
+        if token_sizes is not None:
+            check_token_sizes("token_sizes", token_sizes)
         if G is not None:
-            cpu.check_graph_rows(G.ids, G.A0.shape[-1])
+            cpu.check_graph_rows(G.rows, G.A0.shape[-1])
     x_K = _rows(x, kept, c)  # (B, n-P, C)
-    s_K = None if token_scales is None else _rows(token_scales, kept, c)  # (B, n-P)
-    G_next = None if G is None else LazyGraph(G.A0, G.ids.gather(1, kept))
+    s_K = None if token_sizes is None else _rows(token_sizes, kept, c)  # (B, n-P)
+    G_next = None if G is None else LazyGraph(G.A0, G.rows.gather(1, kept))
 
     if mode == "graph":
         A_KP = G.block(kept, prop)  # (B, n-P, P)
         x_K = torch.baddbmm(x_K, A_KP, _rows(x, prop, c), alpha=alpha)  # x_K + alpha A_KP x_P
         if s_K is not None:
-            s_K = torch.baddbmm(s_K[..., None], A_KP, _rows(token_scales, prop, c)[..., None], alpha=alpha)[..., 0]
+            s_K = torch.baddbmm(s_K[..., None], A_KP, _rows(token_sizes, prop, c)[..., None], alpha=alpha)[..., 0]
     elif mode == "mean" and prop.shape[1] > 0:
         x_K = torch.cat([x_K, _rows(x, prop, c).mean(dim=1, keepdim=True)], dim=1)
         if s_K is not None:
-            s_K = torch.cat([s_K, _rows(token_scales, prop, c).sum(dim=1, keepdim=True)], dim=1)
+            s_K = torch.cat([s_K, _rows(token_sizes, prop, c).sum(dim=1, keepdim=True)], dim=1)
         if G_next is not None:  # the mean token is node n0 of A0: no edges
-            mean_id = G_next.ids.new_full((G_next.ids.shape[0], 1), G.A0.shape[-1] - 1)
-            G_next = LazyGraph(G.A0, torch.cat([G_next.ids, mean_id], dim=1))
+            mean_id = G_next.rows.new_full((G_next.rows.shape[0], 1), G.A0.shape[-1] - 1)
+            G_next = LazyGraph(G.A0, torch.cat([G_next.rows, mean_id], dim=1))
 
     x = torch.cat([x[:, :c], x_K], dim=1)
-    scales = None if s_K is None else torch.cat([token_scales[:, :c], s_K], dim=1)
+    scales = None if s_K is None else torch.cat([token_sizes[:, :c], s_K], dim=1)
     return x, G_next, scales
 
 
