@@ -10,6 +10,7 @@ The cost model is a client of the library's torch-free base: the backbones it co
 ``gtp_ref.schedule``'s.  ``complexity.backbone`` is plain Python; the sympy expressions of
 ``complexity.extra`` load on first use.
 """
+
 from complexity.backbone import backbone_macs
 
 _SYMPY = ("g_tome", "g_gtp", "eq2_printed", "eq3_printed", "g_tome_closed", "g_gtp_closed", "eq2_correction")
@@ -20,5 +21,6 @@ __all__ = [*_SYMPY, "backbone_macs"]
 def __getattr__(name):
     if name in _SYMPY:
         from complexity import extra
+
         return getattr(extra, name)
     raise AttributeError(f"module 'complexity' has no attribute {name!r}")

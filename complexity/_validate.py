@@ -1,5 +1,6 @@
 """The cost model's own argument checks: counts that may be sympy symbols, and the schedule's
 bound (the scalar checks are ``gtp_ref.validate``'s)."""
+
 import numbers
 
 from gtp_ref.validate import is_bool
@@ -15,8 +16,9 @@ def count(name, value, minimum=1):
 
     if isinstance(value, sp.Basic) and not value.is_number:
         return value  # a symbol or expression: checked by its assumptions, not here
-    if is_bool(value) or not (isinstance(value, numbers.Integral)
-                               or (isinstance(value, sp.Basic) and value.is_Integer)):
+    if is_bool(value) or not (
+        isinstance(value, numbers.Integral) or (isinstance(value, sp.Basic) and value.is_Integer)
+    ):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

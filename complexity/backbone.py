@@ -10,6 +10,7 @@ Token schedule: block ``l`` runs its attention on the ``N_l`` tokens that enter 
 reduction step (GTP propagation or ToMe merging) removes ``P_l`` of them *between* attention
 and MLP, so the MLP runs on ``N_l - P_l`` tokens, and ``N_{l+1} = N_l - P_l``.
 """
+
 from typing import Any
 
 from gtp_ref.config import ViTConfig

@@ -17,14 +17,23 @@ ToMe (Eq. 2: sum_l (1/4 N_l^2 C + M C))
   * r_l is clamped to (N_l - [CLS]) // 2;
   * merging (M C) is a weighted scatter-add, no matrix product.
 """
+
 from collections.abc import Sequence
 
 from complexity._validate import count
 from gtp_ref.schedule import image_tokens, prop_schedule, tome_schedule
 
 
-def g_gtp_exact(n: int, P: Sequence[int], C: int, *, semantic_graph: bool = True, token_scale: bool = False,
-                propagation: str = "graph", cos_sim_tokens: Sequence[int] | None = None) -> int:
+def g_gtp_exact(
+    n: int,
+    P: Sequence[int],
+    C: int,
+    *,
+    semantic_graph: bool = True,
+    token_scale: bool = False,
+    propagation: str = "graph",
+    cos_sim_tokens: Sequence[int] | None = None,
+) -> int:
     """MACs of GTP's matrix products: n image tokens, P = tokens propagated per layer (a list).
 
     semantic_graph: whether the cosine-similarity graph is computed (n^2 C);

@@ -9,7 +9,8 @@ supplement.  ``eq2_correction()`` = printed - derived: non-zero, the erratum.
 Notation (C.4): ``N`` tokens, ``L`` layers, ``M`` tokens removed per layer (the method's
 ``P``, not the semantic neighbours), ``C`` channels, ``H`` heads.
 """
-from functools import lru_cache
+
+from functools import cache
 
 import sympy as sp
 
@@ -92,38 +93,42 @@ def eq2_printed(N: Count, L: Count, M: Count, C: Count) -> sp.Expr:
     """Eq. 2's closed form exactly as printed in the supplement (it is wrong in M^2 C)."""
     N, L, M, C = _checked(N, L, M, C)
     q = sp.Rational
-    return (q(1, 4) * L * N**2 * C + q(1, 4) * (L - L**2) * N * M * C
-            + (q(1, 12) * L**3 + q(1, 12) * L**2 + q(1, 8) * L) * M**2 * C + L * M * C)
+    return (
+        q(1, 4) * L * N**2 * C
+        + q(1, 4) * (L - L**2) * N * M * C
+        + (q(1, 12) * L**3 + q(1, 12) * L**2 + q(1, 8) * L) * M**2 * C
+        + L * M * C
+    )
 
 
 def eq3_printed(N: Count, L: Count, M: Count, C: Count, H: Count) -> sp.Expr:
     """Eq. 3's closed form exactly as printed in the supplement (it equals the sum)."""
     N, L, M, C, H = _checked(N, L, M, C, H)
     q = sp.Rational
-    return (N**2 * C + L * H * N + L * M * N * C
-            - q(1, 2) * (L**2 - L) * H * M - q(1, 2) * (L + L**2) * M**2 * C)
+    return (
+        N**2 * C + L * H * N + L * M * N * C - q(1, 2) * (L**2 - L) * H * M - q(1, 2) * (L + L**2) * M**2 * C
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def g_tome_closed() -> sp.Expr:
     """Closed form of Eq. 2's sum, derived by sympy's summation over l (not typed in)."""
     return sp.expand(sp.summation(_tome_layer(s.N, s.M, s.C, s.l), (s.l, 1, s.L)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def g_gtp_closed() -> sp.Expr:
     """Closed form of Eq. 3's sum, derived by sympy's summation over l (not typed in)."""
-    return sp.expand(gtp_graph(s.N, s.C)
-                     + sp.summation(_gtp_layer(s.N, s.M, s.C, s.H, s.l), (s.l, 1, s.L)))
+    return sp.expand(gtp_graph(s.N, s.C) + sp.summation(_gtp_layer(s.N, s.M, s.C, s.H, s.l), (s.l, 1, s.L)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def eq2_correction() -> sp.Expr:
     """printed Eq. 2 - derived closed form, simplified: L (5 L + 2) M^2 C / 24 (non-zero)."""
     return sp.factor(sp.simplify(eq2_printed(s.N, s.L, s.M, s.C) - g_tome_closed()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def eq3_difference() -> sp.Expr:
     """printed Eq. 3 - derived closed form, simplified: 0 (the printed form is right)."""
     return sp.simplify(eq3_printed(s.N, s.L, s.M, s.C, s.H) - g_gtp_closed())

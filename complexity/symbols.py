@@ -7,6 +7,7 @@ C  feature dimension
 H  number of attention heads
 l  layer index, 1..L
 """
+
 import sympy as sp
 
 N, L, C, H, l = sp.symbols("N L C H l", integer=True, positive=True)

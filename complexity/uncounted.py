@@ -24,6 +24,7 @@ ToMe per layer: keys averaged over heads (N_l C additions), normalised (2 N_l d_
 match of each A token (|A| |B| comparisons), A sorted by it (|A| log2 |A|), the size-weighted
 merge (3 N_l C additions: weight, scatter-add, divide) and its gathers (3 N_l C elements).
 """
+
 import math
 from dataclasses import dataclass
 
@@ -38,8 +39,9 @@ class Ops:
     bytes: float = 0
 
     def __add__(self, other: "Ops") -> "Ops":
-        return Ops(self.comparisons + other.comparisons, self.additions + other.additions,
-                   self.bytes + other.bytes)
+        return Ops(
+            self.comparisons + other.comparisons, self.additions + other.additions, self.bytes + other.bytes
+        )
 
     @property
     def element_ops(self) -> float:
@@ -51,11 +53,21 @@ def _log2(m: int) -> float:
     return math.log2(m) if m > 1 else 0.0
 
 
-def gtp_uncounted(N: int, L: int, P: int, C: int, H: int, *, class_token: bool = True, sparsity: float = 0.6,
-                  bytes_per_element: int = 2) -> dict[str, Ops]:
+def gtp_uncounted(
+    N: int,
+    L: int,
+    P: int,
+    C: int,
+    H: int,
+    *,
+    class_token: bool = True,
+    sparsity: float = 0.6,
+    bytes_per_element: int = 2,
+) -> dict[str, Ops]:
     """Named steps -> Ops, summed over L layers removing P tokens each (spec settings)."""
-    N, L, P, C, H = (int(count(k, v, m)) for k, v, m in
-                     (("N", N, 1), ("L", L, 1), ("P", P, 0), ("C", C, 1), ("H", H, 1)))
+    N, L, P, C, H = (
+        int(count(k, v, m)) for k, v, m in (("N", N, 1), ("L", L, 1), ("P", P, 0), ("C", C, 1), ("H", H, 1))
+    )
     b, c = bytes_per_element, int(class_token)
     n = N - c
     prop_schedule(P, L, n)
@@ -74,11 +86,13 @@ def gtp_uncounted(N: int, L: int, P: int, C: int, H: int, *, class_token: bool =
     return steps
 
 
-def tome_uncounted(N: int, L: int, r: int, C: int, H: int, *, class_token: bool = True,
-                   bytes_per_element: int = 2) -> dict[str, Ops]:
+def tome_uncounted(
+    N: int, L: int, r: int, C: int, H: int, *, class_token: bool = True, bytes_per_element: int = 2
+) -> dict[str, Ops]:
     """Named steps -> Ops for ToMe merging r tokens per layer (clamped as ToMe does)."""
-    N, L, r, C, H = (int(count(k, v, m)) for k, v, m in
-                     (("N", N, 1), ("L", L, 1), ("r", r, 0), ("C", C, 1), ("H", H, 1)))
+    N, L, r, C, H = (
+        int(count(k, v, m)) for k, v, m in (("N", N, 1), ("L", L, 1), ("r", r, 0), ("C", C, 1), ("H", H, 1))
+    )
     b, d = bytes_per_element, C // H
     steps = {name: Ops() for name in ("key average", "normalise", "best match", "sort", "merge")}
     N_l = N

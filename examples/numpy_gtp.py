@@ -8,12 +8,24 @@ another implementation and to give re-implementers a compact starting point:
 Inputs arrive as CPU torch tensors (or arrays); they are copied into numpy.  Outputs are
 numpy arrays.  The graph is a dense numpy array [B, n, n].  Not part of the package's runtime.
 """
+
 import numpy as np
 
 GRAPHS = ("spatial", "semantic", "mixed")
-SELECTIONS = ("cls_attn_mean", "cls_attn_max", "img_attn_mean", "img_attn_max", "diag_attn_mean",
-              "diag_attn_max", "mixed_attn_mean", "mixed_attn_max", "sum_attn_max", "cos_sim_mean",
-              "cos_sim_max", "random")
+SELECTIONS = (
+    "cls_attn_mean",
+    "cls_attn_max",
+    "img_attn_mean",
+    "img_attn_max",
+    "diag_attn_mean",
+    "diag_attn_max",
+    "mixed_attn_mean",
+    "mixed_attn_max",
+    "sum_attn_max",
+    "cos_sim_mean",
+    "cos_sim_max",
+    "random",
+)
 
 
 def _np(a, dtype=np.float64):
@@ -49,7 +61,7 @@ def token_graph(x_img, grid, graph="mixed", num_neighbours=4):
             u = _unit_rows(x)
             K = u @ u.transpose(0, 2, 1)
             K[:, np.arange(n), np.arange(n)] = -np.inf
-            T = -np.partition(-K, M - 1, axis=-1)[..., M - 1:M]  # M-th largest, O(n) per row
+            T = -np.partition(-K, M - 1, axis=-1)[..., M - 1 : M]  # M-th largest, O(n) per row
             A = np.maximum(A, (K >= T) & np.isfinite(K))
     deg = A.sum(-1)
     d = np.divide(1.0, np.sqrt(deg), out=np.zeros_like(deg), where=deg > 0)

@@ -1,5 +1,6 @@
 """Write a synthetic scene (sky, field, a red disk, a blue square) as a PNG: an input for
 ``python -m gtp_ref.apps.vis`` that needs no download.  ``python examples/synthetic_scene.py OUT.png``."""
+
 import sys
 
 import numpy as np

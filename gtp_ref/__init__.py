@@ -15,16 +15,26 @@ plumbing) and ``gtp_ref.style`` (the figures' colours) -- imports neither torch 
 model (``complexity``) stands on it.  So the names below are loaded from their modules, with torch,
 when first used (``__getattr__``, PEP 562), not when ``gtp_ref`` is imported.
 """
+
 import importlib
 from typing import TYPE_CHECKING, Any
 
 # Each public name, and the module that defines it.
 _PUBLIC = {
-    "from_timm": "gtp_ref.timm_models", "tome_from_timm": "gtp_ref.timm_models",
-    "GTPViT": "gtp_ref.model", "GTPTrace": "gtp_ref.model", "LayerTrace": "gtp_ref.model",
-    "Provenance": "gtp_ref.model", "GTPSettings": "gtp_ref.settings", "ViTConfig": "gtp_ref.config",
-    "paper_settings": "gtp_ref.presets", "deit_tiny": "gtp_ref.presets", "deit_small": "gtp_ref.presets",
-    "deit_base": "gtp_ref.presets", "vit_large": "gtp_ref.presets", "eva_large": "gtp_ref.presets",
+    "from_timm": "gtp_ref.timm_models",
+    "tome_from_timm": "gtp_ref.timm_models",
+    "GTPViT": "gtp_ref.model",
+    "GTPTrace": "gtp_ref.model",
+    "LayerTrace": "gtp_ref.model",
+    "Provenance": "gtp_ref.model",
+    "GTPSettings": "gtp_ref.settings",
+    "ViTConfig": "gtp_ref.config",
+    "paper_settings": "gtp_ref.presets",
+    "deit_tiny": "gtp_ref.presets",
+    "deit_small": "gtp_ref.presets",
+    "deit_base": "gtp_ref.presets",
+    "vit_large": "gtp_ref.presets",
+    "eva_large": "gtp_ref.presets",
 }
 __all__ = list(_PUBLIC)
 
@@ -41,9 +51,9 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_PUBLIC})
 
 
-if TYPE_CHECKING:  # what type checkers and IDEs see
-    from gtp_ref.config import ViTConfig
-    from gtp_ref.model import GTPTrace, GTPViT, LayerTrace, Provenance
-    from gtp_ref.presets import deit_base, deit_small, deit_tiny, eva_large, paper_settings, vit_large
-    from gtp_ref.settings import GTPSettings
-    from gtp_ref.timm_models import from_timm, tome_from_timm
+if TYPE_CHECKING:  # what type checkers and IDEs see (the names of __all__, which is built from _PUBLIC)
+    from gtp_ref.config import ViTConfig  # noqa: F401
+    from gtp_ref.model import GTPTrace, GTPViT, LayerTrace, Provenance  # noqa: F401
+    from gtp_ref.presets import deit_base, deit_small, deit_tiny, eva_large, paper_settings, vit_large  # noqa: F401
+    from gtp_ref.settings import GTPSettings  # noqa: F401
+    from gtp_ref.timm_models import from_timm, tome_from_timm  # noqa: F401

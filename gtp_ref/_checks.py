@@ -9,6 +9,7 @@ docs/spec.md ("Errors") lists every rule.  The tensor checks live here; the scal
 token schedules, which the cost model shares without torch, in ``gtp_ref.validate`` and
 ``gtp_ref.schedule``.
 """
+
 import functools
 import warnings
 from collections.abc import Callable
@@ -20,9 +21,20 @@ from gtp_ref.schedule import PROPAGATIONS
 from gtp_ref.validate import choice, integer, pair, real
 
 GRAPHS = ("spatial", "semantic", "mixed")
-SELECTIONS = ("cls_attn_mean", "cls_attn_max", "img_attn_mean", "img_attn_max",
-              "diag_attn_mean", "diag_attn_max", "mixed_attn_mean", "mixed_attn_max",
-              "sum_attn_max", "cos_sim_mean", "cos_sim_max", "random")
+SELECTIONS = (
+    "cls_attn_mean",
+    "cls_attn_max",
+    "img_attn_mean",
+    "img_attn_max",
+    "diag_attn_mean",
+    "diag_attn_max",
+    "mixed_attn_mean",
+    "mixed_attn_max",
+    "sum_attn_max",
+    "cos_sim_mean",
+    "cos_sim_max",
+    "random",
+)
 GLOBAL_POOLS = ("token", "avg", "map")
 # The propagation weight: the paper sweeps [0, 1]; negative weights (without token sizes) are
 # allowed for experiments.  Beyond |alpha| = 1 the propagated features dominate the kept ones
@@ -41,16 +53,24 @@ def renamed_keywords(op: Callable[..., Any]) -> Callable[..., Any]:
     """``op`` taking the keywords of ``RENAMED`` under their old names too, each with a
     DeprecationWarning that names the new one (they were renamed in gtp-ref 0.2; the old names go in
     the release after).  Positional calls, as the conformance harness makes them, are unchanged."""
+
     @functools.wraps(op)
     def with_old_names(*args: Any, **kwargs: Any) -> Any:
         for old in set(kwargs) & set(RENAMED):
             new = RENAMED[old]
             if new in kwargs:
-                raise TypeError(f"{op.__name__}() got {old}= and {new}=: they are one argument ({old} is its old name)")
-            warnings.warn(f"{op.__name__}(..., {old}=...) is deprecated: the argument is {new}= now "
-                          f"(the old name goes in the next release)", DeprecationWarning, stacklevel=2)
+                raise TypeError(
+                    f"{op.__name__}() got {old}= and {new}=: they are one argument ({old} is its old name)"
+                )
+            warnings.warn(
+                f"{op.__name__}(..., {old}=...) is deprecated: the argument is {new}= now "
+                f"(the old name goes in the next release)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             kwargs[new] = kwargs.pop(old)
         return op(*args, **kwargs)
+
     return with_old_names
 
 
@@ -108,13 +128,15 @@ def check_square_map(attn):
     return attn
 
 
-def check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, *, graph_type,
-                         values=True):
+def check_propagate_args(
+    x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, *, graph_type, values=True
+):
     """All arguments of ``propagate``, for every backend alike.
 
-    ``graph_type`` is the backend's graph class.  Shapes, dtypes and the graph's size are checked always (free: they are host-side metadata);
-    with ``values`` also that kept and prop together hold every image-token index exactly once
-    (O(B n), and it reads the result, a host synchronisation on a GPU: the fast backend passes
+    ``graph_type`` is the backend's graph class.  Shapes, dtypes and the graph's size are checked
+    always (free: they are host-side metadata); with ``values`` also that kept and prop together
+    hold every image-token index exactly once and that the token sizes are finite and > 0 (O(B n),
+    and it reads the result, a host synchronisation on a GPU: the fast backend passes
     ``values=False`` on CUDA).  Under ``torch.compile`` the value check is skipped (it would
     break the graph).
     """
@@ -131,20 +153,26 @@ def check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mo
         if idx.dtype not in INDEX_DTYPES:  # torch indexes by these; uint8 would be read as a mask
             raise TypeError(f"{name} must have dtype torch.int64 or torch.int32, got {idx.dtype}")
     if kept.shape[1] + prop.shape[1] != n:
-        raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together "
-                         f"hold the n = {n} image tokens of x ({N} tokens, {c} of them prefix tokens)")
+        raise ValueError(
+            f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together "
+            f"hold the n = {n} image tokens of x ({N} tokens, {c} of them prefix tokens)"
+        )
     if token_sizes is not None:
         check_tensor("token_sizes", token_sizes, 2, floating=True, shape=(B, N))
     if mode == "graph" and G is None:
         raise ValueError("propagation='graph' needs the token graph G, got None")
     if G is not None:
         if not isinstance(G, graph_type):
-            raise TypeError(f"G must be a {graph_type.__module__}.{graph_type.__name__} (the graph this "
-                            f"backend's token_graph returns), got {type(G).__name__}")
+            raise TypeError(
+                f"G must be a {graph_type.__module__}.{graph_type.__name__} (the graph this "
+                f"backend's token_graph returns), got {type(G).__name__}"
+            )
         shape = tuple(G.shape)
         if shape != (B, n, n):
-            raise ValueError(f"G is a graph of shape {list(shape)}; x needs [{B}, {n}, {n}] "
-                             f"(batch {B}, n = {n} image tokens)")
+            raise ValueError(
+                f"G is a graph of shape {list(shape)}; x needs [{B}, {n}, {n}] "
+                f"(batch {B}, n = {n} image tokens)"
+            )
     if values and not torch.compiler.is_compiling():
         check_partition(kept, prop, n)
         if token_sizes is not None:
@@ -167,14 +195,18 @@ def check_partition(kept, prop, n):
         return
     low, high = int(idx.min()), int(idx.max())
     if low < 0 or high >= n:
-        raise ValueError(f"kept / prop hold index {low if low < 0 else high}, outside the n = {n} "
-                         f"image tokens (indices are 0-based among the image tokens)")
+        raise ValueError(
+            f"kept / prop hold index {low if low < 0 else high}, outside the n = {n} "
+            f"image tokens (indices are 0-based among the image tokens)"
+        )
     counts = torch.zeros(idx.shape[0], n, dtype=torch.long, device=idx.device)
     counts.scatter_add_(1, idx, torch.ones_like(idx))  # (B, n): how often each token is named
     if bool((counts != 1).any()):  # lengths add up to n, so some token is named twice
         b, j = (counts > 1).nonzero()[0].tolist()
-        raise ValueError(f"kept / prop name image token {j} of image {b} {int(counts[b, j])} times; "
-                         f"each image token must be either kept or propagated, exactly once")
+        raise ValueError(
+            f"kept / prop name image token {j} of image {b} {int(counts[b, j])} times; "
+            f"each image token must be either kept or propagated, exactly once"
+        )
 
 
 def check_graph_input(x_img, grid, graph, num_neighbours):
@@ -194,10 +226,14 @@ def check_scores_input(attn, selection, prefix_tokens):
     choice("selection", selection, SELECTIONS)
     check_square_map(attn)
     if attn.shape[1] == 0:
-        raise ValueError(f"attn has shape {list(attn.shape)}: the scores reduce over heads, give at least one")
+        raise ValueError(
+            f"attn has shape {list(attn.shape)}: the scores reduce over heads, give at least one"
+        )
     c = prefix_count(prefix_tokens)
     if attn.shape[-1] < c:
-        raise ValueError(f"attn has N = {attn.shape[-1]} tokens; prefix_tokens={prefix_tokens!r} needs {c} prefix token(s)")
+        raise ValueError(
+            f"attn has N = {attn.shape[-1]} tokens; prefix_tokens={prefix_tokens!r} needs {c} prefix token(s)"
+        )
     if selection.startswith("cls_attn") and not c:
         raise ValueError(f"selection={selection!r} needs a [CLS] token (prefix_tokens >= 1)")
 

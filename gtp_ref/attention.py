@@ -1,5 +1,6 @@
 """The attention of the backbone and its steps, in timm's layout: q, k, v by ``Attention.heads``,
 the map by ``AttentionMap``, ``Att v`` by ``ValueMix``, the output by ``Attention.out``."""
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,11 +19,15 @@ class AttentionMap(nn.Module):
         super().__init__()
         self.scale = scale
 
-    def forward(self, q: Tensor, k: Tensor, token_sizes: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    def forward(
+        self, q: Tensor, k: Tensor, token_sizes: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
         return softmax_map(q * self.scale, k, token_sizes, bias)
 
 
-def softmax_map(q: Tensor, k: Tensor, token_sizes: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+def softmax_map(
+    q: Tensor, k: Tensor, token_sizes: Tensor | None = None, bias: Tensor | None = None
+) -> Tensor:
     """softmax(q k^T + b + log s) for q already scaled: q, k [B, H, N, d], sizes s [B, N] or None,
     bias b [B or 1, H, N, N] or None -> [B, H, N, N] (the attention map's one definition; the
     backends that compute it use it too)."""
@@ -66,7 +71,7 @@ class Attention(nn.Module):
         self.num_heads, self.kv_heads = a.num_heads, kv_heads or a.num_heads
         self.rope = config.positions.rope  # the layout of the rotation, or None
         head_dim = config.head_dim
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=a.qkv_bias and a.k_bias) if a.qkv_fused else None
         if a.qkv_fused and a.qkv_bias and not a.k_bias:  # EVA: q and v biases, none on k
             self.q_bias = nn.Parameter(torch.zeros(dim))
@@ -89,16 +94,22 @@ class Attention(nn.Module):
         B, N, C = x.shape
         H = self.num_heads
         if self.qkv is None:
-            q, k, v = (p(x).reshape(B, N, -1, C // H).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+            q, k, v = (
+                p(x).reshape(B, N, -1, C // H).transpose(1, 2)
+                for p in (self.q_proj, self.k_proj, self.v_proj)
+            )
         else:
-            qkv = self.qkv(x)  # (B, N, 3 C); through the module, so that gtp_ref.cost counts it as the backbone's
+            # (B, N, 3 C); through the module, so that gtp_ref.cost counts it as the backbone's
+            qkv = self.qkv(x)
             if hasattr(self, "q_bias"):  # EVA: + (q_bias, 0, v_bias)
                 qkv = qkv + torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
             q, k, v = qkv.reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope_rows is not None:  # the prefix tokens are not turned
             c = N - rope_rows.shape[-2]
-            q, k = (torch.cat([t[:, :, :c], rotate(t[:, :, c:], rope_rows, self.rope)], dim=2) for t in (q, k))
+            q, k = (
+                torch.cat([t[:, :, :c], rotate(t[:, :, c:], rope_rows, self.rope)], dim=2) for t in (q, k)
+            )
         if self.kv_heads != H:  # grouped-query attention: head h reads k / v head h // (H / kv_heads)
             k, v = (t.repeat_interleave(H // self.kv_heads, dim=1) for t in (k, v))
         return q, k, v
@@ -107,8 +118,14 @@ class Attention(nn.Module):
         """The heads' output [B, N, C] through ``norm`` (attn_norm) and ``proj``."""
         return self.proj(self.norm(heads))
 
-    def forward(self, x: Tensor, token_sizes: Tensor | None = None, fused_attn: bool = False,
-                rope_rows: Tensor | None = None, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        token_sizes: Tensor | None = None,
+        fused_attn: bool = False,
+        rope_rows: Tensor | None = None,
+        bias: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """(Attn(x) [B, N, C], the keys k [B, H, N, d]); ``fused_attn``: by scaled_dot_product_attention;
         rope_rows: ``heads``'; bias: a relative-position bias of the logits [B or 1, H, N, N] or None."""
         q, k, v = self.heads(x, rope_rows)  # (B, H, N, d)

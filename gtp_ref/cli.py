@@ -8,6 +8,7 @@ existing file opened for writing without changing it).  Each file written is rep
 ``wrote PATH`` or, where it existed before, ``replaced PATH``; a write that still fails
 afterwards (a full disk) is one line that says what was kept.
 """
+
 import argparse
 import os
 import tempfile
@@ -23,8 +24,9 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def output_path(parser: argparse.ArgumentParser, option: str, value: Any, *,
-                suffixes: Sequence[str] | None = None) -> Path | None:
+def output_path(
+    parser: argparse.ArgumentParser, option: str, value: Any, *, suffixes: Sequence[str] | None = None
+) -> Path | None:
     """``value`` of ``option`` as a Path, checked before any work: not empty, not a symbolic link,
     not a directory, in an existing folder, and (where given) ending in one of ``suffixes``."""
     if value is None:
@@ -34,8 +36,9 @@ def output_path(parser: argparse.ArgumentParser, option: str, value: Any, *,
     path = Path(value)
     if suffixes and path.suffix.lower() not in suffixes:
         parser.error(f"{option} {value!r}: must end in {' or '.join(suffixes)}")
-    problem = _target_problem(path) or (_unwritable(path) if path.parent.is_dir() else
-                                         f"its folder {str(path.parent)!r} does not exist")
+    problem = _target_problem(path) or (
+        _unwritable(path) if path.parent.is_dir() else f"its folder {str(path.parent)!r} does not exist"
+    )
     if problem:
         parser.error(f"{option} {value!r}: {problem}")
     return path
@@ -82,7 +85,10 @@ def _unwritable(path: Path) -> str | None:
 
 def _target_problem(path: Path) -> str | None:
     if path.is_symlink():
-        return f"is a symbolic link (to {os.readlink(path)}); not writing through it -- remove it or choose another path"
+        return (
+            f"is a symbolic link (to {os.readlink(path)}); not writing through it -- remove it or "
+            "choose another path"
+        )
     if path.is_dir():
         return "is a directory"
     parent = path.parent
@@ -91,8 +97,13 @@ def _target_problem(path: Path) -> str | None:
     return None
 
 
-def write_files(parser: argparse.ArgumentParser, where: str, paths: Sequence[str | Path],
-                write: Callable[[], Sequence[str | Path]], kept: str | None = None) -> int:
+def write_files(
+    parser: argparse.ArgumentParser,
+    where: str,
+    paths: Sequence[str | Path],
+    write: Callable[[], Sequence[str | Path]],
+    kept: str | None = None,
+) -> int:
     """Write ``paths`` (all known beforehand) by calling ``write()``; report each as wrote/replaced.
 
     Every path is checked first (``_target_problem``), so nothing is written when one is bad; an

@@ -15,15 +15,19 @@ The fields carry timm's names (``img_size``, ``num_heads``, ``qkv_bias``, ``init
 
 The defaults are timm's plain pre-norm ``VisionTransformer`` (ViT-B/16, DeiT-B).
 """
+
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from gtp_ref.validate import choice, flag, integer, pair, real
 
 NORMS = ("layernorm", "rmsnorm")  # the kinds of norm, one for the whole model (timm's LayerNorm, RmsNorm)
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP's: exact GELU, tanh-approximated GELU, CLIP's QuickGELU
-MLPS = ("mlp", "swiglu", "glu")  # fc1 -> act -> fc2; SiLU(fc1_g x) * fc1_x x (SwiGLU); one fc1, SiLU(first half) * second
-ROPE_LAYOUTS = ("interleaved", "half")  # which channels a rotation pairs: (0, 1), (2, 3), ... or (i, i + d / 2)
+# the MLP's: exact GELU, tanh-approximated GELU, CLIP's QuickGELU
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+# fc1 -> act -> fc2; SiLU(fc1_g x) * fc1_x x (SwiGLU); one fc1, SiLU(first half) * second
+MLPS = ("mlp", "swiglu", "glu")
+# which channels a rotation pairs: (0, 1), (2, 3), ... or (i, i + d / 2)
+ROPE_LAYOUTS = ("interleaved", "half")
 GLOBAL_POOLS = ("token", "avg", "map")  # the first prefix token, the mean of the tokens, attention pooling
 FINAL_NORMS = ("norm", "fc_norm", "none")  # the final norm before pooling (norm), after it (fc_norm), or none
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
@@ -75,7 +79,9 @@ class AttentionConfig:
     qk_norm: bool = False  # a norm of each head's q and k
     attn_norm: bool = False  # a norm of the heads' output before the projection
     proj_bias: bool = True  # a bias on the output projection
-    kv_heads: tuple[int, ...] | None = None  # grouped-query attention: k / v heads, one int per block or one for all
+    kv_heads: tuple[int, ...] | None = (
+        None  # grouped-query attention: k / v heads, one int per block or one for all
+    )
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,16 @@ class HeadConfig:
     pool_qkv_bias: bool | None = None  # attention pooling's q / kv biases; None: the blocks' qkv_bias
 
 
-PARTS = {"patches": PatchConfig, "prefix": PrefixConfig, "positions": PositionConfig, "attention": AttentionConfig,
-         "mlp": MLPConfig, "norm": NormConfig, "block": BlockConfig, "head": HeadConfig}
+PARTS = {
+    "patches": PatchConfig,
+    "prefix": PrefixConfig,
+    "positions": PositionConfig,
+    "attention": AttentionConfig,
+    "mlp": MLPConfig,
+    "norm": NormConfig,
+    "block": BlockConfig,
+    "head": HeadConfig,
+}
 # a part's field -> the part: every field name belongs to one part, so configs take them flat
 OWNER = {f.name: part for part, cls in PARTS.items() for f in fields(cls)}
 
@@ -146,13 +160,24 @@ class ViTConfig:
     def __post_init__(self) -> None:
         for part, cls in PARTS.items():
             if not isinstance(getattr(self, part), cls):
-                raise TypeError(f"{part} must be a gtp_ref.config.{cls.__name__}, got {type(getattr(self, part)).__name__}")
+                raise TypeError(
+                    f"{part} must be a gtp_ref.config.{cls.__name__}, got "
+                    f"{type(getattr(self, part)).__name__}"
+                )
         C, L = integer("embed_dim", self.embed_dim, minimum=1), integer("depth", self.depth, minimum=1)
         attention = _checked_attention(self.attention, C, L)
-        checked = dict(embed_dim=C, depth=L, patches=_checked_patches(self.patches, C),
-                       prefix=_checked_prefix(self.prefix), positions=_checked_positions(self.positions),
-                       attention=attention, mlp=_checked_mlp(self.mlp, C), norm=_checked_norm(self.norm),
-                       block=_checked_block(self.block), head=_checked_head(self.head, C, attention.num_heads))
+        checked = dict(
+            embed_dim=C,
+            depth=L,
+            patches=_checked_patches(self.patches, C),
+            prefix=_checked_prefix(self.prefix),
+            positions=_checked_positions(self.positions),
+            attention=attention,
+            mlp=_checked_mlp(self.mlp, C),
+            norm=_checked_norm(self.norm),
+            block=_checked_block(self.block),
+            head=_checked_head(self.head, C, attention.num_heads),
+        )
         for name, value in checked.items():  # normalised once, here: the value is frozen from now on
             object.__setattr__(self, name, value)
         if not isinstance(self.name, str):
@@ -162,12 +187,18 @@ class ViTConfig:
     def _check_together(self) -> None:
         """The rules between the parts."""
         if not self.prefix.class_token and self.head.global_pool == "token":
-            raise ValueError("global_pool='token' needs a [CLS] token (class_token=True); use global_pool='avg'")
+            raise ValueError(
+                "global_pool='token' needs a [CLS] token (class_token=True); use global_pool='avg'"
+            )
         if self.prefix.dist_token and (not self.prefix.class_token or self.head.global_pool != "token"):
-            raise ValueError("dist_token=True (distilled DeiT) needs class_token=True and global_pool='token'")
+            raise ValueError(
+                "dist_token=True (distilled DeiT) needs class_token=True and global_pool='token'"
+            )
         if self.positions.rope is not None and self.head_dim % 2:
-            raise ValueError(f"rope={self.positions.rope!r} turns pairs of channels: the heads' width "
-                             f"{self.head_dim} must be even")
+            raise ValueError(
+                f"rope={self.positions.rope!r} turns pairs of channels: the heads' width "
+                f"{self.head_dim} must be even"
+            )
 
     # ---- sizes that follow ----
     @property
@@ -239,11 +270,14 @@ def _parts(changes: dict[str, Any], base: ViTConfig | None = None) -> dict[str, 
     by_part: dict[str, dict[str, Any]] = {}
     for key, value in changes.items():
         if key not in OWNER:
-            raise TypeError(f"{key}: not a field of ViTConfig (its fields: embed_dim, depth, name, "
-                            f"{', '.join(OWNER)})")
+            raise TypeError(
+                f"{key}: not a field of ViTConfig (its fields: embed_dim, depth, name, {', '.join(OWNER)})"
+            )
         by_part.setdefault(OWNER[key], {})[key] = value
-    return {part: replace(getattr(base, part), **v) if base is not None else PARTS[part](**v)
-            for part, v in by_part.items()}
+    return {
+        part: replace(getattr(base, part), **v) if base is not None else PARTS[part](**v)
+        for part, v in by_part.items()
+    }
 
 
 # ---- the checks of each part, returning it normalised ---------------------------------------------
@@ -255,29 +289,46 @@ def _checked_patches(p: PatchConfig, C: int) -> PatchConfig:
     stem_stride = integer("stem_stride", p.stem_stride, minimum=1)
     patch_proj, remainder = flag("patch_proj", p.patch_proj), flag("allow_remainder", p.allow_remainder)
     if not patch_proj and (stem_channels != C or patch[0] != 1):
-        raise ValueError("patch_proj=False (the stem's map is the tokens) needs a stem of embed_dim channels "
-                         "(stem_channels) and patch_size=1")
+        raise ValueError(
+            "patch_proj=False (the stem's map is the tokens) needs a stem of embed_dim channels "
+            "(stem_channels) and patch_size=1"
+        )
     stride = patch[0] * (stem_stride if stem_channels else 1)  # image pixels per token, each way
     if (img_size[0] % stride or img_size[1] % stride) and not remainder:
-        raise ValueError(f"img_size={img_size!r} is not divisible by {'the stem stride x ' if stem_channels else ''}"
-                         f"patch_size={stride} (allow_remainder=True ignores the pixels beyond the last whole "
-                         "patch, as timm's convolution does)")
-    return PatchConfig(img_size=img_size, patch_size=patch[0], in_chans=integer("in_chans", p.in_chans, minimum=1),
-                       patch_bias=flag("patch_bias", p.patch_bias), embed_norm=flag("embed_norm", p.embed_norm),
-                       patch_proj=patch_proj, stem_channels=stem_channels, stem_stride=stem_stride,
-                       allow_remainder=remainder)
+        raise ValueError(
+            f"img_size={img_size!r} is not divisible by {'the stem stride x ' if stem_channels else ''}"
+            f"patch_size={stride} (allow_remainder=True ignores the pixels beyond the last whole "
+            "patch, as timm's convolution does)"
+        )
+    return PatchConfig(
+        img_size=img_size,
+        patch_size=patch[0],
+        in_chans=integer("in_chans", p.in_chans, minimum=1),
+        patch_bias=flag("patch_bias", p.patch_bias),
+        embed_norm=flag("embed_norm", p.embed_norm),
+        patch_proj=patch_proj,
+        stem_channels=stem_channels,
+        stem_stride=stem_stride,
+        allow_remainder=remainder,
+    )
 
 
 def _checked_prefix(p: PrefixConfig) -> PrefixConfig:
-    return PrefixConfig(class_token=flag("class_token", p.class_token), dist_token=flag("dist_token", p.dist_token),
-                        reg_tokens=integer("reg_tokens", p.reg_tokens, minimum=0))
+    return PrefixConfig(
+        class_token=flag("class_token", p.class_token),
+        dist_token=flag("dist_token", p.dist_token),
+        reg_tokens=integer("reg_tokens", p.reg_tokens, minimum=0),
+    )
 
 
 def _checked_positions(p: PositionConfig) -> PositionConfig:
-    return PositionConfig(pos_embed=flag("pos_embed", p.pos_embed),
-                          no_embed_class=flag("no_embed_class", p.no_embed_class),
-                          rope=None if p.rope is None else choice("rope", p.rope, ROPE_LAYOUTS),
-                          rope_mixed=flag("rope_mixed", p.rope_mixed), attn_bias=flag("attn_bias", p.attn_bias))
+    return PositionConfig(
+        pos_embed=flag("pos_embed", p.pos_embed),
+        no_embed_class=flag("no_embed_class", p.no_embed_class),
+        rope=None if p.rope is None else choice("rope", p.rope, ROPE_LAYOUTS),
+        rope_mixed=flag("rope_mixed", p.rope_mixed),
+        attn_bias=flag("attn_bias", p.attn_bias),
+    )
 
 
 def _checked_attention(a: AttentionConfig, C: int, depth: int) -> AttentionConfig:
@@ -291,34 +342,53 @@ def _checked_attention(a: AttentionConfig, C: int, depth: int) -> AttentionConfi
             raise ValueError(f"kv_heads has {len(kv)} entries; give one int or one per block ({depth})")
         kv = tuple(integer("kv_heads", h, minimum=1) for h in kv)
         if qkv_fused or any(H % h for h in kv):
-            raise ValueError(f"kv_heads={a.kv_heads} needs separate projections (qkv_fused=False) and to divide "
-                             f"num_heads={H}")
+            raise ValueError(
+                f"kv_heads={a.kv_heads} needs separate projections (qkv_fused=False) and to divide "
+                f"num_heads={H}"
+            )
         kv = None if kv == (H,) * depth else kv
-    return AttentionConfig(num_heads=H, qkv_bias=flag("qkv_bias", a.qkv_bias), qkv_fused=qkv_fused,
-                           k_bias=flag("k_bias", a.k_bias), qk_norm=flag("qk_norm", a.qk_norm),
-                           attn_norm=flag("attn_norm", a.attn_norm), proj_bias=flag("proj_bias", a.proj_bias),
-                           kv_heads=kv)
+    return AttentionConfig(
+        num_heads=H,
+        qkv_bias=flag("qkv_bias", a.qkv_bias),
+        qkv_fused=qkv_fused,
+        k_bias=flag("k_bias", a.k_bias),
+        qk_norm=flag("qk_norm", a.qk_norm),
+        attn_norm=flag("attn_norm", a.attn_norm),
+        proj_bias=flag("proj_bias", a.proj_bias),
+        kv_heads=kv,
+    )
 
 
 def _checked_mlp(m: MLPConfig, C: int) -> MLPConfig:
     ratio = real("mlp_ratio", m.mlp_ratio, 0.0, low_open=True)
     if int(C * ratio) < 1:
-        raise ValueError(f"mlp_ratio={ratio!r} gives an MLP of int({C} * {ratio}) = 0 hidden units; need at least 1")
-    return MLPConfig(mlp_kind=choice("mlp_kind", m.mlp_kind, MLPS), mlp_ratio=ratio,
-                     act=choice("act", m.act, ACTIVATIONS), mlp_norm=flag("mlp_norm", m.mlp_norm),
-                     mlp_bias=flag("mlp_bias", m.mlp_bias))
+        raise ValueError(
+            f"mlp_ratio={ratio!r} gives an MLP of int({C} * {ratio}) = 0 hidden units; need at least 1"
+        )
+    return MLPConfig(
+        mlp_kind=choice("mlp_kind", m.mlp_kind, MLPS),
+        mlp_ratio=ratio,
+        act=choice("act", m.act, ACTIVATIONS),
+        mlp_norm=flag("mlp_norm", m.mlp_norm),
+        mlp_bias=flag("mlp_bias", m.mlp_bias),
+    )
 
 
 def _checked_norm(n: NormConfig) -> NormConfig:
-    return NormConfig(norm_kind=choice("norm_kind", n.norm_kind, NORMS),
-                      norm_eps=real("norm_eps", n.norm_eps, 0.0, low_open=True), pre_norm=flag("pre_norm", n.pre_norm),
-                      final_norm=None if n.final_norm is None else choice("final_norm", n.final_norm, FINAL_NORMS))
+    return NormConfig(
+        norm_kind=choice("norm_kind", n.norm_kind, NORMS),
+        norm_eps=real("norm_eps", n.norm_eps, 0.0, low_open=True),
+        pre_norm=flag("pre_norm", n.pre_norm),
+        final_norm=None if n.final_norm is None else choice("final_norm", n.final_norm, FINAL_NORMS),
+    )
 
 
 def _checked_block(b: BlockConfig) -> BlockConfig:
-    return BlockConfig(post_norm=flag("post_norm", b.post_norm),
-                       init_values=None if b.init_values is None else real("init_values", b.init_values),
-                       mlp_layer_scale=flag("mlp_layer_scale", b.mlp_layer_scale))
+    return BlockConfig(
+        post_norm=flag("post_norm", b.post_norm),
+        init_values=None if b.init_values is None else real("init_values", b.init_values),
+        mlp_layer_scale=flag("mlp_layer_scale", b.mlp_layer_scale),
+    )
 
 
 def _checked_head(h: HeadConfig, C: int, heads: int) -> HeadConfig:
@@ -326,11 +396,16 @@ def _checked_head(h: HeadConfig, C: int, heads: int) -> HeadConfig:
     pool_heads = None if h.pool_heads is None else integer("pool_heads", h.pool_heads, minimum=1)
     if pool == "map" and C % (pool_heads or heads):
         raise ValueError(f"embed_dim={C} is not divisible by pool_heads={pool_heads or heads}")
-    return HeadConfig(num_classes=integer("num_classes", h.num_classes, minimum=0), global_pool=pool,
-                      pool_prefix=flag("pool_prefix", h.pool_prefix), pool_heads=pool_heads,
-                      pool_mlp_ratio=None if h.pool_mlp_ratio is None else
-                      real("pool_mlp_ratio", h.pool_mlp_ratio, 0.0, low_open=True),
-                      pool_qkv_bias=None if h.pool_qkv_bias is None else flag("pool_qkv_bias", h.pool_qkv_bias))
+    return HeadConfig(
+        num_classes=integer("num_classes", h.num_classes, minimum=0),
+        global_pool=pool,
+        pool_prefix=flag("pool_prefix", h.pool_prefix),
+        pool_heads=pool_heads,
+        pool_mlp_ratio=None
+        if h.pool_mlp_ratio is None
+        else real("pool_mlp_ratio", h.pool_mlp_ratio, 0.0, low_open=True),
+        pool_qkv_bias=None if h.pool_qkv_bias is None else flag("pool_qkv_bias", h.pool_qkv_bias),
+    )
 
 
 # ---- the paper's backbones (supplement Tables 1-2): the presets, counted by the cost model too ----
@@ -342,6 +417,7 @@ PRESETS = {
     # As the authors' code builds EVA-L (graph_propagation_eva_large_patch14_196): patch 14 at
     # 196 px, a [CLS] token, and the head averaging the image tokens (N = 197; the supplement's
     # C.4 counts N = 196, without the [CLS] token).
-    "eva_large": ViTConfig.of(name="EVA-L", img_size=196, patch_size=14, embed_dim=1024, depth=24, num_heads=16,
-                              global_pool="avg"),
+    "eva_large": ViTConfig.of(
+        name="EVA-L", img_size=196, patch_size=14, embed_dim=1024, depth=24, num_heads=16, global_pool="avg"
+    ),
 }

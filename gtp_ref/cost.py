@@ -5,8 +5,8 @@ Counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products and c
 token-reduction block calls its steps itself, ``attn.qkv`` or ``attn.q_proj`` / ``k_proj`` /
 ``v_proj``, ``attn.map``, ``attn.mix`` and ``attn.proj``) and ``mlp``, the attention pool
 (``attn_pool``) and the ``head``; overhead: every other counted op -- GTP's graph,
-propagation and cos-sim scores, or ToMe's matching.  Element-wise work (softmax, norms, maxima, sorts, gathers) is not
-counted by the flop counter; ``complexity.uncounted`` estimates it separately.
+propagation and cos-sim scores, or ToMe's matching.  Element-wise work (softmax, norms, maxima,
+sorts, gathers) is not counted by the flop counter; ``complexity.uncounted`` estimates it separately.
 
 Two things the flop counter alone gets wrong are fixed here: it has no formula for the CPU's
 fused attention (``aten._scaled_dot_product_flash_attention_for_cpu``, what
@@ -15,22 +15,21 @@ missed -- this module gives it the formula of the other fused attentions; and it
 nothing for a product it has no formula for -- here any such op (by name: matrix products,
 convolutions, attention, einsum) raises instead of under-counting.
 """
+
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import (
-    FlopCounterMode,
-    register_flop_formula,
-    sdpa_flop_count,
-)
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from gtp_ref._checks import check_tensor
 
 
 @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
-def _sdpa_cpu_flops(query: Tensor, key: Tensor, value: Tensor, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
+def _sdpa_cpu_flops(
+    query: Tensor, key: Tensor, value: Tensor, *args: Any, out_val: Any = None, **kwargs: Any
+) -> int:
     """q k^T and Att v of the CPU's fused attention: 2 (B H N N_k d + B H N N_k d_v) FLOPs."""
     return sdpa_flop_count(query.shape, key.shape, value.shape)
 
@@ -39,8 +38,13 @@ def _is_product(name: str) -> bool:
     """Whether an ATen op's name says it multiplies and accumulates (mm, bmm, addmm, mv, dot,
     matmul, einsum, conv..., ...attention..., linear)."""
     words = name.strip("_").split("_")
-    return any(w.endswith("mm") or w.endswith("mv") or w.startswith("conv") or w in
-               ("dot", "vdot", "matmul", "einsum", "tensordot", "attention", "linear") for w in words)
+    return any(
+        w.endswith("mm")
+        or w.endswith("mv")
+        or w.startswith("conv")
+        or w in ("dot", "vdot", "matmul", "einsum", "tensordot", "attention", "linear")
+        for w in words
+    )
 
 
 class _ProductOps(TorchDispatchMode):
@@ -65,8 +69,11 @@ def _backbone_module(name: str, root: str) -> bool:
     if parts[0] != root:
         return False
     rest = parts[1:]
-    return rest in (["patch_embed"], ["head"], ["attn_pool"]) or (len(rest) >= 3 and rest[0] == "blocks" and (
-        rest[2:] in (["attn"], ["mlp"]) or (rest[2] == "attn" and rest[3:] in ATTENTION_STEPS)))
+    return rest in (["patch_embed"], ["head"], ["attn_pool"]) or (
+        len(rest) >= 3
+        and rest[0] == "blocks"
+        and (rest[2:] in (["attn"], ["mlp"]) or (rest[2] == "attn" and rest[3:] in ATTENTION_STEPS))
+    )
 
 
 def _outermost(names: list[str]) -> list[str]:
@@ -87,14 +94,21 @@ def measure_macs(model: nn.Module, images: Tensor, **forward_kwargs: Any) -> dic
         model(images, **forward_kwargs)
     unseen = sorted(str(op) for op in products.seen if op not in counter.flop_registry)
     if unseen:
-        raise ValueError(f"the forward runs {', '.join(unseen)}, a product the flop counter has no formula "
-                         "for: its MACs would be missing from the count")
+        raise ValueError(
+            f"the forward runs {', '.join(unseen)}, a product the flop counter has no formula "
+            "for: its MACs would be missing from the count"
+        )
     counts = counter.get_flop_counts()
     root = type(model).__name__
     total = sum(counts["Global"].values())
-    backbone = sum(sum(counts[k].values()) for k in _outermost([k for k in counts if _backbone_module(k, root)]))
+    backbone = sum(
+        sum(counts[k].values()) for k in _outermost([k for k in counts if _backbone_module(k, root)])
+    )
     B = images.shape[0]
     if total % (2 * B) or backbone % (2 * B):
         raise ValueError("counted FLOPs are not 2 x MACs x batch: an op without a MAC formula?")
-    return {"backbone": backbone // (2 * B), "overhead": (total - backbone) // (2 * B),
-            "total": total // (2 * B)}
+    return {
+        "backbone": backbone // (2 * B),
+        "overhead": (total - backbone) // (2 * B),
+        "total": total // (2 * B),
+    }

@@ -1,12 +1,15 @@
 """A forward pass replayed from a CUDA graph: no host work per call, for models whose forward
 never synchronises with the host (``gtp_ref.backends.fast``'s, ToMe's, the plain ViT's)."""
+
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def cuda_graphed(fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3) -> Callable[[Tensor], Tensor]:
+def cuda_graphed(
+    fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3
+) -> Callable[[Tensor], Tensor]:
     """``fn`` replayed from a CUDA graph, for inputs shaped like ``example`` (a CUDA tensor).
 
     The returned callable copies its input into the captured input buffer, replays, and returns

@@ -11,6 +11,7 @@ The margins are computed from a trace recorded with ``forward_trace(x, record=Tr
 the one implementation of each rule (``select.head_thresholds``, ``graph.semantic_threshold``,
 ``tome.similarity``); nothing here runs in a forward pass.
 """
+
 from typing import TYPE_CHECKING
 
 import torch
@@ -92,6 +93,7 @@ def matching_margin(metric: Tensor, r: int, class_token: bool) -> float:
     token, the r-th vs (r+1)-th most similar A token, and, without a class token, adjacent
     unmerged A tokens (their score order is the next block's order)."""
     from gtp_ref.tome import similarity
+
     sim = similarity(metric, class_token)  # (B, |A|, |B|), the rule of tome.bipartite_soft_matching
     ranked = sim.max(dim=-1).values.sort(dim=-1, descending=True).values  # (B, |A|)
     gaps = []
@@ -101,7 +103,7 @@ def matching_margin(metric: Tensor, r: int, class_token: bool) -> float:
     if 0 < r < ranked.shape[1]:
         gaps.append(ranked[:, r - 1] - ranked[:, r])
     if not class_token and ranked.shape[1] - r > 1:
-        gaps.append((ranked[:, r:-1] - ranked[:, r + 1:]).flatten())
+        gaps.append((ranked[:, r:-1] - ranked[:, r + 1 :]).flatten())
     gaps = torch.cat(gaps) if gaps else sim.new_empty(0)
     return smallest_positive(gaps[torch.isfinite(gaps)])  # [CLS]'s -inf row is no decision
 
@@ -110,8 +112,10 @@ def tome_margin(trace: "ToMeTrace") -> float:
     """The closest call of a ToMe forward pass recorded with ``ToMeViT.forward_trace(x, record=True)``."""
     if any(m is None for m in trace.metrics):
         raise ValueError("the trace has no matching metrics: record it with forward_trace(x, record=True)")
-    return min([matching_margin(m, r, trace.class_token) for m, r in zip(trace.metrics, trace.merged) if r > 0],
-               default=INF)
+    return min(
+        [matching_margin(m, r, trace.class_token) for m, r in zip(trace.metrics, trace.merged) if r > 0],
+        default=INF,
+    )
 
 
 def margin(trace: "GTPTrace | ToMeTrace") -> float:

@@ -7,14 +7,16 @@ Nodes are the n image tokens of an h x w patch grid in row-major order ([CLS] is
     A  mixed:    A = S or E
     Â = D^-1/2 A D^-1/2, D = diag(row sums of A), with D^-1/2 = 0 on degree-0 rows
 """
+
 import torch
 from torch import Tensor
 
 from gtp_ref._checks import check_graph_input
 
 
-def spatial_graph(grid: tuple[int, int], *, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str | None = None) -> Tensor:
+def spatial_graph(
+    grid: tuple[int, int], *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> Tensor:
     """S: [n, n], n = h*w.  S_ij = 1 iff i != j, |row_i - row_j| <= 1 and |col_i - col_j| <= 1."""
     h, w = grid
     rows = torch.arange(h, device=device).repeat_interleave(w)  # (n,)
@@ -74,7 +76,9 @@ def inv_sqrt_degree(deg: Tensor) -> Tensor:
     return torch.where(deg > 0, safe.rsqrt(), torch.zeros_like(deg))
 
 
-def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> Tensor:
+def token_graph(
+    x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4
+) -> Tensor:
     """Â of the image tokens: x_img [B, n, C], grid = (h, w) with h*w = n -> [B, n, n].
 
     graph = "spatial" (S), "semantic" (E with M = num_neighbours) or "mixed" (S or E), then

@@ -6,6 +6,7 @@ sines then the cosines, as timm's ``get_embed`` returns them), rotating each ima
 and key by the row of the patch it started as.  GTP removes tokens and never moves one, so a
 kept token keeps its row (``gtp_ref.model`` gathers the rows of the tokens left in each block).
 """
+
 import torch
 from torch import Tensor, nn
 
@@ -13,15 +14,24 @@ from gtp_ref.config import MLPConfig, NormConfig, ViTConfig
 
 # Parts of timm ViT checkpoints that this model does not have, by a key component they carry.
 FOREIGN_KEYS = {
-    "ls1": "layer scale (DeiT-III style ls1 / ls2)", "ls2": "layer scale (DeiT-III style ls1 / ls2)",
-    "reg_token": "register tokens", "dist_token": "a distillation token (distilled DeiT)",
-    "head_dist": "a distillation head (distilled DeiT)", "norm_pre": "a norm before the blocks (CLIP-style)",
-    "q_norm": "query / key normalisation", "k_norm": "query / key normalisation",
-    "attn_pool": "attention pooling (global_pool='map')", "backbone": "a convolutional stem (hybrid ViT)",
-    "cls_token": "a [CLS] token", "fc_norm": "a LayerNorm after pooling (fc_norm)",
-    "norm": "a LayerNorm before pooling (norm)", "rope_table": "rotary position embeddings (rope)",
-    "q_bias": "q / v biases beside a bias-free qkv (EVA)", "q_proj": "separate q / k / v projections",
-    "fc1_g": "a SwiGLU MLP", "pos_embed": "a learned position embedding",
+    "ls1": "layer scale (DeiT-III style ls1 / ls2)",
+    "ls2": "layer scale (DeiT-III style ls1 / ls2)",
+    "reg_token": "register tokens",
+    "dist_token": "a distillation token (distilled DeiT)",
+    "head_dist": "a distillation head (distilled DeiT)",
+    "norm_pre": "a norm before the blocks (CLIP-style)",
+    "q_norm": "query / key normalisation",
+    "k_norm": "query / key normalisation",
+    "attn_pool": "attention pooling (global_pool='map')",
+    "backbone": "a convolutional stem (hybrid ViT)",
+    "cls_token": "a [CLS] token",
+    "fc_norm": "a LayerNorm after pooling (fc_norm)",
+    "norm": "a LayerNorm before pooling (norm)",
+    "rope_table": "rotary position embeddings (rope)",
+    "q_bias": "q / v biases beside a bias-free qkv (EVA)",
+    "q_proj": "separate q / k / v projections",
+    "fc1_g": "a SwiGLU MLP",
+    "pos_embed": "a learned position embedding",
 }
 
 
@@ -47,7 +57,9 @@ class QuickGELU(nn.Module):
 def norm_layer(norm: NormConfig, dim: int) -> nn.Module:
     """The config's kind of norm over ``dim`` channels: a LayerNorm (weight and bias) or an RmsNorm
     (weight), with its eps."""
-    return nn.LayerNorm(dim, eps=norm.norm_eps) if norm.norm_kind == "layernorm" else RmsNorm(dim, norm.norm_eps)
+    return (
+        nn.LayerNorm(dim, eps=norm.norm_eps) if norm.norm_kind == "layernorm" else RmsNorm(dim, norm.norm_eps)
+    )
 
 
 def activation(kind: str) -> nn.Module:
@@ -60,9 +72,15 @@ def activation(kind: str) -> nn.Module:
 class Mlp(nn.Module):
     """fc2(norm(act(fc1 x))); ``norm``: a norm of the hidden units or None (timm's Mlp)."""
 
-    def __init__(self, dim: int, hidden: int, act: str = "gelu", norm: nn.Module | None = None, bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, hidden: int, act: str = "gelu", norm: nn.Module | None = None, bias: bool = True
+    ) -> None:
         super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden, bias), activation(act), nn.Linear(hidden, dim, bias)
+        self.fc1, self.act, self.fc2 = (
+            nn.Linear(dim, hidden, bias),
+            activation(act),
+            nn.Linear(hidden, dim, bias),
+        )
         self.norm = norm or nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

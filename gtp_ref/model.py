@@ -5,6 +5,7 @@ selection of the tokens to propagate, their propagation over the token graph, th
 ops come from a backend object (``gtp_ref.backends``: dense, sparse or fast); the backbone is
 ``gtp_ref.vit`` (timm's layout, so timm checkpoints of a plain ViT load unchanged).
 """
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +95,9 @@ class GTPRun:
     # (B, n_l) with record, rope or attn_bias: the patch each current image token started as (-1: none)
     ids: Tensor | None = None
     rope_rows: Tensor | None = None  # with RoPE: the running block's table rows of the current image tokens
-    bias: Tensor | None = None  # with attn_bias: the running block's relative-position bias of the current tokens
+    bias: Tensor | None = (
+        None  # with attn_bias: the running block's relative-position bias of the current tokens
+    )
     provenance: Provenance | None = None
 
     def track(self, layer: LayerTrace) -> None:
@@ -102,7 +105,8 @@ class GTPRun:
         ``record`` which patches it propagates, along which edges."""
         if self.ids is None:
             return
-        prop_ids, kept_ids = self.ids.gather(1, layer.prop), self.ids.gather(1, layer.kept)  # (B, P), (B, n - P)
+        # (B, P), (B, n - P)
+        prop_ids, kept_ids = (self.ids.gather(1, layer.prop), self.ids.gather(1, layer.kept))
         mean_token = self.ids.new_full((self.ids.shape[0], 1), -1)
         self.ids = kept_ids if self.propagation != "mean" else torch.cat([kept_ids, mean_token], dim=1)
         if not self.record:
@@ -112,12 +116,22 @@ class GTPRun:
         self.provenance.propagated_at[b[real], prop_ids[real]] = self.block
         if self.propagation == "graph":
             A = self.ops.to_dense(self.graph).to(layer.prop.device)  # (B, n_l, n_l)
-            A_KP = torch.stack([a[k][:, p] for a, k, p in zip(A, layer.kept, layer.prop)]) if len(A) else \
-                A.new_zeros(0, *kept_ids.shape[1:], prop_ids.shape[1])  # (B, n - P, P)
+            # (B, n - P, P)
+            A_KP = (
+                torch.stack([a[k][:, p] for a, k, p in zip(A, layer.kept, layer.prop)])
+                if len(A)
+                else A.new_zeros(0, *kept_ids.shape[1:], prop_ids.shape[1])
+            )
             image, i, j = (A_KP != 0).nonzero(as_tuple=True)
-            self.provenance.edges.append({"block": torch.tensor(self.block), "image": image,
-                                          "src": prop_ids[image, j], "dst": kept_ids[image, i],
-                                          "weight": A_KP[image, i, j]})
+            self.provenance.edges.append(
+                {
+                    "block": torch.tensor(self.block),
+                    "image": image,
+                    "src": prop_ids[image, j],
+                    "dst": kept_ids[image, i],
+                    "weight": A_KP[image, i, j],
+                }
+            )
 
 
 class GTPBlock(Block):
@@ -125,33 +139,54 @@ class GTPBlock(Block):
 
     def forward(self, x: Tensor, P: int, run: GTPRun) -> tuple[Tensor, LayerTrace]:  # type: ignore[override]
         """One GTP block (spec 3): x [B, N, C] -> [B, N - P, C], and what it did."""
-        layer = LayerTrace(tokens=x.shape[1], attn_k=sparsity_k(x.shape[1], run.sparsity) if run.sparsity < 1 else None)
+        layer = LayerTrace(
+            tokens=x.shape[1], attn_k=sparsity_k(x.shape[1], run.sparsity) if run.sparsity < 1 else None
+        )
         attn_out, layer.scores = self.attend(x, run.selection if P > 0 else None, run, layer)  # Attn(LN1 x)
         x = self.attn_add(x, attn_out)  # (B, N, C)
         if P > 0:
             layer.kept, layer.prop = run.ops.select_tokens(layer.scores, P)  # (B, n - P), (B, P)
             run.track(layer)  # a kept token keeps its patch (its RoPE rows, its relative-position bias)
-            x, run.graph, run.token_sizes = run.ops.propagate(x, run.graph, layer.kept, layer.prop, run.alpha,
-                                                              run.token_sizes, run.prefix_tokens, run.propagation)
+            x, run.graph, run.token_sizes = run.ops.propagate(
+                x,
+                run.graph,
+                layer.kept,
+                layer.prop,
+                run.alpha,
+                run.token_sizes,
+                run.prefix_tokens,
+                run.propagation,
+            )
         return self.mlp_add(x), layer  # (B, N - P, C)
 
-    def attend(self, x: Tensor, selection: str | None, run: GTPRun,
-               layer: LayerTrace) -> tuple[Tensor, Tensor | None]:
+    def attend(
+        self, x: Tensor, selection: str | None, run: GTPRun, layer: LayerTrace
+    ) -> tuple[Tensor, Tensor | None]:
         """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
         selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
         q, k, v = self.attn.heads(self.attn_in(x), run.rope_rows)  # (B, H, N, d)
         if run.ops.attention is not None and not run.record and run.bias is None:
-            kernels = run.ops.attention(q * self.attn.scale, k, v, run.token_sizes, run.sparsity, selection,
-                                        prefix_count(run.prefix_tokens))
+            kernels = run.ops.attention(
+                q * self.attn.scale,
+                k,
+                v,
+                run.token_sizes,
+                run.sparsity,
+                selection,
+                prefix_count(run.prefix_tokens),
+            )
             if kernels is not None:
                 out, scores = kernels  # (B, N, H d), (B, n) or None
                 return self.attn.out(out), scores
-        raw = self.attn.map(q, k, run.token_sizes, run.bias)  # (B, H, N, N): softmax(q k^T / sqrt(d) + b + log s)
+        # (B, H, N, N): softmax(q k^T / sqrt(d) + b + log s)
+        raw = self.attn.map(q, k, run.token_sizes, run.bias)
         attn = run.ops.sparsify_attention(raw, run.sparsity)  # entries below the head's threshold set to 0
         if run.record:
             layer.attn_raw = raw
         out = self.attn.out(self.attn.mix(attn, v))  # (B, N, C)
-        return out, None if selection is None else run.ops.token_scores(attn, selection, run.prefix_tokens, run.generator)
+        return out, None if selection is None else run.ops.token_scores(
+            attn, selection, run.prefix_tokens, run.generator
+        )
 
 
 class GTPPostNormBlock(PostNormBlock, GTPBlock):
@@ -160,12 +195,14 @@ class GTPPostNormBlock(PostNormBlock, GTPBlock):
 
 def _setting(name: str, doc: str) -> property:
     """A GTPViT attribute that reads ``settings.<name>`` and, assigned, checks the settings anew."""
+
     def get(self: "GTPViT") -> Any:
         value = getattr(self.settings, name)
         return list(value) if name == "num_prop" else value
 
     def set(self: "GTPViT", value: Any) -> None:
         self.settings = self.settings.replace(**{name: value})
+
     return property(get, set, doc=f"{doc} (assigned: validated like the constructor's argument)")
 
 
@@ -188,14 +225,33 @@ class GTPViT(ViT):
 
     block_classes = {False: GTPBlock, True: GTPPostNormBlock}
 
-    def __init__(self, config: ViTConfig, *, stem: torch.nn.Module | None = None, num_prop: int | list[int] = 0,
-                 graph: str = "mixed", num_neighbours: int = 4, selection: str = "mixed_attn_max",
-                 propagation: str = "graph", sparsity: float = 1.0, alpha: float = 0.1, token_scale: bool = False,
-                 backend: str = "dense") -> None:
+    def __init__(
+        self,
+        config: ViTConfig,
+        *,
+        stem: torch.nn.Module | None = None,
+        num_prop: int | list[int] = 0,
+        graph: str = "mixed",
+        num_neighbours: int = 4,
+        selection: str = "mixed_attn_max",
+        propagation: str = "graph",
+        sparsity: float = 1.0,
+        alpha: float = 0.1,
+        token_scale: bool = False,
+        backend: str = "dense",
+    ) -> None:
         super().__init__(config, stem=stem)
-        self.settings = GTPSettings(num_prop=num_prop, graph=graph, num_neighbours=num_neighbours,
-                                    selection=selection, propagation=propagation, sparsity=sparsity, alpha=alpha,
-                                    token_scale=token_scale, backend=backend)
+        self.settings = GTPSettings(
+            num_prop=num_prop,
+            graph=graph,
+            num_neighbours=num_neighbours,
+            selection=selection,
+            propagation=propagation,
+            sparsity=sparsity,
+            alpha=alpha,
+            token_scale=token_scale,
+            backend=backend,
+        )
 
     @property
     def settings(self) -> GTPSettings:
@@ -210,9 +266,15 @@ class GTPViT(ViT):
             raise TypeError(f"settings must be a gtp_ref.settings.GTPSettings, got {type(value).__name__}")
         value = value.checked(len(self.blocks), self.num_image_tokens, self.num_prefix_tokens)
         positions = self.config.positions
-        if (positions.rope is not None or positions.attn_bias) and value.propagation == "mean" and any(value.num_prop):
-            raise ValueError("propagation='mean' with rope or attn_bias: the mean token it appends has no position "
-                             "for its rotary embedding or relative-position bias; use propagation='graph' or 'none'")
+        if (
+            (positions.rope is not None or positions.attn_bias)
+            and value.propagation == "mean"
+            and any(value.num_prop)
+        ):
+            raise ValueError(
+                "propagation='mean' with rope or attn_bias: the mean token it appends has no position "
+                "for its rotary embedding or relative-position bias; use propagation='graph' or 'none'"
+            )
         if getattr(self, "_settings", None) is None or value.backend != self._settings.backend:
             self.ops = get_backend(value.backend)  # the ops of that backend (a Backend object)
         self._settings = value
@@ -227,7 +289,9 @@ class GTPViT(ViT):
     token_scale = _setting("token_scale", "proportional attention with token sizes")
     backend = _setting("backend", "the backend whose ops the model runs: dense, sparse or fast")
 
-    def forward_trace(self, x: Tensor, generator: torch.Generator | None = None, record: bool = False) -> GTPTrace:
+    def forward_trace(
+        self, x: Tensor, generator: torch.Generator | None = None, record: bool = False
+    ) -> GTPTrace:
         """Logits and, per block, the tokens entering it, the sparsity k, the scores and the selection.
 
         ``record=True`` also keeps the attention maps and the graph's input, for
@@ -235,8 +299,16 @@ class GTPViT(ViT):
         """
         x = self.embed(x)  # (B, N, C)
         c = self.num_prefix_tokens
-        run = GTPRun(self.ops, self.selection, self.sparsity, self.alpha, self.propagation,
-                     bool(c) if c <= 1 else c, generator=generator, record=record)
+        run = GTPRun(
+            self.ops,
+            self.selection,
+            self.sparsity,
+            self.alpha,
+            self.propagation,
+            bool(c) if c <= 1 else c,
+            generator=generator,
+            record=record,
+        )
         trace = GTPTrace(sparsity=self.sparsity)
         n = self.num_image_tokens
         if record or self.config.positions.rope is not None or self.config.positions.attn_bias:

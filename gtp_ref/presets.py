@@ -13,6 +13,7 @@ sweep ``PAPER_NUM_PROP`` (supplement Tables 1-3).  Every command, benchmark and 
 settings for DeiT-B with the best (theta, alpha) of the authors' later grid search for that P
 (``AUTHORS_DEIT_BASE``; not the default).
 """
+
 from typing import Any
 
 from gtp_ref.config import PRESETS
@@ -20,17 +21,42 @@ from gtp_ref.model import GTPViT
 from gtp_ref.settings import GTPSettings
 
 # P (tokens propagated per block; ToMe's r) that the supplement sweeps, per backbone (Tables 1-3)
-PAPER_NUM_PROP = {"deit_small": (8, 11, 14, 16), "deit_base": (4, 8, 11, 14, 16),
-                  "vit_large": tuple(range(1, 9)), "eva_large": tuple(range(1, 9))}
-PAPER = GTPSettings(num_prop=8, graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph",
-                    sparsity=0.6, alpha=0.1, token_scale=True)
+PAPER_NUM_PROP = {
+    "deit_small": (8, 11, 14, 16),
+    "deit_base": (4, 8, 11, 14, 16),
+    "vit_large": tuple(range(1, 9)),
+    "eva_large": tuple(range(1, 9)),
+}
+PAPER = GTPSettings(
+    num_prop=8,
+    graph="mixed",
+    num_neighbours=4,
+    selection="mixed_attn_max",
+    propagation="graph",
+    sparsity=0.6,
+    alpha=0.1,
+    token_scale=True,
+)
 PAPER_SPARSITY = {"deit_base": 0.5}  # theta where the supplement's C.2 differs from 0.6
 # DeiT-B's best (theta, alpha) for each P, from the authors' grid search on ImageNet's validation set
 # (mixed_attn_max, mixed graph, graph propagation, token sizes): the table of their README
 # (github.com/Ackesnal/GTP-ViT, "Optimal Hyperparameters", commit 97a1178 of 2026-06-23).
-AUTHORS_DEIT_BASE = {1: (0.8, 0.1), 2: (0.7, 0.1), 3: (0.9, 0.4), 4: (1.0, 0.4), 5: (0.6, 0.15), 6: (0.6, 0.15),
-                     7: (0.6, 0.1), 8: (0.6, 0.1), 9: (0.7, 0.2), 10: (0.5, 0.2), 11: (0.8, 0.3), 12: (0.8, 0.3),
-                     13: (0.7, 0.3), 14: (0.8, 0.3)}
+AUTHORS_DEIT_BASE = {
+    1: (0.8, 0.1),
+    2: (0.7, 0.1),
+    3: (0.9, 0.4),
+    4: (1.0, 0.4),
+    5: (0.6, 0.15),
+    6: (0.6, 0.15),
+    7: (0.6, 0.1),
+    8: (0.6, 0.1),
+    9: (0.7, 0.2),
+    10: (0.5, 0.2),
+    11: (0.8, 0.3),
+    12: (0.8, 0.3),
+    13: (0.7, 0.3),
+    14: (0.8, 0.3),
+}
 
 
 def paper_settings(name: str | None = None, **changes: Any) -> GTPSettings:
@@ -38,8 +64,10 @@ def paper_settings(name: str | None = None, **changes: Any) -> GTPSettings:
     paper's main setting, which also serves other ViTs), with ``changes`` applied."""
     if name is not None and name not in PRESETS:
         raise ValueError(f"backbone {name!r} is not one of {', '.join(map(repr, PRESETS))}")
-    settings = PAPER.replace(sparsity=PAPER_SPARSITY.get(name, PAPER.sparsity),
-                             num_prop=PAPER_NUM_PROP.get(name, (PAPER.num_prop,))[0])
+    settings = PAPER.replace(
+        sparsity=PAPER_SPARSITY.get(name, PAPER.sparsity),
+        num_prop=PAPER_NUM_PROP.get(name, (PAPER.num_prop,))[0],
+    )
     return settings.replace(**changes)
 
 

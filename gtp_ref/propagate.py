@@ -4,6 +4,7 @@ x [B, N, C] holds the prefix tokens first (prefix_tokens: True = one [CLS], Fals
 number: [CLS] and registers), then the n image tokens; G = Â [B, n, n];
 kept [B, n-P] and prop [B, P] index the image tokens; token_sizes [B, N] or None.
 """
+
 import torch
 from torch import Tensor
 
@@ -19,14 +20,25 @@ def gather_graph(G: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """G [B, n, n], rows [B, r], cols [B, c] -> G[b, rows[b]][:, cols[b]]: [B, r, c]."""
     if G.shape[0] == 0:
         return G.new_empty(0, rows.shape[1], cols.shape[1])
-    return torch.stack([g.index_select(0, r).index_select(1, c)  # (r, c) per image
-                        for g, r, c in zip(G, rows, cols)])
+    return torch.stack(
+        [
+            g.index_select(0, r).index_select(1, c)  # (r, c) per image
+            for g, r, c in zip(G, rows, cols)
+        ]
+    )
 
 
 @renamed_keywords
-def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_sizes: Tensor | None = None, prefix_tokens: bool | int = True,
-              mode: str = "graph") -> tuple[Tensor, Tensor | None, Tensor | None]:
+def propagate(
+    x: Tensor,
+    G: Tensor | None,
+    kept: Tensor,
+    prop: Tensor,
+    alpha: float,
+    token_sizes: Tensor | None = None,
+    prefix_tokens: bool | int = True,
+    mode: str = "graph",
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Remove the tokens ``prop``; returns (x [B, N', C], G [B, n', n'] or None, token_sizes).
 
     graph:  x_K <- x_K + alpha Â[K, P] x_P,  s_K <- s_K + alpha Â[K, P] s_P;  next graph Â[K, K]
@@ -37,8 +49,7 @@ def propagate(x: Tensor, G: Tensor | None, kept: Tensor, prop: Tensor, alpha: fl
     The prefix tokens and their sizes are never changed.  G may be None for
     mean / none, which need no graph; the returned graph is then None too.
     """
-    check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode,
-                         graph_type=torch.Tensor)
+    check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, graph_type=torch.Tensor)
     c = prefix_count(prefix_tokens)
     cls, x_img = x[:, :c], x[:, c:]  # (B, c, C), (B, n, C)
     x_K, x_P = gather_tokens(x_img, kept), gather_tokens(x_img, prop)  # (B, n-P, C), (B, P, C)

@@ -9,6 +9,7 @@ ToMe: ``r`` is an int or one int per block; block ``l`` merges min(r_l, (N_l - p
 tokens, since bipartite matching pairs at most half of the unprotected tokens ([CLS] is
 protected), and N_{l+1} = N_l - (merged).
 """
+
 from collections.abc import Sequence
 
 from gtp_ref.validate import choice, integer
@@ -34,7 +35,8 @@ def prop_schedule(num_prop: int | Sequence[int], depth: int, n: int, propagation
         if P > n_l - 1:
             raise ValueError(
                 f"num_prop={num_prop!r} propagates {P} of the {n_l} image tokens left at block {l}; "
-                f"at most {n_l - 1} (at least one image token must be kept)")
+                f"at most {n_l - 1} (at least one image token must be kept)"
+            )
         n_l = n_l - P + (1 if propagation == "mean" and P > 0 else 0)
     return schedule
 

@@ -3,6 +3,7 @@
 Layout: attn [B, H, N, N] (heads H, all N tokens, the prefix tokens -- [CLS], registers -- first);
 scores [B, n] over the n image tokens; indices are 0-based among the image tokens.
 """
+
 from collections.abc import Callable
 
 import torch
@@ -31,8 +32,9 @@ def _kthvalue(rows: Tensor, k: int) -> Tensor:
     return rows.kthvalue(k, dim=-1).values
 
 
-def head_thresholds(attn: Tensor, sparsity: float,
-                    kth_smallest: Callable[[Tensor, int], Tensor] = _kthvalue) -> Tensor | None:
+def head_thresholds(
+    attn: Tensor, sparsity: float, kth_smallest: Callable[[Tensor, int], Tensor] = _kthvalue
+) -> Tensor | None:
     """tau [B, H]: the k-th smallest of each head's N^2 entries of Att [B, H, N, N], with
     k = int(N^2 (1 - theta)); None for theta = 1 or k = 0 (nothing is zeroed then).
 
@@ -47,8 +49,9 @@ def head_thresholds(attn: Tensor, sparsity: float,
     return kth_smallest(attn.reshape(B * H, N * N), k).view(B, H)
 
 
-def sparsify_attention(attn: Tensor, sparsity: float,
-                       kth_smallest: Callable[[Tensor, int], Tensor] = _kthvalue) -> Tensor:
+def sparsify_attention(
+    attn: Tensor, sparsity: float, kth_smallest: Callable[[Tensor, int], Tensor] = _kthvalue
+) -> Tensor:
     """Att [B, H, N, N] -> same shape: entries below the k-th smallest of each head's map set to 0.
 
     k = int(N^2 (1 - theta)); one threshold tau per image and head over all N^2 entries (not per
@@ -74,8 +77,9 @@ def _cos_sim_score(R: Tensor) -> Tensor:
 
 
 @renamed_keywords
-def token_scores(attn: Tensor, selection: str, prefix_tokens: bool | int = True,
-                 generator: torch.Generator | None = None) -> Tensor:
+def token_scores(
+    attn: Tensor, selection: str, prefix_tokens: bool | int = True, generator: torch.Generator | None = None
+) -> Tensor:
     """Score per image token from Att [B, H, N, N] -> [B, n]; the lowest scores are propagated.
 
     c = the prefix tokens (prefix_tokens: True = one [CLS] token, False = none, or their number);
@@ -106,8 +110,15 @@ def token_scores(attn: Tensor, selection: str, prefix_tokens: bool | int = True,
 
 
 # The selections that need only the column sums and the diagonal of the map.
-COLUMN_SELECTIONS = ("img_attn_mean", "img_attn_max", "diag_attn_mean", "diag_attn_max",
-                     "mixed_attn_mean", "mixed_attn_max", "sum_attn_max")
+COLUMN_SELECTIONS = (
+    "img_attn_mean",
+    "img_attn_max",
+    "diag_attn_mean",
+    "diag_attn_max",
+    "mixed_attn_mean",
+    "mixed_attn_max",
+    "sum_attn_max",
+)
 
 
 def column_scores(col_sums: Tensor, diagonal: Tensor, selection: str) -> Tensor:

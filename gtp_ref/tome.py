@@ -18,8 +18,9 @@ the logits from the second block on; the official vectors (``vectors/tome_offici
 pin it down.  Tie rules (the paper leaves them open): a best match ties to the lowest B index;
 equally similar A tokens are merged lowest index first (and listed in that order).
 """
+
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -93,15 +94,23 @@ class ToMeTrace:
 class ToMeBlock(Block):
     """A block with ToMe between attention and MLP; the parameters of ``vit.Block``."""
 
-    def forward(self, x: Tensor, r: int, trace: ToMeTrace, fused_attn: bool = False,  # type: ignore[override]
-                record: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        r: int,
+        trace: ToMeTrace,
+        fused_attn: bool = False,  # type: ignore[override]
+        record: bool = False,
+    ) -> Tensor:
         """x [B, N, C] -> [B, N - r', C], r' = r clamped; trace.token_sizes updated."""
         x_attn, k = self.attn(self.attn_in(x), trace.token_sizes, fused_attn)  # proportional attention
         x = self.attn_add(x, x_attn)
         metric = k.mean(dim=1)  # (B, N, d): the keys averaged over heads
         r = clamp_r(r, x.shape[1], int(trace.class_token))
         if r > 0:
-            x, trace.token_sizes = merge_wavg(x, trace.token_sizes, bipartite_soft_matching(metric, r, trace.class_token))
+            x, trace.token_sizes = merge_wavg(
+                x, trace.token_sizes, bipartite_soft_matching(metric, r, trace.class_token)
+            )
         trace.merged.append(r)
         trace.metrics.append(metric if record else None)
         return self.mlp_add(x)
@@ -120,16 +129,26 @@ class ToMeViT(ViT):
 
     block_classes = {False: ToMeBlock, True: ToMePostNormBlock}
 
-    def __init__(self, config: ViTConfig, *, stem: torch.nn.Module | None = None, r: int | list[int] = 0,
-                 fused_attn: bool = False) -> None:
+    def __init__(
+        self,
+        config: ViTConfig,
+        *,
+        stem: torch.nn.Module | None = None,
+        r: int | list[int] = 0,
+        fused_attn: bool = False,
+    ) -> None:
         super().__init__(config, stem=stem, fused_attn=fused_attn)
         if self.num_prefix_tokens > int(config.prefix.class_token):
-            raise ValueError("ToMe with prefix tokens beyond [CLS] (register tokens, a distillation token) is not "
-                             "supported: the official ToMe protects only the [CLS] token, so it would merge them with "
-                             "image tokens")
+            raise ValueError(
+                "ToMe with prefix tokens beyond [CLS] (register tokens, a distillation token) is not "
+                "supported: the official ToMe protects only the [CLS] token, so it would merge them with "
+                "image tokens"
+            )
         if config.positions.rope is not None or config.positions.attn_bias:
-            raise ValueError("ToMe with rotary position embeddings (rope) or a relative-position bias (attn_bias) is "
-                             "not supported: a merged token stands for several patches and has no one position")
+            raise ValueError(
+                "ToMe with rotary position embeddings (rope) or a relative-position bias (attn_bias) is "
+                "not supported: a merged token stands for several patches and has no one position"
+            )
         self.r = r  # validated by the property
 
     @property
@@ -145,7 +164,8 @@ class ToMeViT(ViT):
     def forward_trace(self, x: Tensor, record: bool = False) -> ToMeTrace:
         """Logits, tokens merged per block and the final sizes; ``record=True`` keeps the metrics."""
         x = self.embed(x)  # (B, N, C)
-        trace = ToMeTrace(token_sizes=x.new_ones(x.shape[:2]), class_token=self.config.prefix.class_token)  # (B, N)
+        # (B, N)
+        trace = ToMeTrace(token_sizes=x.new_ones(x.shape[:2]), class_token=self.config.prefix.class_token)
         for block, r in zip(self.blocks, self.r):
             x = block(x, r, trace, self.fused_attn, record)
         trace.logits = self.forward_head(x, trace.token_sizes)

@@ -7,6 +7,7 @@ for a value out of range; the message names the argument, the value and what is 
 integer and floating-point scalars are accepted wherever a Python ``int`` / ``float`` is, and
 are returned as the Python value.
 """
+
 import math
 import numbers
 import operator
@@ -42,26 +43,33 @@ def choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> str:
 def integer(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as a Python int in [minimum, maximum]."""
     if is_bool(value) or isinstance(value, float) or _is_sympy(value):
-        raise TypeError(f"{name}={value!r} must be an integer{_range(minimum, maximum)}, "
-                        f"got {type(value).__name__}")
+        raise TypeError(
+            f"{name}={value!r} must be an integer{_range(minimum, maximum)}, got {type(value).__name__}"
+        )
     try:
         value = operator.index(value)  # int, numpy / torch integer scalars
     except TypeError:
-        raise TypeError(f"{name}={value!r} must be an integer{_range(minimum, maximum)}, "
-                        f"got {type(value).__name__}") from None
+        raise TypeError(
+            f"{name}={value!r} must be an integer{_range(minimum, maximum)}, got {type(value).__name__}"
+        ) from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name}={value!r} must be an integer{_range(minimum, maximum)}")
     return value
 
 
-def real(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False) -> float:
+def real(
+    name: str, value: Any, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False
+) -> float:
     """``value`` as a finite Python float in [low, high] (``low_open``: (low, high])."""
     if is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}={value!r} must be a number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or (value <= low if low_open else value < low) or value > high:
-        where = "" if (low, high) == (-math.inf, math.inf) else \
-            f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+        where = (
+            ""
+            if (low, high) == (-math.inf, math.inf)
+            else f" in {'(' if low_open else '['}{low:g}, {high:g}]"
+        )
         raise ValueError(f"{name}={value!r} must be a finite number{where}")
     return value
 

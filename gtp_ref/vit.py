@@ -6,6 +6,7 @@ Module names and parameter shapes are those of the timm model of the same archit
 block's variants are classes: ``Block`` (pre-norm) and ``PostNormBlock``; GTP and ToMe subclass
 both (``gtp_ref.model``, ``gtp_ref.tome``).
 """
+
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -31,8 +32,13 @@ class PatchEmbed(nn.Module):
         if stem is not None:
             self.backbone = stem
         channels = p.stem_channels if stem is not None else p.in_chans
-        self.proj = nn.Identity() if not p.patch_proj else nn.Conv2d(
-            channels, config.embed_dim, kernel_size=p.patch_size, stride=p.patch_size, bias=p.patch_bias)
+        self.proj = (
+            nn.Identity()
+            if not p.patch_proj
+            else nn.Conv2d(
+                channels, config.embed_dim, kernel_size=p.patch_size, stride=p.patch_size, bias=p.patch_bias
+            )
+        )
         self.norm = norm_layer(config.norm, config.embed_dim) if p.embed_norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -74,9 +80,11 @@ class Block(nn.Module):
         """The MLP half: x + ls2(MLP(LN2 x))."""
         return x + self.ls2(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor, fused_attn: bool = False, rope_rows: Tensor | None = None,
-                bias: Tensor | None = None) -> Tensor:
-        out, _ = self.attn(self.attn_in(x), fused_attn=fused_attn, rope_rows=rope_rows, bias=bias)  # (B, N, C)
+    def forward(
+        self, x: Tensor, fused_attn: bool = False, rope_rows: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:
+        # (B, N, C)
+        out, _ = self.attn(self.attn_in(x), fused_attn=fused_attn, rope_rows=rope_rows, bias=bias)
         return self.mlp_add(self.attn_add(x, out))
 
 
@@ -111,11 +119,15 @@ class ViT(nn.Module):
     def __init__(self, config: ViTConfig, *, stem: nn.Module | None = None, fused_attn: bool = False) -> None:
         super().__init__()
         if not isinstance(config, ViTConfig):
-            raise TypeError(f"config must be a gtp_ref.config.ViTConfig (ViTConfig.of(**fields) makes one from "
-                            f"timm's keywords), got {type(config).__name__}")
+            raise TypeError(
+                f"config must be a gtp_ref.config.ViTConfig (ViTConfig.of(**fields) makes one from "
+                f"timm's keywords), got {type(config).__name__}"
+            )
         if (stem is None) != (config.patches.stem_channels == 0):
-            raise ValueError(f"stem: a hybrid ViT's stem goes with stem_channels > 0 in its config, and only there "
-                             f"(stem_channels={config.patches.stem_channels}, stem {'given' if stem else 'None'})")
+            raise ValueError(
+                f"stem: a hybrid ViT's stem goes with stem_channels > 0 in its config, and only there "
+                f"(stem_channels={config.patches.stem_channels}, stem {'given' if stem else 'None'})"
+            )
         self.config = config
         self.fused_attn = fused_attn  # validated by the property
         C, L, c, n = config.embed_dim, config.depth, config.num_prefix_tokens, config.num_image_tokens
@@ -130,7 +142,8 @@ class ViT(nn.Module):
             self.reg_token = nn.Parameter(torch.zeros(1, prefix.reg_tokens, C))
         if positions.pos_embed:
             self.pos_embed = nn.Parameter(torch.randn(1, n if positions.no_embed_class else n + c, C) * 0.02)
-        if positions.attn_bias:  # one relative-position bias of the logits per block: (L, H, N, N), prefix first
+        # one relative-position bias of the logits per block: (L, H, N, N), prefix first
+        if positions.attn_bias:
             self.register_buffer("attn_bias_table", torch.zeros(L, config.attention.num_heads, n + c, n + c))
         if positions.rope is not None:  # a default axial table; from_timm copies the timm model's own
             table = axial_rope_table(config.grid, config.head_dim)  # (n, 2 d)
@@ -148,7 +161,9 @@ class ViT(nn.Module):
         self.head = nn.Linear(C, classes) if classes > 0 else nn.Identity()
         if prefix.dist_token:
             self.head_dist = nn.Linear(C, classes) if classes > 0 else nn.Identity()
-        self.dropout_not_applied: tuple[str, ...] = ()  # from_timm: the timm model's dropout, which this lacks
+        self.dropout_not_applied: tuple[
+            str, ...
+        ] = ()  # from_timm: the timm model's dropout, which this lacks
 
     # ---- what the config says, under the names timm's models have ----
     @property
@@ -187,31 +202,43 @@ class ViT(nn.Module):
         dtype = next(self.patch_embed.parameters()).dtype
         if x.dtype != dtype:
             model = f" or the model (model.to({x.dtype}))" if x.is_floating_point() else ""
-            raise TypeError(f"the input has dtype {x.dtype}, the model's parameters {dtype}: convert the images "
-                            f"(x.to({dtype})){model} so that they match")
+            raise TypeError(
+                f"the input has dtype {x.dtype}, the model's parameters {dtype}: convert the images "
+                f"(x.to({dtype})){model} so that they match"
+            )
 
     def train(self, mode: bool = True) -> "ViT":
         """``nn.Module.train``; warns when the model was converted from a timm model that applies
         dropout or drop path in training mode (``dropout_not_applied``): this model applies none."""
         if mode and getattr(self, "dropout_not_applied", None):
-            warnings.warn(f"training mode: this model applies no dropout or drop path, which the timm model it was "
-                          f"converted from applies in training mode ({', '.join(self.dropout_not_applied)})",
-                          stacklevel=2)
+            warnings.warn(
+                f"training mode: this model applies no dropout or drop path, which the timm model it was "
+                f"converted from applies in training mode ({', '.join(self.dropout_not_applied)})",
+                stacklevel=2,
+            )
         return super().train(mode)
 
     def __prepare_scriptable__(self) -> "ViT":
         """``torch.jit.script`` cannot compile these models (data-dependent token counts, dataclass
         traces, backends as objects): say so, and what works instead."""
-        raise TypeError(f"{type(self).__name__} cannot be compiled by torch.jit.script; use torch.compile(model) "
-                        "(fullgraph=True with the dense and fast backends) or torch.export.export(model, (x,))")
+        raise TypeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script; use torch.compile(model) "
+            "(fullgraph=True with the dense and fast backends) or torch.export.export(model, (x,))"
+        )
 
     def embed(self, x: Tensor) -> Tensor:
         """Patch embedding, prefix tokens, position embedding, norm_pre: [B, in_chans, H, W] -> [B, N, C]."""
         self.check_input(x)
         x = self.patch_embed(x)  # (B, n, C)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (getattr(self, "cls_token", None),
-                                                         getattr(self, "dist_token", None),
-                                                         getattr(self, "reg_token", None)) if t is not None]
+        prefix = [
+            t.expand(x.shape[0], -1, -1)
+            for t in (
+                getattr(self, "cls_token", None),
+                getattr(self, "dist_token", None),
+                getattr(self, "reg_token", None),
+            )
+            if t is not None
+        ]
         pos = getattr(self, "pos_embed", None)
         if pos is None:
             x = torch.cat([*prefix, x], dim=1)  # (B, N, C)
@@ -230,7 +257,9 @@ class ViT(nn.Module):
         if patches is None:
             return table[None]
         c = self.num_prefix_tokens
-        index = torch.cat([torch.arange(c, device=patches.device).expand(patches.shape[0], c), c + patches], 1)
+        index = torch.cat(
+            [torch.arange(c, device=patches.device).expand(patches.shape[0], c), c + patches], 1
+        )
         return table[:, index[:, :, None], index[:, None, :]].transpose(0, 1)  # (B, H, N_l, N_l)
 
     def rope_rows_for(self, block: int, patches: Tensor | None = None) -> Tensor | None:
@@ -244,9 +273,11 @@ class ViT(nn.Module):
         return table[:, patches].transpose(0, 1)  # (B, H or 1, n_l, 2 d)
 
     def forward_head(self, x: Tensor, token_sizes: Tensor | None = None) -> Tensor:
-        """The tokens after the last block [B, N_L, C] (with their sizes [B, N_L] or None) -> logits [B, num_classes]."""
+        """The tokens after the last block [B, N_L, C] (with their sizes [B, N_L] or None) -> logits
+        [B, num_classes]."""
         x = self.norm(x)  # (B, N_L, C); the identity with fc_norm
-        if hasattr(self, "dist_token"):  # distilled DeiT: the mean of the two heads' logits (timm's inference)
+        # distilled DeiT: the mean of the two heads' logits (timm's inference)
+        if hasattr(self, "dist_token"):
             return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
         c = 0 if self.config.head.pool_prefix else self.num_prefix_tokens  # the tokens pooled start at c
         pool = self.config.head.global_pool
@@ -258,7 +289,9 @@ class ViT(nn.Module):
             pooled = x[:, 0]  # [CLS]
         return self.head(self.fc_norm(pooled))
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         """``nn.Module.load_state_dict``, but a checkpoint of an architecture this model does not
         have is refused with a ValueError naming the feature (not a list of unexpected keys).
         Keys cannot show every difference: a post-norm ViT has the same keys as a pre-norm one
@@ -269,7 +302,9 @@ class ViT(nn.Module):
                 continue
             for marker, feature in FOREIGN_KEYS.items():
                 if marker in key.split("."):
-                    raise ValueError(f"state_dict has {key!r}: {feature}, which this model was not built with")
+                    raise ValueError(
+                        f"state_dict has {key!r}: {feature}, which this model was not built with"
+                    )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, x: Tensor) -> Tensor:

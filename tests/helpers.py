@@ -1,6 +1,7 @@
 """What the test modules share: hypothesis strategies for model configurations, seeded models
 and images, an independent from-scratch ViT, and the authors' vectors.  (The op-level
 strategies are the conformance suite's, re-exported here.)"""
+
 import math
 
 import torch
@@ -8,9 +9,9 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 from gtp_ref import GTPViT
-from gtp_ref.backends import NAMES, fast
 from gtp_ref._checks import SELECTIONS
-from gtp_ref.conformance.seeded import model_for, official_vectors, tome_vectors  # noqa: F401
+from gtp_ref.backends import NAMES, fast
+from gtp_ref.conformance.seeded import flat_model, model_for, official_vectors, tome_vectors  # noqa: F401
 from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the tests)
     DTYPES,
     NEAR_TIE,
@@ -22,7 +23,6 @@ from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the
     tensors,
 )
 from gtp_ref.tome import ToMeViT
-from gtp_ref.conformance.seeded import flat_model
 
 BACKENDS = NAMES  # every backend of the registry: a new backend inherits every test that uses it
 # Where the fast backend's Triton kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
@@ -48,11 +48,17 @@ def plain_vit(state, images, *, patch_size, num_heads, class_token, global_pool)
         qkv = F.linear(ln(x, p + "norm1"), state[p + "attn.qkv.weight"], state[p + "attn.qkv.bias"])
         q, k, v = qkv.reshape(B, N, 3, num_heads, C // num_heads).permute(2, 0, 3, 1, 4)
         a = (q @ k.transpose(-2, -1) / math.sqrt(C // num_heads)).softmax(-1)
-        x = x + F.linear((a @ v).transpose(1, 2).reshape(B, N, C), state[p + "attn.proj.weight"], state[p + "attn.proj.bias"])
+        x = x + F.linear(
+            (a @ v).transpose(1, 2).reshape(B, N, C),
+            state[p + "attn.proj.weight"],
+            state[p + "attn.proj.bias"],
+        )
         h = F.gelu(F.linear(ln(x, p + "norm2"), state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"]))
         x = x + F.linear(h, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"])
         l += 1
-    pooled = ln(x, "norm")[:, 0] if global_pool == "token" else ln(x[:, int(class_token):].mean(1), "fc_norm")
+    pooled = (
+        ln(x, "norm")[:, 0] if global_pool == "token" else ln(x[:, int(class_token) :].mean(1), "fc_norm")
+    )
     return F.linear(pooled, state["head.weight"], state["head.bias"])
 
 
@@ -79,13 +85,24 @@ def configs(draw, **fixed):
         P = draw(st.integers(0, n_l - 1))
         num_prop.append(P)
         n_l = n_l - P + (1 if propagation == "mean" and P > 0 else 0)
-    cfg = dict(img_size=(h * patch, w * patch), patch_size=patch, in_chans=draw(st.integers(1, 3)),
-               num_classes=draw(st.integers(1, 5)), embed_dim=num_heads * draw(st.integers(1, 4)),
-               depth=depth, num_heads=num_heads, class_token=class_token, global_pool=global_pool,
-               num_prop=num_prop, graph=draw(st.sampled_from(["spatial", "semantic", "mixed"])),
-               num_neighbours=draw(st.integers(0, n - 1)), selection=draw(st.sampled_from(sel)),
-               propagation=propagation, sparsity=draw(st.sampled_from([1.0, 0.9, 0.6, 0.3])),
-               token_scale=draw(st.booleans()))
+    cfg = dict(
+        img_size=(h * patch, w * patch),
+        patch_size=patch,
+        in_chans=draw(st.integers(1, 3)),
+        num_classes=draw(st.integers(1, 5)),
+        embed_dim=num_heads * draw(st.integers(1, 4)),
+        depth=depth,
+        num_heads=num_heads,
+        class_token=class_token,
+        global_pool=global_pool,
+        num_prop=num_prop,
+        graph=draw(st.sampled_from(["spatial", "semantic", "mixed"])),
+        num_neighbours=draw(st.integers(0, n - 1)),
+        selection=draw(st.sampled_from(sel)),
+        propagation=propagation,
+        sparsity=draw(st.sampled_from([1.0, 0.9, 0.6, 0.3])),
+        token_scale=draw(st.booleans()),
+    )
     # Negative alpha could make token sizes non-positive: the model refuses it with sizes on.
     cfg["alpha"] = draw(st.floats(0 if cfg["token_scale"] else -1, 1))
     cfg.update({k: v for k, v in fixed.items() if k not in ("class_token", "propagation", "square")})
@@ -99,10 +116,18 @@ def tome_configs(draw, square=False):
     h = draw(st.integers(1, 5))
     w = h if square else draw(st.integers(1, 5))
     depth = draw(st.integers(1, 3))
-    return dict(img_size=(h * patch, w * patch), patch_size=patch, in_chans=draw(st.integers(1, 3)),
-                num_classes=draw(st.integers(1, 4)), embed_dim=num_heads * draw(st.integers(1, 4)),
-                depth=depth, num_heads=num_heads, class_token=class_token, global_pool=global_pool,
-                r=draw(st.lists(st.integers(0, 12), min_size=depth, max_size=depth)))
+    return dict(
+        img_size=(h * patch, w * patch),
+        patch_size=patch,
+        in_chans=draw(st.integers(1, 3)),
+        num_classes=draw(st.integers(1, 4)),
+        embed_dim=num_heads * draw(st.integers(1, 4)),
+        depth=depth,
+        num_heads=num_heads,
+        class_token=class_token,
+        global_pool=global_pool,
+        r=draw(st.lists(st.integers(0, 12), min_size=depth, max_size=depth)),
+    )
 
 
 def randomise(model, seed=0):
@@ -110,8 +135,10 @@ def randomise(model, seed=0):
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * (0.5 if p.ndim < 2 else 1 / math.sqrt(p[0].numel()))
-                    + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+            p.copy_(
+                torch.randn_like(p) * (0.5 if p.ndim < 2 else 1 / math.sqrt(p[0].numel()))
+                + (1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            )
     return model
 
 
@@ -140,11 +167,15 @@ def import_timm():
     not exist'), not an ImportError, so every exception counts.
     """
     import pytest
+
     try:
         import timm
     except Exception as e:  # noqa: BLE001 -- any failure to import is the reason to print
-        pytest.skip(f"timm cannot be imported ({type(e).__name__}: {e}); the README's test command installs "
-                    "a torch / torchvision pair that timm can use", allow_module_level=True)
+        pytest.skip(
+            f"timm cannot be imported ({type(e).__name__}: {e}); the README's test command installs "
+            "a torch / torchvision pair that timm can use",
+            allow_module_level=True,
+        )
     return timm
 
 
@@ -157,6 +188,7 @@ def command(main, *args, cwd=None):
     import io
     import os
     import subprocess
+
     out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:

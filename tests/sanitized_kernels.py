@@ -5,9 +5,12 @@ indices and values, argv[2] examples per entry point.  Valid calls must give the
 malformed ones a ValueError / TypeError; any out-of-bounds access or undefined behaviour stops
 the process with the sanitizer's report.  Run under LD_PRELOAD=libasan.so (the test sets it up).
 """
+
 import sys
 
-sys.modules["triton"] = None  # Triton's own C++ does not load beside the ASan runtime; the CPU path needs none
+sys.modules["triton"] = (
+    None  # Triton's own C++ does not load beside the ASan runtime; the CPU path needs none
+)
 
 import torch  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -15,14 +18,18 @@ from hypothesis import strategies as st  # noqa: E402
 
 from gtp_ref.backends import dense, fast  # noqa: E402
 from gtp_ref.backends.fast import cpu, cpu_build  # noqa: E402
-from gtp_ref.select import sparsity_k  # noqa: E402
 
 cpu._LIB = cpu_build._checked(cpu_build.Path(sys.argv[1]))  # the sanitized build, self-tested
 assert fast.TRITON_DEVICE is None and cpu.available()
 REFUSED = (ValueError, TypeError)
 CASES = {"valid": 0, "refused": 0}
-examples = settings(max_examples=int(sys.argv[2]) if sys.argv[2].isdigit() else 1, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=list(HealthCheck))
+examples = settings(
+    max_examples=int(sys.argv[2]) if sys.argv[2].isdigit() else 1,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def values(draw, shape, dtype):
@@ -32,7 +39,9 @@ def values(draw, shape, dtype):
     if draw(st.booleans()):
         x = (x * 2).round() / 2  # ties
     if x.numel() and draw(st.integers(0, 9)) == 0:
-        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf"), -0.0]))
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(
+            st.sampled_from([float("nan"), float("inf"), -0.0])
+        )
     return x
 
 
@@ -50,7 +59,11 @@ def outcome(call):
 @st.composite
 def attention_args(draw):
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    B, H, N = draw(st.integers(0, 2)), draw(st.integers(0, 3)), draw(st.sampled_from([0, 1, 2, 5, 17, 40, 70, 90]))
+    B, H, N = (
+        draw(st.integers(0, 2)),
+        draw(st.integers(0, 3)),
+        draw(st.sampled_from([0, 1, 2, 5, 17, 40, 70, 90])),
+    )
     d, dv = draw(st.integers(0, 20)), draw(st.integers(0, 20))
     q, k, v = (values(draw, (B, H, N, w), dtype) for w in (d, d, dv))
     if draw(st.booleans()):  # other strides: heads and tokens swapped in memory
@@ -66,8 +79,15 @@ def attention_args(draw):
     elif malformed == 4 and sizes is not None and sizes.numel():
         sizes.view(-1)[0] = draw(st.sampled_from([-1.0, 0.0, float("nan"), float("inf")]))
     theta = draw(st.sampled_from([1.0, 0.6, 0.3, 1e-9]))
-    return q, k, v, sizes, theta, draw(st.sampled_from(["mixed_attn_max", "cls_attn_mean", None])), \
-        draw(st.integers(0, 2))
+    return (
+        q,
+        k,
+        v,
+        sizes,
+        theta,
+        draw(st.sampled_from(["mixed_attn_max", "cls_attn_mean", None])),
+        draw(st.integers(0, 2)),
+    )
 
 
 @examples
@@ -77,13 +97,18 @@ def test_attention(args):
     status, got = outcome(lambda: fast.attention(q, k, v, sizes, theta, selection, prefix))
     if status == "ok" and got is not None and bool(torch.isfinite(q).all() and torch.isfinite(k).all()):
         from gtp_ref.attention import softmax_map
+
         p = dense.sparsify_attention(softmax_map(q, k, sizes), theta)
         want = (p @ v).transpose(1, 2).flatten(2)
         tol = 1e-4 if q.dtype == torch.float32 else 1e-9
         assert got[0].shape == want.shape and torch.allclose(got[0], want, rtol=tol, atol=tol, equal_nan=True)
     kth = q.shape[2] ** 2 // 2 if q.dim() == 4 else 0
-    outcome(lambda: cpu.attention_op(q, k, v, None if sizes is None else sizes.log(),
-                                     kth + (0 if theta == 1.0 else q.shape[2] ** 2)))  # in or beyond range
+    # in or beyond range
+    outcome(
+        lambda: cpu.attention_op(
+            q, k, v, None if sizes is None else sizes.log(), kth + (0 if theta == 1.0 else q.shape[2] ** 2)
+        )
+    )
 
 
 @examples
@@ -129,15 +154,23 @@ def test_propagation(data):
     x = values(data.draw, (B, c + n, C), dtype)
     G = fast.token_graph(x[:, c:].nan_to_num(), (h, w), "mixed", min(2, n - 1))
     P = data.draw(st.integers(0, n - 1))
-    order = torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
-                         for _ in range(B)]) if B else torch.zeros(0, n, dtype=torch.long)
+    order = (
+        torch.stack(
+            [
+                torch.randperm(n, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+                for _ in range(B)
+            ]
+        )
+        if B
+        else torch.zeros(0, n, dtype=torch.long)
+    )
     kept, prop = order[:, P:].sort(dim=1).values, order[:, :P]
     sizes = None if data.draw(st.booleans()) else values(data.draw, (B, c + n), dtype).abs() + 1
     ids, A0 = G.rows, G.A0
     malformed = data.draw(st.integers(0, 7))
     if malformed == 1 and kept.numel():
         kept = kept.clone()
-        kept.view(-1)[0] = data.draw(st.sampled_from([-1, n, 10**9, -10**9]))
+        kept.view(-1)[0] = data.draw(st.sampled_from([-1, n, 10**9, -(10**9)]))
     elif malformed == 2:
         ids = ids + data.draw(st.sampled_from([-1, 1, n + 1, 10**7]))
     elif malformed == 3 and B > 1:
@@ -159,6 +192,7 @@ def canary() -> None:
     """An over-read the Python checks would have refused, made on purpose through ctypes: the
     sanitizer must stop the process here (the test asserts its report)."""
     import numpy as np
+
     rows, out = np.zeros(10), np.zeros(2)
     cpu._LIB.kth_smallest_f64(rows.ctypes.data, 2, 30, 7, out.ctypes.data, 1)  # 60 values read from 10
     print("the over-read went unseen")

@@ -1,6 +1,7 @@
 """The benchmark commands as a user runs them (a benchmark is not a test: no timing is asserted):
 smoke runs of each command, arguments checked before anything is measured, results printed
 before they are written."""
+
 import json
 import shutil
 import subprocess
@@ -24,10 +25,18 @@ def test_scaling_smoke():
     r = run("scaling", "--grids", "8", "16", "--repeats", "1", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["device"] == "cpu" and doc["threads"] == torch.get_num_threads() and doc["torch"] == torch.__version__
+    assert (
+        doc["device"] == "cpu"
+        and doc["threads"] == torch.get_num_threads()
+        and doc["torch"] == torch.__version__
+    )
     rows = doc["rows"]
     assert [(x["grid"], x["backend"]) for x in rows] == [
-        ("8x8", "dense"), ("8x8", "sparse"), ("16x16", "dense"), ("16x16", "sparse")]
+        ("8x8", "dense"),
+        ("8x8", "sparse"),
+        ("16x16", "dense"),
+        ("16x16", "sparse"),
+    ]
     assert all(x["median_ms"] > 0 and x["peak_mb"] >= 0 and x["rounds"] == 1 for x in rows)
     assert "time_ratio" in rows[1] and "mem_ratio" in rows[3]
 
@@ -41,30 +50,44 @@ def test_peak_memory_counts_a_known_allocation():
     assert peak_added_bytes(work, "cpu") == 12 * 2**20
 
 
-@pytest.mark.parametrize("args, message", [
-    (("scaling", "--repeats", "0"), "--repeats 0: must be >= 1"),
-    (("scaling", "--grids", "1"), "--grids 1: each side must be >= 8"),
-    (("threshold", "--sizes", "2x1"), "--sizes '2x1': need B >= 1 and N >= 2"),
-    (("threshold", "--sizes", "0x9"), "--sizes '0x9': need B >= 1"),
-    (("threshold", "--sizes", "2by9"), "--sizes '2by9': write BxN"),
-    (("profile", "--num-prop", "1000"), "--num-prop 1000 for smoke: num_prop=1000 propagates 1000 of the 16 image tokens"),
-    (("profile", "--batch", "0"), "--batch 0: must be >= 1"),
-    (("throughput", "--models", "deit_small", "--repeats", "2"), "--repeats 2: a measurement needs >= 5"),
-    (("throughput", "--methods", "gtp_fast+graph"), "the +graph methods need --device cuda"),
-    (("throughput", "--num-prop", "1000"), "--num-prop 1000 for smoke"),
-    (("throughput", "--batches", "0"), "--batches 0: must be >= 1"),
-    (("throughput", "--figure", "out.pdf"), "--figure 'out.pdf': must end in .png"),
-    (("throughput", "--json-out", "/no/such/folder/rows.json"), "its folder '/no/such/folder' does not exist"),
-    (("throughput", "--json-out", ""), "--json-out '': give a file path"),
-    (("scaling", "--device", "cuda"), "no CUDA device") if not torch.cuda.is_available() else
-    (("scaling", "--repeats", "-1"), "--repeats -1"),
-    (("plot", "/no/such.json", "--figure", "x.png"), "cannot read throughput rows from /no/such.json"),
-    (("throughput", "--img-size", "44"), "--img-size 44: a positive multiple of smoke's patch size 8"),
-    (("throughput", "--timm", "vit_tiny_patch16_224", "--img-size", "64"), "--img-size goes with the presets"),
-    (("attention", "--dtypes", "fp16"), "--dtypes: fp16 / bf16 autocast is measured on CUDA"),
-    (("attention", "--sizes", "4x1"), "--sizes '4x1': need B >= 1 and N >= 2"),
-    (("attention", "--sparsity", "0"), "--sparsity 0.0: must be in (0, 1]"),
-], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("scaling", "--repeats", "0"), "--repeats 0: must be >= 1"),
+        (("scaling", "--grids", "1"), "--grids 1: each side must be >= 8"),
+        (("threshold", "--sizes", "2x1"), "--sizes '2x1': need B >= 1 and N >= 2"),
+        (("threshold", "--sizes", "0x9"), "--sizes '0x9': need B >= 1"),
+        (("threshold", "--sizes", "2by9"), "--sizes '2by9': write BxN"),
+        (
+            ("profile", "--num-prop", "1000"),
+            "--num-prop 1000 for smoke: num_prop=1000 propagates 1000 of the 16 image tokens",
+        ),
+        (("profile", "--batch", "0"), "--batch 0: must be >= 1"),
+        (("throughput", "--models", "deit_small", "--repeats", "2"), "--repeats 2: a measurement needs >= 5"),
+        (("throughput", "--methods", "gtp_fast+graph"), "the +graph methods need --device cuda"),
+        (("throughput", "--num-prop", "1000"), "--num-prop 1000 for smoke"),
+        (("throughput", "--batches", "0"), "--batches 0: must be >= 1"),
+        (("throughput", "--figure", "out.pdf"), "--figure 'out.pdf': must end in .png"),
+        (
+            ("throughput", "--json-out", "/no/such/folder/rows.json"),
+            "its folder '/no/such/folder' does not exist",
+        ),
+        (("throughput", "--json-out", ""), "--json-out '': give a file path"),
+        (("scaling", "--device", "cuda"), "no CUDA device")
+        if not torch.cuda.is_available()
+        else (("scaling", "--repeats", "-1"), "--repeats -1"),
+        (("plot", "/no/such.json", "--figure", "x.png"), "cannot read throughput rows from /no/such.json"),
+        (("throughput", "--img-size", "44"), "--img-size 44: a positive multiple of smoke's patch size 8"),
+        (
+            ("throughput", "--timm", "vit_tiny_patch16_224", "--img-size", "64"),
+            "--img-size goes with the presets",
+        ),
+        (("attention", "--dtypes", "fp16"), "--dtypes: fp16 / bf16 autocast is measured on CUDA"),
+        (("attention", "--sizes", "4x1"), "--sizes '4x1': need B >= 1 and N >= 2"),
+        (("attention", "--sparsity", "0"), "--sparsity 0.0: must be in (0, 1]"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
 def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
     r = command(bench.main, *args)
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-500:])
@@ -72,11 +95,15 @@ def test_bad_arguments_are_one_line_before_anything_is_measured(args, message):
     assert r.stdout == "", "nothing measured, nothing printed"
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "cannot read throughput rows"), ('{"rows": []}', "not a throughput result"),
-    ('{"rows": [{"model": "smoke"}]}', "row 0 lacks or mistypes method, num_prop, batch"),
-    ('[1, 2]', "not a throughput result"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "cannot read throughput rows"),
+        ('{"rows": []}', "not a throughput result"),
+        ('{"rows": [{"model": "smoke"}]}', "row 0 lacks or mistypes method, num_prop, batch"),
+        ("[1, 2]", "not a throughput result"),
+    ],
+)
 def test_plot_refuses_malformed_rows_in_one_line(tmp_path, content, message):
     bad = tmp_path / "rows.json"
     bad.write_text(content)
@@ -109,8 +136,14 @@ def test_throughput_smoke(tmp_path):
     r = run("throughput", "--models", "smoke", "--repeats", "1", "--json", "--figure", str(fig))
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert {x["method"] for x in rows} == {"baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse",
-                                           "gtp_fast", "tome"}
+    assert {x["method"] for x in rows} == {
+        "baseline_fused",
+        "baseline_explicit",
+        "gtp_dense",
+        "gtp_sparse",
+        "gtp_fast",
+        "tome",
+    }
     assert {x["num_prop"] for x in rows if x["method"] == "tome"} == {1, 2}
     assert all(x["img_per_s"] > 0 and x["speedup"] > 0 for x in rows)
     assert all(x["expected_speedup"] > 1 for x in rows if x["num_prop"])
@@ -122,8 +155,10 @@ def test_throughput_table_says_plainly_how_each_method_compares():
     assert r.returncode == 0, r.stderr
     assert "device=cpu" in r.stdout and f"{torch.get_num_threads()} threads" in r.stdout
     verdict = [line for line in r.stdout.splitlines() if line.startswith("smoke, batch 2, fp32: gtp_fast is")]
-    assert len(verdict) == 1 and ("SLOWER than the unreduced model" in verdict[0]
-                                  or "faster than the unreduced model at every P" in verdict[0])
+    assert len(verdict) == 1 and (
+        "SLOWER than the unreduced model" in verdict[0]
+        or "faster than the unreduced model at every P" in verdict[0]
+    )
 
 
 def test_threshold_smoke():
@@ -149,6 +184,7 @@ def test_pruned_free_drops_tokens_at_gtps_schedule():
     """Free pruning keeps GTP's token count per block, and at P = 0 it is the plain model."""
     from gtp_ref.apps.bench.throughput import PrunedViT
     from gtp_ref.vit import ViT
+
     kw = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=3, num_heads=2)
     torch.manual_seed(0)
     plain = ViT(ViTConfig.of(**kw), fused_attn=True).eval()
@@ -166,8 +202,21 @@ def test_pruned_free_drops_tokens_at_gtps_schedule():
 
 
 def test_throughput_at_another_image_size():
-    r = run("throughput", "--models", "smoke", "--img-size", "48", "--repeats", "1", "--methods", "baseline_fused",
-            "pruned_free", "--num-prop", "2", "--json")
+    r = run(
+        "throughput",
+        "--models",
+        "smoke",
+        "--img-size",
+        "48",
+        "--repeats",
+        "1",
+        "--methods",
+        "baseline_fused",
+        "pruned_free",
+        "--num-prop",
+        "2",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
     assert [x["method"] for x in rows] == ["baseline_fused", "pruned_free"]
@@ -182,7 +231,9 @@ def test_profile_smoke():
 
 def test_plot_redraws_from_json_out(tmp_path):
     rows = tmp_path / "rows.json"
-    r = run("throughput", "--methods", "baseline_fused", "gtp_fast", "--repeats", "1", "--json-out", str(rows))
+    r = run(
+        "throughput", "--methods", "baseline_fused", "gtp_fast", "--repeats", "1", "--json-out", str(rows)
+    )
     assert r.returncode == 0, r.stderr
     assert {x["method"] for x in json.loads(rows.read_text())["rows"]} == {"baseline_fused", "gtp_fast"}
     fig = tmp_path / "again.png"
@@ -193,12 +244,28 @@ def test_plot_redraws_from_json_out(tmp_path):
     assert r.returncode == 0 and f"replaced {fig}" in r.stdout, r.stderr
 
 
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
-                    reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    not any(map(shutil.which, ("g++", "c++", "clang++"))),
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
 def test_throughput_compile_smoke():
-    r = run("throughput", "--models", "smoke", "--repeats", "1", "--methods", "gtp_fast", "gtp_fast+compile", "--json")
+    r = run(
+        "throughput",
+        "--models",
+        "smoke",
+        "--repeats",
+        "1",
+        "--methods",
+        "gtp_fast",
+        "gtp_fast+compile",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["rows"]
-    assert [(x["method"], x["num_prop"]) for x in rows] == [("gtp_fast", 1), ("gtp_fast", 2),
-                                                     ("gtp_fast+compile", 1), ("gtp_fast+compile", 2)]
+    assert [(x["method"], x["num_prop"]) for x in rows] == [
+        ("gtp_fast", 1),
+        ("gtp_fast", 2),
+        ("gtp_fast+compile", 1),
+        ("gtp_fast+compile", 2),
+    ]
     assert all(x["img_per_s"] > 0 for x in rows)

@@ -1,18 +1,11 @@
 """The C.4 cost model: exact algebra of Eqs. 2-3, the erratum, the quoted values, bad input."""
+
 import pytest
 import sympy as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from complexity import (
-    eq2_correction,
-    eq2_printed,
-    eq3_printed,
-    g_gtp,
-    g_gtp_closed,
-    g_tome,
-    g_tome_closed,
-)
+from complexity import eq2_correction, eq2_printed, eq3_printed, g_gtp, g_gtp_closed, g_tome, g_tome_closed
 from complexity import symbols as s
 from complexity.extra import eq3_difference, m2c_coefficient
 
@@ -65,10 +58,8 @@ def test_symbolic_sums_and_printed_forms():
     assert sp.simplify(eq2_printed(s.N, s.L, s.M, s.C) - g_tome_closed()) != 0
     # The spec's statement of the erratum (GTP_METHOD.md section 5).
     L = s.L
-    assert sp.expand(m2c_coefficient(g_tome_closed())
-                     - (L**3 / 12 - L**2 / 8 + L / 24)) == 0
-    assert sp.expand(m2c_coefficient(eq2_printed(s.N, L, s.M, s.C))
-                     - (L**3 / 12 + L**2 / 12 + L / 8)) == 0
+    assert sp.expand(m2c_coefficient(g_tome_closed()) - (L**3 / 12 - L**2 / 8 + L / 24)) == 0
+    assert sp.expand(m2c_coefficient(eq2_printed(s.N, L, s.M, s.C)) - (L**3 / 12 + L**2 / 12 + L / 8)) == 0
     assert sp.expand(eq2_correction() - L * (5 * L + 2) * s.M**2 * s.C / 24) == 0
 
 
@@ -80,12 +71,18 @@ def test_sum_is_the_first_line_of_eq2_term_by_term():
     assert g_gtp(197, 12, 8, 384, 6) == expected
 
 
-@pytest.mark.parametrize("N, form, method, quoted", [
-    (196, "sum", "GTP", 20.1), (196, "printed", "ToMe", 28.3),
-    (197, "sum", "GTP", 40.5), (197, "printed", "ToMe", 57.3),
-])
+@pytest.mark.parametrize(
+    "N, form, method, quoted",
+    [
+        (196, "sum", "GTP", 20.1),
+        (196, "printed", "ToMe", 28.3),
+        (197, "sum", "GTP", 40.5),
+        (197, "printed", "ToMe", 57.3),
+    ],
+)
 def test_quoted_values_and_what_reproduces_them(N, form, method, quoted):
     from complexity.report import BACKBONES, reproductions
+
     b = BACKBONES[0] if quoted < 30 else BACKBONES[1]
     cands = reproductions(b, method, quoted)
     hits = [(c["N"], c["form"].split()[-1]) for c in cands if c["reproduces"]]
@@ -103,11 +100,19 @@ def test_stated_settings_give_the_spec_values():
 
 
 @pytest.mark.parametrize("fn", [g_tome, eq2_printed, lambda *a: g_gtp(*a, 6), lambda *a: eq3_printed(*a, 6)])
-@pytest.mark.parametrize("args, name", [
-    ((-1, 12, 8, 384), "N"), ((197, 0, 8, 384), "L"), ((197, 12, -1, 384), "M"),
-    ((197, 12, 8, 0), "C"), ((197.0, 12, 8, 384), "N"), ((197, 12, sp.Rational(1, 2), 384), "M"),
-    ((197, True, 8, 384), "L"), ((96, 12, 8, 384), "M"),
-])
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        ((-1, 12, 8, 384), "N"),
+        ((197, 0, 8, 384), "L"),
+        ((197, 12, -1, 384), "M"),
+        ((197, 12, 8, 0), "C"),
+        ((197.0, 12, 8, 384), "N"),
+        ((197, 12, sp.Rational(1, 2), 384), "M"),
+        ((197, True, 8, 384), "L"),
+        ((96, 12, 8, 384), "M"),
+    ],
+)
 def test_bad_counts_raise_value_error_naming_the_argument(fn, args, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         fn(*args)

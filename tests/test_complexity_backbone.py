@@ -1,4 +1,5 @@
 """Backbone MAC model (supplement Tables 1-2) and the ToMe / GTP schedules."""
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,10 +22,16 @@ def plain_vit_macs(g, tokens_attn, tokens_mlp):
 def geometry_and_schedule(draw):
     patch = draw(st.sampled_from([2, 4, 8, 16]))
     class_token = draw(st.booleans())
-    g = ViTConfig.of(img_size=patch * draw(st.integers(1, 8)), patch_size=patch,
-                     embed_dim=draw(st.integers(1, 64)), depth=draw(st.integers(1, 6)),
-                     num_heads=1, num_classes=draw(st.integers(1, 10)),
-                     class_token=class_token, global_pool="token" if class_token else "avg")
+    g = ViTConfig.of(
+        img_size=patch * draw(st.integers(1, 8)),
+        patch_size=patch,
+        embed_dim=draw(st.integers(1, 64)),
+        depth=draw(st.integers(1, 6)),
+        num_heads=1,
+        num_classes=draw(st.integers(1, 10)),
+        class_token=class_token,
+        global_pool="token" if class_token else "avg",
+    )
     budget = g.num_image_tokens - 1
     P = []
     for _ in range(g.depth):
@@ -80,6 +87,7 @@ def test_gtp_schedule_errors():
 def test_tables_within_rounding_of_the_supplement():
     # Every column of Tables 1-2 is "approximate"; ours must land within 0.15 GMACs of each.
     from complexity.report import tables_check
+
     for row in tables_check():
         assert abs(row["gtp_gmacs"] - row["table_gmacs"]) < 0.15, row
         assert abs(row["tome_gmacs"] - row["table_gmacs"]) < 0.15, row

@@ -1,4 +1,5 @@
 """``python -m complexity`` and ``python -m complexity.plot`` as a user runs them."""
+
 import json
 import re
 import subprocess
@@ -7,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from complexity.report import (
-    build_report,
-    executed_table,
-    extra_cost_table,
-    quoted_table,
-    tables_table,
-)
+from complexity.report import build_report, executed_table, extra_cost_table, quoted_table, tables_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,13 +46,20 @@ def test_custom_backbone():
     row = json.loads(r.stdout)["extra_cost"]
     assert [x["N"] for x in row] == [577]
     from complexity import g_gtp
+
     assert row[0]["gtp_sum"]["exact"] == str(g_gtp(577, 24, 8, 1024, 16))
 
 
-@pytest.mark.parametrize("args, word", [
-    (["--num-prop", "-1"], "M must be an integer >= 0, got -1"), (["--N", "50"], "tokens"), (["--N", "x"], "--N"),
-    (["--C", "0"], "C"), (["--bogus"], "bogus"),
-])
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--num-prop", "-1"], "M must be an integer >= 0, got -1"),
+        (["--N", "50"], "tokens"),
+        (["--N", "x"], "--N"),
+        (["--C", "0"], "C"),
+        (["--bogus"], "bogus"),
+    ],
+)
 def test_cli_errors_are_one_line_exit_2(args, word):
     r = run("complexity", *args)
     assert r.returncode == 2
@@ -66,9 +68,15 @@ def test_cli_errors_are_one_line_exit_2(args, word):
     assert len(lines) == 1 and word in lines[0], r.stderr
 
 
-@pytest.mark.parametrize("name, table", [
-    ("report-table", extra_cost_table), ("quoted-table", quoted_table), ("tables-table", tables_table),
-    ("executed-table", executed_table)])
+@pytest.mark.parametrize(
+    "name, table",
+    [
+        ("report-table", extra_cost_table),
+        ("quoted-table", quoted_table),
+        ("tables-table", tables_table),
+        ("executed-table", executed_table),
+    ],
+)
 def test_doc_tables_match_the_code(name, table):
     doc = (ROOT / "docs" / "complexity.md").read_text()
     block = re.search(rf"<!-- {name}:begin -->\n```\n(.*?)```\n<!-- {name}:end -->", doc, re.S)

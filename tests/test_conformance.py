@@ -1,5 +1,6 @@
 """The conformance suite itself: it passes our implementations, rejects broken ones readably,
 fails loudly on a bad GTP_IMPL, and its committed JSON vectors regenerate identically."""
+
 import json
 import os
 import subprocess
@@ -16,12 +17,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_suite(impl, *extra, env=None):
     e = {**os.environ, "GTP_IMPL": impl, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "gtp_ref.conformance",
-                           "-p", "no:cacheprovider", "--gtp-max-examples", "25", "--hypothesis-seed", "0", *extra],
-                          capture_output=True, text=True, cwd=ROOT, env=e)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "gtp_ref.conformance",
+            "-p",
+            "no:cacheprovider",
+            "--gtp-max-examples",
+            "25",
+            "--hypothesis-seed",
+            "0",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=e,
+    )
 
 
-@pytest.mark.parametrize("impl", ["gtp_ref.backends.sparse", "gtp_ref.backends.fast", "gtp_ref.backends.dense", "examples.numpy_gtp"])
+@pytest.mark.parametrize(
+    "impl",
+    ["gtp_ref.backends.sparse", "gtp_ref.backends.fast", "gtp_ref.backends.dense", "examples.numpy_gtp"],
+)
 def test_suite_passes_our_implementations(impl):
     r = run_suite(impl)
     assert r.returncode == 0, r.stdout[-3000:]
@@ -51,8 +72,10 @@ def test_suite_rejects_a_broken_implementation(name):
 
 
 # The tests the opposite tie rule fails (fixed inputs and a seeded hypothesis run), by exact id.
-OPPOSITE_TIES_FAIL = ["test_select.py::test_selection_follows_the_tie_rule",
-                      *[f"test_vectors.py::test_select_vectors[select_tokens-{i}]" for i in range(3, 9)]]
+OPPOSITE_TIES_FAIL = [
+    "test_select.py::test_selection_follows_the_tie_rule",
+    *[f"test_vectors.py::test_select_vectors[select_tokens-{i}]" for i in range(3, 9)],
+]
 
 
 def test_known_deviations_can_be_listed_as_xfails(tmp_path):
@@ -61,8 +84,12 @@ def test_known_deviations_can_be_listed_as_xfails(tmp_path):
     # The end-to-end property test fails too whenever a draw ties two scores at the cut (sparsity
     # zeroes diagonal entries, say); whether 25 seeded draws reach one depends on the CPU's
     # rounding (draws with near ties are skipped, which steers the search), so it is left out.
-    r = run_suite("tests.broken.opposite_ties", "-k", "not test_model_logits_match_the_reference",
-                  env={"GTP_XFAILS": str(xfails)})
+    r = run_suite(
+        "tests.broken.opposite_ties",
+        "-k",
+        "not test_model_logits_match_the_reference",
+        env={"GTP_XFAILS": str(xfails)},
+    )
     assert r.returncode == 0, r.stdout[-3000:]
     assert "7 xfailed" in r.stdout and f"GTP_XFAILS={xfails}" in r.stdout
 
@@ -78,11 +105,17 @@ def test_an_xfail_that_passes_is_reported(tmp_path):
     assert "XPASS(strict)" in r.stdout
 
 
-@pytest.mark.parametrize("content, message", [
-    ("test_select\n", "line 1: 'test_select' is not a test id of the suite"),  # no substring matching
-    ("# ok\ntest_select.py::test_no_such_test\n", "line 2: 'test_select.py::test_no_such_test' names no test"),
-    ("test_nope.py::test_x\n", "line 1: 'test_nope.py::test_x' is not a test id"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("test_select\n", "line 1: 'test_select' is not a test id of the suite"),  # no substring matching
+        (
+            "# ok\ntest_select.py::test_no_such_test\n",
+            "line 2: 'test_select.py::test_no_such_test' names no test",
+        ),
+        ("test_nope.py::test_x\n", "line 1: 'test_nope.py::test_x' is not a test id"),
+    ],
+)
 def test_a_bad_xfail_entry_is_a_usage_error(tmp_path, content, message):
     xfails = tmp_path / "xfails.txt"
     xfails.write_text(content)
@@ -96,20 +129,30 @@ def test_an_xfail_entry_with_parameters_that_do_not_exist_stops_the_run(tmp_path
     xfails.write_text("test_vectors.py::test_select_vectors[select_tokens-99]\n")
     r = run_suite("gtp_ref.backends.sparse", env={"GTP_XFAILS": str(xfails)})
     assert r.returncode == 4, r.stdout[-2000:]
-    assert "GTP_XFAILS names no test of the suite: line 1: 'test_vectors.py::test_select_vectors" \
-           "[select_tokens-99]'" in r.stdout
+    assert (
+        "GTP_XFAILS names no test of the suite: line 1: 'test_vectors.py::test_select_vectors"
+        "[select_tokens-99]'" in r.stdout
+    )
 
 
-@pytest.mark.parametrize("env, extra, message", [
-    ({"GTP_XFAILS": "/no/such/xfails.txt"}, (), "GTP_XFAILS='/no/such/xfails.txt': cannot read it"),
-    ({"GTP_MAX_EXAMPLES": "lots"}, (), "GTP_MAX_EXAMPLES='lots': must be a positive integer"),
-    ({"GTP_MAX_EXAMPLES": "0"}, (), "GTP_MAX_EXAMPLES='0': must be a positive integer"),
-    ({}, ("--gtp-max-examples", "0"), "--gtp-max-examples 0: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "env, extra, message",
+    [
+        ({"GTP_XFAILS": "/no/such/xfails.txt"}, (), "GTP_XFAILS='/no/such/xfails.txt': cannot read it"),
+        ({"GTP_MAX_EXAMPLES": "lots"}, (), "GTP_MAX_EXAMPLES='lots': must be a positive integer"),
+        ({"GTP_MAX_EXAMPLES": "0"}, (), "GTP_MAX_EXAMPLES='0': must be a positive integer"),
+        ({}, ("--gtp-max-examples", "0"), "--gtp-max-examples 0: must be a positive integer"),
+    ],
+)
 def test_bad_settings_are_one_line_usage_errors(env, extra, message):
     e = {**os.environ, "GTP_IMPL": "gtp_ref.backends.sparse", **env}
-    r = subprocess.run([sys.executable, "-m", "pytest", "--pyargs", "gtp_ref.conformance", "-p", "no:cacheprovider",
-                        *extra], capture_output=True, text=True, cwd=ROOT, env=e)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "gtp_ref.conformance", "-p", "no:cacheprovider", *extra],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=e,
+    )
     assert r.returncode == 4 and message in r.stderr, (r.stdout[-1000:], r.stderr[-1000:])
     assert len([line for line in r.stderr.splitlines() if line.strip()]) == 1, r.stderr
 
@@ -119,9 +162,11 @@ def test_wrong_shapes_are_rejected_everywhere():
     also the three that check a property of the output rather than its values."""
     r = run_suite("tests.broken.wrong_shapes", "-rA")
     assert r.returncode == 1
-    for test in ("test_graph.py::test_no_nan_from_degree_zero_or_zero_norm",
-                 "test_propagate.py::test_alpha_zero_is_pruning",
-                 "test_sparsity.py::test_k_is_truncated_in_double_precision"):
+    for test in (
+        "test_graph.py::test_no_nan_from_degree_zero_or_zero_norm",
+        "test_propagate.py::test_alpha_zero_is_pruning",
+        "test_sparsity.py::test_k_is_truncated_in_double_precision",
+    ):
         assert f"FAILED gtp_ref/conformance/{test}" in r.stdout, r.stdout[-3000:]
     passed = [line for line in r.stdout.splitlines() if line.startswith("PASSED")]
     assert all("raise" in line or "error" in line for line in passed), passed
@@ -131,17 +176,28 @@ def test_the_plugin_leaves_other_pytest_sessions_alone(tmp_path):
     """Installed, the plugin is loaded by every pytest session: it may add its own prefixed
     option, and nothing else -- no header line, no hypothesis profile, no markers."""
     (tmp_path / "test_other.py").write_text("def test_one():\n    assert 1 + 1 == 2\n")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
-                       capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and "gtp conformance" not in r.stdout, r.stdout  # no header line
-    help_text = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True,
-                               cwd=tmp_path).stdout
-    ours = [line.split()[0] for line in help_text.splitlines() if "gtp" in line.lower() and line.strip().startswith("--")]
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, cwd=tmp_path
+    ).stdout
+    ours = [
+        line.split()[0]
+        for line in help_text.splitlines()
+        if "gtp" in line.lower() and line.strip().startswith("--")
+    ]
     assert ours == ["--gtp-max-examples=N"], ours
 
 
-@pytest.mark.parametrize("impl, message", [("no.such.module", "cannot be imported"),
-                                           ("gtp_ref.graph", "lacks to_dense, sparsify_attention")])
+@pytest.mark.parametrize(
+    "impl, message",
+    [("no.such.module", "cannot be imported"), ("gtp_ref.graph", "lacks to_dense, sparsify_attention")],
+)
 def test_a_bad_gtp_impl_fails_loudly(impl, message):
     r = run_suite(impl)
     assert r.returncode != 0
@@ -166,14 +222,20 @@ def _same(a, b, where="$"):
 
 def test_regenerating_the_vectors_gives_the_committed_files(tmp_path):
     paths = export(tmp_path)
-    assert {p.name for p in paths} == {p.name for p in VECTORS.glob("*.json")} - {"gtp_official_visible.json", "tome_official_visible.json"}
+    assert {p.name for p in paths} == {p.name for p in VECTORS.glob("*.json")} - {
+        "gtp_official_visible.json",
+        "tome_official_visible.json",
+    }
     for p in paths:
         _same(json.loads(p.read_text()), json.loads((VECTORS / p.name).read_text()), p.name)
 
 
 def test_export_cli(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.conformance", "export", str(tmp_path / "v")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "gtp_ref.conformance", "export", str(tmp_path / "v")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and (tmp_path / "v" / "model.json").exists(), r.stderr
     r = subprocess.run([sys.executable, "-m", "gtp_ref.conformance", "bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
@@ -181,8 +243,10 @@ def test_export_cli(tmp_path):
 
 def test_export_replaces_files_in_place_and_never_through_a_symlink(tmp_path):
     def export_cli(where):
-        return subprocess.run([sys.executable, "-m", "gtp_ref.conformance", "export", where],
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "gtp_ref.conformance", "export", where], capture_output=True, text=True
+        )
+
     out, outside = tmp_path / "v", tmp_path / "elsewhere.json"
     assert export_cli(str(out)).returncode == 0
     r = export_cli(str(out))
@@ -199,6 +263,7 @@ def test_export_replaces_files_in_place_and_never_through_a_symlink(tmp_path):
 
 def test_the_vectors_command_reports_every_backend_within_the_tests_tolerance():
     from gtp_ref.conformance.__main__ import vectors_report
+
     rows = [line.split() for line in vectors_report().splitlines()[2:]]
     assert [r[-3] for r in rows] == ["dense", "sparse", "fast", "ToMeViT"]
     assert all(float(r[-2]) < 1e-8 for r in rows), rows

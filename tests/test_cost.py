@@ -1,14 +1,15 @@
 """Measured MACs (torch.utils.flop_counter) equal the complexity model exactly."""
+
 import torch
 from hypothesis import given
 
 from complexity.backbone import backbone_macs
 from complexity.exact import g_gtp_exact, g_tome_exact
 from gtp_ref import GTPViT
+from gtp_ref.config import ViTConfig
+from gtp_ref.conformance.seeded import flat_model
 from gtp_ref.cost import measure_macs
 from gtp_ref.tome import ToMeViT
-from gtp_ref.conformance.seeded import flat_model
-from gtp_ref.config import ViTConfig
 from tests.helpers import configs, images_for, tome_configs
 
 
@@ -25,10 +26,15 @@ def test_gtp_backbone_and_overhead_macs_are_exact(cfg):
     measured = measure_macs(model, x)
     assert measured["backbone"] == backbone_macs(model.config, removed)["total"], cfg
     cos = tokens[:-1]  # N_l: the cos-sim scores multiply n_l rows by N_l columns
-    want = g_gtp_exact(model.num_image_tokens, cfg["num_prop"], cfg["embed_dim"],
-                       semantic_graph=cfg["graph"] != "spatial" and cfg["num_neighbours"] > 0,
-                       token_scale=cfg["token_scale"], propagation=cfg["propagation"],
-                       cos_sim_tokens=cos if cfg["selection"].startswith("cos_sim") else None)
+    want = g_gtp_exact(
+        model.num_image_tokens,
+        cfg["num_prop"],
+        cfg["embed_dim"],
+        semantic_graph=cfg["graph"] != "spatial" and cfg["num_neighbours"] > 0,
+        token_scale=cfg["token_scale"],
+        propagation=cfg["propagation"],
+        cos_sim_tokens=cos if cfg["selection"].startswith("cos_sim") else None,
+    )
     assert measured["overhead"] == want, (cfg, measured)
 
 
@@ -41,16 +47,19 @@ def test_tome_backbone_and_overhead_macs_are_exact(cfg):
     measured = measure_macs(model, x)
     assert measured["backbone"] == backbone_macs(model.config, trace.merged)["total"]
     N = model.num_image_tokens + int(cfg["class_token"])
-    assert measured["overhead"] == g_tome_exact(N, cfg["r"], cfg["embed_dim"], cfg["num_heads"],
-                                                class_token=cfg["class_token"])
+    assert measured["overhead"] == g_tome_exact(
+        N, cfg["r"], cfg["embed_dim"], cfg["num_heads"], class_token=cfg["class_token"]
+    )
 
 
 def test_deit_small_paper_settings():
     """DeiT-S, P = r = 8, paper settings: the exact counts beside Eqs. 2-3."""
     from complexity import eq2_printed, g_gtp
+
     x = torch.randn(1, 3, 224, 224)
-    gtp = GTPViT(ViTConfig.of(embed_dim=384, num_heads=6), num_prop=8, sparsity=0.6, token_scale=True,
-                 num_neighbours=4)
+    gtp = GTPViT(
+        ViTConfig.of(embed_dim=384, num_heads=6), num_prop=8, sparsity=0.6, token_scale=True, num_neighbours=4
+    )
     tome = ToMeViT(ViTConfig.of(embed_dim=384, num_heads=6), r=8)
     m_gtp, m_tome = measure_macs(gtp.eval(), x), measure_macs(tome.eval(), x)
     assert m_gtp["overhead"] == g_gtp_exact(196, [8] * 12, 384, token_scale=True)
@@ -63,9 +72,15 @@ def test_deit_small_paper_settings():
 
 def test_macs_per_image_need_an_image():
     import pytest
-    model = GTPViT(ViTConfig.of(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2), num_prop=1,
-                   num_neighbours=2)
-    with pytest.raises(ValueError, match=r"images has shape \[0, 3, 16, 16\]: MACs per image need at least one"):
+
+    model = GTPViT(
+        ViTConfig.of(img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2),
+        num_prop=1,
+        num_neighbours=2,
+    )
+    with pytest.raises(
+        ValueError, match=r"images has shape \[0, 3, 16, 16\]: MACs per image need at least one"
+    ):
         measure_macs(model, torch.zeros(0, 3, 16, 16))
 
 
@@ -84,6 +99,7 @@ def test_the_fused_attention_is_counted_on_the_cpu():
     """scaled_dot_product_attention on the CPU: the backbone MACs of the fused and the explicit
     plain ViT are the same, and the complexity model's."""
     from gtp_ref.vit import ViT
+
     g = ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
     x = torch.zeros(1, 3, 32, 32)
     fused = measure_macs(ViT(g, fused_attn=True).eval(), x)

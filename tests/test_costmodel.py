@@ -2,6 +2,7 @@
 are checked against what each design must do (the products of attention, the bytes of q, k, v and
 the output), its forwards against their limits, and its bracket design against the constants of
 the kernels it describes."""
+
 import subprocess
 import sys
 
@@ -41,7 +42,11 @@ def test_the_maps_in_memory_cost_bytes_and_the_recomputing_designs_do_not():
     for name in ("one_kernel", "radix8"):
         assert designs[name].total("bytes") == designs["sdpa"].total("bytes"), name
     # the bracket stores a sample and the collected entries, not the map: a fraction of the map's passes
-    assert designs["sdpa"].total("bytes") < designs["bracket"].total("bytes") < designs["two_kernel"].total("bytes") / 3
+    assert (
+        designs["sdpa"].total("bytes")
+        < designs["bracket"].total("bytes")
+        < designs["two_kernel"].total("bytes") / 3
+    )
 
 
 def test_the_bracket_design_is_the_one_built():
@@ -72,20 +77,48 @@ def test_a_forward_with_gtp_is_slower_than_free_pruning_and_faster_with_more_pru
 
 
 def test_command_prints_every_design_and_the_forwards():
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.apps.bench", "costmodel", "--sizes", "4x50", "--forward", "2", "4",
-                        "--passes", "--tile-rate", "0.5"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gtp_ref.apps.bench",
+            "costmodel",
+            "--sizes",
+            "4x50",
+            "--forward",
+            "2",
+            "4",
+            "--passes",
+            "--tile-rate",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
-    for name in ("sdpa", "explicit", "two_kernel", "one_kernel", "radix8", "bracket", "32-row tiles at 0.5",
-                 "count below, collect inside", "GTP / free pruning"):
+    for name in (
+        "sdpa",
+        "explicit",
+        "two_kernel",
+        "one_kernel",
+        "radix8",
+        "bracket",
+        "32-row tiles at 0.5",
+        "count below, collect inside",
+        "GTP / free pruning",
+    ):
         assert name in r.stdout, name
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--tile-rate", "0"), "--tile-rate 0.0: must be in (0, 1]"),
-    (("--tile-rate", "nan"), "--tile-rate nan: must be in (0, 1]"),
-    (("--sizes", "4x1"), "need B >= 1 and N >= 2"),
-    (("--heads", "0"), "--heads 0: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--tile-rate", "0"), "--tile-rate 0.0: must be in (0, 1]"),
+        (("--tile-rate", "nan"), "--tile-rate nan: must be in (0, 1]"),
+        (("--sizes", "4x1"), "need B >= 1 and N >= 2"),
+        (("--heads", "0"), "--heads 0: must be >= 1"),
+    ],
+)
 def test_bad_arguments_are_one_line(args, message):
     r = command(bench.main, "costmodel", *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -8,6 +8,7 @@ through an identity v, which makes Att v the masked map itself); its outputs equ
 computation in torch within rounding, barring maps whose threshold falls within rounding of another
 entry; and whole models on it equal the dense reference, barring decisions within rounding of a tie
 (``gtp_ref.diagnostics.margin``), as the GPU kernels' tests do."""
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -20,7 +21,6 @@ from gtp_ref.select import COLUMN_SELECTIONS, sparsity_k
 from tests.helpers import NEAR_TIE, build, configs, images_for, model_for, official_vectors, tensors
 
 
-
 def has_compiler():
     try:
         return bool(cpu_build._compiler())
@@ -30,12 +30,16 @@ def has_compiler():
 
 # Without a C compiler there is nothing to test; with one, the kernels must be there (a library
 # that fails its self-test is not used, and would otherwise skip every test below silently).
-pytestmark = pytest.mark.skipif(fast.TRITON_DEVICE == "cpu" or not has_compiler(),
-                                reason="no C compiler here (or Triton's interpreter holds the CPU path)")
+pytestmark = pytest.mark.skipif(
+    fast.TRITON_DEVICE == "cpu" or not has_compiler(),
+    reason="no C compiler here (or Triton's interpreter holds the CPU path)",
+)
 
 
 def test_the_kernels_are_built_and_pass_their_self_test():
     assert cpu.available(), cpu.REASON
+
+
 THETAS = [1.0, 0.999, 0.9, 0.6, 0.3, 0.01]
 TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=2e-5, atol=2e-6)}
 
@@ -65,10 +69,14 @@ def heads(draw, max_tokens=130, max_dim=70):
     ties = draw(st.booleans())
     qkv = draw(tensors((B, N, 3, H, d), ties=ties, dtype=dtype, low=-2, high=2)).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # (B, H, N, d) each, strided
-    log_s = draw(tensors((B, N), ties=ties, dtype=dtype, low=0, high=2)).add(1).log() if draw(st.booleans()) else None
+    log_s = (
+        draw(tensors((B, N), ties=ties, dtype=dtype, low=0, high=2)).add(1).log()
+        if draw(st.booleans())
+        else None
+    )
     theta = draw(st.sampled_from(THETAS))
     kth = sparsity_k(N, theta) if theta < 1 else 0
-    return q * d ** -0.5, k, v, log_s, kth
+    return q * d**-0.5, k, v, log_s, kth
 
 
 @given(heads())
@@ -79,7 +87,11 @@ def test_outputs_are_the_computation_in_torch(case):
         # tie in one rounding (here: integer-valued q and k) need not tie in another
         p, tau = want[5], want[4][..., None, None]
         gap = ((p - tau).abs() / tau.abs().clamp_min(1e-300)).masked_fill(p == tau, float("inf"))
-        assume(gap.numel() == 0 or ((p == tau).sum((-2, -1)) == 1).all() and gap.amin() > 1e3 * torch.finfo(q.dtype).eps)
+        assume(
+            gap.numel() == 0
+            or ((p == tau).sum((-2, -1)) == 1).all()
+            and gap.amin() > 1e3 * torch.finfo(q.dtype).eps
+        )
     got = cpu.attention_op(q, k, v, log_s, kth)
     for name, a, b in zip(("Att v", "column sums", "diagonal", "first row", "thresholds"), got, want):
         assert a.dtype == q.dtype and a.shape == b.shape, (name, a.shape, b.shape)
@@ -91,8 +103,12 @@ def test_threshold_is_exactly_the_kth_smallest_entry_of_its_map(N, theta, ties, 
     """With v the identity (d = N), Att v is the masked map: fewer than k entries lie below the
     threshold (zeroed), and at least k lie at or below it -- the threshold's rank, exactly."""
     g = torch.Generator().manual_seed(seed)
-    q, k = (torch.randint(-1, 2, (1, 2, N, 8), generator=g).float() if ties else torch.randn(1, 2, N, 8, generator=g)
-            for _ in range(2))
+    q, k = (
+        torch.randint(-1, 2, (1, 2, N, 8), generator=g).float()
+        if ties
+        else torch.randn(1, 2, N, 8, generator=g)
+        for _ in range(2)
+    )
     v = torch.eye(N).expand(1, 2, N, N)
     kth = sparsity_k(N, theta)
     assume(kth > 0)
@@ -132,12 +148,18 @@ def test_gradients_are_those_of_the_torch_computation():
 
 def test_the_op_compiles_into_one_graph():
     q, k, v = (torch.randn(1, 2, 20, 8) for _ in range(3))
-    f = torch.compile(lambda a, b, c: cpu.attention_op(a, b, c, None, 100)[0] * 2, fullgraph=True, backend="eager")
+    f = torch.compile(
+        lambda a, b, c: cpu.attention_op(a, b, c, None, 100)[0] * 2, fullgraph=True, backend="eager"
+    )
     assert torch.equal(f(q, k, v), cpu.attention_op(q, k, v, None, 100)[0] * 2)
 
 
-@given(configs(propagation="graph"), st.sampled_from(COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")),
-       st.booleans(), st.sampled_from([torch.float64, torch.float32]))
+@given(
+    configs(propagation="graph"),
+    st.sampled_from(COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")),
+    st.booleans(),
+    st.sampled_from([torch.float64, torch.float32]),
+)
 def test_models_on_the_kernel_equal_the_dense_reference(cfg, selection, ties, dtype):
     assume(cfg["class_token"] or not selection.startswith("cls_attn"))
     cfg = {**cfg, "selection": selection}
@@ -154,8 +176,15 @@ def test_models_on_the_kernel_equal_the_dense_reference(cfg, selection, ties, dt
     assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (dtype, cfg)
 
 
-@pytest.mark.parametrize("vector", [v for v in official_vectors() if v["config"]["selection"] in
-                                    COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")], ids=lambda v: v["id"])
+@pytest.mark.parametrize(
+    "vector",
+    [
+        v
+        for v in official_vectors()
+        if v["config"]["selection"] in COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
+    ],
+    ids=lambda v: v["id"],
+)
 def test_the_authors_vectors_on_the_kernel(vector):
     model, images = model_for(vector, backend="fast")
     with torch.no_grad():
@@ -168,9 +197,23 @@ def test_the_authors_vectors_on_the_kernel(vector):
 
 def test_the_explicit_path_gives_the_same_model():
     """forward_trace(record=True) takes the explicit path (it keeps the maps): the same logits."""
-    cfg = dict(img_size=96, patch_size=8, num_classes=5, embed_dim=24, depth=2, num_heads=3, num_prop=[20, 10],
-               graph="mixed", num_neighbours=3, selection="mixed_attn_max", propagation="graph", sparsity=0.6,
-               alpha=0.1, token_scale=True, backend="fast")
+    cfg = dict(
+        img_size=96,
+        patch_size=8,
+        num_classes=5,
+        embed_dim=24,
+        depth=2,
+        num_heads=3,
+        num_prop=[20, 10],
+        graph="mixed",
+        num_neighbours=3,
+        selection="mixed_attn_max",
+        propagation="graph",
+        sparsity=0.6,
+        alpha=0.1,
+        token_scale=True,
+        backend="fast",
+    )
     model, x = build(cfg, dtype=torch.float32), images_for(cfg, 3, dtype=torch.float32)
     with torch.no_grad():
         fused, explicit = model(x), model.forward_trace(x, record=True).logits

@@ -1,5 +1,6 @@
 """``python -m gtp_ref.apps.digits``, shortened (one seed, six epochs): it trains, saves and reuses its
 checkpoints, sweeps every experiment, and writes the JSON and the figures."""
+
 import json
 import subprocess
 import sys
@@ -31,27 +32,49 @@ def test_shift_moves_each_image_by_at_most_one_pixel():
 
 
 def test_command_trains_reuses_and_writes(tmp_path):
-    args = [sys.executable, "-m", "gtp_ref.apps.digits", "--seeds", "0", "--epochs", "6", "--models-dir",
-            str(tmp_path / "models"), "--json-out", str(tmp_path / "r.json"), "--figures", str(tmp_path / "figs")]
+    args = [
+        sys.executable,
+        "-m",
+        "gtp_ref.apps.digits",
+        "--seeds",
+        "0",
+        "--epochs",
+        "6",
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--json-out",
+        str(tmp_path / "r.json"),
+        "--figures",
+        str(tmp_path / "figs"),
+    ]
     r = subprocess.run(args, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["digits_avg_seed0_e6.pth",
-                                                                        "digits_cls_seed0_e6.pth"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "digits_avg_seed0_e6.pth",
+        "digits_cls_seed0_e6.pth",
+    ]
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["seeds"] == [0] and doc["test_images"] == 450
-    assert all(row["mean"] > 20 for row in doc["unreduced"] if row["sparsity"] == 1), "six epochs beat chance (10 %)"
-    assert {(r["head"], r["sparsity"]) for r in doc["unreduced"]} == {(h, t) for h in ("cls", "avg")
-                                                                      for t in digits.SPARSITIES}
+    assert all(row["mean"] > 20 for row in doc["unreduced"] if row["sparsity"] == 1), (
+        "six epochs beat chance (10 %)"
+    )
+    assert {(r["head"], r["sparsity"]) for r in doc["unreduced"]} == {
+        (h, t) for h in ("cls", "avg") for t in digits.SPARSITIES
+    }
     assert len(doc["alpha"]) == len(digits.ALPHAS) * len(digits.ALPHA_P) * len(digits.SPARSITIES)
     assert len(doc["neighbours"]) == 2 * len(digits.NEIGHBOURS) * len(digits.NEIGHBOUR_P)
     assert {(x["head"], x["method"], x.get("sparsity")) for x in doc["methods"]} == {
-        (h, m, t) for h in ("cls", "avg") for m, t in [("tome", None), *[(m, t) for m in ("gtp", "prune")
-                                                                           for t in digits.SPARSITIES]]}
+        (h, m, t)
+        for h in ("cls", "avg")
+        for m, t in [("tome", None), *[(m, t) for m in ("gtp", "prune") for t in digits.SPARSITIES]]
+    }
     for row in doc["alpha"] + doc["methods"]:
         assert len(row["acc"]) == 1 and row["mean"] == row["acc"][0]
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(
-        f"digits_{n}.{e}" for n in ("alpha", "neighbours", "methods") for e in ("png", "pdf"))
-    again = subprocess.run(args + ["--heads", "avg"], capture_output=True, text=True)  # avg: no alpha, M sweeps
+        f"digits_{n}.{e}" for n in ("alpha", "neighbours", "methods") for e in ("png", "pdf")
+    )
+    # avg: no alpha, M sweeps
+    again = subprocess.run(args + ["--heads", "avg"], capture_output=True, text=True)
     assert again.returncode == 0 and again.stderr.count("reusing") == 1, again.stderr
     redo = json.loads((tmp_path / "r.json").read_text())
     assert redo["alpha"] == redo["neighbours"] == []
@@ -69,11 +92,14 @@ def test_pruning_is_gtp_without_propagation():
         assert torch.allclose(pruned(x), none.eval()(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--epochs", "0"], "--epochs 0: must be >= 1"),
-    (["--seeds", "1", "1"], "each seed once"),
-    (["--json-out", "r.txt"], "must end in .json"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "--epochs 0: must be >= 1"),
+        (["--seeds", "1", "1"], "each seed once"),
+        (["--json-out", "r.txt"], "must end in .json"),
+    ],
+)
 def test_bad_arguments_are_one_line(tmp_path, args, message):
     r = command(digits.main, *args, cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,4 +1,5 @@
 """The README's examples run, so the docs cannot drift from the code."""
+
 import doctest
 from pathlib import Path
 
@@ -10,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_readme_examples():
     import_timm()  # the first example puts GTP into a timm model
     # A closing ``` fence (indented too, inside a list) would read as expected output: blank it out.
-    text = "\n".join("" if line.lstrip().startswith("```") else line
-                      for line in (ROOT / "README.md").read_text().splitlines())
+    text = "\n".join(
+        "" if line.lstrip().startswith("```") else line
+        for line in (ROOT / "README.md").read_text().splitlines()
+    )
     parser = doctest.DocTestParser()
     test = parser.get_doctest(text, {}, "README.md", str(ROOT / "README.md"), 0)
     assert test.examples, "README.md has no >>> examples"

@@ -7,6 +7,7 @@ The Triton tests (marker ``triton``) run where the kernels do: compiled on CUDA,
 interpreter on CPU tensors when TRITON_INTERPRET=1 is set before ``gtp_ref`` is imported --
 tests/test_gpu_checks.py runs them so, as the GPU script's dry run.
 """
+
 import os
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from gtp_ref.diagnostics import margin
 from gtp_ref.select import COLUMN_SELECTIONS, sparsity_k
 from tests.helpers import (
     DTYPES,
-    TRITON,
     NEAR_TIE,
+    TRITON,
     build,
     configs,
     images_for,
@@ -57,18 +58,39 @@ def test_kth_smallest_is_kthvalue(case):
     assert torch.equal(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values)
 
 
-SPECIAL = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 5e-324, -5e-324, 1e-40, 3.4e38, -3.4e38, 1.0, -1.0]
+SPECIAL = [
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    0.0,
+    -0.0,
+    5e-324,
+    -5e-324,
+    1e-40,
+    3.4e38,
+    -3.4e38,
+    1.0,
+    -1.0,
+]
 
 
-@given(st.integers(1, 3), st.lists(st.sampled_from(SPECIAL) | st.floats(-4, 4), min_size=1, max_size=60),
-       st.sampled_from(DTYPES + (torch.float16, torch.bfloat16)), st.data())
+@given(
+    st.integers(1, 3),
+    st.lists(st.sampled_from(SPECIAL) | st.floats(-4, 4), min_size=1, max_size=60),
+    st.sampled_from(DTYPES + (torch.float16, torch.bfloat16)),
+    st.data(),
+)
 def test_kth_smallest_of_special_values(R, values, dtype, data):
     """NaN ranks last, as in kthvalue; infinities, signed zeros, subnormals, every dtype (the
     compiled selection for float32 / float64, topk for the others)."""
     x = torch.tensor(values, dtype=torch.float64).to(dtype).repeat(R, 1)
-    x = x[:, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))]
+    x = x[
+        :, torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+    ]
     k = data.draw(st.integers(1, x.shape[1]))
-    torch.testing.assert_close(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values, rtol=0, atol=0, equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("spread", [1.0, 1e-6, 0.0])
@@ -76,13 +98,15 @@ def test_kth_smallest_of_long_rows(spread):
     """Rows of 25,000 to 1,050,625 entries (N = 1025) whose values crowd one histogram bin (the
     spread) or are all equal."""
     g = torch.Generator().manual_seed(0)
-    for R, L in ((12, 25_000), (1, 1025 ** 2)):
+    for R, L in ((12, 25_000), (1, 1025**2)):
         x = 0.5 + spread * torch.rand(R, L, generator=g)
         for k in (1, L // 3, int(L * 0.4), L):
             assert torch.equal(fast.kth_smallest(x, k), x.kthvalue(k, dim=-1).values), (R, L, k)
 
 
-needs_native = pytest.mark.skipif(not fast.cpu.available(), reason="no C compiler for gtp_ref.backends.fast.cpu")
+needs_native = pytest.mark.skipif(
+    not fast.cpu.available(), reason="no C compiler for gtp_ref.backends.fast.cpu"
+)
 
 
 @needs_native
@@ -98,7 +122,9 @@ def test_native_mask_heads_is_the_reference_masking(data):
     masked, col_sums, diagonal, first_row, tau = fast.cpu.mask_heads(attn, k)
     want = dense.sparsify_attention(attn, theta)
     assert torch.equal(masked, want) and torch.equal(diagonal, want.diagonal(dim1=-2, dim2=-1))
-    assert torch.equal(first_row, want[:, :, 0]) and torch.allclose(col_sums, want.sum(2), rtol=1e-6, atol=1e-6)
+    assert torch.equal(first_row, want[:, :, 0]) and torch.allclose(
+        col_sums, want.sum(2), rtol=1e-6, atol=1e-6
+    )
     if k:
         assert torch.equal(tau, attn.reshape(B, H, N * N).kthvalue(k, dim=-1).values)
     else:
@@ -109,20 +135,25 @@ def test_native_mask_heads_is_the_reference_masking(data):
 def test_native_mask_heads_gradients():
     """Gradients reach the kept entries through the map, its column sums, diagonal and first row
     (the threshold passes none), as through the reference's masked_fill."""
-    attn = torch.rand(2, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    attn = torch.rand(
+        2, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    ).requires_grad_()
     assert torch.autograd.gradcheck(lambda a: fast.cpu.mask_heads(a, 10)[:4], (attn,))
     w = torch.randn(4, 5, dtype=torch.float64)
     masked, col_sums, diagonal, first_row, _ = fast.cpu.mask_heads(attn, 10)
     (masked.sum() + col_sums @ w[0] + diagonal @ w[1] + first_row @ w[2]).sum().backward()
     got, attn.grad = attn.grad, None
     ref = dense.sparsify_attention(attn, 0.6)
-    (ref.sum() + ref.sum(2) @ w[0] + ref.diagonal(dim1=-2, dim2=-1) @ w[1] + ref[:, :, 0] @ w[2]).sum().backward()
+    (
+        ref.sum() + ref.sum(2) @ w[0] + ref.diagonal(dim1=-2, dim2=-1) @ w[1] + ref[:, :, 0] @ w[2]
+    ).sum().backward()
     assert sparsity_k(5, 0.6) == 10 and torch.allclose(got, attn.grad)
 
 
 def test_kth_smallest_compiles_into_one_graph():
     """The compiled selection is a torch custom op: torch.compile keeps the threshold in the graph."""
     from gtp_ref.backends.fast import cpu
+
     if not cpu.available():
         pytest.skip(f"no compiled selection here: {cpu.REASON}")
     x = torch.rand(6, 500, generator=torch.Generator().manual_seed(1))
@@ -135,17 +166,19 @@ def test_kth_smallest_compiles_into_one_graph():
 
 def test_kth_smallest_without_a_compiler_uses_topk():
     """Where the selection cannot be built, a warning says why once and the values stay exact."""
-    code = ("import warnings, torch\n"
-            "with warnings.catch_warnings(record=True) as w:\n"
-            "    warnings.simplefilter('always')\n"
-            "    from gtp_ref.backends import fast\n"
-            "    from gtp_ref.backends.fast import cpu\n"
-            "    x = torch.rand(4, 300)\n"
-            "    a, b = fast.kth_smallest(x, 100), fast.kth_smallest(x, 7)\n"
-            "assert torch.equal(a, x.kthvalue(100, -1).values) and torch.equal(b, x.kthvalue(7, -1).values)\n"
-            "msgs = [str(m.message) for m in w if 'compiled CPU kernels are not available' in str(m.message)]\n"
-            "assert len(msgs) == 1 and 'could not compile' in msgs[0], msgs\n"
-            "print('ok', cpu.REASON)\n")
+    code = (
+        "import warnings, torch\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from gtp_ref.backends import fast\n"
+        "    from gtp_ref.backends.fast import cpu\n"
+        "    x = torch.rand(4, 300)\n"
+        "    a, b = fast.kth_smallest(x, 100), fast.kth_smallest(x, 7)\n"
+        "assert torch.equal(a, x.kthvalue(100, -1).values) and torch.equal(b, x.kthvalue(7, -1).values)\n"
+        "msgs = [str(m.message) for m in w if 'compiled CPU kernels are not available' in str(m.message)]\n"
+        "assert len(msgs) == 1 and 'could not compile' in msgs[0], msgs\n"
+        "print('ok', cpu.REASON)\n"
+    )
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "CC": "false", "XDG_CACHE_HOME": cache}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -180,15 +213,21 @@ def test_token_graph_is_the_dense_graph_exactly(data):
     x = data.draw(tensors((data.draw(st.integers(1, 3)), n, data.draw(st.integers(1, 6))), dtype=dtype))
     graph, M = data.draw(st.sampled_from(["spatial", "semantic", "mixed"])), data.draw(st.integers(0, n - 1))
     for _ in range(2):  # the second call reads the kept spatial graph
-        assert torch.equal(fast.to_dense(fast.token_graph(x, (h, w), graph, M)), dense.token_graph(x, (h, w), graph, M))
+        assert torch.equal(
+            fast.to_dense(fast.token_graph(x, (h, w), graph, M)), dense.token_graph(x, (h, w), graph, M)
+        )
 
 
 @st.composite
 def special_scores(draw):
     """Scores with ties, NaN, -0 / +0 and infinities; P from 0 to n (beyond the compiled limit too)."""
     B, n = draw(st.integers(1, 3)), draw(st.integers(1, 90))
-    values = st.sampled_from([float("nan"), 0.0, -0.0, float("inf"), -float("inf"), 1.0, 2.0]) | st.floats(-3, 3)
-    scores = torch.tensor(draw(st.lists(values, min_size=B * n, max_size=B * n)), dtype=draw(st.sampled_from(DTYPES)))
+    values = st.sampled_from([float("nan"), 0.0, -0.0, float("inf"), -float("inf"), 1.0, 2.0]) | st.floats(
+        -3, 3
+    )
+    scores = torch.tensor(
+        draw(st.lists(values, min_size=B * n, max_size=B * n)), dtype=draw(st.sampled_from(DTYPES))
+    )
     return scores.view(B, n), draw(st.integers(0, n))
 
 
@@ -240,6 +279,7 @@ def test_compiled_selection_and_propagation_compile_into_one_graph():
     def step(x, scores):
         kept, prop = fast.select_tokens(scores, 4)
         return fast.propagate(x, G, kept, prop, 0.3)[0] * 2
+
     scores = torch.rand(2, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     torch.compiler.reset()
     with torch.no_grad():
@@ -279,20 +319,23 @@ def qkv(B, H, N, d, dtype, seed, ties=False):
         q, k = (torch.randn(B, H, N, d, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(B, H, N, d, generator=g, dtype=torch.float64)
     log_s = (torch.rand(B, N, generator=g, dtype=torch.float64) + 0.5).log()
-    return (q * d ** -0.5).to(dtype), k.to(dtype), v.to(dtype), log_s  # q scaled, as the caller passes it
+    return (q * d**-0.5).to(dtype), k.to(dtype), v.to(dtype), log_s  # q scaled, as the caller passes it
 
 
 CUDA_CASES = [  # N, d, dtype, token sizes, theta, ties
-    (1, 8, torch.float32, False, 0.6, False),    # a map of one entry
-    (13, 8, torch.float64, True, 0.6, False),    # one row tile, float64's eight digits
-    (70, 16, torch.float32, True, 0.6, False),   # three row tiles, keys in three steps
+    (1, 8, torch.float32, False, 0.6, False),  # a map of one entry
+    (13, 8, torch.float64, True, 0.6, False),  # one row tile, float64's eight digits
+    (70, 16, torch.float32, True, 0.6, False),  # three row tiles, keys in three steps
     (70, 16, torch.float32, False, 1.0, False),  # no sparsity: no threshold
-    (37, 16, torch.float32, True, 0.3, True),    # exact ties
-    (40, 32, torch.float16, True, 0.6, False),   # autocast's float16 q, k, v
+    (37, 16, torch.float32, True, 0.3, True),  # exact ties
+    (40, 32, torch.float16, True, 0.6, False),  # autocast's float16 q, k, v
     (150, 64, torch.float32, True, 0.6, False),  # a sample of one entry in 3 (stride > 1)
 ]
-TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=1e-5, atol=1e-6),
-             torch.float16: dict(rtol=2e-3, atol=2e-3)}
+TOLERANCE = {
+    torch.float64: dict(rtol=1e-12, atol=1e-14),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+}
 
 
 def one_entry_buffer(monkeypatch, cuda):
@@ -310,17 +353,23 @@ def test_cuda_attention(monkeypatch, route, N, d, dtype, sizes, theta, ties):
     buffer of one entry).  A wrong threshold keeps or drops entries of about 1/N, far above these
     tolerances."""
     from gtp_ref.backends.fast import cuda
+
     if route == "radix":
         one_entry_buffer(monkeypatch, cuda)
     q, k, v, log_s = qkv(2, 3, N, d, dtype, seed=N, ties=ties)
     log_s = log_s if sizes else None
     kth = sparsity_k(N, theta) if theta < 1 else 0
     want, tau = cuda_reference(q, k, v, log_s, kth)
-    on = (lambda t: None if t is None else t.to(TRITON))
+    on = lambda t: None if t is None else t.to(TRITON)
     got = cuda.attention(on(q), on(k), on(v), on(log_s), kth)
-    assert got[0].dtype == dtype and got[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert got[0].dtype == dtype and got[1].dtype == (
+        torch.float64 if dtype == torch.float64 else torch.float32
+    )
     for name, a, b in zip(("out", "col_sums", "diagonal", "first_row"), got, want):
-        assert torch.allclose(a.cpu().to(b.dtype), b, **TOLERANCE[dtype]), (name, (a.cpu().to(b.dtype) - b).abs().max())
+        assert torch.allclose(a.cpu().to(b.dtype), b, **TOLERANCE[dtype]), (
+            name,
+            (a.cpu().to(b.dtype) - b).abs().max(),
+        )
     if kth:
         found, settled, _ = cuda.threshold(on(q), on(k), on(log_s), kth)
         assert (settled.cpu() == (1 if route == "bracket" else 0)).all() or N * N <= 1, settled
@@ -333,13 +382,18 @@ def test_cuda_threshold_is_exact_on_ties(monkeypatch, cap):
     """A map of equal entries (q = 0: every entry 1/N): the kth smallest is that entry, bit for
     bit, found by the bracket and (a buffer of one entry) by the radix selection."""
     from gtp_ref.backends.fast import cuda
+
     if cap is not None:
         one_entry_buffer(monkeypatch, cuda)
     q, k, _, _ = qkv(1, 2, 24, 16, torch.float32, seed=0)
     q = torch.zeros_like(q)
     want = (q @ k.transpose(-2, -1)).softmax(-1).reshape(2, -1).kthvalue(100, -1).values
     tau, settled, _ = cuda.threshold(q.to(TRITON), k.to(TRITON), None, 100)
-    assert torch.equal(tau.cpu(), want) and (settled.cpu() == (0 if cap == 1 else 1)).all(), (tau, want, settled)
+    assert torch.equal(tau.cpu(), want) and (settled.cpu() == (0 if cap == 1 else 1)).all(), (
+        tau,
+        want,
+        settled,
+    )
 
 
 @pytest.mark.triton
@@ -349,14 +403,30 @@ def test_every_attention_path_agrees_with_the_explicit_one():
     import argparse
 
     from gtp_ref.apps.bench import attention
-    rows = attention.run(argparse.Namespace(device=TRITON, sizes=[(2, 23)], dtypes=["fp32"], repeats=1, sparsity=0.6))
+
+    rows = attention.run(
+        argparse.Namespace(device=TRITON, sizes=[(2, 23)], dtypes=["fp32"], repeats=1, sparsity=0.6)
+    )
     assert [r["method"] for r in rows] == ["sdpa", "explicit", "cuda"]
     assert rows[2]["max_abs_diff_out"] < 1e-5 and rows[2]["max_abs_diff_scores"] < 1e-5, rows[2]
 
 
-PAPER = dict(img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, num_heads=2,
-             num_prop=[8, 6, 4, 2], graph="mixed", num_neighbours=4, selection="mixed_attn_max",
-             propagation="graph", sparsity=0.6, alpha=0.1, token_scale=True)
+PAPER = dict(
+    img_size=64,
+    patch_size=8,
+    num_classes=10,
+    embed_dim=32,
+    depth=4,
+    num_heads=2,
+    num_prop=[8, 6, 4, 2],
+    graph="mixed",
+    num_neighbours=4,
+    selection="mixed_attn_max",
+    propagation="graph",
+    sparsity=0.6,
+    alpha=0.1,
+    token_scale=True,
+)
 
 
 @pytest.mark.cuda
@@ -389,8 +459,12 @@ TRITON_SELECTIONS = COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
 
 
 @pytest.mark.triton
-@given(configs(propagation="graph"), st.sampled_from(TRITON_SELECTIONS), st.booleans(),
-       st.sampled_from([torch.float64, torch.float32]))
+@given(
+    configs(propagation="graph"),
+    st.sampled_from(TRITON_SELECTIONS),
+    st.booleans(),
+    st.sampled_from([torch.float64, torch.float32]),
+)
 def test_triton_model_equals_dense(cfg, selection, ties, dtype):
     """The whole model on the Triton path (one kernel per image and head at these sizes), on the
     GPU or in Triton's interpreter, against the dense reference on the CPU in the same dtype,
@@ -414,14 +488,29 @@ def test_triton_model_above_256_tokens_equals_dense():
     the dense reference, in float64 (with 256 tokens float32's closest decisions fall within its
     rounding; test_every_attention_path_agrees_with_the_explicit_one covers it in float32)."""
     dtype = torch.float64
-    cfg = dict(img_size=64, patch_size=4, num_classes=7, embed_dim=16, depth=2, num_heads=2, num_prop=40,
-               graph="mixed", num_neighbours=4, selection="mixed_attn_max", propagation="graph", sparsity=0.6,
-               alpha=0.1, token_scale=True)
+    cfg = dict(
+        img_size=64,
+        patch_size=4,
+        num_classes=7,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        num_prop=40,
+        graph="mixed",
+        num_neighbours=4,
+        selection="mixed_attn_max",
+        propagation="graph",
+        sparsity=0.6,
+        alpha=0.1,
+        token_scale=True,
+    )
     x = images_for(cfg, 2, seed=5, dtype=dtype)  # its closest decision: 3e-8 relative
     model = build({**cfg, "backend": "fast"}, dtype=dtype).to(TRITON)
     with torch.no_grad():
-        assert model.embed(x.to(TRITON)).shape[1] == 257 and path_taken(model, x.to(TRITON), cfg["selection"]) == \
-            "cuda", "the CUDA path is taken"
+        assert (
+            model.embed(x.to(TRITON)).shape[1] == 257
+            and path_taken(model, x.to(TRITON), cfg["selection"]) == "cuda"
+        ), "the CUDA path is taken"
         trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
         got = model(x.to(TRITON)).cpu()
     assert margin(trace) > NEAR_TIE[dtype]

@@ -1,4 +1,5 @@
 """Token graph (spec section 2): spatial, semantic, mixed and the normalisation."""
+
 import math
 
 import pytest
@@ -43,7 +44,11 @@ def test_spatial_edges_are_8_neighbours(grid, data):
 @st.composite
 def image_tokens(draw, ties=None, max_n=12):
     # C = 1 makes every cosine +-1 (all ties): only where ties are wanted.
-    B, n, C = draw(st.integers(1, 3)), draw(st.integers(1, max_n)), draw(st.integers(1 if ties is not False else 2, 5))
+    B, n, C = (
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, max_n)),
+        draw(st.integers(1 if ties is not False else 2, 5)),
+    )
     return draw(tensors((B, n, C), ties=ties))
 
 
@@ -130,5 +135,3 @@ def test_semantic_graph_is_permutation_equivariant(x, data):
     G = dense.token_graph(x, (1, n), "semantic", M)
     Gp = dense.token_graph(x[:, perm], (1, n), "semantic", M)
     assert torch.allclose(Gp, G[:, perm][:, :, perm], rtol=1e-12, atol=1e-15)
-
-

@@ -1,6 +1,7 @@
 """Reading and preprocessing one image: any error Pillow raises for a file is a one-line
 ValueError naming it (so that ``eval`` skips it and ``vis`` refuses it), high-bit-depth images
 are scaled to 8 bits rather than clipped, and a long thin image costs what a normal one does."""
+
 import struct
 import zlib
 
@@ -12,21 +13,29 @@ from gtp_ref.apps.preprocess import Preprocessing, load_image
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_header_only(w: int, h: int) -> bytes:
     """A PNG of a few dozen bytes whose header declares w x h RGB pixels."""
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def bad_images(folder):
     """{name: path} of files Pillow refuses in different ways."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"bomb.png": png_header_only(30000, 30000),  # DecompressionBombError
-             "bomb_warning.png": png_header_only(10000, 10000),  # DecompressionBombWarning
-             "not_an_image.jpg": b"not an image"}
+    files = {
+        "bomb.png": png_header_only(30000, 30000),  # DecompressionBombError
+        "bomb_warning.png": png_header_only(10000, 10000),  # DecompressionBombWarning
+        "not_an_image.jpg": b"not an image",
+    }
     good = folder / "good.png"
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(good)
     broken = bytearray(good.read_bytes())
@@ -38,10 +47,15 @@ def bad_images(folder):
     return {name: folder / name for name in files}
 
 
-@pytest.mark.parametrize("name, error", [("bomb.png", "DecompressionBombError"),
-                                         ("bomb_warning.png", "DecompressionBombWarning"),
-                                         ("not_an_image.jpg", "UnidentifiedImageError"),
-                                         ("broken_stream.png", "OSError")])
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("bomb.png", "DecompressionBombError"),
+        ("bomb_warning.png", "DecompressionBombWarning"),
+        ("not_an_image.jpg", "UnidentifiedImageError"),
+        ("broken_stream.png", "OSError"),
+    ],
+)
 def test_every_refusal_of_pillow_is_one_valueerror_naming_the_file(tmp_path, name, error):
     path = bad_images(tmp_path)[name]
     with pytest.raises(ValueError, match=f"cannot read the image '{path}': {error}") as info:
@@ -49,25 +63,31 @@ def test_every_refusal_of_pillow_is_one_valueerror_naming_the_file(tmp_path, nam
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("raised", [SyntaxError("broken PNG file"), ValueError("bad"), EOFError(), KeyError("x")])
+@pytest.mark.parametrize(
+    "raised", [SyntaxError("broken PNG file"), ValueError("bad"), EOFError(), KeyError("x")]
+)
 def test_other_errors_of_pillow_too(tmp_path, monkeypatch, raised):
     path = tmp_path / "x.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
 
     def fail(*args, **kwargs):
         raise raised
+
     monkeypatch.setattr(Image, "open", fail)
     with pytest.raises(ValueError, match=f"cannot read the image '{path}': {type(raised).__name__}"):
         load_image(path)
 
 
-@pytest.mark.parametrize("mode, values, want", [
-    ("I;16", np.array([[0, 32896, 65535]], np.uint16), [0, 128, 255]),  # 16 bits by 0..65535
-    ("I", np.array([[0, 32896, 65535]], np.int32), [0, 128, 255]),  # a 16-bit image held as I
-    ("I", np.array([[-1000, 0, 1000]], np.int32), [0, 128, 255]),  # beyond 16 bits: its own range
-    ("F", np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),  # 0..1
-    ("F", np.array([[-2.0, np.nan, 2.0]], np.float32), [0, 0, 255]),  # its own range, NaN as the minimum
-])
+@pytest.mark.parametrize(
+    "mode, values, want",
+    [
+        ("I;16", np.array([[0, 32896, 65535]], np.uint16), [0, 128, 255]),  # 16 bits by 0..65535
+        ("I", np.array([[0, 32896, 65535]], np.int32), [0, 128, 255]),  # a 16-bit image held as I
+        ("I", np.array([[-1000, 0, 1000]], np.int32), [0, 128, 255]),  # beyond 16 bits: its own range
+        ("F", np.array([[0.0, 0.5, 1.0]], np.float32), [0, 128, 255]),  # 0..1
+        ("F", np.array([[-2.0, np.nan, 2.0]], np.float32), [0, 0, 255]),  # its own range, NaN as the minimum
+    ],
+)
 def test_high_bit_depth_is_scaled_not_clipped(tmp_path, mode, values, want):
     path = tmp_path / "deep.tif"
     Image.fromarray(values).save(path)
@@ -95,6 +115,7 @@ def test_a_long_thin_image_costs_what_a_normal_one_does(monkeypatch):
     def recording(self, size, *args, **kwargs):
         sizes.append(size)
         return original(self, size, *args, **kwargs)
+
     monkeypatch.setattr(Image.Image, "resize", recording)
     pre = Preprocessing(input_size=(224, 224))
     column = np.linspace(0, 255, 4000)[:, None, None].repeat(3, axis=2).repeat(1, axis=1)
@@ -119,5 +140,7 @@ def test_normal_images_are_resized_exactly_as_timm_does():
         scale = 256
         new = (scale, int(h * scale / w)) if w <= h else (int(w * scale / h), scale)
         left, top = round((new[0] - 224) / 2), round((new[1] - 224) / 2)
-        want = np.asarray(image.resize(new, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224)))
+        want = np.asarray(
+            image.resize(new, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
+        )
         assert np.array_equal(np.asarray(pre.crop(image)), want), (w, h)

@@ -1,5 +1,8 @@
 """The house rules: the library never imports the commands (``gtp_ref.apps``), no module imports
-itself back through others (no import circle), and no module is longer than 400 lines."""
+itself back through others (no import circle), the cost model stands on the library's torch-free
+base and not the other way round, and no module is longer than 600 lines (of the formatter's,
+tests/test_style.py)."""
+
 import ast
 from pathlib import Path
 
@@ -7,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("gtp_ref", "complexity")
-MAX_LINES = 400
+MAX_LINES = 600
 
 
 def modules() -> dict[str, Path]:
@@ -26,8 +29,12 @@ def imports(path: Path, known: set[str]) -> set[str]:
     """The modules of ``known`` that ``path`` imports, anywhere in it (module level or inside a
     function), ``if TYPE_CHECKING:`` blocks left out (they never run)."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", "") ==
-               "TYPE_CHECKING" for n in ast.walk(node)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skipped:
@@ -37,8 +44,10 @@ def imports(path: Path, known: set[str]) -> set[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # "from package import submodule" imports the submodule; "from module import name", the module
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                for a in node.names
+            ]
         for name in names:
             while name and name not in known:
                 name = name.rpartition(".")[0]
@@ -53,8 +62,11 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_the_library_never_imports_the_commands():
-    offenders = {name: sorted(i for i in deps if i.startswith("gtp_ref.apps"))
-                 for name, deps in graph().items() if not name.startswith("gtp_ref.apps")}
+    offenders = {
+        name: sorted(i for i in deps if i.startswith("gtp_ref.apps"))
+        for name, deps in graph().items()
+        if not name.startswith("gtp_ref.apps")
+    }
     assert not {k: v for k, v in offenders.items() if v}, offenders
 
 
@@ -77,11 +89,11 @@ def test_there_is_no_import_circle():
     for name in sorted(g):
         if name not in state:
             circle = visit(name, [])
-            assert circle is None, " -> ".join(circle[circle.index(circle[-1]):])
+            assert circle is None, " -> ".join(circle[circle.index(circle[-1]) :])
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
-def test_no_module_is_longer_than_400_lines(name):
+def test_no_module_is_longer_than_600_lines(name):
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name}: {lines} lines"
 
@@ -93,8 +105,11 @@ def test_the_library_stands_on_its_own_base():
     """The cost model is a client of the library, never the other way round: nothing in gtp_ref
     but its commands imports complexity; the torch-free base imports nothing of gtp_ref but itself."""
     g = graph()
-    offenders = {name: sorted(d for d in deps if d.startswith("complexity"))
-                 for name, deps in g.items() if name.startswith("gtp_ref") and not name.startswith("gtp_ref.apps")}
+    offenders = {
+        name: sorted(d for d in deps if d.startswith("complexity"))
+        for name, deps in g.items()
+        if name.startswith("gtp_ref") and not name.startswith("gtp_ref.apps")
+    }
     assert not {k: v for k, v in offenders.items() if v}, offenders
     for name in BASE:
         assert g[name] <= set(BASE) | {"gtp_ref"}, (name, g[name])
@@ -105,9 +120,12 @@ def test_the_base_needs_neither_torch_nor_sympy():
     hook; the public names load torch when first used."""
     import subprocess
     import sys
-    code = ("import sys; hooks = list(sys.meta_path); import gtp_ref, complexity; "
-            f"import {', '.join(BASE)}; "
-            "print(sorted(m for m in ('torch', 'sympy') if m in sys.modules), sys.meta_path == hooks); "
-            "gtp_ref.GTPViT; print('torch' in sys.modules)")
+
+    code = (
+        "import sys; hooks = list(sys.meta_path); import gtp_ref, complexity; "
+        f"import {', '.join(BASE)}; "
+        "print(sorted(m for m in ('torch', 'sympy') if m in sys.modules), sys.meta_path == hooks); "
+        "gtp_ref.GTPViT; print('torch' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["[] True", "True"], r.stdout + r.stderr

@@ -1,5 +1,6 @@
 """GTPViT: invariants, timm layout, dtypes, devices and gradients.  (Argument errors:
 test_errors.py.)"""
+
 import shutil
 
 import pytest
@@ -9,8 +10,8 @@ from hypothesis import strategies as st
 
 import gtp_ref
 from gtp_ref import GTPViT
-from gtp_ref.conformance.seeded import flat_model
 from gtp_ref.config import ViTConfig
+from gtp_ref.conformance.seeded import flat_model
 from tests.helpers import BACKENDS, build, configs, images_for, near_tie, plain_vit
 
 
@@ -20,8 +21,14 @@ def test_no_propagation_and_no_sparsity_is_the_plain_vit(cfg, B):
     model = build(cfg)
     x = images_for(cfg, B)
     with torch.no_grad():
-        want = plain_vit(model.state_dict(), x, patch_size=cfg["patch_size"], num_heads=cfg["num_heads"],
-                         class_token=cfg["class_token"], global_pool=cfg["global_pool"])
+        want = plain_vit(
+            model.state_dict(),
+            x,
+            patch_size=cfg["patch_size"],
+            num_heads=cfg["num_heads"],
+            class_token=cfg["class_token"],
+            global_pool=cfg["global_pool"],
+        )
         assert torch.allclose(model(x), want, rtol=1e-10, atol=1e-10), cfg
 
 
@@ -43,11 +50,11 @@ def test_each_sample_is_the_same_alone_and_in_a_batch(cfg):
     with torch.no_grad():
         batched = model.forward_trace(x, record=True)
         for b in range(3):
-            alone = model.forward_trace(x[b:b + 1], record=True)
+            alone = model.forward_trace(x[b : b + 1], record=True)
             # A near-tie at a selection cut is decided by rounding, which differs between batch
             # sizes; such draws prove nothing either way.  Exact ties (gap 0) are kept.
             assume(not near_tie(alone, batched))
-            assert torch.allclose(alone.logits, batched.logits[b:b + 1], rtol=1e-9, atol=1e-10), (b, cfg)
+            assert torch.allclose(alone.logits, batched.logits[b : b + 1], rtol=1e-9, atol=1e-10), (b, cfg)
 
 
 @given(configs(), st.booleans())
@@ -77,16 +84,24 @@ def timm_keys(depth, class_token, global_pool):
     keys |= {"cls_token"} if class_token else set()
     keys |= {"fc_norm.weight", "fc_norm.bias"} if global_pool == "avg" else {"norm.weight", "norm.bias"}
     for l in range(depth):
-        keys |= {f"blocks.{l}.{m}.{p}" for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
-                 for p in ("weight", "bias")}
+        keys |= {
+            f"blocks.{l}.{m}.{p}"
+            for m in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+            for p in ("weight", "bias")
+        }
     return keys
 
 
-@pytest.mark.parametrize("factory, depth, C, pool, patch", [
-    (gtp_ref.deit_tiny, 12, 192, "token", 16), (gtp_ref.deit_small, 12, 384, "token", 16),
-    (gtp_ref.deit_base, 12, 768, "token", 16), (gtp_ref.vit_large, 24, 1024, "token", 16),
-    (gtp_ref.eva_large, 24, 1024, "avg", 14),  # the authors' EVA-L: [CLS], average pooling
-])
+@pytest.mark.parametrize(
+    "factory, depth, C, pool, patch",
+    [
+        (gtp_ref.deit_tiny, 12, 192, "token", 16),
+        (gtp_ref.deit_small, 12, 384, "token", 16),
+        (gtp_ref.deit_base, 12, 768, "token", 16),
+        (gtp_ref.vit_large, 24, 1024, "token", 16),
+        (gtp_ref.eva_large, 24, 1024, "avg", 14),  # the authors' EVA-L: [CLS], average pooling
+    ],
+)
 def test_presets_have_timm_state_dicts(factory, depth, C, pool, patch):
     with torch.device("meta"):
         model = factory(num_prop=8)
@@ -111,8 +126,16 @@ def test_strict_load_of_a_timm_layout_state_dict():
 BASE = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2)
 
 
-GTP = dict(BASE, num_prop=[3, 2], graph="mixed", num_neighbours=2, selection="mixed_attn_max",
-           sparsity=0.6, alpha=0.3, token_scale=True)
+GTP = dict(
+    BASE,
+    num_prop=[3, 2],
+    graph="mixed",
+    num_neighbours=2,
+    selection="mixed_attn_max",
+    sparsity=0.6,
+    alpha=0.3,
+    token_scale=True,
+)
 METHODS = [*BACKENDS, "tome"]
 
 
@@ -143,7 +166,7 @@ def test_a_non_finite_image_gives_nan_logits_and_leaves_the_others_alone(method,
     x[1, 0, 5, 7] = bad
     with torch.no_grad():
         out = model(x)
-        alone = torch.cat([model(x[b:b + 1]) for b in (0, 2)])
+        alone = torch.cat([model(x[b : b + 1]) for b in (0, 2)])
     assert out[1].isnan().all(), (method, out[1])
     assert torch.allclose(out[[0, 2]], alone, rtol=1e-12, atol=1e-12), method
 
@@ -155,13 +178,18 @@ def test_num_prop_can_be_changed_and_is_checked_on_assignment():
     model.num_prop = [4, 0]
     assert model.num_prop == [4, 0]
     import numpy as np
+
     model.num_prop = np.int64(1)
     assert model.num_prop == [1, 1] and all(type(P) is int for P in model.num_prop)
-    for bad, error, match in [(16, ValueError, "at most 15"), ([1], ValueError, "depth=2"),
-                              (-1, ValueError, r"num_prop=-1 must be an integer >= 0"),
-                              ("3", TypeError, "num_prop='3' must be an integer"),
-                              (2.0, TypeError, "num_prop=2.0"), (None, TypeError, "num_prop=None"),
-                              (True, TypeError, "num_prop=True")]:
+    for bad, error, match in [
+        (16, ValueError, "at most 15"),
+        ([1], ValueError, "depth=2"),
+        (-1, ValueError, r"num_prop=-1 must be an integer >= 0"),
+        ("3", TypeError, "num_prop='3' must be an integer"),
+        (2.0, TypeError, "num_prop=2.0"),
+        (None, TypeError, "num_prop=None"),
+        (True, TypeError, "num_prop=True"),
+    ]:
         with pytest.raises(error, match=match):
             model.num_prop = bad
         assert model.num_prop == [1, 1], "a refused assignment leaves the schedule as it was"
@@ -210,8 +238,10 @@ def test_cuda_matches_cpu(dtype):
 
 
 # torch.compile's Inductor backend generates C++ on the CPU: it needs a C++ compiler.
-has_cxx = pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))),
-                             reason="torch.compile on the CPU needs a C++ compiler")
+has_cxx = pytest.mark.skipif(
+    not any(map(shutil.which, ("g++", "c++", "clang++"))),
+    reason="torch.compile on the CPU needs a C++ compiler",
+)
 
 
 @has_cxx
@@ -219,8 +249,18 @@ has_cxx = pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++")
 def test_torch_compile_takes_the_whole_model_in_one_graph(backend):
     """The static-shape backends compile whole (fullgraph=True: no graph break, no host sync) and
     the compiled model equals the eager one in float64 (same decisions, rounding-level logits)."""
-    cfg = dict(BASE, img_size=(32, 24), num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3,
-               graph="mixed", num_neighbours=2, selection="mixed_attn_max", backend=backend)
+    cfg = dict(
+        BASE,
+        img_size=(32, 24),
+        num_prop=[3, 2],
+        sparsity=0.6,
+        token_scale=True,
+        alpha=0.3,
+        graph="mixed",
+        num_neighbours=2,
+        selection="mixed_attn_max",
+        backend=backend,
+    )
     model = build(cfg)
     x = images_for(cfg, 3)
     torch.compiler.reset()
@@ -250,7 +290,9 @@ def test_the_provenance_follows_every_patch(cfg):
         assert ((prov.propagated_at == l).sum(1) == P).all(), (l, P)
     for edges in prov.edges:
         l = int(edges["block"])
-        assert (prov.propagated_at[edges["image"], edges["src"]] == l).all(), "the source was propagated there"
+        assert (prov.propagated_at[edges["image"], edges["src"]] == l).all(), (
+            "the source was propagated there"
+        )
         receiver = prov.propagated_at[edges["image"], edges["dst"]]
         assert ((receiver == -1) | (receiver > l)).all(), "the receiver was kept there"
         assert (edges["weight"] > 0).all()

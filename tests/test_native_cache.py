@@ -3,6 +3,7 @@ this user, in a directory nobody else can write to, whose digest matches and whi
 self-test; anything else is built anew (or, where the cache cannot be trusted, built in a private
 directory) -- never loaded, never a crash, never a wrong number.  Each case runs in a fresh
 process with its own cache directory."""
+
 import os
 import shutil
 import stat
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from gtp_ref.backends.fast import cpu, cpu_build
+from gtp_ref.backends.fast import cpu_build
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
-                                reason="needs a C compiler")
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
+    reason="needs a C compiler",
+)
 
 # A stranger's library: a constructor that leaves a mark, and every one of the kernel's names as a
 # no-op (whose outputs would stay uninitialised: NaN logits, silently).
@@ -26,8 +29,11 @@ FOREIGN_C = """
 #include <stdint.h>
 __attribute__((constructor)) static void mark(void) { FILE *f = fopen("MARK", "w"); if (f) fclose(f); }
 int64_t select_max(void) { return 64; }
-""" + "".join(f"int64_t {name}_{dtype}(void) {{ return 0; }}\n"
-              for name in cpu_build.FUNCTIONS for dtype in ("f32", "f64"))
+""" + "".join(
+    f"int64_t {name}_{dtype}(void) {{ return 0; }}\n"
+    for name in cpu_build.FUNCTIONS
+    for dtype in ("f32", "f64")
+)
 NO_NAMES_C = "int something_else(void) { return 1; }\n"
 
 # The child: the fast backend's threshold and masking on the CPU must be exact, whatever the cache held.
@@ -56,8 +62,9 @@ def run_child(cache: Path | None, *, env_extra=None, prelude: str = "", cwd: Pat
     env.update(env_extra or {})
     env = {k: v for k, v in env.items() if v is not None}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", prelude + CHILD], capture_output=True, text=True, env=env, cwd=cwd,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", prelude + CHILD], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 

@@ -1,8 +1,8 @@
 """GTPViT reproduces every vector computed with the authors' implementation (float64)."""
+
 import pytest
 import torch
 
-from gtp_ref import GTPViT
 from gtp_ref.conformance.seeded import flat_model
 from tests.helpers import model_for, official_vectors
 
@@ -18,8 +18,9 @@ def test_logits_match_the_authors_implementation(vector):
     assert trace.tokens_per_layer == vector["tokens_per_layer"], vector["config"]
     assert trace.attn_k_per_layer == vector["attn_k_per_layer"], vector["config"]
     err = (trace.logits - expected).abs().max().item()
-    assert torch.allclose(trace.logits, expected, rtol=1e-6, atol=1e-8), \
+    assert torch.allclose(trace.logits, expected, rtol=1e-6, atol=1e-8), (
         f"{vector['id']}: max abs error {err:.3e}, config {vector['config']}"
+    )
 
 
 def test_state_dict_keys_are_timms():

@@ -1,4 +1,5 @@
 """Propagation (spec 3.5): graph / mean / none against the equations, with token sizes."""
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ def layers(draw, ties=None):
     B, n, C = draw(st.integers(1, 3)), draw(st.integers(1, 10)), draw(st.integers(1, 4))
     N = n + int(class_token)
     x = draw(tensors((B, N, C), ties=ties))
-    x_img = x[:, int(class_token):]
+    x_img = x[:, int(class_token) :]
     M = draw(st.integers(0, n - 1))
     graph = draw(st.sampled_from(["spatial", "semantic", "mixed"]))
     G = dense.token_graph(x_img, (1, n), graph, M)
@@ -38,10 +39,14 @@ def test_graph_propagation_is_the_equation(layer, alpha):
         K, P = kept[b].tolist(), prop[b].tolist()
         assert torch.equal(out[b, :c], x[b, :c]), "[CLS] is never changed"
         for a, i in enumerate(K):
-            want = x[b, c + i] + alpha * sum((G[b, i, j] * x[b, c + j] for j in P), torch.zeros(C, dtype=x.dtype))
+            want = x[b, c + i] + alpha * sum(
+                (G[b, i, j] * x[b, c + j] for j in P), torch.zeros(C, dtype=x.dtype)
+            )
             assert torch.allclose(out[b, c + a], want, rtol=1e-12, atol=1e-12), (b, i)
             if s is not None:
-                want_s = s[b, c + i] + alpha * sum((G[b, i, j] * s[b, c + j] for j in P), torch.tensor(0.0, dtype=x.dtype))
+                want_s = s[b, c + i] + alpha * sum(
+                    (G[b, i, j] * s[b, c + j] for j in P), torch.tensor(0.0, dtype=x.dtype)
+                )
                 assert torch.allclose(s2[b, c + a], want_s, rtol=1e-12, atol=1e-12)
             for a2, i2 in enumerate(K):
                 assert G2[b, a, a2] == G[b, i, i2], "next graph is Â[K, K], not renormalised"
@@ -91,7 +96,9 @@ def test_propagation_is_permutation_equivariant(layer, data):
     ref, Gr, sr = dense.propagate(x, G, kept, prop, 0.7, s, cls, "graph")
     # kept_p in ascending new labels corresponds to old tokens perm[kept_p].
     order = torch.argsort(perm[kept_p], dim=-1)
-    assert torch.allclose(out[:, c:][torch.arange(x.shape[0])[:, None], order], ref[:, c:], rtol=1e-12, atol=1e-12)
+    assert torch.allclose(
+        out[:, c:][torch.arange(x.shape[0])[:, None], order], ref[:, c:], rtol=1e-12, atol=1e-12
+    )
 
 
 def test_no_graph_for_mean_and_none():
@@ -99,5 +106,3 @@ def test_no_graph_for_mean_and_none():
     kept, prop = torch.tensor([[0, 1, 3]]), torch.tensor([[2]])
     out, G, s = dense.propagate(x, None, kept, prop, 0.1, None, True, "none")
     assert out.shape == (1, 4, 2) and G is None and s is None
-
-

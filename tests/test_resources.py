@@ -2,6 +2,7 @@
 ahead of time for sm_90a here (no GPU; Triton's bundled ptxas), without register spills and within
 the shared memory a block may have (``python -m gtp_ref.apps.bench resources``).  Skipped, with the
 reason, where Triton cannot compile for the target."""
+
 import pytest
 import torch
 
@@ -21,9 +22,10 @@ def test_every_variant_fits():
 def test_the_router_sends_the_kernels_only_checked_variants():
     """Every (dtype, head width) that attention_path routes to the kernels is a checked variant."""
     from gtp_ref.backends.fast import cuda
+
     checked = {(v.dtype, v.block_d) for v in resources.variants(list(resources.DTYPES)) if v.block_d}
     names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
-    for dtype, name in names.items():
+    for name in names.values():
         for d in range(1, cuda.MAX_HEAD_DIM + 1):
             assert (name, cuda.head_block(d)) in checked, (name, d)
     with pytest.raises(ValueError, match="heads up to 128 wide"):

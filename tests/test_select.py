@@ -1,4 +1,5 @@
 """Attention sparsity, token scores and selection (spec 3.2 and 3.4) against brute force."""
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -143,5 +144,3 @@ def test_selection_is_permutation_equivariant_without_ties(sp, data):
     kept_p, prop_p = dense.select_tokens(scores[:, perm], P)
     assert torch.equal(perm[prop_p], prop)
     assert torch.equal(perm[kept_p].sort(-1).values, kept)
-
-

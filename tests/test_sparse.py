@@ -1,5 +1,6 @@
 """The sparse backend equals the dense reference (op by op and whole models) and never
 materialises an n x n matrix; the fast backend (``gtp_ref.backends.fast``) is held to the same equalities."""
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -70,6 +71,7 @@ def test_blocked_semantic_graph_equals_dense(case, budget):
     E = torch.zeros(x.shape[0], x.shape[1], x.shape[1], dtype=x.dtype)
     E[b, i, j] = 1
     from gtp_ref.graph import semantic_graph
+
     assert torch.equal(E, semantic_graph(x, M))
 
 
@@ -95,7 +97,9 @@ def test_propagate_equals_dense(backend, case, data):
     mode = data.draw(st.sampled_from(["graph", "mean", "none"]))
     P = data.draw(st.integers(0, n - 1))
     kept, prop = dense.select_tokens(data.draw(tensors((B, n))), P)
-    s = data.draw(st.one_of(st.none(), tensors((B, n + int(class_token)), ties=True, low=1, high=3, dtype=x.dtype)))
+    s = data.draw(
+        st.one_of(st.none(), tensors((B, n + int(class_token)), ties=True, low=1, high=3, dtype=x.dtype))
+    )
     alpha = data.draw(st.floats(-1, 1))
     Gd, Gs = dense.token_graph(x_img, grid, graph, M), ops.token_graph(x_img, grid, graph, M)
     xd, Gd2, sd = dense.propagate(x, Gd, kept, prop, alpha, s, class_token, mode)
@@ -176,8 +180,20 @@ def test_cuda_backend_equals_cpu_dense(backend, cfg):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_agree_with_dense(backend):
-    cfg = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=16, depth=2, num_heads=2,
-               num_prop=[3, 2], sparsity=0.6, token_scale=True, alpha=0.3, graph="mixed", num_neighbours=3)
+    cfg = dict(
+        img_size=32,
+        patch_size=8,
+        num_classes=3,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        num_prop=[3, 2],
+        sparsity=0.6,
+        token_scale=True,
+        alpha=0.3,
+        graph="mixed",
+        num_neighbours=3,
+    )
     grads = []
     for name in ("dense", backend):
         model = build({**cfg, "backend": name}).train()

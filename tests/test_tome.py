@@ -1,18 +1,18 @@
 """ToMe on the same backbone: the official implementation's vectors, its invariants, and
 agreement with the complexity model's schedule."""
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from gtp_ref.schedule import tome_schedule
-from gtp_ref.schedule import clamp_r
+from gtp_ref.config import ViTConfig
 from gtp_ref.conformance.seeded import tome_model_for, tome_vectors
 from gtp_ref.diagnostics import tome_margin
+from gtp_ref.schedule import clamp_r, tome_schedule
 from gtp_ref.tome import ToMeViT, bipartite_soft_matching, merge_wavg
 from gtp_ref.vit import ViT
-from gtp_ref.config import ViTConfig
 from tests.helpers import build, images_for, plain_vit, tensors, tome_configs
 
 VECTORS = tome_vectors()
@@ -29,16 +29,17 @@ def test_logits_match_the_official_tome(vector):
     assert trace.merged == vector["merged_per_layer"], vector["config"]
     assert trace.token_sizes.shape[1] == vector["final_tokens"]
     assert trace.token_sizes.sum(-1).tolist() == vector["sizes_sum"]
-    assert torch.allclose(trace.logits, want, rtol=1e-6, atol=1e-8), \
-        f"{vector['id']}: max abs error {(trace.logits - want).abs().max().item():.3e}, config {vector['config']}"
+    assert torch.allclose(trace.logits, want, rtol=1e-6, atol=1e-8), (
+        f"{vector['id']}: max abs error {(trace.logits - want).abs().max().item():.3e}, config "
+        f"{vector['config']}"
+    )
 
 
 def test_without_a_class_token_unmerged_tokens_follow_their_score():
     """The official order: with [CLS] the unmerged A tokens keep their order, without one they
     come by descending best-match score (which the next block's alternating split sees)."""
     # A = tokens 0, 2, 4, 6; B = 1, 3, 5.  Best-match scores of A: 0.0, 0.6, 1.0, 0.8
-    m = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.0, 1.0], [0.0, 1.0], [0.0, -1.0],
-                       [0.6, 0.8]]])
+    m = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [0.0, 1.0], [0.0, 1.0], [0.0, -1.0], [0.6, 0.8]]])
     no_cls = bipartite_soft_matching(m, 1, class_token=False)
     assert no_cls.src.tolist() == [[2]] and no_cls.unm.tolist() == [[3, 1, 0]]
     cls = bipartite_soft_matching(m, 1, class_token=True)
@@ -51,9 +52,13 @@ def test_r_can_be_changed_and_is_checked_on_assignment():
     assert model.r == [16, 16]
     model.r = [np.int32(1), 0]
     assert model.r == [1, 0] and all(type(r) is int for r in model.r)
-    for bad, error, match in [([1], ValueError, "depth=2"), (-1, ValueError, "r=-1"),
-                              ("4", TypeError, "r='4'"), (1.5, TypeError, "r=1.5"),
-                              ([1, None], TypeError, r"r\[1\]=None")]:
+    for bad, error, match in [
+        ([1], ValueError, "depth=2"),
+        (-1, ValueError, "r=-1"),
+        ("4", TypeError, "r='4'"),
+        (1.5, TypeError, "r=1.5"),
+        ([1, None], TypeError, r"r\[1\]=None"),
+    ]:
         with pytest.raises(error, match=match):
             model.r = bad
         assert model.r == [1, 0]
@@ -94,8 +99,14 @@ def test_r_zero_is_the_plain_backbone(cfg, B):
     model = build(cfg)
     x = images_for(cfg, B)
     with torch.no_grad():
-        want = plain_vit(model.state_dict(), x, patch_size=cfg["patch_size"], num_heads=cfg["num_heads"],
-                         class_token=cfg["class_token"], global_pool=cfg["global_pool"])
+        want = plain_vit(
+            model.state_dict(),
+            x,
+            patch_size=cfg["patch_size"],
+            num_heads=cfg["num_heads"],
+            class_token=cfg["class_token"],
+            global_pool=cfg["global_pool"],
+        )
         assert torch.allclose(model(x), want, rtol=1e-10, atol=1e-10)
 
 
@@ -105,9 +116,9 @@ def test_each_sample_is_the_same_alone_and_in_a_batch(cfg):
     with torch.no_grad():
         batched = model.forward_trace(x, record=True)
         for b in range(3):
-            alone = model.forward_trace(x[b:b + 1], record=True)
+            alone = model.forward_trace(x[b : b + 1], record=True)
             assume(min(tome_margin(alone), tome_margin(batched)) > 1e-9)
-            assert torch.allclose(alone.logits, batched.logits[b:b + 1], rtol=1e-9, atol=1e-10)
+            assert torch.allclose(alone.logits, batched.logits[b : b + 1], rtol=1e-9, atol=1e-10)
 
 
 @given(st.integers(1, 3), st.integers(1, 12), st.integers(1, 4), st.booleans(), st.integers(0, 8), st.data())

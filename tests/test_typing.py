@@ -1,5 +1,6 @@
 """The public API is typed: every public function and method of the installed modules has
 annotations for its parameters and its return (``py.typed`` tells type checkers to read them)."""
+
 import importlib
 import inspect
 import pkgutil
@@ -30,8 +31,11 @@ def unannotated(obj, where):
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return []
-    missing = [f"{where}({p.name})" for p in sig.parameters.values()
-               if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty]
+    missing = [
+        f"{where}({p.name})"
+        for p in sig.parameters.values()
+        if p.name not in ("self", "cls") and p.annotation is inspect.Parameter.empty
+    ]
     if sig.return_annotation is inspect.Signature.empty and not where.endswith("__init__"):
         missing.append(f"{where} -> ?")
     return missing

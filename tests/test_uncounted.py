@@ -1,4 +1,5 @@
 """The uncounted-work model and the exact variants of Eqs. 2-3."""
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st

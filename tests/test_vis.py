@@ -1,4 +1,6 @@
-"""``python -m gtp_ref.apps.vis`` and the preprocessing it shares with the evaluation: on a synthetic image."""
+"""``python -m gtp_ref.apps.vis`` and the preprocessing it shares with the evaluation, on a
+synthetic image."""
+
 import subprocess
 import sys
 
@@ -9,8 +11,8 @@ from PIL import Image
 
 from examples.synthetic_scene import scene as synthetic_scene
 from gtp_ref import GTPViT
-from gtp_ref.apps.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
 from gtp_ref.apps import vis
+from gtp_ref.apps.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, load_image
 from gtp_ref.apps.vis import draw, shading
 from gtp_ref.config import ViTConfig
 from tests.helpers import command
@@ -41,17 +43,22 @@ def test_an_unreadable_image_is_one_line(tmp_path):
 
 
 def test_the_overlay_shades_exactly_the_propagated_patches_by_block():
-    model = GTPViT(ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2), num_prop=[3, 2, 4],
-                   sparsity=0.6, token_scale=True).eval()
+    model = GTPViT(
+        ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=3, num_heads=2),
+        num_prop=[3, 2, 4],
+        sparsity=0.6,
+        token_scale=True,
+    ).eval()
     with torch.no_grad():
         trace = model.forward_trace(torch.randn(1, 3, 32, 32), record=True)
     blocks = shading(trace, model.grid)
     assert sorted((blocks == l).sum() for l in range(3)) == [2, 3, 4]
     import matplotlib.pyplot as plt
+
     shade = draw(np.zeros((32, 32, 3)), trace, model.grid, 8, 3, "all", "test", "/dev/null")
     for r in range(4):
         for c in range(4):
-            patch = shade[8 * r:8 * r + 8, 8 * c:8 * c + 8]
+            patch = shade[8 * r : 8 * r + 8, 8 * c : 8 * c + 8]
             if blocks[r, c] < 0:
                 assert (patch[..., 3] == 0).all(), "kept patches are not shaded"
             else:
@@ -60,29 +67,62 @@ def test_the_overlay_shades_exactly_the_propagated_patches_by_block():
 
 def test_vis_command_draws_the_figure(tmp_path):
     image, out = scene(tmp_path / "scene.png"), tmp_path / "gtp.png"
-    r = subprocess.run([sys.executable, "-m", "gtp_ref.apps.vis", str(image), "--preset", "deit_tiny", "--num-prop", "8",
-                        "--block", "0", "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gtp_ref.apps.vis",
+            str(image),
+            "--preset",
+            "deit_tiny",
+            "--num-prop",
+            "8",
+            "--block",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and f"wrote {out}" in r.stdout, r.stderr
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1400, 650)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.png", "--preset", "deit_tiny", "--out", "o.png"], "cannot read the image"),
-    (["IMAGE", "--preset", "deit_tiny", "--out", "o.pdf"], "--out 'o.pdf': must end in .png"),
-    (["IMAGE", "--preset", "deit_tiny", "--num-prop", "100", "--out", "o.png"], "num_prop=100 propagates 100"),
-    (["IMAGE", "--preset", "deit_tiny", "--block", "12", "--out", "o.png"], r"--block '12': a block index in \[0, 11\]"),
-    (["IMAGE", "--preset", "deit_tiny", "--checkpoint", "x.pth", "--out", "o.png"], "--checkpoint goes with --timm"),
-    (["BOMB", "--preset", "deit_tiny", "--out", "o.png"], "cannot read the image .*bomb.png': DecompressionBombError"),
-    (["IMAGE", "--preset", "deit_tiny", "--alpha", "nan", "--out", "o.png"], "alpha=nan"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.png", "--preset", "deit_tiny", "--out", "o.png"], "cannot read the image"),
+        (["IMAGE", "--preset", "deit_tiny", "--out", "o.pdf"], "--out 'o.pdf': must end in .png"),
+        (
+            ["IMAGE", "--preset", "deit_tiny", "--num-prop", "100", "--out", "o.png"],
+            "num_prop=100 propagates 100",
+        ),
+        (
+            ["IMAGE", "--preset", "deit_tiny", "--block", "12", "--out", "o.png"],
+            r"--block '12': a block index in \[0, 11\]",
+        ),
+        (
+            ["IMAGE", "--preset", "deit_tiny", "--checkpoint", "x.pth", "--out", "o.png"],
+            "--checkpoint goes with --timm",
+        ),
+        (
+            ["BOMB", "--preset", "deit_tiny", "--out", "o.png"],
+            "cannot read the image .*bomb.png': DecompressionBombError",
+        ),
+        (["IMAGE", "--preset", "deit_tiny", "--alpha", "nan", "--out", "o.png"], "alpha=nan"),
+    ],
+)
 def test_vis_bad_arguments_are_one_line(tmp_path, args, message):
     image = scene(tmp_path / "scene.png")
     from tests.test_images import bad_images
+
     bomb = bad_images(tmp_path / "bad")["bomb.png"]
     args = [str(image) if a == "IMAGE" else str(bomb) if a == "BOMB" else a for a in args]
     r = command(vis.main, *args, cwd=tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     import re
+
     assert re.search(message, r.stderr), r.stderr

@@ -8,6 +8,7 @@ Reads the imports as text (``tests/test_layout.py``'s reading: module level and 
 imports; then the layers: each module's depth (0: imports none of the packages' modules), so an
 arrow always points to a lower layer where there is no circle.  Runs nothing of the packages.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -15,10 +16,13 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="the checkout to read")
+    parser.add_argument(
+        "--root", default=str(Path(__file__).resolve().parents[1]), help="the checkout to read"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests import test_layout
+
     test_layout.ROOT = Path(args.root).resolve()
     graph = test_layout.graph()
     depth: dict[str, int] = {}
@@ -28,6 +32,7 @@ def main() -> int:
             deps = [d for d in graph[name] if d not in seen]
             depth[name] = 1 + max((layer(d, seen + (name,)) for d in deps), default=-1)
         return depth[name]
+
     for name in sorted(graph):
         print(f"{name}: {', '.join(sorted(graph[name])) or '-'}")
     print()

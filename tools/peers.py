@@ -6,6 +6,7 @@ imports such a checkout calls ``foreign(path)`` first: the checkout's absolute p
 ``sys.path`` and the working directory becomes a fresh temporary folder, removed at exit, so that
 nothing lands in this repository (or wherever the tool was started).
 """
+
 import atexit
 import os
 import shutil

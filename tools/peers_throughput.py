@@ -13,6 +13,7 @@ noisy machine moves less than the times themselves.  Needs timm (and so a torchv
 matches torch).  The foreign code runs in a temporary working directory (``tools/peers.py``: the
 authors' model writes a debug file into the current one).
 """
+
 import argparse
 import copy
 import statistics
@@ -35,11 +36,19 @@ def authors_gtp(base: torch.nn.Module, P: int) -> torch.nn.Module:
 
     def on_cpu(self, *args, **kwargs):  # the constructor's graph.to("cuda"): kept where it is
         return self if args and args[0] == "cuda" else to(self, *args, **kwargs)
+
     torch.Tensor.to = on_cpu
     try:
         model = models_v3.graph_propagation_deit_small_patch16_224(
-            selection="MixedAttnMax", propagation="GraphProp", num_prop=P, num_neighbours=4, sparsity=0.6,
-            alpha=0.1, token_scale=True, graph_type="Mixed")
+            selection="MixedAttnMax",
+            propagation="GraphProp",
+            num_prop=P,
+            num_neighbours=4,
+            sparsity=0.6,
+            alpha=0.1,
+            token_scale=True,
+            graph_type="Mixed",
+        )
     finally:
         torch.Tensor.to = to
     model.load_state_dict(base.state_dict())
@@ -65,8 +74,10 @@ def main() -> int:
     torch.manual_seed(0)
     base = timm.create_model("deit_small_patch16_224", img_size=args.img_size).eval()
     settings = {**gtp_ref.paper_settings("deit_small").kwargs(), "backend": "fast"}
-    print(f"device=cpu, torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
-          f"{time.strftime('%Y-%m-%d')}; DeiT-S {args.img_size} px, fp32, random weights, {args.rounds} rounds")
+    print(
+        f"device=cpu, torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
+        f"{time.strftime('%Y-%m-%d')}; DeiT-S {args.img_size} px, fp32, random weights, {args.rounds} rounds"
+    )
     print(f"{'batch':>5} {'P':>3} {'model':>16} {'ms':>8} {'vs unreduced':>13} {'fast GTP vs it':>15}")
     for B in args.batches:
         x = torch.randn(B, 3, args.img_size, args.img_size)
@@ -74,8 +85,12 @@ def main() -> int:
             official = copy.deepcopy(base)
             tome.patch.timm(official)
             official.r = P
-            models = {"unreduced": base, "gtp_ref GTP": from_timm(base, **{**settings, "num_prop": P}),
-                      "gtp_ref ToMe": tome_from_timm(base, r=P), "official ToMe": official}
+            models = {
+                "unreduced": base,
+                "gtp_ref GTP": from_timm(base, **{**settings, "num_prop": P}),
+                "gtp_ref ToMe": tome_from_timm(base, r=P),
+                "official ToMe": official,
+            }
             if args.gtp_vit:
                 models["authors' GTP"] = authors_gtp(base, P)
             times: dict[str, list[float]] = {name: [] for name in models}
@@ -90,8 +105,11 @@ def main() -> int:
             for name in models:
                 vs_base = statistics.median(b / t for b, t in zip(times["unreduced"], times[name]))
                 ours = statistics.median(t / g for t, g in zip(times[name], times["gtp_ref GTP"]))
-                print(f"{B:>5} {P:>3} {name:>16} {statistics.median(times[name]) * 1e3:8.1f} {vs_base:13.2f} "
-                      f"{ours:15.2f}", flush=True)
+                print(
+                    f"{B:>5} {P:>3} {name:>16} {statistics.median(times[name]) * 1e3:8.1f} {vs_base:13.2f} "
+                    f"{ours:15.2f}",
+                    flush=True,
+                )
     return 0
 
 

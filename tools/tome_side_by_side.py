@@ -8,6 +8,7 @@ random float64 weights (tests/test_timm.py), and r = 0, 2, 8: the official ToMe 
 ``tome.patch.timm`` against ``gtp_ref.tome_from_timm``, and the official ToMe at r = 0 against the
 timm model itself.  Needs timm (and so a torchvision that matches torch) and tqdm (ToMe's).
 """
+
 import argparse
 import copy
 import sys
@@ -33,7 +34,8 @@ def main() -> int:
     print(f"timm {timm.__version__}, torch {torch.__version__}; relative max differences of the logits")
     print(f"{'model':48s} {'r':>2}  official vs gtp_ref  official (r=0) vs timm")
     for what, name, kwargs in SUPPORTED:
-        model = timm_model(name, {**kwargs, "depth": max(2, kwargs.get("depth", 2))})  # ToMe's parse_r needs 2
+        # ToMe's parse_r needs 2
+        model = timm_model(name, {**kwargs, "depth": max(2, kwargs.get("depth", 2))})
         if getattr(model, "num_reg_tokens", 0):
             continue
         x = images(model)

@@ -1,5 +1,6 @@
 """The images of a labelled folder (``DIR/<class>/<image>``, torchvision's ImageFolder layout),
 read in batches by a few threads, for ``python -m gtp_ref.apps.eval``."""
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,17 @@ class ImageFolder:
             raise ValueError(f"{str(root)!r} holds no class folders (expected {root}/<class>/<image>)")
         samples, empty = [], []
         for label, name in enumerate(classes):
-            files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(
+                p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
             samples += [(p, label) for p in files]
             if not files:
                 empty.append(name)
         if not samples:
-            raise ValueError(f"{str(root)!r}: its {len(classes)} class folders hold no images "
-                             f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(
+                f"{str(root)!r}: its {len(classes)} class folders hold no images "
+                f"({', '.join(IMAGE_EXTENSIONS)})"
+            )
         return cls(root, classes, samples, empty)
 
     def subset(self, limit: int | None, seed: int = 0) -> list[tuple[Path, int]]:
@@ -51,8 +56,13 @@ class ImageFolder:
         return [self.samples[i] for i in sorted(order.tolist())]
 
 
-def batches(samples: list[tuple[Path, int]], preprocess: Callable[[Any], torch.Tensor], batch_size: int,
-            on_bad: Callable[[Path, str], None], workers: int = 4) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    samples: list[tuple[Path, int]],
+    preprocess: Callable[[Any], torch.Tensor],
+    batch_size: int,
+    on_bad: Callable[[Path, str], None],
+    workers: int = 4,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images [b, 3, H, W], labels [b]) batches; an unreadable image is reported to ``on_bad`` and
     left out.  Images are read and preprocessed by ``workers`` threads (Pillow releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -67,11 +77,14 @@ def batches(samples: list[tuple[Path, int]], preprocess: Callable[[Any], torch.T
         try:
             return preprocess(image)
         except Exception as e:  # noqa: BLE001 -- one image's failure is that image's, never the run's
-            return f"cannot preprocess the image {str(path)!r}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            return (
+                f"cannot preprocess the image {str(path)!r}: {type(e).__name__}: "
+                f"{' '.join(str(e).split())[:200]}"
+            )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(samples), batch_size):
-            chunk = samples[start:start + batch_size]
+            chunk = samples[start : start + batch_size]
             xs, ys = [], []
             for (path, label), x in zip(chunk, pool.map(load, [p for p, _ in chunk])):
                 if isinstance(x, str):

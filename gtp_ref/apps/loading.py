@@ -5,6 +5,7 @@ preset with a state_dict -- every failure one line (a ``ValueError``), before an
 the usual wrappers (``{"model": ...}``, ``{"state_dict": ...}``), with ``weights_only=True``
 (no code in a checkpoint runs).
 """
+
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ def timm_model(name: str, checkpoint: str | Path | None = None, **create: Any) -
     try:
         import timm
     except Exception as e:  # noqa: BLE001 -- a torchvision that does not match torch raises RuntimeError
-        raise ValueError(f"timm cannot be imported ({type(e).__name__}: {_one_line(e)}); "
-                         "pip install 'gtp-ref[timm]'") from None
+        raise ValueError(
+            f"timm cannot be imported ({type(e).__name__}: {_one_line(e)}); pip install 'gtp-ref[timm]'"
+        ) from None
     try:
         net = timm.create_model(name, pretrained=False, **create)
     except Exception as e:  # noqa: BLE001 -- timm's errors for unknown names vary by version
@@ -55,12 +57,14 @@ def timm_model(name: str, checkpoint: str | Path | None = None, **create: Any) -
     return net.eval()
 
 
-def preset_model(name: str, state_dict: str | Path | None = None, *, num_classes: int | None = None,
-                 **settings: Any) -> nn.Module:
+def preset_model(
+    name: str, state_dict: str | Path | None = None, *, num_classes: int | None = None, **settings: Any
+) -> nn.Module:
     """The ``gtp_ref`` preset ``name`` (``gtp_ref.config.PRESETS``; with ``num_classes`` classes
     where given) as a GTPViT with GTP ``settings`` and the state_dict loaded strict, eval mode."""
     from gtp_ref.config import PRESETS
     from gtp_ref.model import GTPViT
+
     if name not in PRESETS:
         raise ValueError(f"preset {name!r}: one of {', '.join(PRESETS)}")
     config = PRESETS[name] if num_classes is None else PRESETS[name].replace(num_classes=num_classes)

@@ -5,6 +5,7 @@ and normalise with the model's mean and std -- what timm's evaluation transform 
 ``Preprocessing.of(model)`` reads timm's ``pretrained_cfg`` where the model has one, else uses
 the ImageNet defaults (DeiT / ViT: crop_pct 0.875, bicubic) at the model's image size.
 """
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ def load_image(path: str | Path) -> Any:
     import warnings
 
     from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -37,8 +39,9 @@ def load_image(path: str | Path) -> Any:
                 image.load()
                 return (to_8_bit(image) if image.mode in HIGH_BIT_DEPTH else image).convert("RGB")
     except Exception as e:  # noqa: BLE001 -- whatever one file makes Pillow raise concerns that file only
-        raise ValueError(f"cannot read the image {str(path)!r}: {type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:200]}") from None
+        raise ValueError(
+            f"cannot read the image {str(path)!r}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        ) from None
 
 
 def to_8_bit(image: Any) -> Any:
@@ -48,6 +51,7 @@ def to_8_bit(image: Any) -> Any:
     where its values fit, else by its min..max (NaN as the minimum)."""
     import numpy as np
     from PIL import Image
+
     a = np.asarray(image, dtype=np.float64)
     finite = a[np.isfinite(a)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
@@ -82,9 +86,13 @@ class Preprocessing:
         else:
             size = tuple(cfg.get("input_size", (3, 224, 224)))[1:]
         interpolation = cfg.get("interpolation", "bicubic")
-        return cls(input_size=(int(size[0]), int(size[1])), crop_pct=float(cfg.get("crop_pct", 0.875)),
-                   interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
-                   mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)))
+        return cls(
+            input_size=(int(size[0]), int(size[1])),
+            crop_pct=float(cfg.get("crop_pct", 0.875)),
+            interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_STD)),
+        )
 
     def crop(self, image: Any) -> Any:
         """Resize (shorter side to size / crop_pct, as timm) and centre-crop: a PIL image of input_size.
@@ -94,6 +102,7 @@ class Preprocessing:
         image is resized (Pillow's ``box``): what timm gives up to rounding, at the cost of a
         normal image."""
         from PIL import Image
+
         H, W = self.input_size
         resample = getattr(Image.Resampling, self.interpolation.upper())
         w, h = image.size

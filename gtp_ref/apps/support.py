@@ -7,7 +7,7 @@ with ``num_prop=0``; a refusal is the ``ValueError`` that ``from_timm`` raises, 
 cannot represent.  The table counts the models per reason; ``--json-out`` keeps every model's row.
 timm is needed (the ``timm`` extra).
 """
-import argparse
+
 import json
 import re
 import sys
@@ -21,8 +21,16 @@ import torch
 
 from gtp_ref.cli import OneLineParser, output_path
 
-MODULES = ("vision_transformer", "eva", "deit", "beit", "vision_transformer_relpos", "naflexvit",
-           "vision_transformer_hybrid", "vision_transformer_sam")
+MODULES = (
+    "vision_transformer",
+    "eva",
+    "deit",
+    "beit",
+    "vision_transformer_relpos",
+    "naflexvit",
+    "vision_transformer_hybrid",
+    "vision_transformer_sam",
+)
 
 
 def reason_key(message: str) -> str:
@@ -37,12 +45,15 @@ def survey(modules: Sequence[str] = MODULES, names: Sequence[str] | None = None)
     import timm
 
     from gtp_ref.timm_models import from_timm
+
     rows = []
     for module in modules:
         try:
             registered = timm.list_models(module=module)
         except Exception as e:  # noqa: BLE001 -- a module this timm version lacks
-            rows.append(dict(name=None, module=module, converted=False, reason=f"timm has no module {module!r} ({e})"))
+            rows.append(
+                dict(name=None, module=module, converted=False, reason=f"timm has no module {module!r} ({e})")
+            )
             continue
         for name in registered if names is None else [n for n in registered if n in names]:
             row = dict(name=name, module=module, converted=False, reason=None)
@@ -66,8 +77,11 @@ def survey(modules: Sequence[str] = MODULES, names: Sequence[str] | None = None)
 def table(rows: list[dict[str, Any]]) -> str:
     converted = sum(r["converted"] for r in rows)
     models = [r for r in rows if r["name"] is not None]
-    out = [f"from_timm converts {converted} of the {len(models)} models timm registers in "
-           f"{', '.join(sorted({r['module'] for r in rows}))} ({100 * converted / max(len(models), 1):.0f} %)", ""]
+    out = [
+        f"from_timm converts {converted} of the {len(models)} models timm registers in "
+        f"{', '.join(sorted({r['module'] for r in rows}))} ({100 * converted / max(len(models), 1):.0f} %)",
+        "",
+    ]
     by_module = Counter(r["module"] for r in models)
     done = Counter(r["module"] for r in models if r["converted"])
     out += [f"{'module':>28} {'models':>6} {'converted':>9}"]
@@ -76,16 +90,25 @@ def table(rows: list[dict[str, Any]]) -> str:
     if reasons:
         out += ["", "refused, by reason:"]
         for reason, count in reasons.most_common():
-            example = next(r["name"] for r in rows if not r["converted"] and reason_key(r["reason"]) == reason)
+            example = next(
+                r["name"] for r in rows if not r["converted"] and reason_key(r["reason"]) == reason
+            )
             out.append(f"{count:>5}  {reason}  (e.g. {example})")
     return "\n".join(out) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m gtp_ref.apps.support", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modules", nargs="+", default=list(MODULES), metavar="MODULE",
-                        help=f"timm's model modules to survey (default: {' '.join(MODULES)})")
-    parser.add_argument("--json-out", default=None, metavar="PATH", help="also write every model's row as JSON")
+    parser.add_argument(
+        "--modules",
+        nargs="+",
+        default=list(MODULES),
+        metavar="MODULE",
+        help=f"timm's model modules to survey (default: {' '.join(MODULES)})",
+    )
+    parser.add_argument(
+        "--json-out", default=None, metavar="PATH", help="also write every model's row as JSON"
+    )
     args = parser.parse_args(argv)
     out = output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
     try:
@@ -96,11 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows), end="")
     if out is not None:
         try:
-            Path(out).write_text(json.dumps({"timm": timm.__version__, "torch": torch.__version__, "rows": rows},
-                                            indent=1) + "\n")
+            Path(out).write_text(
+                json.dumps({"timm": timm.__version__, "torch": torch.__version__, "rows": rows}, indent=1)
+                + "\n"
+            )
         except OSError as e:
-            parser.exit(1, f"{parser.prog}: error: the rows were not saved: cannot write --json-out {str(out)!r}: "
-                           f"{e}; the table above is all that was kept\n")
+            parser.exit(
+                1,
+                f"{parser.prog}: error: the rows were not saved: cannot write --json-out {str(out)!r}: "
+                f"{e}; the table above is all that was kept\n",
+            )
         print(f"wrote {out}")
     return 0
 

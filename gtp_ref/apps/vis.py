@@ -9,6 +9,7 @@ final token size of every patch (how much of the image each remaining token carr
 propagated).  The GTP settings default to the paper's (P = 8, mixed graph, mixed_attn_max,
 theta = 0.6, alpha = 0.1, token sizes on); ``--num-prop`` etc. change them.
 """
+
 import argparse
 import sys
 from collections.abc import Sequence
@@ -17,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gtp_ref.cli import OneLineParser, output_path, write_files
 from gtp_ref._checks import GRAPHS, SELECTIONS
+from gtp_ref.cli import OneLineParser, output_path, write_files
 from gtp_ref.presets import FACTORIES, paper_settings
 
 
@@ -38,10 +39,19 @@ def overlay(blocks: np.ndarray, depth: int, patch: int, cmap: Any) -> np.ndarray
     return np.kron(rgba, np.ones((patch, patch, 1)))
 
 
-def draw(image: np.ndarray, trace: Any, grid: tuple[int, int], patch: int, depth: int, block: str,
-         title: str, path: str) -> np.ndarray:
+def draw(
+    image: np.ndarray,
+    trace: Any,
+    grid: tuple[int, int],
+    patch: int,
+    depth: int,
+    block: str,
+    title: str,
+    path: str,
+) -> np.ndarray:
     """The two panels, written to ``path`` (1400 x 650 px); returns the overlay drawn on the image."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
@@ -64,16 +74,25 @@ def draw(image: np.ndarray, trace: Any, grid: tuple[int, int], patch: int, depth
         if block != "all" and l != int(block):
             continue
         mine = edges["image"] == 0
-        for src, dst, weight in zip(edges["src"][mine].tolist(), edges["dst"][mine].tolist(), edges["weight"][mine].tolist()):
+        for src, dst, weight in zip(
+            edges["src"][mine].tolist(), edges["dst"][mine].tolist(), edges["weight"][mine].tolist()
+        ):
             segments.append([centre(src), centre(dst)])
             widths.append(0.4 + 2.5 * weight)
             colours.append(cmap(l / max(depth - 1, 1)))
     ax.add_collection(LineCollection(segments, linewidths=widths, colors=colours, alpha=0.9))
     norm = matplotlib.colors.Normalize(0, depth - 1)
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="block that propagated the patch")
+    fig.colorbar(
+        matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="block that propagated the patch"
+    )
     which = "every block" if block == "all" else f"block {block}"
-    ax.set(title=f"propagated patches, coloured by block;\nlines: graph edges to the kept patches\nthat received "
-                 f"them ({which})", xticks=[], yticks=[])
+    ax.set(
+        title=f"propagated patches, coloured by block;\nlines: graph edges to the kept patches\nthat "
+        "received "
+        f"them ({which})",
+        xticks=[],
+        yticks=[],
+    )
     sizes = trace.provenance.final_sizes[0].reshape(grid).cpu().numpy().astype(float)
     im = ax2.imshow(np.ma.masked_equal(sizes, 0.0), cmap="magma")
     fig.colorbar(im, ax=ax2, label="token size at the end (1 = the patch alone)")
@@ -88,15 +107,23 @@ def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[An
     """The GTP model the arguments ask for, and how to name it."""
     import gtp_ref
     from gtp_ref.apps.loading import timm_model
-    changes = dict(num_prop=args.num_prop, graph=args.graph, num_neighbours=args.num_neighbours,
-                   selection=args.selection, alpha=args.alpha)
+
+    changes = dict(
+        num_prop=args.num_prop,
+        graph=args.graph,
+        num_neighbours=args.num_neighbours,
+        selection=args.selection,
+        alpha=args.alpha,
+    )
     if args.sparsity is not None:
         changes["sparsity"] = args.sparsity
     settings = paper_settings(args.preset, **changes).kwargs()
     try:
         if args.timm is None:
             if args.checkpoint is not None:
-                parser.error("--checkpoint goes with --timm NAME (or load a state_dict into the preset yourself)")
+                parser.error(
+                    "--checkpoint goes with --timm NAME (or load a state_dict into the preset yourself)"
+                )
             return getattr(gtp_ref, args.preset)(**settings).eval(), f"{args.preset} (random weights)"
         net = timm_model(args.timm, args.checkpoint)
         return gtp_ref.from_timm(net, **settings), f"{args.timm} ({args.checkpoint or 'random weights'})"
@@ -112,12 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--preset", choices=list(FACTORIES), help="a gtp_ref preset (random weights)")
     p.add_argument("--checkpoint", metavar="FILE", help="with --timm: a state_dict to load")
     paper = paper_settings()  # the defaults: the paper's (theta per preset)
-    p.add_argument("--num-prop", type=int, default=paper.num_prop, metavar="P",
-                   help=f"tokens propagated per block (default {paper.num_prop})")
+    p.add_argument(
+        "--num-prop",
+        type=int,
+        default=paper.num_prop,
+        metavar="P",
+        help=f"tokens propagated per block (default {paper.num_prop})",
+    )
     p.add_argument("--graph", default=paper.graph, choices=GRAPHS)
     p.add_argument("--num-neighbours", type=int, default=paper.num_neighbours, metavar="M")
     p.add_argument("--selection", default=paper.selection, choices=SELECTIONS)
-    p.add_argument("--sparsity", type=float, default=None, help=f"theta (default {paper.sparsity}, 0.5 for deit_base)")
+    p.add_argument(
+        "--sparsity", type=float, default=None, help=f"theta (default {paper.sparsity}, 0.5 for deit_base)"
+    )
     p.add_argument("--alpha", type=float, default=paper.alpha)
     p.add_argument("--block", default="all", help="whose edges to draw: a block index or 'all' (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -125,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = output_path(p, "--out", args.out, suffixes=[".png"])
     from gtp_ref.apps.preprocess import Preprocessing, load_image
+
     try:
         image = load_image(args.image)
     except ValueError as e:
@@ -139,9 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace = model.forward_trace(x, record=True)
     shown = np.asarray(pre.crop(image)) / 255.0
     patch = model.config.patches.img_size[0] // model.grid[0]
-    title = (f"GTP on {name}: P = {args.num_prop} per block, {args.graph} graph (M = {args.num_neighbours}), "
-             f"{args.selection}, θ = {model.sparsity}, α = {args.alpha}; {trace.final_tokens} of "
-             f"{model.num_image_tokens + model.num_prefix_tokens} tokens left")
+    title = (
+        f"GTP on {name}: P = {args.num_prop} per block, {args.graph} graph (M = {args.num_neighbours}), "
+        f"{args.selection}, θ = {model.sparsity}, α = {args.alpha}; {trace.final_tokens} of "
+        f"{model.num_image_tokens + model.num_prefix_tokens} tokens left"
+    )
 
     def write() -> list:
         draw(shown, trace, model.grid, patch, len(model.blocks), args.block, title, str(out))

@@ -12,6 +12,7 @@ returns one as a ``Backend`` object, and ``Backend.of(obj)`` wraps any object th
 
 Nothing here imports a backend until it is asked for (``fast`` brings Triton where installed).
 """
+
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,11 @@ from typing import Any
 from gtp_ref.validate import choice
 
 OPS = ("token_graph", "to_dense", "sparsify_attention", "token_scores", "select_tokens", "propagate")
-MODULES = {"dense": "gtp_ref.backends.dense", "sparse": "gtp_ref.backends.sparse", "fast": "gtp_ref.backends.fast"}
+MODULES = {
+    "dense": "gtp_ref.backends.dense",
+    "sparse": "gtp_ref.backends.sparse",
+    "fast": "gtp_ref.backends.fast",
+}
 NAMES = tuple(MODULES)
 
 
@@ -51,11 +56,16 @@ class Backend:
         ``attention``); TypeError naming the ops it lacks."""
         missing = [op for op in OPS if not callable(getattr(ops, op, None))]
         if missing:
-            raise TypeError(f"{getattr(ops, '__name__', ops)!r} lacks {', '.join(missing)} "
-                            f"(the op-level API is {', '.join(OPS)})")
+            raise TypeError(
+                f"{getattr(ops, '__name__', ops)!r} lacks {', '.join(missing)} "
+                f"(the op-level API is {', '.join(OPS)})"
+            )
         attention = getattr(ops, "attention", None)
-        return cls(name or getattr(ops, "__name__", type(ops).__name__), *(getattr(ops, op) for op in OPS),
-                   attention if callable(attention) else None)
+        return cls(
+            name or getattr(ops, "__name__", type(ops).__name__),
+            *(getattr(ops, op) for op in OPS),
+            attention if callable(attention) else None,
+        )
 
 
 _LOADED: dict[str, Backend] = {}

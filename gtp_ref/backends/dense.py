@@ -5,12 +5,15 @@ Its ops are the method's stages as plain matrix algebra, one module each: ``gtp_
 
 Its graph is the normalised adjacency Â itself, a [B, n, n] tensor.
 """
+
 from torch import Tensor
 
 from gtp_ref.backends import OPS
-from gtp_ref.graph import token_graph
-from gtp_ref.propagate import propagate
-from gtp_ref.select import select_tokens, sparsify_attention, token_scores
+from gtp_ref.graph import token_graph as token_graph  # the ops, re-exported (``as``: explicitly)
+from gtp_ref.propagate import propagate as propagate
+from gtp_ref.select import select_tokens as select_tokens
+from gtp_ref.select import sparsify_attention as sparsify_attention
+from gtp_ref.select import token_scores as token_scores
 
 
 def to_dense(G: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ as edge lists and never as n x n matrices.
 Attention sparsity and token scores work on the dense attention map the model has anyway;
 they are the dense reference's.
 """
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,7 +33,8 @@ from gtp_ref._checks import (
 )
 from gtp_ref.backends import OPS
 from gtp_ref.graph import inv_sqrt_degree, semantic_threshold, unit_rows
-from gtp_ref.select import sparsify_attention, token_scores
+from gtp_ref.select import sparsify_attention as sparsify_attention  # the reference's ops, re-exported
+from gtp_ref.select import token_scores as token_scores
 
 # Largest [B, rows, n] similarity block the semantic graph materialises (elements).
 BLOCK_ELEMENTS = 1 << 20
@@ -105,8 +107,9 @@ def similarity_blocks(x_img: Tensor, block_elements: int | None = None) -> Itera
         yield r0, K
 
 
-def semantic_edges(x_img: Tensor, num_neighbours: int,
-                   block_elements: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def semantic_edges(
+    x_img: Tensor, num_neighbours: int, block_elements: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Edges (batch, row, col) of E: j != i and K_ij >= T_i, T_i the M-th largest off-diagonal."""
     M = num_neighbours
     empty = torch.empty(0, dtype=torch.long, device=x_img.device)
@@ -122,7 +125,9 @@ def semantic_edges(x_img: Tensor, num_neighbours: int,
     return torch.cat(out_b), torch.cat(out_i), torch.cat(out_j)
 
 
-def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> SparseGraph:
+def token_graph(
+    x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4
+) -> SparseGraph:
     """Â of the image tokens as a SparseGraph: x_img [B, n, C], grid (h, w), h*w = n.
 
     Same graph as ``gtp_ref.backends.dense.token_graph``: S, E or S or E, then D^-1/2 A D^-1/2 with
@@ -179,9 +184,16 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
 
 
 @renamed_keywords
-def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_sizes: Tensor | None = None, prefix_tokens: bool | int = True,
-              mode: str = "graph") -> tuple[Tensor, SparseGraph | None, Tensor | None]:
+def propagate(
+    x: Tensor,
+    G: SparseGraph | None,
+    kept: Tensor,
+    prop: Tensor,
+    alpha: float,
+    token_sizes: Tensor | None = None,
+    prefix_tokens: bool | int = True,
+    mode: str = "graph",
+) -> tuple[Tensor, SparseGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.backends.dense.propagate``, with G a SparseGraph (or None for mean/none).
 
     graph: x_K[a] += alpha * sum over edges (b, i, j, w) with i = K[a], j in P of w x_j, by one
@@ -218,8 +230,9 @@ def propagate(x: Tensor, G: SparseGraph | None, kept: Tensor, prop: Tensor, alph
                 s_K = s_K.index_add(0, dst, w * s_img.index_select(0, src))  # += alpha Â[K,P] s_P
         kk = ((i_new >= 0) & (j_new >= 0)).nonzero().squeeze(1)  # the Â[K, K] edges
         n_next = nk + (1 if mode == "mean" and P > 0 else 0)  # the mean token has no edges
-        G_next = SparseGraph(renumbered.index_select(1, kk), G.weight.index_select(0, kk),
-                             (B, n_next, n_next))
+        G_next = SparseGraph(
+            renumbered.index_select(1, kk), G.weight.index_select(0, kk), (B, n_next, n_next)
+        )
 
     x_K = x_K.view(B, nk, C)
     s_K = None if s_K is None else s_K.view(B, nk)

@@ -12,6 +12,7 @@ The settings are checked, and the option and the report header added, by
 ``gtp_ref.conformance.plugin`` (a pytest11 entry point), since a package's conftest is loaded
 too late for options and for clean usage errors.
 """
+
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: runs the implementation on CUDA tensors (skipped without)")
     if not hasattr(config, "gtp_max_examples"):  # collected without the suite on the command line
         config.gtp_max_examples, config.gtp_xfails = plugin.max_examples(config), plugin.read_xfails()
-    settings.register_profile("gtp-conformance", max_examples=config.gtp_max_examples, deadline=None,
-                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    settings.register_profile(
+        "gtp-conformance",
+        max_examples=config.gtp_max_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     settings.load_profile("gtp-conformance")
 
 
@@ -47,7 +52,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xfail(reason=f"listed in GTP_XFAILS ({hit[0]})", strict=True))
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
-    stale = [f"line {number}: {entry!r}" for number, entry in entries
-             if entry not in matched and entry.partition("::")[0] in collected]
+    stale = [
+        f"line {number}: {entry!r}"
+        for number, entry in entries
+        if entry not in matched and entry.partition("::")[0] in collected
+    ]
     if stale:  # a parameter set that does not exist (the function names were checked at start-up)
         pytest.exit(f"GTP_XFAILS names no test of the suite: {'; '.join(stale)}", returncode=4)

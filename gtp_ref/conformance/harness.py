@@ -6,6 +6,7 @@ them into arrays at no cost) and may return torch tensors or anything ``numpy.as
 accepts; graphs are opaque to the suite except through the module's own ``to_dense``.
 The oracle is always ``gtp_ref.backends.dense``.
 """
+
 import importlib
 import os
 from collections.abc import Sequence
@@ -62,7 +63,9 @@ class Ops:
         """An output as a tensor of ``like``'s float dtype on ``like``'s device."""
         return as_tensor(value, like).to(like.device)
 
-    def token_graph(self, x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> Any:
+    def token_graph(
+        self, x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4
+    ) -> Any:
         return self.module.token_graph(x_img, tuple(grid), graph, num_neighbours)
 
     def to_dense(self, G: Any) -> Tensor:
@@ -71,16 +74,30 @@ class Ops:
     def sparsify_attention(self, attn: Tensor, sparsity: float) -> Tensor:
         return self._back(self.module.sparsify_attention(attn, sparsity), attn)
 
-    def token_scores(self, attn: Tensor, selection: str, prefix_tokens: bool = True,
-                     generator: torch.Generator | None = None) -> Tensor:
+    def token_scores(
+        self,
+        attn: Tensor,
+        selection: str,
+        prefix_tokens: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         return self._back(self.module.token_scores(attn, selection, prefix_tokens, generator), attn)
 
     def select_tokens(self, scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
         kept, prop = self.module.select_tokens(scores, num_prop)
         return self._back(kept, scores).long(), self._back(prop, scores).long()
 
-    def propagate(self, x: Tensor, G: Any, kept: Tensor, prop: Tensor, alpha: float, token_sizes: Tensor | None = None,
-                  prefix_tokens: bool = True, mode: str = "graph") -> tuple[Tensor, Any, Tensor | None]:
+    def propagate(
+        self,
+        x: Tensor,
+        G: Any,
+        kept: Tensor,
+        prop: Tensor,
+        alpha: float,
+        token_sizes: Tensor | None = None,
+        prefix_tokens: bool = True,
+        mode: str = "graph",
+    ) -> tuple[Tensor, Any, Tensor | None]:
         x2, G2, s2 = self.module.propagate(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode)
         return self._back(x2, x), G2, None if s2 is None else self._back(s2, x)
 
@@ -97,8 +114,10 @@ def call(op: str, **params: Any) -> str:
 
 
 def reproduce(test: str) -> str:
-    return (f"reproduce: GTP_IMPL={IMPL_NAME} python -m pytest --pyargs gtp_ref.conformance -k {test} "
-            "(hypothesis prints the failing example and its seed above)")
+    return (
+        f"reproduce: GTP_IMPL={IMPL_NAME} python -m pytest --pyargs gtp_ref.conformance -k {test} "
+        "(hypothesis prints the failing example and its seed above)"
+    )
 
 
 def assert_shape(what: str, got: Any, shape: Sequence[int], *, test: str) -> None:
@@ -112,17 +131,23 @@ def assert_close(what: str, got: Any, want: Tensor, *, rtol: float, atol: float,
     """got ≈ want elementwise; on failure name the first differing entry, both values and the call."""
     got = as_tensor(got, want)
     if tuple(got.shape) != tuple(want.shape):
-        raise AssertionError(f"{what}: shape {list(got.shape)}, expected {list(want.shape)}\n{reproduce(test)}")
+        raise AssertionError(
+            f"{what}: shape {list(got.shape)}, expected {list(want.shape)}\n{reproduce(test)}"
+        )
     bad = ~torch.isclose(got, want, rtol=rtol, atol=atol, equal_nan=False)
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {want.numel()} entries differ; at index {list(idx)} found "
-            f"{got[idx].item()!r}, expected {want[idx].item()!r} (rtol={rtol}, atol={atol})\n{reproduce(test)}")
+            f"{got[idx].item()!r}, expected {want[idx].item()!r} (rtol={rtol}, "
+            f"atol={atol})\n{reproduce(test)}"
+        )
 
 
 def assert_equal(what: str, got: Any, want: Tensor, *, test: str) -> None:
     """Exact equality (indices, 0/1 patterns); on failure show both."""
     got = as_tensor(got).to(want.dtype)
     if tuple(got.shape) != tuple(want.shape) or not torch.equal(got, want):
-        raise AssertionError(f"{what}:\n  found    {got.tolist()}\n  expected {want.tolist()}\n{reproduce(test)}")
+        raise AssertionError(
+            f"{what}:\n  found    {got.tolist()}\n  expected {want.tolist()}\n{reproduce(test)}"
+        )

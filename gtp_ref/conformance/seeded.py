@@ -5,6 +5,7 @@ Model weights follow the rule of the authors'-implementation vectors
 rule): one Generator, state_dict keys in sorted (Python str) order, value = mean + std *
 standard_normal(shape), then the images from the same Generator.
 """
+
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +36,9 @@ def _mean_std(key: str, shape: Sequence[int]) -> tuple[float, float]:
     raise ValueError(f"no weight rule for {key} {shape}")
 
 
-def weights_and_images(seed: int, shapes: dict[str, Sequence[int]], batch: int, in_chans: int,
-                       img_size: int | Sequence[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def weights_and_images(
+    seed: int, shapes: dict[str, Sequence[int]], batch: int, in_chans: int, img_size: int | Sequence[int]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """(state_dict of float64 tensors, images [B, C, H, W] float64) from ``seed``."""
     rng = np.random.default_rng(seed)
     state = {}
@@ -53,8 +55,12 @@ def flat_model(config: dict[str, Any], cls: type | None = None) -> Any:
     (or ``cls``, e.g. ToMeViT)."""
     from gtp_ref.config import OWNER, ViTConfig
     from gtp_ref.model import GTPViT
-    backbone = {k: (tuple(v) if isinstance(v, list) and k == "img_size" else v) for k, v in config.items()
-                if k in OWNER or k in ("embed_dim", "depth")}
+
+    backbone = {
+        k: (tuple(v) if isinstance(v, list) and k == "img_size" else v)
+        for k, v in config.items()
+        if k in OWNER or k in ("embed_dim", "depth")
+    }
     method = {k: v for k, v in config.items() if k not in backbone}
     return (cls or GTPViT)(ViTConfig.of(**backbone), **method)
 
@@ -64,7 +70,9 @@ def model_for(vector: dict[str, Any], **overrides: Any) -> tuple["GTPViT", torch
     model = flat_model({**vector["config"], **overrides}).double().eval()
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     cfg = vector["config"]
-    state, images = weights_and_images(vector["seed"], shapes, vector["batch"], cfg["in_chans"], cfg["img_size"])
+    state, images = weights_and_images(
+        vector["seed"], shapes, vector["batch"], cfg["in_chans"], cfg["img_size"]
+    )
     model.load_state_dict(state, strict=True)
     return model, images
 
@@ -81,9 +89,11 @@ def tome_vectors() -> list[dict[str, Any]]:
 def tome_model_for(vector: dict[str, Any]) -> tuple["ToMeViT", torch.Tensor]:
     """A float64 ToMeViT with the vector's config and seeded weights (same rule), and its images."""
     from gtp_ref.tome import ToMeViT
+
     model = flat_model(vector["config"], ToMeViT).double().eval()
     cfg = vector["config"]
-    state, images = weights_and_images(vector["seed"], vector["state_dict_shapes"], vector["batch"],
-                                       cfg["in_chans"], cfg["img_size"])
+    state, images = weights_and_images(
+        vector["seed"], vector["state_dict_shapes"], vector["batch"], cfg["in_chans"], cfg["img_size"]
+    )
     model.load_state_dict(state, strict=True)
     return model, images

@@ -1,5 +1,6 @@
 """Shared hypothesis strategies of the conformance suite (and the project's own tests):
 tiny and rectangular grids, exact ties, edge values."""
+
 from typing import Any
 
 import torch
@@ -20,8 +21,14 @@ def grids(draw: Any, max_side: int = 8) -> tuple[int, int]:
 
 
 @st.composite
-def tensors(draw: Any, shape: tuple[int, ...], ties: bool | None = None, dtype: torch.dtype = torch.float64,
-            low: int = -3, high: int = 3) -> torch.Tensor:
+def tensors(
+    draw: Any,
+    shape: tuple[int, ...],
+    ties: bool | None = None,
+    dtype: torch.dtype = torch.float64,
+    low: int = -3,
+    high: int = 3,
+) -> torch.Tensor:
     """A tensor of ``shape``: integer-valued (many exact ties) or continuous, by ``ties``."""
     ties = draw(st.booleans()) if ties is None else ties
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
@@ -31,8 +38,13 @@ def tensors(draw: Any, shape: tuple[int, ...], ties: bool | None = None, dtype: 
 
 
 @st.composite
-def attention_maps(draw: Any, ties: bool | None = None, class_token: bool | None = None, max_tokens: int = 10,
-                   max_heads: int = 3) -> tuple[torch.Tensor, bool]:
+def attention_maps(
+    draw: Any,
+    ties: bool | None = None,
+    class_token: bool | None = None,
+    max_tokens: int = 10,
+    max_heads: int = 3,
+) -> tuple[torch.Tensor, bool]:
     """(attn [B, H, N, N] row-stochastic, class_token), optionally with many exact ties."""
     class_token = draw(st.booleans()) if class_token is None else class_token
     B, H = draw(st.integers(1, 3)), draw(st.integers(1, max_heads))
@@ -62,4 +74,5 @@ def near_tie(*traces: Any, tol: float = 1e-9) -> bool:
     implementation at two batch sizes; it proves nothing either way.  Exact ties are kept.
     """
     from gtp_ref.diagnostics import margin
+
     return min(margin(t) for t in traces) < tol

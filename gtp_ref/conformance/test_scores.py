@@ -1,4 +1,5 @@
 """Spec section 3.4: token scores from the (sparsified) attention map."""
+
 import pytest
 import torch
 from hypothesis import given
@@ -18,9 +19,14 @@ def test_scores_match_the_reference(selection, am):
     if selection.startswith("cls_attn") and not prefix_tokens:
         return
     got = impl.token_scores(attn, selection, prefix_tokens, None)
-    assert_close(call("token_scores", attn=attn, selection=selection, prefix_tokens=prefix_tokens), got,
-                 oracle.token_scores(attn, selection, prefix_tokens), rtol=1e-9, atol=1e-12,
-                 test=f"test_scores_match_the_reference[{selection}]")
+    assert_close(
+        call("token_scores", attn=attn, selection=selection, prefix_tokens=prefix_tokens),
+        got,
+        oracle.token_scores(attn, selection, prefix_tokens),
+        rtol=1e-9,
+        atol=1e-12,
+        test=f"test_scores_match_the_reference[{selection}]",
+    )
 
 
 @given(am=attention_maps())
@@ -28,7 +34,9 @@ def test_random_scores_have_one_value_per_image_token(am):
     attn, prefix_tokens = am
     got = torch.as_tensor(impl.token_scores(attn, "random", prefix_tokens, torch.Generator().manual_seed(0)))
     n = attn.shape[-1] - int(prefix_tokens)
-    assert tuple(got.shape) == (attn.shape[0], n), f"random scores: shape {list(got.shape)}, expected {[attn.shape[0], n]}"
+    assert tuple(got.shape) == (attn.shape[0], n), (
+        f"random scores: shape {list(got.shape)}, expected {[attn.shape[0], n]}"
+    )
 
 
 def test_cls_selection_without_class_token_is_a_value_error():

@@ -1,4 +1,5 @@
 """Spec section 3.4: the P lowest scores are propagated; ties propagate the larger index first."""
+
 import torch
 from hypothesis import given
 
@@ -18,7 +19,15 @@ def test_selection_follows_the_tie_rule(sp):
         want_prop.append(ranked[:P])
         want_kept.append(sorted(ranked[P:]))
     what = call("select_tokens", scores=scores, num_prop=P) + f" with scores {scores.tolist()}"
-    assert_equal(what + ": prop (lowest score first; ties: larger index first)", prop,
-                 torch.tensor(want_prop, dtype=torch.long).view(len(want_prop), P), test="test_selection_follows")
-    assert_equal(what + ": kept (ascending index)", kept,
-                 torch.tensor(want_kept, dtype=torch.long).view(len(want_kept), -1), test="test_selection_follows")
+    assert_equal(
+        what + ": prop (lowest score first; ties: larger index first)",
+        prop,
+        torch.tensor(want_prop, dtype=torch.long).view(len(want_prop), P),
+        test="test_selection_follows",
+    )
+    assert_equal(
+        what + ": kept (ascending index)",
+        kept,
+        torch.tensor(want_kept, dtype=torch.long).view(len(want_kept), -1),
+        test="test_selection_follows",
+    )

@@ -1,4 +1,5 @@
 """The committed language-neutral vectors (vectors/*.json), run against the implementation."""
+
 import json
 
 import pytest
@@ -18,7 +19,10 @@ def cases(op):
     return [pytest.param(c, id=f"{op}-{i}") for i, c in enumerate(load(op)["cases"])]
 
 
-TOL = {op: load(op)["tolerance"] for op in ("token_graph", "sparsify_attention", "token_scores", "propagate", "model")}
+TOL = {
+    op: load(op)["tolerance"]
+    for op in ("token_graph", "sparsify_attention", "token_scores", "propagate", "model")
+}
 
 
 def t(v):
@@ -29,26 +33,41 @@ def t(v):
 def test_token_graph_vectors(case):
     i = case["inputs"]
     G = impl.to_dense(impl.token_graph(t(i["x_img"]), tuple(i["grid"]), i["graph"], i["num_neighbours"]))
-    assert_close(call("token_graph", grid=tuple(i["grid"]), graph=i["graph"], num_neighbours=i["num_neighbours"])
-                 + f" (vector seed {case['seed']})", G, t(case["expected"]["graph_dense"]),
-                 **TOL["token_graph"], test="test_token_graph_vectors")
+    assert_close(
+        call("token_graph", grid=tuple(i["grid"]), graph=i["graph"], num_neighbours=i["num_neighbours"])
+        + f" (vector seed {case['seed']})",
+        G,
+        t(case["expected"]["graph_dense"]),
+        **TOL["token_graph"],
+        test="test_token_graph_vectors",
+    )
 
 
 @pytest.mark.parametrize("case", cases("sparsify_attention"))
 def test_sparsify_vectors(case):
     i = case["inputs"]
     got = impl.sparsify_attention(t(i["attn"]), i["sparsity"])
-    assert_close(call("sparsify_attention", sparsity=i["sparsity"]) + f" (vector seed {case['seed']}, "
-                 f"k={case['expected']['k']})", got, t(case["expected"]["attn"]), **TOL["sparsify_attention"],
-                 test="test_sparsify_vectors")
+    assert_close(
+        call("sparsify_attention", sparsity=i["sparsity"]) + f" (vector seed {case['seed']}, "
+        f"k={case['expected']['k']})",
+        got,
+        t(case["expected"]["attn"]),
+        **TOL["sparsify_attention"],
+        test="test_sparsify_vectors",
+    )
 
 
 @pytest.mark.parametrize("case", cases("token_scores"))
 def test_scores_vectors(case):
     i = case["inputs"]
     got = impl.token_scores(t(i["attn"]), i["selection"], i["class_token"], None)
-    assert_close(call("token_scores", selection=i["selection"], class_token=i["class_token"]), got,
-                 t(case["expected"]["scores"]), **TOL["token_scores"], test="test_scores_vectors")
+    assert_close(
+        call("token_scores", selection=i["selection"], class_token=i["class_token"]),
+        got,
+        t(case["expected"]["scores"]),
+        **TOL["token_scores"],
+        test="test_scores_vectors",
+    )
 
 
 @pytest.mark.parametrize("case", cases("select_tokens"))
@@ -57,10 +76,18 @@ def test_select_vectors(case):
     kept, prop = impl.select_tokens(t(i["scores"]), i["num_prop"])
     what = call("select_tokens", num_prop=i["num_prop"]) + f" with scores {i['scores']}"
     B = len(i["scores"])
-    assert_equal(what + ": kept", kept, torch.tensor(case["expected"]["kept"], dtype=torch.long).view(B, -1),
-                 test="test_select_vectors")
-    assert_equal(what + ": prop", prop, torch.tensor(case["expected"]["prop"], dtype=torch.long).view(B, -1),
-                 test="test_select_vectors")
+    assert_equal(
+        what + ": kept",
+        kept,
+        torch.tensor(case["expected"]["kept"], dtype=torch.long).view(B, -1),
+        test="test_select_vectors",
+    )
+    assert_equal(
+        what + ": prop",
+        prop,
+        torch.tensor(case["expected"]["prop"], dtype=torch.long).view(B, -1),
+        test="test_select_vectors",
+    )
 
 
 @pytest.mark.parametrize("case", cases("propagate"))
@@ -76,11 +103,21 @@ def test_propagate_vectors(case):
     x2, G2, s2 = impl.propagate(x, G, kept, prop, i["alpha"], s, i["class_token"], i["mode"])
     what = call("propagate", mode=i["mode"], class_token=i["class_token"]) + f" (vector seed {case['seed']})"
     assert_close(what + " -> x", x2, t(e["x"]), **TOL["propagate"], test="test_propagate_vectors")
-    assert_close(what + " -> next graph", impl.to_dense(G2), t(e["graph_dense"]), **TOL["propagate"],
-                 test="test_propagate_vectors")
+    assert_close(
+        what + " -> next graph",
+        impl.to_dense(G2),
+        t(e["graph_dense"]),
+        **TOL["propagate"],
+        test="test_propagate_vectors",
+    )
     if e["token_scales"] is not None:
-        assert_close(what + " -> token sizes", s2, t(e["token_scales"]), **TOL["propagate"],
-                     test="test_propagate_vectors")
+        assert_close(
+            what + " -> token sizes",
+            s2,
+            t(e["token_scales"]),
+            **TOL["propagate"],
+            test="test_propagate_vectors",
+        )
 
 
 @pytest.mark.parametrize("case", cases("model"))
@@ -92,7 +129,13 @@ def test_model_vectors(case):
     model.ops = Ops(impl).backend()
     with torch.no_grad():
         trace = model.forward_trace(t(i["images"]))
-    assert trace.tokens_per_layer == case["expected"]["tokens_per_layer"], \
+    assert trace.tokens_per_layer == case["expected"]["tokens_per_layer"], (
         f"tokens per layer {trace.tokens_per_layer}, expected {case['expected']['tokens_per_layer']} ({cfg})"
-    assert_close(f"model logits, config {cfg}", trace.logits, t(case["expected"]["logits"]), **TOL["model"],
-                 test="test_model_vectors")
+    )
+    assert_close(
+        f"model logits, config {cfg}",
+        trace.logits,
+        t(case["expected"]["logits"]),
+        **TOL["model"],
+        test="test_model_vectors",
+    )

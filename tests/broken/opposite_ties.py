@@ -1,4 +1,5 @@
 """The opposite tie rule: on equal scores the *smaller* index is propagated first."""
+
 import torch
 
 from gtp_ref.backends.dense import *  # noqa: F401,F403

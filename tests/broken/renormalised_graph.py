@@ -1,4 +1,5 @@
 """The next layer's graph renormalised after pruning (the spec keeps Â[K, K] as it is)."""
+
 from gtp_ref.backends import dense
 from gtp_ref.backends.dense import *  # noqa: F401,F403
 from gtp_ref.graph import normalise

@@ -1,4 +1,5 @@
 """A sparsity threshold per row instead of one per head."""
+
 from gtp_ref.backends.dense import *  # noqa: F401,F403
 
 

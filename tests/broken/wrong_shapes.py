@@ -1,4 +1,5 @@
 """Right values, wrong shapes: every output carries an extra trailing dimension of size 1."""
+
 from gtp_ref.backends import dense
 
 

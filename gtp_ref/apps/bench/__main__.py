@@ -1,17 +1,38 @@
 """``python -m gtp_ref.apps.bench COMMAND``: see ``gtp_ref.apps.bench``."""
+
 import sys
 from collections.abc import Sequence
 
+from gtp_ref.apps.bench import (
+    attention,
+    common,
+    costmodel,
+    plot,
+    profile,
+    resources,
+    scaling,
+    threshold,
+    throughput,
+)
 from gtp_ref.cli import OneLineParser, output_path
-from gtp_ref.apps.bench import attention, common, costmodel, plot, profile, resources, scaling, threshold, throughput
 
-COMMANDS = {"scaling": scaling, "throughput": throughput, "threshold": threshold, "attention": attention,
-            "profile": profile, "plot": plot, "resources": resources, "costmodel": costmodel}
+COMMANDS = {
+    "scaling": scaling,
+    "throughput": throughput,
+    "threshold": threshold,
+    "attention": attention,
+    "profile": profile,
+    "plot": plot,
+    "resources": resources,
+    "costmodel": costmodel,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m gtp_ref.apps.bench",
-                           description="Benchmarks of gtp-ref (docs/performance.md has the results).")
+    parser = OneLineParser(
+        prog="python -m gtp_ref.apps.bench",
+        description="Benchmarks of gtp-ref (docs/performance.md has the results).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
         module.add_arguments(sub)
@@ -37,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             plot.draw(panels, args.figure)
         except OSError as e:
-            parser.exit(1, f"{parser.prog}: error: the figure was not drawn: cannot write --figure "
-                           f"{args.figure!r}: {e}\n")
+            parser.exit(
+                1,
+                f"{parser.prog}: error: the figure was not drawn: cannot write --figure "
+                f"{args.figure!r}: {e}\n",
+            )
         print(f"wrote {args.figure}", file=sys.stderr)
     return 0
 

@@ -9,6 +9,7 @@ On the CPU a block is timed by ``torch.utils.benchmark.Timer`` (which also picks
 block, ``blocked_autorange``); on CUDA by CUDA events around the block (the calls are queued
 asynchronously, the events time the GPU work).
 """
+
 import argparse
 import datetime
 import json
@@ -56,10 +57,17 @@ class Timing:
     def row(self, per_call: float = 1.0, prefix: str = "s") -> dict[str, Any]:
         """The JSON fields of a timing (median, quartiles, extremes, spread, noisy)."""
         q1, q3 = self.quartiles
-        return {f"median_{prefix}": self.median * per_call, f"q1_{prefix}": q1 * per_call,
-                f"q3_{prefix}": q3 * per_call, f"min_{prefix}": min(self.seconds) * per_call,
-                f"max_{prefix}": max(self.seconds) * per_call, "spread": self.spread, "noisy": self.noisy,
-                "rounds": len(self.seconds), "calls_per_round": self.calls_per_round}
+        return {
+            f"median_{prefix}": self.median * per_call,
+            f"q1_{prefix}": q1 * per_call,
+            f"q3_{prefix}": q3 * per_call,
+            f"min_{prefix}": min(self.seconds) * per_call,
+            f"max_{prefix}": max(self.seconds) * per_call,
+            "spread": self.spread,
+            "noisy": self.noisy,
+            "rounds": len(self.seconds),
+            "calls_per_round": self.calls_per_round,
+        }
 
 
 def _sync(device: str) -> None:
@@ -69,6 +77,7 @@ def _sync(device: str) -> None:
 
 def _cpu_timer(fn: Callable[[], Any]) -> Any:
     from torch.utils.benchmark import Timer
+
     return Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
 
 
@@ -95,8 +104,15 @@ def _calls_per_block(fn: Callable[[], Any], device: str, min_block_s: float) -> 
     return _cpu_timer(fn).blocked_autorange(min_run_time=min_block_s).number_per_run
 
 
-def measure(fns: dict[Any, Callable[[], Any]], device: str, rounds: int, *, warmup: int = 2,
-            min_block_s: float = 0.05, progress: Callable[[str], None] | None = None) -> dict[Any, Timing]:
+def measure(
+    fns: dict[Any, Callable[[], Any]],
+    device: str,
+    rounds: int,
+    *,
+    warmup: int = 2,
+    min_block_s: float = 0.05,
+    progress: Callable[[str], None] | None = None,
+) -> dict[Any, Timing]:
     """{name: Timing} for the callables ``fns`` ({name: fn}), timed in interleaved rounds."""
     calls = {}
     for name, fn in fns.items():
@@ -130,12 +146,18 @@ def device_name(device: str) -> str:
 
 def environment(device: str) -> dict[str, Any]:
     """What a reader needs to compare a table: device, versions, threads, date."""
-    env = {"device": device, "device_name": device_name(device), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "python": platform.python_version(),
-           "date": datetime.date.today().isoformat()}
+    env = {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+    }
     if device == "cuda":
         try:
             import triton
+
             env["triton"] = triton.__version__
         except ImportError:
             env["triton"] = None
@@ -144,19 +166,24 @@ def environment(device: str) -> dict[str, Any]:
 
 def header(env: dict[str, Any]) -> str:
     extra = f", Triton {env['triton']}" if env.get("triton") else ""
-    return (f"device={env['device']} ({env['device_name']}), torch {env['torch']}{extra}, "
-            f"{env['threads']} threads, {env['date']}")
+    return (
+        f"device={env['device']} ({env['device_name']}), torch {env['torch']}{extra}, "
+        f"{env['threads']} threads, {env['date']}"
+    )
 
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def timing_cells(median: float, q1: float, q3: float, noisy: bool, width: int, quartile_width: int,
-                 digits: int) -> str:
+def timing_cells(
+    median: float, q1: float, q3: float, noisy: bool, width: int, quartile_width: int, digits: int
+) -> str:
     """A table's median and interquartile range, ``!`` after a noisy median."""
-    return (f"{median:>{width}.{digits}f}{'!' if noisy else ' '}"
-            f"{q1:>{quartile_width}.{digits}f}-{q3:<{quartile_width}.{digits}f}")
+    return (
+        f"{median:>{width}.{digits}f}{'!' if noisy else ' '}"
+        f"{q1:>{quartile_width}.{digits}f}-{q3:<{quartile_width}.{digits}f}"
+    )
 
 
 def noisy_note(rows: list[dict[str, Any]], advice: str = "") -> list[str]:
@@ -166,8 +193,9 @@ def noisy_note(rows: list[dict[str, Any]], advice: str = "") -> list[str]:
     return [f"! noisy: interquartile range above {NOISY:.0%} of the median{advice}"]
 
 
-def add_output_options(parser: argparse.ArgumentParser,
-                       repeats_help: str = "interleaved timing rounds (default 7)") -> None:
+def add_output_options(
+    parser: argparse.ArgumentParser, repeats_help: str = "interleaved timing rounds (default 7)"
+) -> None:
     """--repeats, --json and --json-out, which every measuring command takes (see ``emit``)."""
     parser.add_argument("--repeats", type=int, default=7, help=repeats_help)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
@@ -197,7 +225,13 @@ def write_partial(path: str | Path, doc: dict[str, Any]) -> None:
             progress(f"warning: cannot save the rows so far to --json-out {str(path)!r} ({e}); measuring on")
 
 
-def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[str, Any], rows: list[dict[str, Any]], table: str) -> int:
+def emit(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    env: dict[str, Any],
+    rows: list[dict[str, Any]],
+    table: str,
+) -> int:
     """Print the table (or the JSON with --json), then write --json-out: a finished measurement
     is on the screen before anything can fail; a failing write is one line and exit status 1."""
     doc = {**env, "command": " ".join(["python -m gtp_ref.apps.bench", *sys.argv[1:]]), "rows": rows}
@@ -207,13 +241,18 @@ def emit(parser: argparse.ArgumentParser, args: argparse.Namespace, env: dict[st
         try:
             Path(args.json_out).write_text(text + "\n")
         except OSError as e:
-            parser.exit(1, f"{parser.prog}: error: the measurement above was not saved: cannot write "
-                           f"--json-out {str(args.json_out)!r}: {e}\n")
+            parser.exit(
+                1,
+                f"{parser.prog}: error: the measurement above was not saved: cannot write "
+                f"--json-out {str(args.json_out)!r}: {e}\n",
+            )
         print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
 
 
-def parse_sizes(parser: argparse.ArgumentParser, values: list[str], *, min_tokens: int) -> list[tuple[int, int]]:
+def parse_sizes(
+    parser: argparse.ArgumentParser, values: list[str], *, min_tokens: int
+) -> list[tuple[int, int]]:
     """--sizes BxN ... as (B, N) pairs; exit 2 with one line on a malformed or too small one."""
     sizes = []
     for s in values:

@@ -12,6 +12,7 @@ spills or needs more shared memory than a block may have (232,448 bytes on an H1
 of this command checks that every one it routes passes).  Each variant also compiles with the
 interpreter's type checks off, so a kernel that only the GPU compiler rejects is caught here.
 """
+
 import argparse
 import os
 import re
@@ -25,8 +26,13 @@ from typing import Any
 from gtp_ref.apps.bench import common
 
 SHARED_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KB)
-DTYPES = {"fp16": ("fp16", True, False), "bf16": ("bf16", True, False), "fp32": ("fp32", False, False),
-          "fp64": ("fp64", False, True)}  # name -> (q/k/v element type, ROUND_TO, F64)
+# name -> (q/k/v element type, ROUND_TO, F64)
+DTYPES = {
+    "fp16": ("fp16", True, False),
+    "bf16": ("bf16", True, False),
+    "fp32": ("fp32", False, False),
+    "fp64": ("fp64", False, True),
+}
 
 
 @dataclass
@@ -48,6 +54,7 @@ def variants(dtypes: list[str]) -> list[Variant]:
     (``cuda.HEAD_BLOCKS``; the flags that only switch work off -- no token sizes, no threshold --
     are subsets of these)."""
     from gtp_ref.backends.fast import cuda
+
     blocks = cuda.HEAD_BLOCKS
     out = []
     for name in dtypes:
@@ -56,17 +63,33 @@ def variants(dtypes: list[str]) -> list[Variant]:
         tiles = dict(ROWS=cuda.ROWS, KEYS=cuda.KEYS)
         flags = dict(HAS_LOG_S=True, ROUND_TO=round_to, F64=f64, **tiles)
         ptr = {"q_ptr": f"*{elem}", "k_ptr": f"*{elem}", "v_ptr": f"*{elem}", "out_ptr": f"*{elem}"}
-        for kernel, extra in (("_stats_kernel", dict(SAMPLED=True)), ("_collect_kernel", {}),
-                              ("_fallback_kernel", {}), ("_output_kernel", dict(HAS_TAU=True))):
+        for kernel, extra in (
+            ("_stats_kernel", dict(SAMPLED=True)),
+            ("_collect_kernel", {}),
+            ("_fallback_kernel", {}),
+            ("_output_kernel", dict(HAS_TAU=True)),
+        ):
             for block_d in blocks:
                 constants = {**flags, **extra, "BLOCK_D": block_d}
-                out.append(Variant(kernel, name, block_d, constants, _signature(getattr(cuda, kernel), constants,
-                                                                                  ptr, acc)))
+                out.append(
+                    Variant(
+                        kernel,
+                        name,
+                        block_d,
+                        constants,
+                        _signature(getattr(cuda, kernel), constants, ptr, acc),
+                    )
+                )
         if name in ("fp32", "fp64"):  # the per-head kernels depend on the accumulation dtype only
-            for kernel, constants in (("_bracket_kernel", dict(F64=f64, CHUNK=cuda.CHUNK)),
-                                      ("_select_kernel", dict(F64=f64, CHUNK=cuda.CHUNK))):
-                out.append(Variant(kernel, acc, None, constants, _signature(getattr(cuda, kernel), constants, {},
-                                                                            acc)))
+            for kernel, constants in (
+                ("_bracket_kernel", dict(F64=f64, CHUNK=cuda.CHUNK)),
+                ("_select_kernel", dict(F64=f64, CHUNK=cuda.CHUNK)),
+            ):
+                out.append(
+                    Variant(
+                        kernel, acc, None, constants, _signature(getattr(cuda, kernel), constants, {}, acc)
+                    )
+                )
     return out
 
 
@@ -90,6 +113,7 @@ def _signature(kernel: Any, constants: dict[str, Any], pointers: dict[str, str],
 
 def _tools() -> tuple[Path, Path]:
     import triton.backends.nvidia as nvidia
+
     bin_dir = Path(nvidia.__file__).parent / "bin"
     return bin_dir / "ptxas", bin_dir / "cuobjdump"
 
@@ -102,28 +126,49 @@ def compile_variant(v: Variant) -> dict[str, Any]:
     from triton.compiler import ASTSource
 
     from gtp_ref.backends.fast import cuda
+
     kernel = getattr(cuda, v.kernel)
-    pointers = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names) if v.signature[a].startswith("*")}
+    pointers = {
+        (i,): [["tt.divisibility", 16]]
+        for i, a in enumerate(kernel.arg_names)
+        if v.signature[a].startswith("*")
+    }
     t0 = time.perf_counter()
     src = ASTSource(fn=kernel, signature=v.signature, constexprs=v.constants, attrs=pointers)
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+    torch_dtype = {
+        "fp16": torch.float16,
+        "bf16": torch.bfloat16,
+        "fp32": torch.float32,
+        "fp64": torch.float64,
+    }
     num_warps = cuda.warps(v.kernel, torch_dtype[v.dtype], v.block_d or 64)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     ptxas, _ = _tools()
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "k.ptx"
         ptx.write_text(compiled.asm["ptx"])
-        r = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull], capture_output=True, text=True
+        )
     report = r.stdout + r.stderr
 
     def number(pattern):
         m = re.search(pattern, report)
         return int(m.group(1)) if m else 0
-    row = {"variant": v.name, "kernel": v.kernel, "dtype": v.dtype, "block_d": v.block_d, "warps": num_warps,
-           "registers": number(r"Used (\d+) registers"), "stack": number(r"(\d+) bytes stack frame"),
-           "spill_stores": number(r"(\d+) bytes spill stores"), "spill_loads": number(r"(\d+) bytes spill loads"),
-           "shared": int(compiled.metadata.shared), "seconds": time.perf_counter() - t0}
+
+    row = {
+        "variant": v.name,
+        "kernel": v.kernel,
+        "dtype": v.dtype,
+        "block_d": v.block_d,
+        "warps": num_warps,
+        "registers": number(r"Used (\d+) registers"),
+        "stack": number(r"(\d+) bytes stack frame"),
+        "spill_stores": number(r"(\d+) bytes spill stores"),
+        "spill_loads": number(r"(\d+) bytes spill loads"),
+        "shared": int(compiled.metadata.shared),
+        "seconds": time.perf_counter() - t0,
+    }
     problems = []
     if r.returncode:
         problems.append(f"ptxas failed: {report.strip()[:200]}")
@@ -151,7 +196,9 @@ def available() -> str | None:
 
 
 def add_arguments(sub: Any) -> None:
-    rs = sub.add_parser("resources", help="registers, spills and shared memory of the CUDA kernels, for sm_90 (no GPU)")
+    rs = sub.add_parser(
+        "resources", help="registers, spills and shared memory of the CUDA kernels, for sm_90 (no GPU)"
+    )
     rs.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     rs.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     rs.add_argument("--json-out", default=None, metavar="PATH", help="also write the JSON to PATH")
@@ -174,13 +221,26 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     import triton
-    out = [f"the CUDA path's kernels compiled for sm_90a by Triton {triton.__version__} (no GPU); limits: no spills, "
-           f"shared memory <= {SHARED_LIMIT} B", common.header(env), "",
-           f"{'variant':>28} {'warps':>5} {'registers':>9} {'stack B':>8} {'spills B':>8} {'shared B':>9} {'compile s':>9}  verdict"]
+
+    out = [
+        f"the CUDA path's kernels compiled for sm_90a by Triton {triton.__version__} (no GPU); limits: no "
+        "spills, "
+        f"shared memory <= {SHARED_LIMIT} B",
+        common.header(env),
+        "",
+        f"{'variant':>28} {'warps':>5} {'registers':>9} {'stack B':>8} {'spills B':>8} {'shared B':>9} "
+        f"{'compile s':>9}  verdict",
+    ]
     for r in rows:
-        out.append(f"{r['variant']:>28} {r['warps']:>5} {r['registers']:>9} {r['stack']:>8} {r['spill_stores']:>8} {r['shared']:>9} "
-                   f"{r['seconds']:>9.1f}  {'ok' if r['ok'] else 'FAILS: ' + r['why']}")
+        out.append(
+            f"{r['variant']:>28} {r['warps']:>5} {r['registers']:>9} {r['stack']:>8} "
+            f"{r['spill_stores']:>8} {r['shared']:>9} "
+            f"{r['seconds']:>9.1f}  {'ok' if r['ok'] else 'FAILS: ' + r['why']}"
+        )
     failing = [r["variant"] for r in rows if not r["ok"]]
-    out += ["", f"{len(rows) - len(failing)} of {len(rows)} variants fit" +
-            (f"; not: {', '.join(failing)}" if failing else "")]
+    out += [
+        "",
+        f"{len(rows) - len(failing)} of {len(rows)} variants fit"
+        + (f"; not: {', '.join(failing)}" if failing else ""),
+    ]
     return "\n".join(out) + "\n"

@@ -7,6 +7,7 @@ the work holds at once beyond its inputs -- on CUDA ``torch.cuda.max_memory_allo
 CPU the allocation timeline of ``torch.profiler`` (every tensor allocation and free; an op's
 scratch space freed before the op returns is not seen).
 """
+
 import argparse
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +25,14 @@ MIN_SIDE = 8  # P = n / 64 must be >= 1
 def add_arguments(sub: Any) -> None:
     s = sub.add_parser("scaling", help="dense vs sparse: token graph + 12 propagation layers, by grid size")
     s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    s.add_argument("--grids", type=int, nargs="+", default=[14, 32, 64], metavar="SIDE",
-                   help=f"grid sides (default 14 32 64; each >= {MIN_SIDE})")
+    s.add_argument(
+        "--grids",
+        type=int,
+        nargs="+",
+        default=[14, 32, 64],
+        metavar="SIDE",
+        help=f"grid sides (default 14 32 64; each >= {MIN_SIDE})",
+    )
     common.add_output_options(s)
 
 
@@ -33,7 +40,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     common.positive(parser, "--repeats", args.repeats)
     for side in args.grids:
         if side < MIN_SIDE:
-            parser.error(f"--grids {side}: each side must be >= {MIN_SIDE} (P = n/64 tokens per layer must be >= 1)")
+            parser.error(
+                f"--grids {side}: each side must be >= {MIN_SIDE} (P = n/64 tokens per layer must be >= 1)"
+            )
 
 
 def workload(backend: str, side: int, device: str, seed: int = 0) -> Callable[[], torch.Tensor]:
@@ -65,11 +74,14 @@ def peak_added_bytes(run: Callable[[], Any], device: str) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()
-    changes = sorted((e.time_range.start, e.self_cpu_memory_usage if e.name != "[memory]"
-                      else e.cpu_memory_usage) for e in prof.events()
-                     if e.name == "[memory]" or not e.cpu_children)
+    changes = sorted(
+        (e.time_range.start, e.self_cpu_memory_usage if e.name != "[memory]" else e.cpu_memory_usage)
+        for e in prof.events()
+        if e.name == "[memory]" or not e.cpu_children
+    )
     live = peak = 0
     for _, delta in changes:
         live += delta
@@ -81,12 +93,23 @@ def run(args: argparse.Namespace) -> Any:
     rows = []
     for side in args.grids:
         fns = {backend: workload(backend, side, args.device) for backend in BACKENDS}
-        timings = common.measure(fns, args.device, args.repeats, min_block_s=0.02,
-                                 progress=lambda m: common.progress(f"{side}x{side}: {m}"))
+        timings = common.measure(
+            fns,
+            args.device,
+            args.repeats,
+            min_block_s=0.02,
+            progress=lambda m: common.progress(f"{side}x{side}: {m}"),
+        )
         for backend in BACKENDS:
-            rows.append({"grid": f"{side}x{side}", "n": side * side, "backend": backend,
-                         **timings[backend].row(1e3, "ms"),
-                         "peak_mb": peak_added_bytes(fns[backend], args.device) / 2**20})
+            rows.append(
+                {
+                    "grid": f"{side}x{side}",
+                    "n": side * side,
+                    "backend": backend,
+                    **timings[backend].row(1e3, "ms"),
+                    "peak_mb": peak_added_bytes(fns[backend], args.device) / 2**20,
+                }
+            )
         dense, sparse = rows[-2], rows[-1]
         sparse["time_ratio"] = sparse["median_ms"] / dense["median_ms"]
         sparse["mem_ratio"] = sparse["peak_mb"] / max(dense["peak_mb"], 1e-9)
@@ -94,10 +117,14 @@ def run(args: argparse.Namespace) -> Any:
 
 
 def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    out = [f"token_graph + {LAYERS} x (select + graph propagation), B={BATCH}, C={CHANNELS}, mixed graph "
-           f"M={NEIGHBOURS}, P=n/64, token sizes on", common.header(env), "",
-           f"{'grid':>6} {'n':>5} {'backend':>7} {'median ms':>10} {'IQR ms':>17} {'peak MB':>9} "
-           f"{'time s/d':>9} {'mem s/d':>8}"]
+    out = [
+        f"token_graph + {LAYERS} x (select + graph propagation), B={BATCH}, C={CHANNELS}, mixed graph "
+        f"M={NEIGHBOURS}, P=n/64, token sizes on",
+        common.header(env),
+        "",
+        f"{'grid':>6} {'n':>5} {'backend':>7} {'median ms':>10} {'IQR ms':>17} {'peak MB':>9} "
+        f"{'time s/d':>9} {'mem s/d':>8}",
+    ]
     for r in rows:
         ratios = f"{r['time_ratio']:>9.3f} {r['mem_ratio']:>8.4f}" if "time_ratio" in r else ""
         timing = common.timing_cells(r["median_ms"], r["q1_ms"], r["q3_ms"], r["noisy"], 10, 8, 2)

@@ -1,7 +1,7 @@
 """``python -m gtp_ref.apps.bench throughput``: images per second of the unreduced model, GTP and ToMe.
 
-Per model, batch and dtype, every method at every P (``--num-prop``; ToMe's r) is timed in the same interleaved
-rounds (``common.measure``), so the speed-ups -- each against the unreduced model with fused
+Per model, batch and dtype, every method at every P (``--num-prop``; ToMe's r) is timed in the same
+interleaved rounds (``common.measure``), so the speed-ups -- each against the unreduced model with fused
 attention (``baseline_fused``, timm's default) -- compare like with like.  ``expected`` is the
 speed-up the backbone's MACs allow (``complexity.backbone``): what a reduction would give if its
 own overhead were free and time followed MACs.
@@ -22,6 +22,7 @@ model (``baseline_fused``: timm's fused attention), GTP and ToMe come from it by
 ``gtp_ref.from_timm`` / ``tome_from_timm`` (random weights unless a checkpoint is given; the P
 values default to those of 4, 8, 12 and 16 that the model's token count allows).
 """
+
 import argparse
 from collections.abc import Callable
 from typing import Any
@@ -29,16 +30,18 @@ from typing import Any
 import torch
 
 from complexity.backbone import backbone_macs
-from gtp_ref.config import PRESETS, ViTConfig
-from gtp_ref.schedule import per_block, prop_schedule, tome_schedule
 from gtp_ref.apps import AUTOCAST
 from gtp_ref.apps.bench import common
+from gtp_ref.config import PRESETS, ViTConfig
 from gtp_ref.presets import PAPER_NUM_PROP, paper_settings
+from gtp_ref.schedule import per_block, prop_schedule, tome_schedule
 from gtp_ref.vit import ViT
 
 # the tokens removed per block (P, ToMe's r) each model is measured at by default: the supplement's sweeps
 SCHEDULES = {**{name: list(P) for name, P in PAPER_NUM_PROP.items()}, "smoke": [1, 2]}
-SMOKE = ViTConfig.of(name="smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
+SMOKE = ViTConfig.of(
+    name="smoke", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10
+)
 METHODS = ("baseline_fused", "baseline_explicit", "gtp_dense", "gtp_sparse", "gtp_fast", "tome")
 # Only when named: free pruning -- the backbone at the same token schedule with fused attention and no
 # selection cost (the last P image tokens dropped): what any pruning method could reach at best.
@@ -50,52 +53,104 @@ COMPILED = ("baseline_fused+compile", "gtp_dense+compile", "gtp_fast+compile", "
 def add_arguments(sub: Any) -> None:
     tp = sub.add_parser("throughput", help="img/s of the unreduced model, GTP and ToMe, and their speed-ups")
     tp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    tp.add_argument("--models", nargs="+", default=None, choices=list(SCHEDULES),
-                    help="default: the four paper backbones on CUDA, 'smoke' on the CPU")
-    tp.add_argument("--timm", default=None, metavar="NAME",
-                    help="measure this timm model (timm.create_model(NAME)) instead of --models")
-    tp.add_argument("--checkpoint", default=None, metavar="FILE",
-                    help="with --timm: a state_dict to load into it (torch.save(model.state_dict(), FILE))")
-    tp.add_argument("--num-prop", type=int, nargs="+", default=None, metavar="P",
-                    help="tokens removed per block, P (ToMe's r; default: the supplement's values for the model)")
-    tp.add_argument("--batches", type=int, nargs="+", default=None,
-                    help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2")
-    tp.add_argument("--dtypes", nargs="+", default=None, choices=list(AUTOCAST),
-                    help="default: fp32 and fp16 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)")
-    tp.add_argument("--img-size", type=int, default=None, metavar="PX",
-                    help="run the presets at this image size (a multiple of the patch; default: the preset's)")
-    tp.add_argument("--methods", nargs="+", default=None, choices=list(METHODS + GRAPHED + COMPILED + PRUNED),
-                    help="default: all but +compile (the +graph ones on CUDA only)")
-    common.add_output_options(tp, "interleaved timing rounds (default 7; >= 5 for a measurement, 1 for a smoke run)")
+    tp.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=list(SCHEDULES),
+        help="default: the four paper backbones on CUDA, 'smoke' on the CPU",
+    )
+    tp.add_argument(
+        "--timm",
+        default=None,
+        metavar="NAME",
+        help="measure this timm model (timm.create_model(NAME)) instead of --models",
+    )
+    tp.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="with --timm: a state_dict to load into it (torch.save(model.state_dict(), FILE))",
+    )
+    tp.add_argument(
+        "--num-prop",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="tokens removed per block, P (ToMe's r; default: the supplement's values for the model)",
+    )
+    tp.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=None,
+        help="default on CUDA: 1 and 256 (64 for vit_large / eva_large); CPU: 2",
+    )
+    tp.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=list(AUTOCAST),
+        help="default: fp32 and fp16 on CUDA, fp32 on the CPU (fp16 / bf16: autocast)",
+    )
+    tp.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="run the presets at this image size (a multiple of the patch; default: the preset's)",
+    )
+    tp.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=list(METHODS + GRAPHED + COMPILED + PRUNED),
+        help="default: all but +compile (the +graph ones on CUDA only)",
+    )
+    common.add_output_options(
+        tp, "interleaved timing rounds (default 7; >= 5 for a measurement, 1 for a smoke run)"
+    )
     tp.add_argument("--figure", default=None, metavar="PNG", help="also draw the speed-ups into this PNG")
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from gtp_ref.cli import output_path
+
     cuda = args.device == "cuda"
     if args.timm is not None:
         if args.img_size is not None:
-            parser.error("--img-size goes with the presets (--models); a timm model runs at the size it was built for")
+            parser.error(
+                "--img-size goes with the presets (--models); a timm model runs at the size it was built for"
+            )
         _validate_timm(parser, args)
     elif args.checkpoint is not None:
         parser.error("--checkpoint needs --timm NAME (the presets load no weights)")
-    args.models = args.models or (["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"])
+    args.models = args.models or (
+        ["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"]
+    )
     args.dtypes = args.dtypes or (["fp32", "fp16"] if cuda else ["fp32"])
     args.methods = args.methods or list(METHODS + GRAPHED if cuda else METHODS)
     if args.timm is not None:
         g = geometry(args.timm)
-        unavailable = {"baseline_explicit": "the baseline is timm's own model",
-                       "pruned_free": "free pruning is measured on the presets (--models)"}
+        unavailable = {
+            "baseline_explicit": "the baseline is timm's own model",
+            "pruned_free": "free pruning is measured on the presets (--models)",
+        }
         if g.num_prefix_tokens > int(g.prefix.class_token) or g.positions.rope or g.positions.attn_bias:
-            unavailable["tome"] = ("ToMe is not defined for this model: prefix tokens beyond [CLS] (registers, a "
-                                   "distillation token), RoPE or a relative-position bias")
+            unavailable["tome"] = (
+                "ToMe is not defined for this model: prefix tokens beyond [CLS] (registers, a "
+                "distillation token), RoPE or a relative-position bias"
+            )
         asked = [m for m in args.methods if m.split("+")[0] in unavailable]
         if asked and set(args.methods) != set(METHODS + GRAPHED) and set(args.methods) != set(METHODS):
             parser.error(f"--methods {asked[0]} with --timm: {unavailable[asked[0].split('+')[0]]}")
         args.methods = [m for m in args.methods if m.split("+")[0] not in unavailable]
     common.positive(parser, "--repeats", args.repeats)
     if args.repeats < 5 and args.models != ["smoke"] and args.timm is None:
-        parser.error(f"--repeats {args.repeats}: a measurement needs >= 5 rounds (the smoke model accepts fewer)")
+        parser.error(
+            f"--repeats {args.repeats}: a measurement needs >= 5 rounds (the smoke model accepts fewer)"
+        )
     for b in args.batches or []:
         common.positive(parser, "--batches", b)
     if not cuda and any(m.endswith("+graph") for m in args.methods):
@@ -104,7 +159,9 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         if args.img_size is not None:
             patch = geometry(model).patches.patch_size
             if args.img_size < patch or args.img_size % patch:
-                parser.error(f"--img-size {args.img_size}: a positive multiple of {model}'s patch size {patch}")
+                parser.error(
+                    f"--img-size {args.img_size}: a positive multiple of {model}'s patch size {patch}"
+                )
             IMG_SIZE[model] = args.img_size
         g = geometry(model)
         for P in args.num_prop or []:
@@ -122,12 +179,15 @@ def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     checkpoint loadable -- all before anything is measured; args.models becomes [NAME]."""
     from gtp_ref.apps.loading import timm_model
     from gtp_ref.timm_models import timm_config
+
     if args.models:
         parser.error("--timm and --models: measure one or the other")
     try:
         net = timm_model(args.timm, args.checkpoint)
     except ValueError as e:
-        parser.error(f"--timm {args.timm!r}{f' --checkpoint {args.checkpoint!r}' if args.checkpoint else ''}: {e}")
+        parser.error(
+            f"--timm {args.timm!r}{f' --checkpoint {args.checkpoint!r}' if args.checkpoint else ''}: {e}"
+        )
     try:
         g = timm_config(net).replace(name=args.timm)
     except ValueError as e:
@@ -164,7 +224,7 @@ class PrunedViT(ViT):
         x = self.embed(x)
         for block, P in zip(self.blocks, self.num_prop):
             x = block.attn_add(x, block.attn(block.attn_in(x), fused_attn=True)[0])
-            x = x[:, :x.shape[1] - P]
+            x = x[:, : x.shape[1] - P]
             x = block.mlp_add(x)
         return self.forward_head(x)
 
@@ -186,8 +246,12 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
         elif base == "tome":
             net = ToMeViT(config, r=P, fused_attn=True)
         else:
-            net = GTPViT(config, **paper_settings(model if model in PRESETS else None, num_prop=P,
-                                                  backend=base.split("_")[1]).kwargs())
+            net = GTPViT(
+                config,
+                **paper_settings(
+                    model if model in PRESETS else None, num_prop=P, backend=base.split("_")[1]
+                ).kwargs(),
+            )
     return net.eval()
 
 
@@ -196,6 +260,7 @@ def _from_timm(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn
     import copy
 
     from gtp_ref.timm_models import from_timm, tome_from_timm
+
     if base == "baseline_explicit":
         raise ValueError("--timm: baseline_explicit is not available (the baseline is timm's own model)")
     if base == "baseline_fused":
@@ -207,8 +272,11 @@ def _from_timm(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn
 
 def expected_speedup(g: ViTConfig, method: str, P: int) -> float:
     """Backbone MACs unreduced / with P removed per block (ToMe: r, clamped as ToMe does)."""
-    removed = (tome_schedule(P, g.depth, g.num_tokens, int(g.prefix.class_token)) if method.startswith("tome")
-               else prop_schedule(P, g.depth, g.num_image_tokens))
+    removed = (
+        tome_schedule(P, g.depth, g.num_tokens, int(g.prefix.class_token))
+        if method.startswith("tome")
+        else prop_schedule(P, g.depth, g.num_image_tokens)
+    )
     return backbone_macs(g)["total"] / backbone_macs(g, removed)["total"]
 
 
@@ -219,12 +287,16 @@ def forward_fn(net: torch.nn.Module, device: str, dtype: str) -> Callable[[torch
     def forward(x):
         with torch.no_grad(), torch.autocast(device, dtype=amp, enabled=amp is not None):
             return net(x)
+
     return forward
 
 
-def prepared(net: torch.nn.Module, method: str, x: torch.Tensor, device: str, dtype: str) -> Callable[[], Any]:
+def prepared(
+    net: torch.nn.Module, method: str, x: torch.Tensor, device: str, dtype: str
+) -> Callable[[], Any]:
     """The callable timed for ``method``: eager, compiled, and / or replayed from a CUDA graph."""
     from gtp_ref.cuda_graphs import cuda_graphed
+
     if method.endswith("+compile"):
         net = torch.compile(net)  # compiled by the first call (the graph capture's or the warm-up)
     forward = forward_fn(net, device, dtype)
@@ -237,6 +309,7 @@ def _compile_limits(n_models: int) -> None:
     """Each compiled model is a recompilation of the same forward: allow them all, and fail
     loudly rather than run eager quietly past the limit."""
     import torch._dynamo.config as dynamo
+
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo, name):
             setattr(dynamo, name, max(getattr(dynamo, name), 4 * n_models))
@@ -254,21 +327,39 @@ def run(args: argparse.Namespace) -> Any:
         for batch in batches:
             for dtype in args.dtypes:
                 x = torch.randn(batch, g.patches.in_chans, *g.patches.img_size, device=args.device)
-                configs = [(m, P) for m in args.methods for P in ([0] if m.startswith("baseline") else schedule)]
+                configs = [
+                    (m, P) for m in args.methods for P in ([0] if m.startswith("baseline") else schedule)
+                ]
                 torch.compiler.reset()
                 _compile_limits(len(configs))
                 fns = {}
                 for method, P in configs:
                     common.progress(f"{model} batch {batch} {dtype}: building {method} P={P}")
-                    fns[(method, P)] = prepared(build_model(model, method, P, args.device), method, x, args.device,
-                                                dtype)
-                timings = common.measure(fns, args.device, args.repeats, min_block_s=0.1,
-                                         progress=lambda m: common.progress(f"{model} batch {batch} {dtype}: {m}"))
+                    fns[(method, P)] = prepared(
+                        build_model(model, method, P, args.device), method, x, args.device, dtype
+                    )
+                timings = common.measure(
+                    fns,
+                    args.device,
+                    args.repeats,
+                    min_block_s=0.1,
+                    progress=lambda m: common.progress(f"{model} batch {batch} {dtype}: {m}"),
+                )
                 for (method, P), t in timings.items():
-                    rows.append({"model": model, "method": method, "num_prop": P, "batch": batch, "dtype": dtype,
-                                 "img_per_s": batch / t.median, "img_per_s_q1": batch / t.quartiles[1],
-                                 "img_per_s_q3": batch / t.quartiles[0], **t.row(1e3, "ms"),
-                                 "expected_speedup": expected_speedup(g, method, P) if P else 1.0})
+                    rows.append(
+                        {
+                            "model": model,
+                            "method": method,
+                            "num_prop": P,
+                            "batch": batch,
+                            "dtype": dtype,
+                            "img_per_s": batch / t.median,
+                            "img_per_s_q1": batch / t.quartiles[1],
+                            "img_per_s_q3": batch / t.quartiles[0],
+                            **t.row(1e3, "ms"),
+                            "expected_speedup": expected_speedup(g, method, P) if P else 1.0,
+                        }
+                    )
                 add_speedups(rows)
                 group = [r for r in rows if (r["model"], r["batch"], r["dtype"]) == (model, batch, dtype)]
                 for line in table(group, common.environment(args.device)).splitlines()[4:]:
@@ -283,28 +374,42 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     """speedup = img/s over the unreduced model with fused attention in the same execution mode
     (eager, +graph or +compile) and the same run (model, batch, dtype); over the eager one where
     that mode's baseline was not measured."""
-    base = {(r["model"], r["batch"], r["dtype"], r["method"]): r["img_per_s"] for r in rows
-            if r["method"].startswith("baseline_fused")}
+    base = {
+        (r["model"], r["batch"], r["dtype"], r["method"]): r["img_per_s"]
+        for r in rows
+        if r["method"].startswith("baseline_fused")
+    }
     for r in rows:
         key = (r["model"], r["batch"], r["dtype"])
         mode = r["method"].partition("+")[2]
-        b = base.get((*key, "baseline_fused" + (f"+{mode}" if mode else ""))) or base.get((*key, "baseline_fused"))
+        b = base.get((*key, "baseline_fused" + (f"+{mode}" if mode else ""))) or base.get(
+            (*key, "baseline_fused")
+        )
         r["speedup"] = r["img_per_s"] / b if b else None
 
 
 def table(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    out = ["throughput: images / s (median of interleaved rounds, interquartile range); speed-up over the "
-           "unreduced model with fused attention in the same run and execution mode (eager, +graph, +compile); "
-           "expected: the backbone-MAC ratio",
-           common.header(env), ""]
+    out = [
+        "throughput: images / s (median of interleaved rounds, interquartile range); speed-up over the "
+        "unreduced model with fused attention in the same run and execution mode (eager, +graph, +compile); "
+        "expected: the backbone-MAC ratio",
+        common.header(env),
+        "",
+    ]
     mw = max([10] + [len(r["model"]) for r in rows])
-    out += [f"{'model':>{mw}} {'batch':>5} {'dtype':>5} {'method':>22} {'P':>3} {'img/s':>10} {'IQR img/s':>21} "
-           f"{'speed-up':>8} {'expected':>8}"]
+    out += [
+        f"{'model':>{mw}} {'batch':>5} {'dtype':>5} {'method':>22} {'P':>3} {'img/s':>10} {'IQR img/s':>21} "
+        f"{'speed-up':>8} {'expected':>8}"
+    ]
     for r in rows:
         speedup = f"{r['speedup']:8.3f}" if r["speedup"] else f"{'':>8}"
-        timing = common.timing_cells(r["img_per_s"], r["img_per_s_q1"], r["img_per_s_q3"], r["noisy"], 10, 10, 1)
-        out.append(f"{r['model']:>{mw}} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['num_prop']:>3} "
-                   f"{timing} {speedup} {r['expected_speedup']:8.2f}")
+        timing = common.timing_cells(
+            r["img_per_s"], r["img_per_s_q1"], r["img_per_s_q3"], r["noisy"], 10, 10, 1
+        )
+        out.append(
+            f"{r['model']:>{mw}} {r['batch']:>5} {r['dtype']:>5} {r['method']:>22} {r['num_prop']:>3} "
+            f"{timing} {speedup} {r['expected_speedup']:8.2f}"
+        )
     out += common.noisy_note(rows, "; rerun before trusting it")
     out += [""] + verdicts(rows)
     return "\n".join(out) + "\n"
@@ -321,10 +426,14 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         slower = [r for r in rs if r["speedup"] < 1.0]
         where = f"{model}, batch {batch}, {dtype}: {method}"
         if not slower:
-            lines.append(f"{where} is faster than the unreduced model at every P "
-                         f"({min(r['speedup'] for r in rs):.2f}-{max(r['speedup'] for r in rs):.2f}x).")
+            lines.append(
+                f"{where} is faster than the unreduced model at every P "
+                f"({min(r['speedup'] for r in rs):.2f}-{max(r['speedup'] for r in rs):.2f}x)."
+            )
         else:
-            lines.append(f"{where} is SLOWER than the unreduced model at P = "
-                         f"{', '.join(str(r['num_prop']) for r in slower)} "
-                         f"({', '.join(format(r['speedup'], '.2f') + 'x' for r in slower)}).")
+            lines.append(
+                f"{where} is SLOWER than the unreduced model at P = "
+                f"{', '.join(str(r['num_prop']) for r in slower)} "
+                f"({', '.join(format(r['speedup'], '.2f') + 'x' for r in slower)})."
+            )
     return lines

@@ -1,7 +1,7 @@
 """The fast backend: the op-level API of ``gtp_ref.backends.dense``, built for speed on the CPU and the GPU.
 
     ops.py           the ops, and the attention's choice of path
-    cpu.py           the CPU kernels as torch custom ops (threshold, masking, attention, selection, propagation)
+    cpu.py           the CPU kernels as torch custom ops (threshold, masking, attention, ...)
     cpu_kernels.c    their C source
     cpu_build.py     how they are built on first use, and what is loaded
     cuda.py          the CUDA path: what its kernels do, and their launches
@@ -13,7 +13,8 @@ Same results as the dense reference (the property tests and the conformance suit
 * **No host synchronisation and no data-dependent shapes.**  Every tensor's shape follows from
   the input's shape and the schedule (no ``nonzero``, ``masked_select`` or ``.item()``), so
   the host never waits for the GPU and a whole forward can be captured in a CUDA graph
-  (``gtp_ref.cuda_graphs.cuda_graphed``).  A CUDA test runs the forward under ``torch.cuda.set_sync_debug_mode``.
+  (``gtp_ref.cuda_graphs.cuda_graphed``).  A CUDA test runs the forward under
+  ``torch.cuda.set_sync_debug_mode``.
 * **An exact threshold in about two passes, not a sort.**  The k-th smallest of each head's N^2
   attention entries: on the CPU (float32 / float64) a compiled radix selection
   (``gtp_ref.backends.fast.cpu``: a histogram of the top bits, a copy of the few values in the k-th
@@ -57,5 +58,6 @@ Same results as the dense reference (the property tests and the conformance suit
 Token scores are the dense reference's; elsewhere the selection is its sort (static shapes
 already).
 """
+
 from gtp_ref.backends.fast.ops import *  # noqa: F401,F403  (the op-level API and the attention)
 from gtp_ref.backends.fast.ops import TRITON_DEVICE, __all__  # noqa: F401

@@ -17,6 +17,7 @@ warning, and torch ops on the CPU instead (``torch.topk`` for the threshold) -- 
 more slowly; never a crash or a wrong number.  The functions are torch custom ops, so
 ``torch.compile`` sees one op each and keeps the whole model in one graph.
 """
+
 import ctypes
 import warnings
 from typing import Any
@@ -25,9 +26,9 @@ import torch
 from torch import Tensor
 
 from gtp_ref._checks import check_partition, check_tensor, check_token_sizes
-from gtp_ref.validate import integer
 from gtp_ref.backends.fast import cpu_build
 from gtp_ref.backends.fast.cpu_build import BAD_ARGUMENTS, BAD_SIZE, GRAPH_ROW, PARTITION_ERROR, SELECT_MAX
+from gtp_ref.validate import integer
 
 _LIB: ctypes.CDLL | None = None
 REASON: str | None = None  # why the compiled kernels are not available, once that is known
@@ -43,9 +44,12 @@ def available() -> bool:
             _LIB = cpu_build.load()
         except Exception as e:  # noqa: BLE001 -- every failure falls back to torch, never crashes
             REASON = str(e) or type(e).__name__
-            warnings.warn(f"gtp_ref.backends.fast: the compiled CPU kernels are not available ({REASON}); on the CPU "
-                          "the fast backend uses torch ops instead: torch.topk for the threshold, the explicit "
-                          "attention (the same values, slower)", stacklevel=3)
+            warnings.warn(
+                f"gtp_ref.backends.fast: the compiled CPU kernels are not available ({REASON}); on the CPU "
+                "the fast backend uses torch ops instead: torch.topk for the threshold, the explicit "
+                "attention (the same values, slower)",
+                stacklevel=3,
+            )
     return _LIB is not None
 
 
@@ -64,8 +68,9 @@ def _pointer(t: Tensor | None) -> Any:
 def _call(name: str, *tensors: Tensor | None, ints: tuple[Any, ...], outputs: tuple[Tensor, ...]) -> Any:
     """<name>_<dtype>(tensors..., ints..., outputs..., threads) on CPU tensors (None: NULL), the
     dtype the first tensor's; what the C function returns."""
-    return _function(name, tensors[0].dtype)(*map(_pointer, tensors), *ints, *map(_pointer, outputs),
-                                             torch.get_num_threads())
+    return _function(name, tensors[0].dtype)(
+        *map(_pointer, tensors), *ints, *map(_pointer, outputs), torch.get_num_threads()
+    )
 
 
 # ---- the arguments: every shape, dtype and rank checked before C sees a pointer ----------------
@@ -111,7 +116,9 @@ def kth_smallest_rows(rows: Tensor, k: int) -> Tensor:
         failed = _call("kth_smallest", rows, ints=(rows.shape[0], rows.shape[1], k), outputs=(out,))
         _refused("selection", failed)
         if failed:
-            raise MemoryError(f"the compiled CPU selection found no memory for {failed} of {rows.shape[0]} rows")
+            raise MemoryError(
+                f"the compiled CPU selection found no memory for {failed} of {rows.shape[0]} rows"
+            )
     return out
 
 
@@ -131,10 +138,15 @@ def mask_heads(attn: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Te
     k = _check_mask(attn, k)
     attn = attn.contiguous()
     B, H, N, _ = attn.shape
-    masked, col_sums, diagonal, first_row = torch.empty_like(attn), *(attn.new_empty(B, H, N) for _ in range(3))
+    masked, col_sums, diagonal, first_row = (
+        torch.empty_like(attn),
+        *(attn.new_empty(B, H, N) for _ in range(3)),
+    )
     tau = attn.new_full((B, H), float("-inf"))
     if attn.numel():
-        failed = _call("mask_heads", attn, ints=(B * H, N, k), outputs=(masked, col_sums, diagonal, first_row, tau))
+        failed = _call(
+            "mask_heads", attn, ints=(B * H, N, k), outputs=(masked, col_sums, diagonal, first_row, tau)
+        )
         _refused("masking", failed)
         if failed:
             raise MemoryError(f"the compiled CPU masking found no memory for {failed} of {B * H} heads")
@@ -172,8 +184,9 @@ mask_heads.register_autograd(_backward, setup_context=_save)
 
 
 @torch.library.custom_op("gtp_ref::cpu_attention", mutates_args=())
-def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def attention_op(
+    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A GTP block's attention on the CPU in one call: q (scaled), k [B, H, N, d], v [B, H, N, dv]
     (float32 / float64, any strides with unit stride along the last dimension), log s [B, N] or
     None, kth = the threshold's rank among a head's N^2 entries (0: none) -> (Att v [B, N, H, dv]
@@ -192,12 +205,20 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
     tau = q.new_full((B, H), float("-inf"))
     if B * H and N:
         strides = (ctypes.c_int64 * 9)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        failed = _call("attention", q, k, v, log_s, ints=(strides, B, H, N, d, dv, kth),
-                       outputs=(out, col_sums, diagonal, first_row, tau))
+        failed = _call(
+            "attention",
+            q,
+            k,
+            v,
+            log_s,
+            ints=(strides, B, H, N, d, dv, kth),
+            outputs=(out, col_sums, diagonal, first_row, tau),
+        )
         _refused("attention", failed)
         if failed:
-            raise MemoryError(f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps "
-                              f"({N} x {N})")
+            raise MemoryError(
+                f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps ({N} x {N})"
+            )
     return out, col_sums, diagonal, first_row, tau
 
 
@@ -254,8 +275,16 @@ def _attention_backward(ctx, *grads: Tensor):
 attention_op.register_autograd(_attention_backward, setup_context=_save_attention)
 
 
-def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: Tensor, prop: Tensor,
-              alpha: float, prefix: int) -> tuple[Tensor, Tensor, Tensor]:
+def propagate(
+    x: Tensor,
+    sizes: Tensor | None,
+    A0: Tensor,
+    rows: Tensor,
+    kept: Tensor,
+    prop: Tensor,
+    alpha: float,
+    prefix: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     """GTP's propagation by the graph on the CPU in one call: x [B, N, C] (float32 / float64),
     token sizes [B, N] (finite, > 0) or None, the fast backend's LazyGraph (A0 [B, a, a], rows
     [B, n] rows of A0), kept [B, n - P] and prop [B, P] (image-token indices that together name
@@ -271,8 +300,17 @@ def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: T
     (B, N, C), c, nk, n_prop = x.shape, prefix, kept.shape[1], prop.shape[1]
     out, rows_out = x.new_empty(B, c + nk, C), rows.new_empty(B, nk)
     sizes_out = x.new_empty(B, c + nk if sizes is not None else 0)
-    status = _call("propagate", x, sizes, A0, rows, kept, prop, ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
-                   outputs=(out, sizes_out, rows_out))
+    status = _call(
+        "propagate",
+        x,
+        sizes,
+        A0,
+        rows,
+        kept,
+        prop,
+        ints=(B, N, C, c, A0.shape[-1], nk, n_prop, alpha),
+        outputs=(out, sizes_out, rows_out),
+    )
     _refused("propagation", status)
     if status == PARTITION_ERROR:
         check_partition(kept, prop, nk + n_prop)  # raises the ValueError that says which index is wrong
@@ -285,8 +323,9 @@ def propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: T
     return out, sizes_out, rows_out
 
 
-def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: Tensor, prop: Tensor,
-                     prefix: int) -> int:
+def _check_propagate(
+    x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, kept: Tensor, prop: Tensor, prefix: int
+) -> int:
     _cpu_float("x", x, 3)
     B, N, _ = x.shape
     prefix = integer("prefix", prefix, 0, N)
@@ -301,8 +340,10 @@ def _check_propagate(x: Tensor, sizes: Tensor | None, A0: Tensor, rows: Tensor, 
     _cpu_index("rows", rows, (B, n))
     kept, prop = _cpu_index("kept", kept, (B, None)), _cpu_index("prop", prop, (B, None))
     if kept.shape[1] + prop.shape[1] != n:
-        raise ValueError(f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together hold the "
-                         f"n = {n} image tokens of x ({N} tokens, {prefix} of them prefix tokens)")
+        raise ValueError(
+            f"kept [{B}, {kept.shape[1]}] and prop [{B}, {prop.shape[1]}] must together hold the "
+            f"n = {n} image tokens of x ({N} tokens, {prefix} of them prefix tokens)"
+        )
     return prefix
 
 
@@ -310,8 +351,10 @@ def check_graph_rows(rows: Tensor, count: int) -> None:
     """The LazyGraph's rows [B, n] name rows of its A0 (0 .. count - 1); ValueError otherwise."""
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= count):
         bad = int(rows.min()) if int(rows.min()) < 0 else int(rows.max())
-        raise ValueError(f"G.rows hold row {bad}, outside the {count} rows of G.A0 (a LazyGraph's rows name rows "
-                         "of its first layer's graph)")
+        raise ValueError(
+            f"G.rows hold row {bad}, outside the {count} rows of G.A0 (a LazyGraph's rows name rows "
+            "of its first layer's graph)"
+        )
 
 
 # The custom ops, for torch.compile; eager code calls the functions themselves (the dispatcher's
@@ -324,8 +367,11 @@ def _(x, sizes, A0, rows, kept, prop, alpha, prefix):
     _check_propagate(x, sizes, A0, rows, kept, prop, prefix)
     B, _, C = x.shape
     nk = kept.shape[1]
-    return x.new_empty(B, prefix + nk, C), x.new_empty(B, prefix + nk if sizes is not None else 0), \
-        rows.new_empty(B, nk, dtype=torch.int64)
+    return (
+        x.new_empty(B, prefix + nk, C),
+        x.new_empty(B, prefix + nk if sizes is not None else 0),
+        rows.new_empty(B, nk, dtype=torch.int64),
+    )
 
 
 def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
@@ -335,7 +381,10 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     num_prop = _check_select(scores, num_prop)
     scores = scores.contiguous()
     B, n = scores.shape
-    kept, prop = scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)
+    kept, prop = (
+        scores.new_empty(B, n - num_prop, dtype=torch.int64),
+        scores.new_empty(B, num_prop, dtype=torch.int64),
+    )
     if B:
         status = _call("select_tokens", scores, ints=(B, n, num_prop), outputs=(kept, prop))
         _refused("selection", status)
@@ -356,7 +405,9 @@ select_tokens_op = torch.library.custom_op("gtp_ref::cpu_select_tokens", select_
 def _(scores, num_prop):
     num_prop = _check_select(scores, num_prop)
     B, n = scores.shape
-    return scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(B, num_prop, dtype=torch.int64)
+    return scores.new_empty(B, n - num_prop, dtype=torch.int64), scores.new_empty(
+        B, num_prop, dtype=torch.int64
+    )
 
 
 def work_kept(dtype: torch.dtype) -> int:

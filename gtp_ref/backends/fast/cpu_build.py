@@ -18,6 +18,7 @@ compiler, the flags and the CPU.  What is loaded must be trusted and intact:
 ``load()`` returns the library or raises; ``gtp_ref.backends.fast.cpu.available`` turns any
 failure into a warning and torch ops.
 """
+
 import ctypes
 import hashlib
 import os
@@ -73,8 +74,10 @@ def untrusted(directory: Path) -> str | None:
         elif st.st_uid not in (uid, 0):
             return f"{path} belongs to uid {st.st_uid}"
         elif writable_by_others and not st.st_mode & stat.S_ISVTX:
-            return f"{path} is writable by its group or by others without the sticky bit " \
-                   f"(mode {stat.S_IMODE(st.st_mode):o})"
+            return (
+                f"{path} is writable by its group or by others without the sticky bit "
+                f"(mode {stat.S_IMODE(st.st_mode):o})"
+            )
     return None
 
 
@@ -120,7 +123,9 @@ def _compile(cc: str, directory: Path, name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         out = Path(tmp) / name
         for flags in VARIANTS:  # without OpenMP the rows and heads run one after another
-            r = subprocess.run([cc, *FLAGS, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+            r = subprocess.run(
+                [cc, *FLAGS, *flags, str(SOURCE), "-o", str(out)], capture_output=True, text=True
+            )
             if r.returncode == 0:
                 break
         else:
@@ -142,7 +147,9 @@ def _intact(path: Path) -> bool:
 
 # The library's functions, each for float32 and float64 (<name>_f32 / <name>_f64) but select_max.
 FUNCTIONS = ("kth_smallest", "mask_heads", "attention", "propagate", "select_tokens", "work_kept")
-SELECT_MAX = 64  # select_tokens' largest num_prop: the C source's SELECT_MAX (the self-test checks they agree)
+SELECT_MAX = (
+    64  # select_tokens' largest num_prop: the C source's SELECT_MAX (the self-test checks they agree)
+)
 # What the functions return (the C source's codes): sizes or ranks out of range; for propagate,
 # indices that are no partition, no memory, a graph row beyond A0, a token size not finite and > 0
 BAD_ARGUMENTS, PARTITION_ERROR, NO_MEMORY, GRAPH_ROW, BAD_SIZE = -1, 1, 2, 3, 4
@@ -151,13 +158,31 @@ BAD_ARGUMENTS, PARTITION_ERROR, NO_MEMORY, GRAPH_ROW, BAD_SIZE = -1, 1, 2, 3, 4
 def _bind(path: Path) -> ctypes.CDLL:
     """Load the library and declare its functions; OSError / AttributeError where it lacks them."""
     lib = ctypes.CDLL(str(path))
-    ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int  # data pointers as addresses (cheaper than casts)
+    # data pointers as addresses (cheaper than casts)
+    ptr, i64, i32 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
     for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         signatures = {
             "kth_smallest": [ptr, i64, i64, i64, ptr, i32],
             "mask_heads": [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i32],
-            "attention": [ptr, ptr, ptr, ptr, ctypes.POINTER(i64), i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr,
-                          ptr, i32],
+            "attention": [
+                ptr,
+                ptr,
+                ptr,
+                ptr,
+                ctypes.POINTER(i64),
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                i64,
+                ptr,
+                ptr,
+                ptr,
+                ptr,
+                ptr,
+                i32,
+            ],
             "propagate": [ptr] * 6 + [i64] * 7 + [c_float, ptr, ptr, ptr, i32],
             "select_tokens": [ptr, i64, i64, i64, ptr, ptr, i32],
             "work_kept": [],
@@ -174,6 +199,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
     out of range; OSError where one is wrong.  numpy arrays, not torch tensors: this may run
     while torch traces (torch.compile / export), where new tensors are fake."""
     import numpy as np
+
     right = lib.select_max() == SELECT_MAX
     for dtype in (np.float32, np.float64):
         name = "f32" if dtype == np.float32 else "f64"
@@ -183,6 +209,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
 
         def call(function, *args):
             return getattr(lib, f"{function}_{name}")(*args)
+
         rows = np.ascontiguousarray(np.arange(60, dtype=dtype)[::-1].reshape(2, 30))  # 59..30, 29..0
         out = np.full(2, np.nan, dtype)
         status = [call("kth_smallest", p(rows), 2, 30, 7, p(out), 1)]
@@ -195,36 +222,116 @@ def _self_test(lib: ctypes.CDLL) -> None:
         mixed, cols, diag2, first2 = (np.full(2, np.nan, dtype) for _ in range(4))
         tau2 = np.full(1, np.nan, dtype)
         strides = (ctypes.c_int64 * 9)(2, 2, 1, 2, 2, 1, 2, 2, 1)
-        status.append(call("attention", p(q), p(q), p(v), None, strides, 1, 1, 2, 1, 1, 2, p(mixed), p(cols),
-                           p(diag2), p(first2), p(tau2), 1))
+        status.append(
+            call(
+                "attention",
+                p(q),
+                p(q),
+                p(v),
+                None,
+                strides,
+                1,
+                1,
+                2,
+                1,
+                1,
+                2,
+                p(mixed),
+                p(cols),
+                p(diag2),
+                p(first2),
+                p(tau2),
+                1,
+            )
+        )
         # propagation: a [CLS] and three image tokens; token 1 goes to 0 and 2 with weights 1/2, 1/4
         x, sizes = np.array([[9.0], [1.0], [2.0], [4.0]], dtype), np.ones(4, dtype)
         A0, ids = np.array([[0, 0.5, 0, 0], [0, 0, 0, 0], [0, 0.25, 0, 0], [0, 0, 0, 0]], dtype), np.arange(3)
         kept, prop = np.array([0, 2]), np.array([1])
         x2, sizes2, ids2 = np.full(3, np.nan, dtype), np.full(3, np.nan, dtype), np.full(2, -1)
-        status.append(call("propagate", *map(p, (x, sizes, A0, ids, kept, prop)), 1, 4, 1, 1, 4, 2, 1, 0.5,
-                           p(x2), p(sizes2), p(ids2), 1))
+        status.append(
+            call(
+                "propagate",
+                *map(p, (x, sizes, A0, ids, kept, prop)),
+                1,
+                4,
+                1,
+                1,
+                4,
+                2,
+                1,
+                0.5,
+                p(x2),
+                p(sizes2),
+                p(ids2),
+                1,
+            )
+        )
         # selection: the two lowest of (2, -0, 1, 0, nan): the zeros, the later one first
         kept2, prop2 = np.full(3, -1), np.full(2, -1)
-        status.append(call("select_tokens", p(np.array([2, -0.0, 1, 0, np.nan], dtype)), 1, 5, 2, p(kept2), p(prop2), 1))
+        status.append(
+            call("select_tokens", p(np.array([2, -0.0, 1, 0, np.nan], dtype)), 1, 5, 2, p(kept2), p(prop2), 1)
+        )
         # refusals, before anything is written: k beyond the row, a threshold rank beyond the map,
         # no selection, more tokens than the sizes say, a graph row beyond A0
-        refused = [call("kth_smallest", p(rows), 2, 30, 31, p(out), 1),
-                   call("mask_heads", p(attn), 1, 4, 17, p(masked), p(sums), p(diag), p(first), p(tau), 1),
-                   call("select_tokens", p(rows), 1, 5, 0, p(kept2), p(prop2), 1),
-                   call("propagate", *map(p, (x, sizes, A0, ids, kept, prop)), 1, 3, 1, 1, 4, 2, 1, 0.5,
-                        p(x2), p(sizes2), p(ids2), 1)]
+        refused = [
+            call("kth_smallest", p(rows), 2, 30, 31, p(out), 1),
+            call("mask_heads", p(attn), 1, 4, 17, p(masked), p(sums), p(diag), p(first), p(tau), 1),
+            call("select_tokens", p(rows), 1, 5, 0, p(kept2), p(prop2), 1),
+            call(
+                "propagate",
+                *map(p, (x, sizes, A0, ids, kept, prop)),
+                1,
+                3,
+                1,
+                1,
+                4,
+                2,
+                1,
+                0.5,
+                p(x2),
+                p(sizes2),
+                p(ids2),
+                1,
+            ),
+        ]
         far = np.array([0, 9, 2])
-        row_status = call("propagate", *map(p, (x, sizes, A0, far, kept, prop)), 1, 4, 1, 1, 4, 2, 1, 0.5,
-                          p(x2), p(sizes2), p(ids2), 1)
-        right = right and (status == [0] * 5 and refused == [BAD_ARGUMENTS] * 4 and row_status == GRAPH_ROW
-                           and out.tolist() == [36.0, 6.0] and prop2.tolist() == [3, 1]
-                           and kept2.tolist() == [0, 2, 4] and x2.tolist() == [9.0, 1.5, 4.25]
-                           and sizes2.tolist() == [1.0, 1.25, 1.125] and ids2.tolist() == [0, 2]
-                           and np.array_equal(masked, want) and np.array_equal(sums, want.sum(0))
-                           and np.array_equal(diag, np.diag(want)) and np.array_equal(first, want[0])
-                           and tau[0] == 0.25 and mixed.tolist() == [3.0, 3.0] and cols.tolist() == [1.0, 1.0]
-                           and diag2.tolist() == first2.tolist() == [0.5, 0.5] and tau2[0] == 0.5)
+        row_status = call(
+            "propagate",
+            *map(p, (x, sizes, A0, far, kept, prop)),
+            1,
+            4,
+            1,
+            1,
+            4,
+            2,
+            1,
+            0.5,
+            p(x2),
+            p(sizes2),
+            p(ids2),
+            1,
+        )
+        right = right and (
+            status == [0] * 5
+            and refused == [BAD_ARGUMENTS] * 4
+            and row_status == GRAPH_ROW
+            and out.tolist() == [36.0, 6.0]
+            and prop2.tolist() == [3, 1]
+            and kept2.tolist() == [0, 2, 4]
+            and x2.tolist() == [9.0, 1.5, 4.25]
+            and sizes2.tolist() == [1.0, 1.25, 1.125]
+            and ids2.tolist() == [0, 2]
+            and np.array_equal(masked, want)
+            and np.array_equal(sums, want.sum(0))
+            and np.array_equal(diag, np.diag(want))
+            and np.array_equal(first, want[0])
+            and tau[0] == 0.25
+            and mixed.tolist() == [3.0, 3.0]
+            and cols.tolist() == [1.0, 1.0]
+            and diag2.tolist() == first2.tolist() == [0.5, 0.5]
+            and tau2[0] == 0.5
+        )
     if not right:
         raise OSError("the compiled library gave wrong answers in its self-test")
 
@@ -248,8 +355,13 @@ def load() -> ctypes.CDLL:
         private = Path(tempfile.mkdtemp(prefix="gtp_ref-"))  # 0700, this process's own
         problem = untrusted(private)
         if problem:
-            raise OSError(f"no private place to build the library: the cache is not usable ({why}) and {problem}")
-        NOTE = f"built in {private} for this process: the cache{' ' + str(directory) if directory else ''} is not used ({why})"
+            raise OSError(
+                f"no private place to build the library: the cache is not usable ({why}) and {problem}"
+            )
+        NOTE = (
+            f"built in {private} for this process: the cache{' ' + str(directory) if directory else ''} "
+            f"is not used ({why})"
+        )
         warnings.warn(f"gtp_ref.backends.fast: the compiled CPU kernels are {NOTE}", stacklevel=4)
         try:  # the directory goes once the library is loaded (the process keeps its mapping)
             return _checked(_compile(cc, private, name))

@@ -33,13 +33,14 @@ added and the softmax taken in float32 (float64 for float64 inputs).  ``TRITON_I
 (set before this module is imported) runs the kernels on CPU tensors: how the test suite checks
 them without a GPU.
 """
+
 import math
 
 import torch
-import triton
+import triton  # noqa: F401  (without Triton this module is not importable: gtp_ref.backends.fast checks so)
 
+from gtp_ref.backends.fast.cuda_kernels import INTERPRETED as INTERPRETED  # whether the interpreter runs them
 from gtp_ref.backends.fast.cuda_kernels import (
-    INTERPRETED,
     _bracket_kernel,
     _collect_kernel,
     _fallback_kernel,
@@ -54,19 +55,34 @@ CAP = 4096  # the buffer holds max(CAP, N^2 / 8) entries inside the bracket per 
 CHUNK = 1024  # the per-head kernels read their sample and buffer in chunks of this many entries
 SPREAD = 5.0  # the bracket's half-width in standard errors of the sample's quantile
 MAX_TOKENS = 1024  # beyond it the explicit path (the sample and buffer sizes are for maps up to this)
-HEAD_BLOCKS = (64, 128)  # the head dimension padded to one of these: every variant is checked (bench resources)
+# the head dimension padded to one of these: every variant is checked (bench resources)
+HEAD_BLOCKS = (64, 128)
 MAX_HEAD_DIM = HEAD_BLOCKS[-1]
 
 # The warps each tile kernel is launched with, by dtype and head block (up to 64 wide, wider): the
 # fewest with which both Triton 3.6 and 3.8 compile it for sm_90 without spilling.  A float32 /
 # float64 product runs on the FMA units, whose tiles take more registers per thread than the tensor
 # cores' half-precision ones.  ``python -m gtp_ref.apps.bench resources`` checks every entry.
-WARPS = {"half": {"_stats_kernel": (4, 4), "_collect_kernel": (4, 4), "_fallback_kernel": (4, 4),
-                  "_output_kernel": (8, 8)},
-         "fp32": {"_stats_kernel": (8, 8), "_collect_kernel": (8, 16), "_fallback_kernel": (32, 32),
-                  "_output_kernel": (8, 16)},
-         "fp64": {"_stats_kernel": (8, 8), "_collect_kernel": (8, 8), "_fallback_kernel": (8, 8),
-                  "_output_kernel": (8, 8)}}
+WARPS = {
+    "half": {
+        "_stats_kernel": (4, 4),
+        "_collect_kernel": (4, 4),
+        "_fallback_kernel": (4, 4),
+        "_output_kernel": (8, 8),
+    },
+    "fp32": {
+        "_stats_kernel": (8, 8),
+        "_collect_kernel": (8, 16),
+        "_fallback_kernel": (32, 32),
+        "_output_kernel": (8, 16),
+    },
+    "fp64": {
+        "_stats_kernel": (8, 8),
+        "_collect_kernel": (8, 8),
+        "_fallback_kernel": (8, 8),
+        "_output_kernel": (8, 8),
+    },
+}
 HEAD_WARPS = 8  # the per-head kernels (bracket, select), which read chunks of CHUNK entries
 
 
@@ -97,8 +113,10 @@ class _Launch:
     def __init__(self, q: torch.Tensor, k: torch.Tensor, log_s: torch.Tensor | None) -> None:
         B, H, N, d = q.shape
         if N > MAX_TOKENS or d > MAX_HEAD_DIM:
-            raise ValueError(f"the CUDA path takes N <= {MAX_TOKENS} tokens and heads up to {MAX_HEAD_DIM} wide, "
-                             f"got N={N}, d={d}")
+            raise ValueError(
+                f"the CUDA path takes N <= {MAX_TOKENS} tokens and heads up to {MAX_HEAD_DIM} wide, "
+                f"got N={N}, d={d}"
+            )
         if q.stride(-1) != 1 or k.stride(-1) != 1:
             raise ValueError("the CUDA path needs q, k, v with a unit stride along the head dimension")
         self.B, self.H, self.N, self.d = B, H, N, d
@@ -108,8 +126,14 @@ class _Launch:
         self.grid = (B * H, self.tiles)
         self.stats = torch.empty(B * H, 2, N, dtype=self.acc, device=q.device)
         self.log_s = log_s.to(self.acc).contiguous() if log_s is not None else self.stats
-        self.flags = dict(HAS_LOG_S=log_s is not None, ROUND_TO=q.dtype not in (torch.float32, torch.float64),
-                          F64=self.f64, ROWS=ROWS, KEYS=KEYS, BLOCK_D=head_block(d))
+        self.flags = dict(
+            HAS_LOG_S=log_s is not None,
+            ROUND_TO=q.dtype not in (torch.float32, torch.float64),
+            F64=self.f64,
+            ROWS=ROWS,
+            KEYS=KEYS,
+            BLOCK_D=head_block(d),
+        )
         self.qs, self.ks = (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2))
         self.dtype = q.dtype
 
@@ -121,8 +145,9 @@ class _Launch:
         return out if fill is None else out.fill_(fill)
 
 
-def threshold(q: torch.Tensor, k: torch.Tensor, log_s: torch.Tensor | None, kth: int,
-              _launch: "_Launch | None" = None) -> tuple[torch.Tensor, torch.Tensor, "_Launch"]:
+def threshold(
+    q: torch.Tensor, k: torch.Tensor, log_s: torch.Tensor | None, kth: int, _launch: "_Launch | None" = None
+) -> tuple[torch.Tensor, torch.Tensor, "_Launch"]:
     """Each head's threshold, the kth smallest of its N^2 entries (1 <= kth <= N^2): (tau [B * H],
     settled [B * H] int32 -- 1 where the bracket found it, 0 where the radix selection did -- and
     the launch state, which holds the row statistics it was found with)."""
@@ -130,25 +155,82 @@ def threshold(q: torch.Tensor, k: torch.Tensor, log_s: torch.Tensor | None, kth:
     stride, row_slots, cap = sizes(L.N)
     BH = L.B * L.H
     sample = L.new(BH, L.N * row_slots)
-    _stats_kernel[L.grid](q, k, L.log_s, L.stats, sample, L.N, L.H, L.d, *L.qs, *L.ks, stride, row_slots,
-                          SAMPLED=True, num_warps=L.warps("_stats_kernel"), **L.flags)
+    _stats_kernel[L.grid](
+        q,
+        k,
+        L.log_s,
+        L.stats,
+        sample,
+        L.N,
+        L.H,
+        L.d,
+        *L.qs,
+        *L.ks,
+        stride,
+        row_slots,
+        SAMPLED=True,
+        num_warps=L.warps("_stats_kernel"),
+        **L.flags,
+    )
     bounds = L.new(BH, 2)
-    _bracket_kernel[(BH,)](L.stats, sample, bounds, L.N, kth, stride, row_slots, SPREAD, F64=L.f64,
-                           CHUNK=CHUNK, num_warps=L.warps("_bracket_kernel"))
+    _bracket_kernel[(BH,)](
+        L.stats,
+        sample,
+        bounds,
+        L.N,
+        kth,
+        stride,
+        row_slots,
+        SPREAD,
+        F64=L.f64,
+        CHUNK=CHUNK,
+        num_warps=L.warps("_bracket_kernel"),
+    )
     counts = L.new(BH, 2, dtype=torch.int32, fill=0)
     buffer = L.new(BH, cap)
-    _collect_kernel[L.grid](q, k, L.log_s, L.stats, bounds, counts, buffer, L.N, L.H, L.d, *L.qs, *L.ks, cap,
-                            num_warps=L.warps("_collect_kernel"), **L.flags)
+    _collect_kernel[L.grid](
+        q,
+        k,
+        L.log_s,
+        L.stats,
+        bounds,
+        counts,
+        buffer,
+        L.N,
+        L.H,
+        L.d,
+        *L.qs,
+        *L.ks,
+        cap,
+        num_warps=L.warps("_collect_kernel"),
+        **L.flags,
+    )
     tau, settled = L.new(BH), L.new(BH, dtype=torch.int32)
-    _select_kernel[(BH,)](counts, buffer, tau, settled, kth, cap, F64=L.f64, CHUNK=CHUNK,
-                          num_warps=L.warps("_select_kernel"))
-    _fallback_kernel[(BH,)](q, k, L.log_s, L.stats, tau, settled, L.N, L.H, L.d, kth, *L.qs, *L.ks,
-                            num_warps=L.warps("_fallback_kernel"), **L.flags)
+    _select_kernel[(BH,)](
+        counts, buffer, tau, settled, kth, cap, F64=L.f64, CHUNK=CHUNK, num_warps=L.warps("_select_kernel")
+    )
+    _fallback_kernel[(BH,)](
+        q,
+        k,
+        L.log_s,
+        L.stats,
+        tau,
+        settled,
+        L.N,
+        L.H,
+        L.d,
+        kth,
+        *L.qs,
+        *L.ks,
+        num_warps=L.warps("_fallback_kernel"),
+        **L.flags,
+    )
     return tau, settled, L
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Tensor | None = None,
-              kth: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Tensor | None = None, kth: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A GTP block's attention, its map never in memory.
 
     q (already scaled), k, v [B, H, N, d] (float32 / float64, or float16 / bfloat16 under autocast;
@@ -164,20 +246,60 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Te
     if kth:
         tau, _, _ = threshold(q, k, log_s, kth, L)
     else:  # no threshold: the row statistics alone
-        _stats_kernel[L.grid](q, k, L.log_s, L.stats, L.stats, N, H, d, *L.qs, *L.ks, 1, 1, SAMPLED=False,
-                              num_warps=L.warps("_stats_kernel"), **L.flags)
+        _stats_kernel[L.grid](
+            q,
+            k,
+            L.log_s,
+            L.stats,
+            L.stats,
+            N,
+            H,
+            d,
+            *L.qs,
+            *L.ks,
+            1,
+            1,
+            SAMPLED=False,
+            num_warps=L.warps("_stats_kernel"),
+            **L.flags,
+        )
         tau = L.stats  # not read
     out = torch.empty(B, N, H, d, dtype=v.dtype, device=v.device)
     col_parts, diag, first_row = L.new(B * H, L.tiles, N), L.new(B * H, N), L.new(B * H, N, fill=0)
-    _output_kernel[L.grid](q, k, v, L.log_s, L.stats, tau, out, col_parts, diag, first_row, N, H, d,
-                           *L.qs, *L.ks, v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2),
-                           out.stride(1), L.tiles, HAS_TAU=kth > 0, num_warps=L.warps("_output_kernel"), **L.flags)
+    _output_kernel[L.grid](
+        q,
+        k,
+        v,
+        L.log_s,
+        L.stats,
+        tau,
+        out,
+        col_parts,
+        diag,
+        first_row,
+        N,
+        H,
+        d,
+        *L.qs,
+        *L.ks,
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        out.stride(0),
+        out.stride(2),
+        out.stride(1),
+        L.tiles,
+        HAS_TAU=kth > 0,
+        num_warps=L.warps("_output_kernel"),
+        **L.flags,
+    )
     return out, col_parts.sum(1).view(B, H, N), diag.view(B, H, N), first_row.view(B, H, N)
 
 
 @torch.library.custom_op("gtp_ref::cuda_attention", mutates_args=())
-def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Tensor | None,
-                 kth: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_s: torch.Tensor | None, kth: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``attention`` as one torch custom op: ``torch.compile`` keeps it whole in its graph (it
     neither traces into the Triton launches nor into Triton's interpreter), and CUDA graphs capture
     its launches.  Inference only: it has no gradient."""

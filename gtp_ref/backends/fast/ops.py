@@ -1,9 +1,9 @@
 """The fast backend's ops (``gtp_ref.backends.fast`` says what they do and how).  Their results
 are the dense reference's."""
+
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,13 +21,14 @@ from gtp_ref._checks import (
     prefix_count,
     renamed_keywords,
 )
-from gtp_ref.validate import choice, integer
 from gtp_ref.backends import OPS
 from gtp_ref.backends.fast import cpu
 from gtp_ref.backends.fast.cpu_build import SELECT_MAX
 from gtp_ref.graph import cosine_similarity, inv_sqrt_degree, semantic_threshold, spatial_graph
-from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, sparsity_k, token_scores
+from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, sparsity_k
 from gtp_ref.select import select_tokens as sorted_selection
+from gtp_ref.select import token_scores as token_scores  # the reference's, re-exported (an op of the API)
+from gtp_ref.validate import choice, integer
 
 try:  # the Triton kernels, where Triton is installed (a CUDA build of torch brings it)
     from gtp_ref.backends.fast import cuda
@@ -65,8 +66,12 @@ def kth_smallest(rows: Tensor, k: int) -> Tensor:
 def _compiled_cpu(t: Tensor) -> bool:
     """Whether ``gtp_ref.backends.fast.cpu``'s compiled selection takes t: CPU float32 / float64, not
     under Triton's interpreter (which runs the GPU kernels on CPU tensors instead)."""
-    return (t.device.type == "cpu" and TRITON_DEVICE != "cpu" and t.dtype in (torch.float32, torch.float64)
-            and cpu.available())
+    return (
+        t.device.type == "cpu"
+        and TRITON_DEVICE != "cpu"
+        and t.dtype in (torch.float32, torch.float64)
+        and cpu.available()
+    )
 
 
 def _kth(N: int, sparsity: float) -> int:
@@ -89,11 +94,13 @@ def sparsify_attention(attn: Tensor, sparsity: float) -> Tensor:
 
 
 CLS_SELECTIONS = ("cls_attn_mean", "cls_attn_max")
-Reductions = tuple[Tensor, Tensor, Tensor, Tensor]  # Att v [B, N, H d]; column sums, diagonal, first row [B, H, N]
+# Att v [B, N, H d]; column sums, diagonal, first row [B, H, N]
+Reductions = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _cuda(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
-    """The ``cuda`` path: ``cuda.attention`` (as a custom op), the map recomputed tile by tile, never stored."""
+    """The ``cuda`` path: ``cuda.attention`` (as a custom op), the map recomputed tile by tile, never
+    stored."""
     B, H, N, d = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
     out, col_sums, diagonal, first_row = cuda.attention_op(q, k, v, log_s, _kth(N, sparsity))
@@ -104,7 +111,8 @@ def _cpu(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: 
     """The ``cpu`` path: ``cpu.attention_op``, the whole attention per image and head in one compiled call."""
     B, H, N, _ = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
-    out, col_sums, diagonal, first_row, _ = cpu.attention_op(q, k, v, log_s, _kth(N, sparsity))  # out: (B, N, H, d)
+    # out: (B, N, H, d)
+    out, col_sums, diagonal, first_row, _ = cpu.attention_op(q, k, v, log_s, _kth(N, sparsity))
     return out.reshape(B, N, H * v.shape[-1]), col_sums, diagonal, first_row
 
 
@@ -124,12 +132,21 @@ def attention_path(q: Tensor, selection: str | None) -> tuple[str | None, str]:
     if q.device.type == "cpu" and TRITON_DEVICE != "cpu":
         if not autocast and _compiled_cpu(q):
             return "cpu", "float32 / float64 on the CPU, compiled kernels"
-        return None, f"on the CPU the compiled kernels take float32 / float64 without autocast and a C compiler " \
-                     f"(got {q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})"
+        return (
+            None,
+            f"on the CPU the compiled kernels take float32 / float64 without autocast and a C compiler "
+            f"(got {q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})",
+        )
     if q.device.type != TRITON_DEVICE:
-        return None, f"the kernels run on {TRITON_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}"
+        return (
+            None,
+            f"the kernels run on {TRITON_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}",
+        )
     if not (autocast or q.dtype in (torch.float32, torch.float64)):
-        return None, f"{q.dtype} without autocast: the reference's map is then {q.dtype}, the kernels' float32"
+        return (
+            None,
+            f"{q.dtype} without autocast: the reference's map is then {q.dtype}, the kernels' float32",
+        )
     if N > cuda.MAX_TOKENS:
         return None, f"N={N} tokens: the kernels take at most {cuda.MAX_TOKENS}"
     if q.shape[-1] > cuda.MAX_HEAD_DIM:
@@ -137,8 +154,15 @@ def attention_path(q: Tensor, selection: str | None) -> tuple[str | None, str]:
     return "cuda", f"N={N} <= {cuda.MAX_TOKENS}"
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, selection: str | None,
-              prefix_tokens: int) -> tuple[Tensor, Tensor | None] | None:
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_sizes: Tensor | None,
+    sparsity: float,
+    selection: str | None,
+    prefix_tokens: int,
+) -> tuple[Tensor, Tensor | None] | None:
     """A GTP block's attention and the token scores without the explicit path's separate passes
     over the map (the interface of ``gtp_ref.backends.Backend.attention``).
 
@@ -161,15 +185,24 @@ def attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, spars
     return out, column_scores(col_sums[..., c:], diagonal[..., c:], selection)
 
 
-def _check_attention(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float,
-                     selection: str | None, prefix_tokens: int) -> None:
+def _check_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_sizes: Tensor | None,
+    sparsity: float,
+    selection: str | None,
+    prefix_tokens: int,
+) -> None:
     """``attention``'s arguments: q, k [B, H, N, d] and v [B, H, N, dv] of one floating dtype on one
     device, token sizes [B, N] (finite, > 0; the values checked off the GPU) or None, theta, a
     selection or None, 0 <= prefix_tokens <= N."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, 4, floating=True)
         if (t.dtype, t.device) != (q.dtype, q.device):
-            raise TypeError(f"{name} is {t.dtype} on {t.device}, q {q.dtype} on {q.device}: give q, k, v alike")
+            raise TypeError(
+                f"{name} is {t.dtype} on {t.device}, q {q.dtype} on {q.device}: give q, k, v alike"
+            )
     B, H, N, d = q.shape
     if H == 0 and selection is not None:
         raise ValueError(f"q has shape {list(q.shape)}: the scores reduce over heads, give at least one")
@@ -223,7 +256,9 @@ def _check_lazy_graph(G: LazyGraph) -> None:
         raise ValueError("G.A0 has shape [B, 0, 0]: a graph needs at least one row")
 
 
-def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4) -> LazyGraph:
+def token_graph(
+    x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_neighbours: int = 4
+) -> LazyGraph:
     """The dense reference's Â (``gtp_ref.graph.token_graph``, the same values), wrapped as a LazyGraph
     over all n tokens: built in place in A0 with the spatial graph kept between calls, in a few
     passes over the n x n matrix instead of the reference's dozen."""
@@ -232,8 +267,12 @@ def token_graph(x_img: Tensor, grid: tuple[int, int], graph: str = "mixed", num_
     A0 = x_img.new_zeros(B, n + 1, n + 1)
     A = A0[:, :n, :n]  # (B, n, n)
     if graph in ("spatial", "mixed"):
-        S = spatial_graph(grid, dtype=x_img.dtype, device=x_img.device) if torch.compiler.is_compiling() \
-            else _spatial(grid, x_img.dtype, x_img.device)  # (n, n); never a traced tensor in the cache
+        # (n, n); never a traced tensor in the cache
+        S = (
+            spatial_graph(grid, dtype=x_img.dtype, device=x_img.device)
+            if torch.compiler.is_compiling()
+            else _spatial(grid, x_img.dtype, x_img.device)
+        )
         A.copy_(S.expand(B, n, n))
     if graph in ("semantic", "mixed") and num_neighbours > 0:
         K = cosine_similarity(x_img)  # (B, n, n)
@@ -271,36 +310,49 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     (O(n num_prop)); elsewhere the reference's sort."""
     num_prop = check_select_input(scores, num_prop)
     if 0 < num_prop <= SELECT_MAX and _compiled_cpu(scores):
-        return (cpu.select_tokens_op if torch.compiler.is_compiling() else cpu.select_tokens)(scores, num_prop)
+        return (cpu.select_tokens_op if torch.compiler.is_compiling() else cpu.select_tokens)(
+            scores, num_prop
+        )
     return sorted_selection(scores, num_prop)
 
 
 def _without_grad(x: Tensor, G: LazyGraph | None, token_sizes: Tensor | None) -> bool:
     """Whether no gradient flows through propagate's inputs (the compiled propagation has none)."""
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
-                                                  for t in (x, token_sizes, None if G is None else G.A0))
+    return not torch.is_grad_enabled() or not any(
+        t is not None and t.requires_grad for t in (x, token_sizes, None if G is None else G.A0)
+    )
 
 
 @renamed_keywords
-def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha: float,
-              token_sizes: Tensor | None = None, prefix_tokens: bool | int = True,
-              mode: str = "graph") -> tuple[Tensor, LazyGraph | None, Tensor | None]:
+def propagate(
+    x: Tensor,
+    G: LazyGraph | None,
+    kept: Tensor,
+    prop: Tensor,
+    alpha: float,
+    token_sizes: Tensor | None = None,
+    prefix_tokens: bool | int = True,
+    mode: str = "graph",
+) -> tuple[Tensor, LazyGraph | None, Tensor | None]:
     """Same contract as ``gtp_ref.backends.dense.propagate``, with G a LazyGraph (or None for mean/none).
 
     graph: x_K <- x_K + alpha Â[K, P] x_P with Â[K, P] gathered from A0; the next graph is the
     same A0 with rows[K] (Â[K, K], not renormalised, never copied).  On the CPU (float32 / float64,
     no gradients needed) in one compiled call, ``cpu.propagate``; else in torch ops.
     """
-    check_propagate_args(x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, graph_type=LazyGraph,
-                         values=False)
+    check_propagate_args(
+        x, G, kept, prop, alpha, token_sizes, prefix_tokens, mode, graph_type=LazyGraph, values=False
+    )
     if G is not None:
         _check_lazy_graph(G)
     c = prefix_count(prefix_tokens)
-    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_sizes):  # it checks the values itself
+    # it checks the values itself
+    if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_sizes):
         compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.propagate
         x, scales, rows = compiled_propagate(x, token_sizes, G.A0.to(x.dtype), G.rows, kept, prop, alpha, c)
         return x, LazyGraph(G.A0, rows), None if token_sizes is None else scales
-    if not x.is_cuda and not torch.compiler.is_compiling():  # the checks read their result: on a GPU, a host sync
+    # the checks read their result: on a GPU, a host sync
+    if not x.is_cuda and not torch.compiler.is_compiling():
         check_partition(kept, prop, x.shape[1] - c)
         if token_sizes is not None:
             check_token_sizes("token_sizes", token_sizes)
@@ -314,7 +366,9 @@ def propagate(x: Tensor, G: LazyGraph | None, kept: Tensor, prop: Tensor, alpha:
         A_KP = G.block(kept, prop)  # (B, n-P, P)
         x_K = torch.baddbmm(x_K, A_KP, _rows(x, prop, c), alpha=alpha)  # x_K + alpha A_KP x_P
         if s_K is not None:
-            s_K = torch.baddbmm(s_K[..., None], A_KP, _rows(token_sizes, prop, c)[..., None], alpha=alpha)[..., 0]
+            s_K = torch.baddbmm(s_K[..., None], A_KP, _rows(token_sizes, prop, c)[..., None], alpha=alpha)[
+                ..., 0
+            ]
     elif mode == "mean" and prop.shape[1] > 0:
         x_K = torch.cat([x_K, _rows(x, prop, c).mean(dim=1, keepdim=True)], dim=1)
         if s_K is not None:
