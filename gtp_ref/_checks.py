@@ -56,19 +56,21 @@ def renamed_keywords(op: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(op)
     def with_old_names(*args: Any, **kwargs: Any) -> Any:
-        for old in set(kwargs) & set(RENAMED):
-            new = RENAMED[old]
-            if new in kwargs:
+        old_names = sorted(set(kwargs) & set(RENAMED))
+        for old in old_names:  # both names of one argument: refused before anything is said
+            if RENAMED[old] in kwargs:
                 raise TypeError(
-                    f"{op.__name__}() got {old}= and {new}=: they are one argument ({old} is its old name)"
+                    f"{op.__name__}() got {old}= and {RENAMED[old]}=: they are one argument "
+                    f"({old} is its old name)"
                 )
+        for old in old_names:
             warnings.warn(
-                f"{op.__name__}(..., {old}=...) is deprecated: the argument is {new}= now "
+                f"{op.__name__}(..., {old}=...) is deprecated: the argument is {RENAMED[old]}= now "
                 f"(the old name goes in the next release)",
                 DeprecationWarning,
                 stacklevel=2,
             )
-            kwargs[new] = kwargs.pop(old)
+            kwargs[RENAMED[old]] = kwargs.pop(old)
         return op(*args, **kwargs)
 
     return with_old_names

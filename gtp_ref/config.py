@@ -79,9 +79,7 @@ class AttentionConfig:
     qk_norm: bool = False  # a norm of each head's q and k
     attn_norm: bool = False  # a norm of the heads' output before the projection
     proj_bias: bool = True  # a bias on the output projection
-    kv_heads: tuple[int, ...] | None = (
-        None  # grouped-query attention: k / v heads, one int per block or one for all
-    )
+    kv_heads: tuple[int, ...] | None = None  # grouped-query attention: k / v heads per block (or one int)
 
 
 @dataclass(frozen=True)
