@@ -40,6 +40,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(
                 pytest.mark.skip(
                     reason="needs the Triton kernels: CUDA with Triton, or TRITON_INTERPRET=1 "
-                    "(tests/test_gpu_checks.py runs them so)"
+                    "(tests/backends/test_gpu_checks.py runs them so)"
                 )
             )

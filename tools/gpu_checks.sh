@@ -98,10 +98,10 @@ raise SystemExit(1 if missing else 0)
 "
 if [ "$DRY" = 1 ]; then  # all but the authors' vector v05 (197 tokens through 10 blocks: 35 s in the
   # interpreter; test_triton_model_above_256_tokens_equals_dense runs the kernels on larger maps)
-  step tests 600 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m triton -k "not v05" tests/test_fast.py
+  step tests 600 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m triton -k "not v05" tests/backends/test_fast.py
 else
   step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs --hypothesis-profile gpu -m "cuda or triton" \
-    tests/test_fast.py tests/test_model.py tests/test_sparse.py
+    tests/backends/test_fast.py tests/backbone/test_model.py tests/backends/test_sparse.py
 fi
 if (( SMOKE )); then
   step attention 60 "$PY" -m gtp_ref.apps.bench attention --device "$DEVICE" --sizes 2x23 --repeats 1 \

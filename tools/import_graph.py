@@ -3,7 +3,7 @@
     python tools/import_graph.py            # gtp_ref and complexity, this checkout
     python tools/import_graph.py --root DIR # another checkout (e.g. a git worktree of an older commit)
 
-Reads the imports as text (``tests/test_layout.py``'s reading: module level and inside functions,
+Reads the imports as text (``tests/house/test_layout.py``'s reading: module level and inside functions,
 ``if TYPE_CHECKING:`` blocks left out) and prints, for each module, the modules of the packages it
 imports; then the layers: each module's depth (0: imports none of the packages' modules), so an
 arrow always points to a lower layer where there is no circle.  Runs nothing of the packages.

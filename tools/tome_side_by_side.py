@@ -4,7 +4,7 @@
 
 PATH is a checkout of https://github.com/facebookresearch/ToMe (not part of this project; it is
 imported from there, unmodified).  For every supported timm model without register tokens, with
-random float64 weights (tests/test_timm.py), and r = 0, 2, 8: the official ToMe applied by
+random float64 weights (tests/backbone/test_timm.py), and r = 0, 2, 8: the official ToMe applied by
 ``tome.patch.timm`` against ``gtp_ref.tome_from_timm``, and the official ToMe at r = 0 against the
 timm model itself.  Needs timm (and so a torchvision that matches torch) and tqdm (ToMe's).
 """
@@ -29,7 +29,7 @@ def main() -> int:
     import tome
 
     from gtp_ref import tome_from_timm
-    from tests.test_timm import SUPPORTED, images, rel_err, timm_model
+    from tests.backbone.test_timm import SUPPORTED, images, rel_err, timm_model
 
     print(f"timm {timm.__version__}, torch {torch.__version__}; relative max differences of the logits")
     print(f"{'model':48s} {'r':>2}  official vs gtp_ref  official (r=0) vs timm")

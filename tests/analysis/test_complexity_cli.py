@@ -10,7 +10,7 @@ import pytest
 
 from complexity.report import build_report, executed_table, extra_cost_table, quoted_table, tables_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, cwd=ROOT):

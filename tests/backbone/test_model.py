@@ -1,5 +1,5 @@
 """GTPViT: invariants, timm layout, dtypes, devices and gradients.  (Argument errors:
-test_errors.py.)"""
+test_model_errors.py.)"""
 
 import shutil
 

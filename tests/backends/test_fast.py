@@ -5,7 +5,7 @@ the sparse backend's in test_sparse.py.
 
 The Triton tests (marker ``triton``) run where the kernels do: compiled on CUDA, or in Triton's
 interpreter on CPU tensors when TRITON_INTERPRET=1 is set before ``gtp_ref`` is imported --
-tests/test_gpu_checks.py runs them so, as the GPU script's dry run.
+tests/backends/test_gpu_checks.py runs them so, as the GPU script's dry run.
 """
 
 import os
@@ -35,7 +35,7 @@ from tests.helpers import (
     tensors,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def path_taken(model, images, selection):

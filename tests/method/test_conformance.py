@@ -12,7 +12,7 @@ import pytest
 from gtp_ref.conformance.export import export
 from gtp_ref.conformance.seeded import VECTORS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_suite(impl, *extra, env=None):

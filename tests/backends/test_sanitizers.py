@@ -1,5 +1,5 @@
 """The compiled CPU kernels under AddressSanitizer and UBSan: built with the sanitizers and driven
-through every entry point by hypothesis (tests/sanitized_kernels.py) with valid and malformed
+through every entry point by hypothesis (tests/backends/sanitized_kernels.py) with valid and malformed
 shapes, indices and values, so that an out-of-bounds access or undefined behaviour that a change
 brings back is a failing test, not a silent wrong number.  Skipped, with the reason, where the
 compiler has no sanitizers."""
@@ -13,7 +13,7 @@ import pytest
 
 from gtp_ref.backends.fast import cpu_build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = 150  # per entry point: about 30 s in all on two cores
 
 
@@ -73,7 +73,7 @@ def sanitized(tmp_path_factory):
 def child(sanitized, *args, cwd):
     library, env = sanitized
     return subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "sanitized_kernels.py"), str(library), *args],
+        [sys.executable, str(ROOT / "tests" / "backends" / "sanitized_kernels.py"), str(library), *args],
         capture_output=True,
         text=True,
         env=env,

@@ -15,7 +15,7 @@ from gtp_ref.apps import eval as eval_command
 from gtp_ref.apps.bench import __main__ as bench
 from gtp_ref.conformance import __main__ as conformance
 from tests.helpers import command
-from tests.test_eval import image_folder
+from tests.imagefiles import image_folder
 
 
 @pytest.fixture

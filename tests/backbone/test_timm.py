@@ -716,7 +716,7 @@ def test_eval_runs_gtp_on_every_family(tmp_path, name):
     state_dict into a fresh backbone; ToMe is left out with a warning where it is not defined."""
     from gtp_ref.apps import eval as eval_command
     from tests.helpers import command
-    from tests.test_eval import image_folder
+    from tests.imagefiles import image_folder
 
     root = image_folder(tmp_path / "val", per_class=1, size=24)
     out = tmp_path / "result.json"

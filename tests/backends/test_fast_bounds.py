@@ -1,7 +1,7 @@
 """The fast backend's compiled entry points refuse malformed input before C sees a pointer: the
 op-level API (``attention``, ``kth_smallest``, ``propagate`` with a LazyGraph, ``select_tokens``)
 and the registered custom ops alike, with the reference's kind of error -- never an out-of-bounds
-read or write, a crash, or garbage out.  tests/test_sanitizers.py drives the same entry points
+read or write, a crash, or garbage out.  tests/backends/test_sanitizers.py drives the same entry points
 under AddressSanitizer / UBSan."""
 
 import pytest

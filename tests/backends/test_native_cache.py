@@ -16,7 +16,7 @@ import pytest
 
 from gtp_ref.backends.fast import cpu_build
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(
     shutil.which(os.environ.get("CC") or "cc") is None and not shutil.which("gcc"),
     reason="needs a C compiler",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tests.helpers import import_timm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_examples():

@@ -17,25 +17,7 @@ from gtp_ref.apps.images import ImageFolder
 from gtp_ref.apps.loading import read_state_dict
 from gtp_ref.config import PRESETS, ViTConfig
 from tests.helpers import command
-
-COLOURS = [(230, 20, 30), (10, 220, 40), (20, 30, 240)]  # class 0 red, 1 green, 2 blue
-
-
-def image_folder(root: Path, per_class: int = 4, size: int = 40, colours=COLOURS, labels=None) -> Path:
-    """root/c0, c1, c2 with uniformly coloured PNGs (``labels``: the folder of each image, else its
-    colour's)."""
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for c in range(len(colours)):
-        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
-    for i in range(per_class * len(colours)):
-        colour = colours[i % len(colours)]
-        noise = torch.randint(-8, 9, (size, size, 3), generator=g)
-        pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8).numpy()
-        folder = f"c{i % len(colours) if labels is None else labels[i]}"
-        Image.fromarray(pixels).save(root / folder / f"img{i:03d}.png")
-    return root
+from tests.imagefiles import COLOURS, image_folder
 
 
 def colour_classifier(state: dict, classes: int = 3) -> dict:
@@ -204,7 +186,7 @@ def test_command_reports_skips_unreadable_images_and_writes_json_and_figure(tmp_
 def test_images_pillow_refuses_are_skipped_and_every_other_result_is_kept(tmp_path, right_state):
     """A decompression bomb (error or warning), a damaged stream, a file that is no image: each is
     skipped, named and counted; the good images' results are printed and written."""
-    from tests.test_images import bad_images
+    from tests.imagefiles import bad_images
 
     root = image_folder(tmp_path / "val", per_class=2)
     bad = bad_images(root / "c2")

@@ -2,49 +2,12 @@
 ValueError naming it (so that ``eval`` skips it and ``vis`` refuses it), high-bit-depth images
 are scaled to 8 bits rather than clipped, and a long thin image costs what a normal one does."""
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from gtp_ref.apps.preprocess import Preprocessing, load_image
-
-
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
-def png_header_only(w: int, h: int) -> bytes:
-    """A PNG of a few dozen bytes whose header declares w x h RGB pixels."""
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
-
-
-def bad_images(folder):
-    """{name: path} of files Pillow refuses in different ways."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        "bomb.png": png_header_only(30000, 30000),  # DecompressionBombError
-        "bomb_warning.png": png_header_only(10000, 10000),  # DecompressionBombWarning
-        "not_an_image.jpg": b"not an image",
-    }
-    good = folder / "good.png"
-    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(good)
-    broken = bytearray(good.read_bytes())
-    broken[broken.index(b"IDAT") + 6] ^= 0xFF  # the compressed data damaged
-    files["broken_stream.png"] = bytes(broken)
-    good.unlink()
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    return {name: folder / name for name in files}
+from tests.imagefiles import bad_images
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The child of tests/test_sanitizers.py: the fast backend's compiled CPU kernels, built with
+"""The child of tests/backends/test_sanitizers.py: the fast backend's compiled CPU kernels, built with
 AddressSanitizer and UBSan (the library's path in argv[1]), driven by hypothesis through every
 entry point -- the op-level API and the custom ops -- with valid and malformed shapes, ranks,
 indices and values, argv[2] examples per entry point.  Valid calls must give the reference's values,

@@ -117,7 +117,7 @@ def test_vis_command_draws_the_figure(tmp_path):
 )
 def test_vis_bad_arguments_are_one_line(tmp_path, args, message):
     image = scene(tmp_path / "scene.png")
-    from tests.test_images import bad_images
+    from tests.imagefiles import bad_images
 
     bomb = bad_images(tmp_path / "bad")["bomb.png"]
     args = [str(image) if a == "IMAGE" else str(bomb) if a == "BOMB" else a for a in args]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 def test_foreign_code_runs_in_a_scratch_folder_that_is_removed(tmp_path):
