@@ -28,7 +28,7 @@ ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 MLPS = ("mlp", "swiglu", "glu")
 # which channels a rotation pairs: (0, 1), (2, 3), ... or (i, i + d / 2)
 ROPE_LAYOUTS = ("interleaved", "half")
-GLOBAL_POOLS = ("token", "avg", "map")  # the first prefix token, the mean of the tokens, attention pooling
+GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map")  # [CLS]; mean, max, their mean; attention
 FINAL_NORMS = ("norm", "fc_norm", "none")  # the final norm before pooling (norm), after it (fc_norm), or none
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
 

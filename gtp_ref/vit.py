@@ -285,6 +285,10 @@ class ViT(nn.Module):
             pooled = self.attn_pool(x[:, c:], None if token_sizes is None else token_sizes[:, c:])
         elif pool == "avg":  # plain mean of the tokens
             pooled = x[:, c:].mean(dim=1)  # (B, C)
+        elif pool == "max":
+            pooled = x[:, c:].amax(dim=1)
+        elif pool == "avgmax":  # timm's: the mean of the two
+            pooled = 0.5 * (x[:, c:].amax(dim=1) + x[:, c:].mean(dim=1))
         else:
             pooled = x[:, 0]  # [CLS]
         return self.head(self.fc_norm(pooled))

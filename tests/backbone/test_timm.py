@@ -55,6 +55,8 @@ SUPPORTED = [
     ("norm_pre, eps 1e-5, no patch bias (CLIP)", "vit_base_patch16_clip_224", dict(depth=1)),
     ("no head (MAE weights)", "vit_base_patch16_224.mae", dict(depth=1, num_classes=0)),
     ("no qkv bias", None, dict(TINY, qkv_bias=False)),
+    ("max pooling", None, dict(TINY, global_pool="max")),
+    ("the mean of average and max pooling", None, dict(TINY, global_pool="avgmax", class_token=False)),
     ("QuickGELU (OpenAI CLIP)", "vit_base_patch16_clip_quickgelu_224", dict(depth=1)),
     ("tanh GELU, average pooling (SigLIP *_gap_*)", "vit_base_patch16_siglip_gap_224", dict(depth=1)),
     (
@@ -180,7 +182,6 @@ SUPPORTED = [
     ),
 ]
 REFUSED = [
-    ("max pooling", None, dict(TINY, global_pool="max"), "global_pool='max'"),
     ("parallel blocks", "vit_base_patch16_xp_224", dict(depth=1), "ParallelScalingBlock"),
     ("windowed attention (SAM)", "samvit_base_patch16", dict(depth=1), "model is a VisionTransformerSAM"),
     ("differential attention", "vit_dlittle_patch16_reg1_gap_256", dict(depth=1), "DiffAttention"),
