@@ -21,7 +21,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests import test_layout
+    from tests.house import test_layout
 
     test_layout.ROOT = Path(args.root).resolve()
     graph = test_layout.graph()

@@ -129,3 +129,19 @@ def test_the_base_needs_neither_torch_nor_sympy():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["[] True", "True"], r.stdout + r.stderr
+
+
+def test_the_import_graph_tool_draws_the_layers():
+    """``python tools/import_graph.py``: every module with what it imports, then the layers, the
+    base at the bottom."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "tools/import_graph.py"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    layers = [line for line in r.stdout.splitlines() if line.startswith("layer ")]
+    level = {
+        name: int(line.split()[1].rstrip(":")) for line in layers for name in line.split(": ")[1].split(", ")
+    }
+    assert level["gtp_ref.validate"] == 0 and level["gtp_ref.config"] < level["complexity.backbone"]
+    assert level["gtp_ref.vit"] < level["gtp_ref.model"] < level["gtp_ref.timm_models"], layers
