@@ -44,7 +44,7 @@ GEOMETRY = [  # every geometry argument, for ViT, GTPViT and ToMeViT alike
     (dict(qkv_bias=1), TypeError, "qkv_bias=1 must be True or False"),
     (dict(class_token="no"), TypeError, "class_token='no' must be True or False"),
     (dict(class_token=None), TypeError, "class_token=None must be True or False"),
-    (dict(global_pool="max"), ValueError, "global_pool='max' is not one of"),
+    (dict(global_pool="median"), ValueError, "global_pool='median' is not one of"),
     (dict(class_token=False), ValueError, r"global_pool='token' needs a \[CLS\] token"),
 ]
 GTP_SETTINGS = [
