@@ -1,6 +1,7 @@
 """gtp-ref: the reference implementation of GTP (Graph-based Token Propagation, GTP-ViT).
 
-``from_timm(timm_model, **gtp_settings)`` puts GTP into your timm ViT; ``GTPViT`` is the model
+``from_timm(timm_model, **gtp_settings)`` puts GTP into your timm ViT, ``from_hf(hf_model, ...)``
+into your Hugging Face one; ``GTPViT`` is the model
 (its whole GTP step is ``gtp_ref.model.GTPBlock.forward``), built from a ``ViTConfig`` (the
 backbone as one value, ``gtp_ref.config``) and ``GTPSettings`` (``paper_settings``: the paper's);
 the presets build the paper's backbones.  The method's stages are ``graph``, ``select`` and
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 _PUBLIC = {
     "from_timm": "gtp_ref.timm_models",
     "tome_from_timm": "gtp_ref.timm_models",
+    "from_hf": "gtp_ref.hf_models",
+    "tome_from_hf": "gtp_ref.hf_models",
     "GTPViT": "gtp_ref.model",
     "GTPTrace": "gtp_ref.model",
     "LayerTrace": "gtp_ref.model",
@@ -56,4 +59,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the names of __all__, whic
     from gtp_ref.model import GTPTrace, GTPViT, LayerTrace, Provenance  # noqa: F401
     from gtp_ref.presets import deit_base, deit_small, deit_tiny, eva_large, paper_settings, vit_large  # noqa: F401
     from gtp_ref.settings import GTPSettings  # noqa: F401
+    from gtp_ref.hf_models import from_hf, tome_from_hf  # noqa: F401
     from gtp_ref.timm_models import from_timm, tome_from_timm  # noqa: F401

@@ -29,6 +29,7 @@ MLPS = ("mlp", "swiglu", "glu")
 # which channels a rotation pairs: (0, 1), (2, 3), ... or (i, i + d / 2)
 ROPE_LAYOUTS = ("interleaved", "half")
 GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map")  # [CLS]; mean, max, their mean; attention
+POOLERS = ("tanh",)  # the activations of a pooler's dense layer
 FINAL_NORMS = ("norm", "fc_norm", "none")  # the final norm before pooling (norm), after it (fc_norm), or none
 LN_EPS = 1e-6  # the DeiT / ViT factories' LayerNorm eps
 
@@ -122,6 +123,8 @@ class HeadConfig:
     pool_heads: int | None = None  # attention pooling's heads; None: the blocks'
     pool_mlp_ratio: float | None = None  # attention pooling's MLP width over embed_dim; None: the blocks'
     pool_qkv_bias: bool | None = None  # attention pooling's q / kv biases; None: the blocks' qkv_bias
+    pooler: str | None = None  # a dense layer and this activation after pooling ("tanh": HF's ViTPooler)
+    head_bias: bool = True  # a bias in the classifier (False: CLIP's visual projection)
 
 
 PARTS = {
@@ -403,6 +406,8 @@ def _checked_head(h: HeadConfig, C: int, heads: int) -> HeadConfig:
         if h.pool_mlp_ratio is None
         else real("pool_mlp_ratio", h.pool_mlp_ratio, 0.0, low_open=True),
         pool_qkv_bias=None if h.pool_qkv_bias is None else flag("pool_qkv_bias", h.pool_qkv_bias),
+        pooler=None if h.pooler is None else choice("pooler", h.pooler, POOLERS),
+        head_bias=flag("head_bias", h.head_bias),
     )
 
 

@@ -48,6 +48,17 @@ class PatchEmbed(nn.Module):
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))  # (B, n, C)
 
 
+class Pooler(nn.Module):
+    """tanh(dense(x)) of the pooled token: HF's ViTPooler (``config.head.pooler="tanh"``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.dense(x))
+
+
 class Block(nn.Module):
     """A pre-norm block: x <- x + ls1(Attn(LN1 x)), then x <- x + ls2(MLP(LN2 x)); ls1, ls2 are the
     identity without layer scale (timm's ``Block``).
@@ -157,10 +168,12 @@ class ViT(nn.Module):
         self.fc_norm = norm_layer(config.norm, C) if final == "fc_norm" else nn.Identity()
         if config.head.global_pool == "map":  # attention pooling, its MLP of the blocks' kind and activation
             self.attn_pool = AttentionPool(config)
-        classes = config.head.num_classes
-        self.head = nn.Linear(C, classes) if classes > 0 else nn.Identity()
+        if config.head.pooler is not None:  # HF's ViTPooler: a dense layer and tanh on the pooled token
+            self.pooler = Pooler(C)
+        classes, bias = config.head.num_classes, config.head.head_bias
+        self.head = nn.Linear(C, classes, bias=bias) if classes > 0 else nn.Identity()
         if prefix.dist_token:
-            self.head_dist = nn.Linear(C, classes) if classes > 0 else nn.Identity()
+            self.head_dist = nn.Linear(C, classes, bias=bias) if classes > 0 else nn.Identity()
         self.dropout_not_applied: tuple[
             str, ...
         ] = ()  # from_timm: the timm model's dropout, which this lacks
@@ -291,7 +304,10 @@ class ViT(nn.Module):
             pooled = 0.5 * (x[:, c:].amax(dim=1) + x[:, c:].mean(dim=1))
         else:
             pooled = x[:, 0]  # [CLS]
-        return self.head(self.fc_norm(pooled))
+        pooled = self.fc_norm(pooled)
+        if hasattr(self, "pooler"):
+            pooled = self.pooler(pooled)
+        return self.head(pooled)
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False

@@ -202,3 +202,28 @@ def command(main, *args, cwd=None):
         finally:
             os.chdir(here)
     return subprocess.CompletedProcess(list(args), code or 0, out.getvalue(), err.getvalue())
+
+
+def replay_pruning(model, x):
+    """GTP's pruning (a model with propagation='none') replayed block by block from its trace's
+    selections, each token's patch tracked here -- its RoPE rows and relative-position biases looked
+    up by that patch, independently of the model's own tracking -> (replayed logits, the model's)."""
+    with torch.no_grad():
+        trace = model.forward_trace(x)
+        h, c = model.embed(x), model.num_prefix_tokens
+        B, C = h.shape[0], h.shape[2]
+        patch = torch.arange(model.num_image_tokens).expand(B, -1)  # (B, n_l): the patch of each image token
+        for l, (block, layer) in enumerate(zip(model.blocks, trace.layers)):
+            rope = bias = None
+            if model.config.positions.rope is not None:
+                rope = torch.stack([model.rope_table[min(l, len(model.rope_table) - 1)][:, p] for p in patch])
+            if model.config.positions.attn_bias:
+                index = torch.cat([torch.arange(c).expand(B, c), c + patch], 1)
+                bias = torch.stack([model.attn_bias_table[l][:, i][:, :, i] for i in index])
+            q, k, v = block.attn.heads(block.norm1(h), rope)
+            attn = model.ops.sparsify_attention(block.attn.map(q, k, None, bias), model.sparsity)
+            h = h + block.ls1(block.attn.out(block.attn.mix(attn, v)))
+            h = torch.cat([h[:, :c], h[:, c:].gather(1, layer.kept[..., None].expand(-1, -1, C))], 1)
+            patch = patch.gather(1, layer.kept)
+            h = h + block.ls2(block.mlp(block.norm2(h)))
+        return model.forward_head(h), trace.logits

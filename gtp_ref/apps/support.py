@@ -1,11 +1,15 @@
 """``python -m gtp_ref.apps.support``: which of timm's ViT-family models ``gtp_ref.from_timm`` converts,
-and why each of the others is refused.
+and why each of the others is refused; ``--hf``: the same for transformers' vision models and
+``gtp_ref.from_hf``.
 
-Every model that timm registers in its ViT-family modules (``MODULES``) is built on the meta
-device -- no weights, no memory, seconds for the whole registry -- in eval mode, and converted
-with ``num_prop=0``; a refusal is the ``ValueError`` that ``from_timm`` raises, which names what it
-cannot represent.  The table counts the models per reason; ``--json-out`` keeps every model's row.
-timm is needed (the ``timm`` extra).
+Every model that timm registers in its ViT-family modules (``MODULES``) -- or, with ``--hf``,
+every model type of the installed transformers whose default config describes a patch-based
+vision encoder (``image_size``, ``patch_size``, ``hidden_size``, ``num_hidden_layers``) -- is built
+from its default config on the meta device (no weights, no memory, seconds for the whole
+registry), in eval mode, and converted with ``num_prop=0``; a refusal is the ``ValueError`` the
+converter raises, which names what it cannot represent.  The table counts the models per reason;
+``--json-out`` keeps every model's row.  timm (the ``timm`` extra) or transformers (``hf``) is
+needed.
 """
 
 import json
@@ -74,17 +78,64 @@ def survey(modules: Sequence[str] = MODULES, names: Sequence[str] | None = None)
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def survey_hf() -> list[dict[str, Any]]:
+    """One row per model type of transformers with a patch-based vision config: name (the model
+    type), module (the class AutoModel builds), converted (bool), reason (the refusal)."""
+    from transformers import CONFIG_MAPPING, AutoModel
+
+    from gtp_ref.hf_models import hf_backbone
+
+    rows = []
+    for model_type in sorted(CONFIG_MAPPING.keys()):
+        try:
+            config = CONFIG_MAPPING[model_type]()
+        except Exception:  # noqa: BLE001 -- a config that needs arguments: not a plain vision model
+            continue
+        if not all(
+            hasattr(config, a) for a in ("image_size", "patch_size", "hidden_size", "num_hidden_layers")
+        ):
+            continue
+        row = dict(name=model_type, module=None, converted=False, reason=None)
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                model = AutoModel.from_config(config).eval()
+        except Exception as e:  # noqa: BLE001 -- AutoModel has no base model for this config
+            row.update(
+                module="-",
+                reason="transformers' AutoModel builds no model of this config alone (a part of "
+                f"a larger model); {type(e).__name__}: {str(e)[:120]}",
+            )
+            rows.append(row)
+            continue
+        row["module"] = type(model).__name__
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hf_backbone(model)
+            row["converted"] = True
+        except ValueError as e:
+            row["reason"] = str(e)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], converter: str = "from_timm", source: str = "timm") -> str:
     converted = sum(r["converted"] for r in rows)
     models = [r for r in rows if r["name"] is not None]
+    where = (
+        f" in {', '.join(sorted({r['module'] for r in rows}))}"
+        if source == "timm"
+        else " as patch-based vision models"
+    )
     out = [
-        f"from_timm converts {converted} of the {len(models)} models timm registers in "
-        f"{', '.join(sorted({r['module'] for r in rows}))} ({100 * converted / max(len(models), 1):.0f} %)",
+        f"{converter} converts {converted} of the {len(models)} models {source} registers{where} "
+        f"({100 * converted / max(len(models), 1):.0f} %)",
         "",
     ]
     by_module = Counter(r["module"] for r in models)
     done = Counter(r["module"] for r in models if r["converted"])
-    out += [f"{'module':>28} {'models':>6} {'converted':>9}"]
+    out += [f"{'module' if source == 'timm' else 'class':>28} {'models':>6} {'converted':>9}"]
     out += [f"{m:>28} {by_module[m]:>6} {done[m]:>9}" for m in sorted(by_module)]
     reasons = Counter(reason_key(r["reason"]) for r in rows if not r["converted"])
     if reasons:
@@ -109,18 +160,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json-out", default=None, metavar="PATH", help="also write every model's row as JSON"
     )
+    parser.add_argument(
+        "--hf", action="store_true", help="survey transformers' vision models for from_hf instead"
+    )
     args = parser.parse_args(argv)
     out = output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
+    library = "transformers" if args.hf else "timm"
     try:
-        import timm
-    except ImportError as e:
-        parser.error(f"needs timm (pip install 'gtp-ref[timm]'): {e}")
-    rows = survey(args.modules)
-    print(table(rows), end="")
+        module = __import__(library)
+    except Exception as e:  # noqa: BLE001 -- a torchvision that does not match torch raises RuntimeError
+        parser.error(f"needs {library} (pip install 'gtp-ref[{'hf' if args.hf else 'timm'}]'): {e}")
+    rows = survey_hf() if args.hf else survey(args.modules)
+    print(table(rows, "from_hf", "transformers") if args.hf else table(rows), end="")
     if out is not None:
         try:
             Path(out).write_text(
-                json.dumps({"timm": timm.__version__, "torch": torch.__version__, "rows": rows}, indent=1)
+                json.dumps({library: module.__version__, "torch": torch.__version__, "rows": rows}, indent=1)
                 + "\n"
             )
         except OSError as e:

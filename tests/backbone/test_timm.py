@@ -14,7 +14,7 @@ from complexity.backbone import backbone_macs
 from gtp_ref import from_timm, tome_from_timm
 from gtp_ref.config import PRESETS, ViTConfig
 from gtp_ref.cost import measure_macs
-from tests.helpers import import_timm
+from tests.helpers import import_timm, replay_pruning
 
 timm = import_timm()
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
@@ -396,25 +396,8 @@ def test_pruning_turns_and_biases_each_token_by_its_own_patch(name, kwargs):
     block with the trace's selections, each token's patch tracked here: the same logits."""
     timm_net = timm_model(name, kwargs)
     model, x = from_timm(timm_net, num_prop=4, propagation="none", sparsity=0.6), images(timm_net)
-    with torch.no_grad():
-        trace = model.forward_trace(x)
-        h, c = model.embed(x), model.num_prefix_tokens
-        B, C = h.shape[0], h.shape[2]
-        patch = torch.arange(model.num_image_tokens).expand(B, -1)  # (B, n_l): the patch of each image token
-        for l, (block, layer) in enumerate(zip(model.blocks, trace.layers)):
-            rope = bias = None
-            if model.config.positions.rope is not None:
-                rope = torch.stack([model.rope_table[min(l, len(model.rope_table) - 1)][:, p] for p in patch])
-            if model.config.positions.attn_bias:
-                index = torch.cat([torch.arange(c).expand(B, c), c + patch], 1)
-                bias = torch.stack([model.attn_bias_table[l][:, i][:, :, i] for i in index])
-            q, k, v = block.attn.heads(block.norm1(h), rope)
-            attn = model.ops.sparsify_attention(block.attn.map(q, k, None, bias), model.sparsity)
-            h = h + block.ls1(block.attn.out(block.attn.mix(attn, v)))
-            h = torch.cat([h[:, :c], h[:, c:].gather(1, layer.kept[..., None].expand(-1, -1, C))], 1)
-            patch = patch.gather(1, layer.kept)
-            h = h + block.ls2(block.mlp(block.norm2(h)))
-        assert torch.allclose(model.forward_head(h), trace.logits, rtol=1e-12, atol=1e-12), name
+    replayed, logits = replay_pruning(model, x)
+    assert torch.allclose(replayed, logits, rtol=1e-12, atol=1e-12), name
 
 
 def test_positions_without_a_patch_are_refused():

@@ -124,11 +124,13 @@ def test_the_base_needs_neither_torch_nor_sympy():
     code = (
         "import sys; hooks = list(sys.meta_path); import gtp_ref, complexity; "
         f"import {', '.join(BASE)}; "
-        "print(sorted(m for m in ('torch', 'sympy') if m in sys.modules), sys.meta_path == hooks); "
-        "gtp_ref.GTPViT; print('torch' in sys.modules)"
+        "print(sorted(m for m in ('torch', 'sympy', 'timm', 'transformers') if m in sys.modules), "
+        "sys.meta_path == hooks); "
+        "gtp_ref.GTPViT, gtp_ref.from_timm, gtp_ref.from_hf; print('torch' in sys.modules, "
+        "sorted(m for m in ('timm', 'transformers') if m in sys.modules))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["[] True", "True"], r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["[] True", "True []"], r.stdout + r.stderr
 
 
 def test_the_import_graph_tool_draws_the_layers():
