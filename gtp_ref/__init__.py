@@ -56,8 +56,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (the names of __all__, which is built from _PUBLIC)
     from gtp_ref.config import ViTConfig  # noqa: F401
+    from gtp_ref.hf_models import from_hf, tome_from_hf  # noqa: F401
     from gtp_ref.model import GTPTrace, GTPViT, LayerTrace, Provenance  # noqa: F401
     from gtp_ref.presets import deit_base, deit_small, deit_tiny, eva_large, paper_settings, vit_large  # noqa: F401
     from gtp_ref.settings import GTPSettings  # noqa: F401
-    from gtp_ref.hf_models import from_hf, tome_from_hf  # noqa: F401
     from gtp_ref.timm_models import from_timm, tome_from_timm  # noqa: F401
