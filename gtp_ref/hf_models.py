@@ -3,7 +3,8 @@
 Both read the architecture and the weights of a ``transformers`` vision model *instance* -- ViT,
 DeiT, BEiT, Data2Vec-Vision, DINOv2 (with registers), CLIP / Chinese-CLIP / MetaCLIP 2 vision,
 SigLIP, ViT-MSN, I-JEPA, ViT-MAE, Idefics3 / SmolVLM vision, InternVL vision, as a base model, a
-``*ForImageClassification`` or CLIP's ``*VisionModelWithProjection`` -- and return a ``GTPViT`` /
+``*ForImageClassification`` or CLIP's ``*VisionModelWithProjection``; a timm model inside
+transformers (``TimmWrapper*``) as ``from_timm`` reads it -- and return a ``GTPViT`` /
 ``ToMeViT`` with the same weights, device, dtype and mode.  The model is read module by module
 (``hf_backbone``: HF model -> the backbone's ``ViTConfig`` and state_dict), and anything the
 backbone cannot represent -- windowed or pooled attention (Swin, Hiera, SAM, ViTDet), video
@@ -26,8 +27,17 @@ import torch
 from torch import nn
 
 from gtp_ref.config import ViTConfig
+from gtp_ref.convert import Backbone, build, stochastic_modules
+from gtp_ref.hf_parts import attention_bias as _attention_bias
+from gtp_ref.hf_parts import first_attr as _get
+from gtp_ref.hf_parts import name_of as _name
+from gtp_ref.hf_parts import norm_of as _norm
+from gtp_ref.hf_parts import positions as _positions
+from gtp_ref.hf_parts import read_head as _head
+from gtp_ref.hf_parts import rope_table as _rope_table
+from gtp_ref.hf_parts import weight_of as _weight
 from gtp_ref.model import GTPViT
-from gtp_ref.timm_models import Backbone
+from gtp_ref.timm_models import timm_backbone
 from gtp_ref.tome import ToMeViT
 
 # HF's activation names (config.hidden_act) that the backbone has
@@ -59,6 +69,8 @@ TOWERS_READ = (
     "SmolVLMVisionTransformer",
     "InternVLVisionModel",
 )
+# transformers' wrappers of a timm model (model.timm_model): read as from_timm reads it
+TIMM_WRAPPERS = ("TimmWrapperModel", "TimmWrapperForImageClassification")
 # the attribute that holds the vision tower in HF's heads and wrappers, in the order tried
 TOWERS = ("vision_model", "vit", "deit", "beit", "data2vec_vision", "dinov2", "ijepa", "vit_msn")
 # architectures the backbone cannot represent, by a word of their class name, and why
@@ -67,50 +79,13 @@ REFUSED = {
     "Hiera": "pooled, windowed attention",
     "Sam": "windowed attention",
     "VitDet": "windowed attention",
-    "Video": "video tubelets",
+    "VideoMAE": "video tubelets",
     "Vivit": "video tubelets",
     "Pixtral": "variable-resolution packing",
     "Qwen": "variable-resolution packing",
+    "Mobile": "convolutional stages",  # before Levit, a part of MobileViT's name
     "Levit": "a convolutional stage between blocks",
-    "Mobile": "convolutional stages",
 }
-
-
-def _name(obj: Any) -> str:
-    return type(obj).__name__
-
-
-def _get(obj: Any, *paths: str) -> Any:
-    """The first of the dotted attribute paths that exists on obj and is not None; None if none does."""
-    for path in paths:
-        value = obj
-        for part in path.split("."):
-            value = getattr(value, part, None)
-            if value is None:
-                break
-        if value is not None:
-            return value
-    return None
-
-
-def _weight(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach()
-
-
-def _norm(module: nn.Module | None, where: str) -> tuple[str, float] | None:
-    """(kind, eps) of a LayerNorm with weight and bias or an RMSNorm with a weight; None for none."""
-    if module is None or isinstance(module, nn.Identity):
-        return None
-    if "RMSNorm" in _name(module) or "RmsNorm" in _name(module):
-        eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
-        if eps is None or getattr(module, "weight", None) is None:
-            raise ValueError(f"{where} is an {_name(module)} without a weight or eps; not supported")
-        return "rmsnorm", float(eps)
-    if not isinstance(module, nn.LayerNorm) or not module.elementwise_affine or module.bias is None:
-        raise ValueError(
-            f"{where} is a {_name(module)}; only LayerNorm (with weight and bias) and RMSNorm are supported"
-        )
-    return "layernorm", float(module.eps)
 
 
 def _tower(model: nn.Module) -> tuple[nn.Module, str]:
@@ -133,8 +108,9 @@ def _tower(model: nn.Module) -> tuple[nn.Module, str]:
         tower = _get(model, "vision_model", "vision_tower")
         if tower is None:
             raise ValueError(
-                f"model is a {name}: no vision tower found (an HF vision model, "
-                "*ForImageClassification or *VisionModelWithProjection is expected)"
+                f"model is a {name}: not a vision model from_hf reads and tests (no patch embeddings "
+                "where a ViT has them, no vision tower); an HF ViT-family vision model, its "
+                "*ForImageClassification or *VisionModelWithProjection is expected"
             )
         return _tower(tower)[0], "base"
     if role != "base":
@@ -360,213 +336,76 @@ def _read(model: nn.Module) -> dict[str, Any]:
     return dict(fields=fields, state=state)
 
 
-def _positions(emb: nn.Module, conv: nn.Conv2d, n: int, c: int, R: int, C: int) -> torch.Tensor | None:
-    """The position embedding each token receives, [1, c + n, C] (prefix rows first; a register's
-    row 0 where the model adds none to it, as DINOv2's), or None without one."""
-    pos = _get(emb, "position_embeddings", "position_embedding.weight")
-    if pos is None:
-        return None
-    pos = _weight(pos).reshape(1, -1, C)
-    if _name(emb).startswith(
-        ("Idefics3", "SmolVLM")
-    ):  # bucketed positions: the full grid's, read from the module
-        pixels = torch.zeros(
-            1,
-            conv.in_channels,
-            *(s * conv.kernel_size[0] for s in _grid_of(emb, n)),
-            dtype=conv.weight.dtype,
-            device=conv.weight.device,
+def hf_result(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """What the HF model gives as its result for images [B, C, H, W] -- what the converted model
+    returns: its logits, its image embedding, its pooled output, or where it has none the mean of
+    its final image tokens (ViT-MAE run without shuffling its tokens, Idefics3 / SmolVLM on the
+    full grid)."""
+    name, kwargs = _name(model), {}
+    tower = None if name in TIMM_WRAPPERS else _tower(model)[0]
+    if "MAE" in name:
+        n = tower.embeddings.patch_embeddings.num_patches
+        kwargs["noise"] = torch.arange(n, dtype=pixel_values.dtype, device=pixel_values.device).expand(
+            len(pixel_values), n
         )
-        mask = torch.ones(1, *_grid_of(emb, n), dtype=torch.bool, device=pixels.device)
-        with torch.no_grad():
-            out = emb(pixels, mask)
-        return (out - (0 if conv.bias is None else conv.bias)).detach()
-    if pos.shape[1] == n + c:
-        return pos
-    if pos.shape[1] == n + c - R and R and c - R == 1:  # DINOv2 with registers: [CLS] and patches only
-        return torch.cat([pos[:, :1], pos.new_zeros(1, R, C), pos[:, 1:]], dim=1)
-    if pos.shape[1] == n:  # no prefix token
-        return pos
-    raise ValueError(
-        f"the model's position embedding has {pos.shape[1]} rows for {c} prefix and {n} image tokens "
-        "(another image size than the model's config?); not supported"
+    if name.startswith(("Idefics3", "SmolVLM")):
+        side = tower.embeddings.num_patches_per_side
+        kwargs["patch_attention_mask"] = torch.ones(
+            len(pixel_values), side, side, dtype=torch.bool, device=pixel_values.device
+        )
+    out = model(pixel_values=pixel_values, **kwargs)
+    for attr in ("logits", "image_embeds", "pooler_output"):
+        if getattr(out, attr, None) is not None:
+            return getattr(out, attr)
+    prefix = _read_prefix(tower)
+    return out.last_hidden_state[:, prefix:].mean(dim=1)
+
+
+def _read_prefix(tower: nn.Module) -> int:
+    emb = tower.embeddings
+    registers = getattr(emb, "register_tokens", None)
+    return (
+        int(_get(emb, "cls_token", "class_embedding") is not None)
+        + int(getattr(emb, "distillation_token", None) is not None)
+        + (0 if registers is None else registers.shape[1])
     )
-
-
-def _rope_table(tower: nn.Module, conv: nn.Conv2d, img_size: tuple[int, int]) -> torch.Tensor | None:
-    """DINOv3's RoPE table for the model's grid, [1, 1, n, 2 d] (the sines, then the cosines, in the
-    half layout, as HF's rotate_half turns q and k), from its own module in eval mode; None without."""
-    rope = getattr(tower, "rope_embeddings", None)
-    if rope is None:
-        return None
-    pixels = torch.zeros(1, conv.in_channels, *img_size, dtype=conv.weight.dtype, device=conv.weight.device)
-    was = rope.training
-    with torch.no_grad():
-        cos, sin = rope.eval()(pixels)
-    rope.train(was)
-    return torch.cat([sin, cos], dim=-1)[None, None].detach()
-
-
-def _grid_of(emb: nn.Module, n: int) -> tuple[int, int]:
-    side = getattr(emb, "num_patches_per_side", None) or int(round(n**0.5))
-    return side, side
-
-
-def _attention_bias(
-    tower: nn.Module, blocks: list[nn.Module], grid: tuple[int, int], c: int, H: int
-) -> torch.Tensor | None:
-    """BEiT's relative-position biases for the grid, [L, H, N, N], or None: each block's own plus
-    the shared one, as HF's forward adds them."""
-    shared = _get(tower, "shared_position_bias", "encoder.relative_position_bias")
-    tables = []
-    for block in blocks:
-        own = _get(block, "relative_position_bias", "attention.attention.relative_position_bias")
-        total = None
-        for module in (own, shared):
-            if module is not None:
-                with torch.no_grad():
-                    b = module(grid, interpolate_pos_encoding=False, dim_size=None)
-                total = b if total is None else total + b
-        tables.append(total)
-    if all(t is None for t in tables):
-        return None
-    if c != 1:
-        raise ValueError(
-            "the model has a relative-position bias and prefix tokens beyond [CLS]; not supported"
-        )
-    return torch.stack([t.reshape(H, *t.shape[-2:]) for t in tables]).detach()  # (L, H, N, N)
-
-
-def _head(
-    model: nn.Module, tower: nn.Module, role: str, C: int, c: int, state: dict[str, torch.Tensor], norms: set
-) -> dict[str, Any]:
-    """The head's fields of the config (pooling, final norm, pooler, classes), its weights into state."""
-    final = _get(tower, "layernorm", "post_layernorm", "rms_norm", "norm")
-    final = None if isinstance(final, nn.Identity) else final
-    name = _name(tower)
-    clip_like = hasattr(tower, "pre_layrnorm")  # CLIP's post_layernorm: on the pooled [CLS] only
-    fields: dict[str, Any] = dict(num_classes=0, final_norm="norm" if final is not None else "none")
-    if final is not None:
-        state.update({f"norm.{k}": _weight(v) for k, v in final.state_dict().items()})
-        norms.add(_norm(final, "the final norm"))
-    pooler = getattr(tower, "pooler", None)
-    attn_head = getattr(tower, "head", None) if name.startswith("Siglip") else None
-    if role == "classification":
-        classifier = _get(model, "classifier", "cls_classifier")
-        heads = [classifier] + (
-            [model.distillation_classifier] if hasattr(model, "distillation_classifier") else []
-        )
-        if not all(isinstance(h, (nn.Linear, nn.Identity)) for h in heads):
-            raise ValueError(f"the model's classifier is a {_name(classifier)}; only a Linear is supported")
-        mname = _name(model)
-        if mname.startswith("Dinov2"):
-            raise ValueError(
-                f"model is a {mname}: its classifier reads [CLS] and the mean of the patch tokens "
-                "side by side; not supported (convert its Dinov2Model)"
-            )
-        if mname.startswith(("Beit", "Data2VecVision")):
-            fields.update(
-                _mean_pool(
-                    model.beit.pooler if mname.startswith("Beit") else model.data2vec_vision.pooler,
-                    state,
-                    norms,
-                    c,
-                )
-            )
-        elif mname.startswith(("CLIP", "Siglip", "IJepa", "ChineseCLIP", "MetaClip")):
-            fields.update(global_pool="avg")  # the mean of the (patch) tokens
-            if clip_like:  # CLIP's classifier reads the tokens before post_layernorm
-                fields.update(final_norm="none")
-                for key in [k for k in state if k.startswith("norm.")]:
-                    del state[key]
-        else:
-            fields.update(global_pool="token")
-        if isinstance(classifier, nn.Linear):
-            fields.update(num_classes=classifier.out_features)
-            state.update({f"head.{k}": _weight(v) for k, v in classifier.state_dict().items()})
-            if len(heads) > 1:
-                state.update({f"head_dist.{k}": _weight(v) for k, v in heads[1].state_dict().items()})
-        return fields
-    if attn_head is not None:  # SigLIP's attention pooling: one probe, torch's MultiheadAttention, an MLP
-        fields.update(
-            global_pool="map",
-            pool_prefix=c > 0,
-            pool_heads=attn_head.attention.num_heads,
-            pool_qkv_bias=attn_head.attention.in_proj_bias is not None,
-            pool_mlp_ratio=attn_head.mlp.fc1.out_features / C,
-        )
-        w, b = attn_head.attention.in_proj_weight, attn_head.attention.in_proj_bias
-        state.update(
-            {
-                "attn_pool.latent": _weight(attn_head.probe),
-                "attn_pool.q.weight": _weight(w[:C]),
-                "attn_pool.kv.weight": _weight(w[C:]),
-                "attn_pool.q.bias": _weight(b[:C]),
-                "attn_pool.kv.bias": _weight(b[C:]),
-            }
-        )
-        state.update(
-            {f"attn_pool.proj.{k}": _weight(v) for k, v in attn_head.attention.out_proj.state_dict().items()}
-        )
-        state.update({f"attn_pool.norm.{k}": _weight(v) for k, v in attn_head.layernorm.state_dict().items()})
-        state.update({f"attn_pool.mlp.{k}": _weight(v) for k, v in attn_head.mlp.state_dict().items()})
-        norms.add(_norm(attn_head.layernorm, "the attention pool's norm"))
-        return fields
-    if name.startswith(("Beit", "Data2VecVision")) and pooler is not None:
-        fields.update(_mean_pool(pooler, state, norms, c))
-    elif pooler is not None and hasattr(pooler, "dense"):  # ViT's: dense and tanh on the normed [CLS]
-        if not c:
-            raise ValueError(
-                f"{name}.pooler reads the first token, and the model has no [CLS] token; not supported"
-            )
-        if _name(pooler.activation) != "Tanh":
-            raise ValueError(
-                f"{name}.pooler's activation is {_name(pooler.activation)}; only tanh is supported"
-            )
-        fields.update(global_pool="token", pooler="tanh")
-        state.update({f"pooler.dense.{k}": _weight(v) for k, v in pooler.dense.state_dict().items()})
-    elif clip_like or name.startswith(("Dinov2", "DINOv3")):
-        fields.update(global_pool="token")
-    else:  # no pooled output: the mean of the final image tokens
-        fields.update(global_pool="avg")
-    if role == "projection":
-        projection = model.visual_projection
-        fields.update(num_classes=projection.out_features, head_bias=projection.bias is not None)
-        state.update({f"head.{k}": _weight(v) for k, v in projection.state_dict().items()})
-    return fields
-
-
-def _mean_pool(pooler: nn.Module, state: dict[str, torch.Tensor], norms: set, c: int) -> dict[str, Any]:
-    """BEiT's pooler: the normed mean of the patch tokens (use_mean_pooling), or the [CLS] token."""
-    norm = getattr(pooler, "layernorm", None)
-    if norm is None:
-        return dict(global_pool="token")
-    state.update({f"fc_norm.{k}": _weight(v) for k, v in norm.state_dict().items()})
-    norms.add(_norm(norm, "the pooler's norm"))
-    return dict(global_pool="avg", final_norm="fc_norm")
 
 
 def hf_backbone(model: nn.Module) -> Backbone:
     """An HF vision model as the backbone's config and weights (``gtp_ref.timm_models.Backbone``;
     the state_dict's tensors are the HF model's own, re-laid out where the backbone fuses them):
-    what ``from_hf`` builds its model from.  ValueError for what the backbone cannot represent."""
+    what ``from_hf`` builds its model from.  ValueError for what the backbone cannot represent.
+    A timm model inside transformers (``TimmWrapperModel``, ``TimmWrapperForImageClassification``)
+    is read as ``from_timm`` reads it."""
+    if _name(model) in TIMM_WRAPPERS:
+        return timm_backbone(model.timm_model)
     read = _read(model)
     return Backbone(ViTConfig.of(**read["fields"]), read["state"], None)
 
 
+def hf_stochastic(model: nn.Module) -> list[str]:
+    """'name (Kind p=...)' for what the HF model drops in training mode: its dropout and drop path
+    modules, and the attention dropout its attention modules apply as a probability (HF's
+    ``dropout_prob`` / ``dropout`` / ``attention_dropout`` attributes)."""
+    found = stochastic_modules(model)
+    for name, module in model.named_modules():
+        for attr in ("dropout_prob", "dropout", "attention_dropout"):
+            p = vars(module).get(attr)  # a plain attribute, not a submodule
+            if isinstance(p, float) and p > 0:
+                found.append(f"{name} (attention dropout p={p:g})")
+    return found
+
+
 def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
-    config, state, _ = hf_backbone(model)
-    dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()})
-    if len(dtypes) > 1:
-        raise ValueError(
-            f"the model's parameters and buffers have several dtypes ({', '.join(dtypes)}); convert "
-            "a model of one dtype (model.to(dtype)): the converted model has one"
-        )
-    param = next(model.parameters())
-    with torch.device(param.device):
-        net = cls(config, **settings)
-    net.to(param.dtype).load_state_dict({k: v.to(param.dtype) for k, v in state.items()}, strict=True)
-    return net.train(model.training)
+    return build(
+        model,
+        hf_backbone(model),
+        cls,
+        hf_stochastic(model),
+        "build it with every dropout probability of its config 0 (hidden_dropout_prob, "
+        "attention_probs_dropout_prob, attention_dropout, drop_path_rate, ...)",
+        **settings,
+    )
 
 
 def from_hf(model: nn.Module, **gtp_settings: Any) -> GTPViT:

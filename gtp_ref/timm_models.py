@@ -25,12 +25,13 @@ timm itself is not imported here: the model passed in is the user's, so timm is 
 
 import copy
 import sys
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
 from gtp_ref.config import GLOBAL_POOLS, LN_EPS, ViTConfig
+from gtp_ref.convert import Backbone, build, stochastic_modules
 from gtp_ref.model import GTPViT
 from gtp_ref.timm_embeddings import naflex_embedding, naflex_state_dict, patch_embedding, stem_of
 from gtp_ref.timm_embeddings import name_of as _name
@@ -419,27 +420,6 @@ def _state_dict(model: nn.Module, net: nn.Module) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def stochastic_modules(model: nn.Module) -> list[str]:
-    """'name (Kind p=...)' for every module of ``model`` that drops activations, paths or patches
-    in training mode: dropout, drop path, patch dropout with a probability above 0."""
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Dropout) or _name(module) in ("Dropout", "DropPath", "PatchDropout"):
-            p = getattr(module, "p", getattr(module, "drop_prob", getattr(module, "prob", 0.0)))
-            if p:
-                found.append(f"{name} ({_name(module)} p={p:g})")
-    return found
-
-
-class Backbone(NamedTuple):
-    """What a model is built from: its config, its state_dict in the backbone's layout, and a
-    hybrid ViT's stem (the convolutional module the config cannot describe; None without one)."""
-
-    config: ViTConfig
-    state: dict[str, torch.Tensor]
-    stem: nn.Module | None
-
-
 def timm_backbone(model: nn.Module) -> Backbone:
     """A timm model as the backbone's config and weights (the state_dict's tensors are the timm
     model's own, but for the RoPE and bias tables made for its grid and a hybrid's stem, copied):
@@ -453,27 +433,14 @@ def timm_backbone(model: nn.Module) -> Backbone:
 
 
 def _convert(model: nn.Module, cls: type, **settings: Any) -> Any:
-    config, state, stem = timm_backbone(model)
-    dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()})
-    if len(dtypes) > 1:
-        raise ValueError(
-            f"the model's parameters and buffers have several dtypes ({', '.join(dtypes)}); convert "
-            "a model of one dtype (model.to(dtype)): the converted model has one"
-        )
-    stochastic = stochastic_modules(model)
-    if stochastic and model.training:
-        raise ValueError(
-            f"the model is in training mode with dropout or drop path ({', '.join(stochastic[:4])}"
-            f"{', ...' if len(stochastic) > 4 else ''}); gtp_ref's models apply none, so the converted "
-            "model would be deterministic where timm's is not: convert it in eval mode (model.eval()) "
-            "or build it with drop_rate=0, attn_drop_rate=0, proj_drop_rate=0, drop_path_rate=0"
-        )
-    param = next(model.parameters())
-    with torch.device(param.device):
-        net = cls(config, stem=stem, **settings)
-    net.to(param.dtype).load_state_dict(state, strict=True)
-    net.dropout_not_applied = tuple(stochastic)  # ViT.train(True) warns about them
-    return net.train(model.training)
+    return build(
+        model,
+        timm_backbone(model),
+        cls,
+        stochastic_modules(model),
+        "build it with drop_rate=0, attn_drop_rate=0, proj_drop_rate=0, drop_path_rate=0",
+        **settings,
+    )
 
 
 def from_timm(model: nn.Module, **gtp_settings: Any) -> GTPViT:

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from gtp_ref.hf_models import from_hf, hf_backbone, tome_from_hf
+from gtp_ref.hf_models import from_hf, hf_backbone, hf_result, tome_from_hf
 from tests.helpers import replay_pruning
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'gtp-ref[hf]')")
@@ -122,23 +122,6 @@ def images(B=2, dtype=torch.float64):
     return torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=dtype)
 
 
-def hf_result(model, x, prefix_tokens):
-    """What the HF model gives as its result (docs/hf.md): logits, the image embedding, the pooled
-    output, or the mean of its final image tokens where it has none."""
-    name = type(model).__name__
-    kwargs = {}
-    if "MAE" in name:  # the tokens in their order (no shuffle)
-        kwargs["noise"] = torch.arange(16, dtype=x.dtype).expand(x.shape[0], 16)
-    if name.startswith(("Idefics3", "SmolVLM")):
-        kwargs["patch_attention_mask"] = torch.ones(x.shape[0], 4, 4, dtype=torch.bool)
-    with torch.no_grad():
-        out = model(pixel_values=x, **kwargs)
-    for attr in ("logits", "image_embeds", "pooler_output"):
-        if getattr(out, attr, None) is not None:
-            return getattr(out, attr)
-    return out.last_hidden_state[:, prefix_tokens:].mean(dim=1)
-
-
 def rel_err(got, want):
     return ((got - want).abs().max() / want.abs().max()).item()
 
@@ -151,7 +134,8 @@ def test_no_reduction_is_the_hf_model(what, model_type, cls, changes):
     x = images()
     gtp = from_hf(model, num_prop=0, sparsity=1.0, num_neighbours=2)
     assert next(gtp.parameters()).dtype == torch.float64 and not gtp.training
-    want = hf_result(model, x, gtp.num_prefix_tokens)
+    with torch.no_grad():
+        want = hf_result(model, x)
     with torch.no_grad():
         got = gtp(x)
     assert got.shape == want.shape and rel_err(got, want) <= 1e-10, (what, rel_err(got, want))
@@ -177,7 +161,7 @@ def test_float32_is_the_hf_model_too(what, model_type, cls, changes):
     x = images(dtype=torch.float32)
     gtp = from_hf(model, num_prop=0, num_neighbours=2)
     with torch.no_grad():
-        got, want = gtp(x), hf_result(model, x, gtp.num_prefix_tokens)
+        got, want = gtp(x), hf_result(model, x)
     assert rel_err(got, want) <= 1e-5, (what, rel_err(got, want))
 
 
@@ -318,6 +302,52 @@ def test_what_the_backbone_cannot_represent_is_refused_by_name(what, model_type,
         from_hf(model)
 
 
+@pytest.mark.parametrize("cls", ["TimmWrapperModel", "TimmWrapperForImageClassification"])
+def test_a_timm_model_inside_transformers_converts_as_from_timm(cls):
+    """transformers' timm wrapper: the timm model inside is read as from_timm reads it, and the
+    converted model returns the wrapper's result (its pooled output, its logits)."""
+    pytest.importorskip("timm", reason="the timm wrapper needs timm")
+    config = transformers.TimmWrapperConfig(
+        architecture="deit_tiny_patch16_224",
+        model_args=dict(depth=2, img_size=32, patch_size=8, embed_dim=32, num_heads=2),
+        num_labels=5,
+    )
+    model = randomise(getattr(transformers, cls)(config).to(torch.float64)).eval()
+    x = images()
+    with torch.no_grad():
+        want = hf_result(model, x)
+        got = from_hf(model, num_prop=0, sparsity=1.0)(x)
+        tome = tome_from_hf(model, r=0)(x)
+        reduced = from_hf(model, num_prop=2, num_neighbours=2).forward_trace(x)
+    assert got.shape == want.shape == (2, 5 if "Classification" in cls else 32)
+    assert rel_err(got, want) <= 1e-10 and rel_err(tome, want) <= 1e-10
+    assert reduced.tokens_per_layer[-1] == 17 - 4 and torch.isfinite(reduced.logits).all()
+
+
+@pytest.mark.parametrize(
+    "model_type, message",
+    [
+        ("hiera", "HieraModel: pooled, windowed attention"),
+        ("vitdet", "VitDetModel: windowed attention"),
+        ("sam_vision_model", "SamVisionModel: windowed attention"),
+        ("vivit", "VivitModel: video tubelets"),
+        ("pixtral", "PixtralVisionModel: variable-resolution packing"),
+        ("levit", "LevitModel: a convolutional stage between blocks"),
+        ("mobilevit", "MobileViTModel: convolutional stages"),
+        ("yolos", "not one from_hf reads and tests; it is a YolosModel"),
+    ],
+)
+def test_each_kind_of_architecture_it_cannot_represent_is_refused_with_why(model_type, message):
+    """The architectures refused by kind, each from its default config on the meta device (no
+    weights): the message names the class and what the backbone lacks."""
+    config = transformers.AutoConfig.for_model(model_type)
+    with torch.device("meta"):
+        named = getattr(transformers, type(config).__name__.replace("Config", "Model"))
+        model = named(config)
+    with pytest.raises(ValueError, match=message):
+        hf_backbone(model)
+
+
 def test_a_model_without_a_vision_tower_is_refused():
     text = transformers.CLIPTextModel(
         transformers.CLIPTextConfig(
@@ -332,3 +362,25 @@ def test_the_converted_model_keeps_device_dtype_and_mode():
     model = hf_model("vit", "ViTForImageClassification", dtype=torch.float32).train()
     gtp = from_hf(model, num_prop=2, num_neighbours=2)
     assert gtp.training and next(gtp.parameters()).dtype == torch.float32 and gtp.num_prop == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "model_type, changes, named",
+    [
+        ("vit", dict(hidden_dropout_prob=0.1), r"\(Dropout p=0.1\)"),
+        ("vit", dict(attention_probs_dropout_prob=0.1), r"attention \(attention dropout p=0.1\)"),
+        ("clip_vision_model", dict(attention_dropout=0.1), r"attn \(attention dropout p=0.1\)"),
+        ("dinov2", dict(drop_path_rate=0.2), r"\(Dinov2DropPath p=0.2\)"),
+    ],
+)
+def test_dropout_in_training_mode_is_refused_by_name(model_type, changes, named):
+    """gtp_ref's models apply no dropout: an HF model in training mode that drops activations,
+    attention weights or paths is refused, naming what; in eval mode it converts, and the
+    converted model warns when put into training mode."""
+    model = hf_model(model_type, changes=changes).train()
+    with pytest.raises(ValueError, match=f"training mode with dropout or drop path.*{named}.*model.eval()"):
+        from_hf(model)
+    gtp = from_hf(model.eval(), num_neighbours=2)
+    assert not gtp.training and gtp.dropout_not_applied
+    with pytest.warns(UserWarning, match="applies no dropout or drop path"):
+        gtp.train()
