@@ -4,10 +4,11 @@ and ToMe on an image folder, at one setting or swept over P, alpha or M.
 DIR holds one folder per class (``DIR/<class>/<image>``, the ImageNet validation layout that
 torchvision's ImageFolder reads): the sorted folder names are the class indices 0, 1, ..., so
 there must be as many folders as the model has classes.  The model: a timm model by name with a
-checkpoint (``--timm NAME --checkpoint FILE``) or a preset with a state_dict (``--preset NAME
+checkpoint (``--timm NAME --checkpoint FILE``), a Hugging Face classifier (``--hf FOLDER``: what
+``save_pretrained`` wrote; no download), or a preset with a state_dict (``--preset NAME
 --state-dict FILE``); from Python, any models, e.g. ``gtp_ref.from_timm``'s (``evaluate``).
 Images are preprocessed as the model expects (``gtp_ref.apps.preprocess``: timm's evaluation
-transform, with Pillow and torch).
+transform, with Pillow and torch; an HF model's image processor config).
 
 Methods (``--methods``, default all four): ``baseline`` (the model unreduced), ``gtp`` (GTP at
 ``--num-prop`` / ``--alpha`` / ``--num-neighbours`` / ``--graph`` / ``--selection`` /
@@ -95,18 +96,6 @@ def settings_for(
     else:
         out += [replace(base, method="gtp", num_neighbours=int(v), graph=g) for g in graphs for v in values]
     return out
-
-
-def backbone_of(net: nn.Module) -> Any:
-    """What every reduced model of a run is built from (a ``gtp_ref.timm_models.Backbone``: the
-    config, the state_dict in its layout, a hybrid's stem): a gtp_ref model's own, or a timm
-    model's as ``from_timm`` converts it (checked against the support matrix)."""
-    from gtp_ref.timm_models import Backbone, timm_backbone
-    from gtp_ref.vit import ViT
-
-    if isinstance(net, ViT):
-        return Backbone(net.config, net.state_dict(), getattr(net.patch_embed, "backbone", None))
-    return timm_backbone(net)
 
 
 def reduced_model(net: nn.Module, backbone: Any, setting: Setting, base: GTPSettings) -> nn.Module:
@@ -313,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("folder", metavar="DIR", help="one folder per class, the images inside")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--timm", metavar="NAME", help="a timm model name (with --checkpoint)")
+    src.add_argument(
+        "--hf",
+        metavar="NAME",
+        help="a Hugging Face model: a save_pretrained folder, or a model type (random weights)",
+    )
     src.add_argument("--preset", choices=list(FACTORIES), help="a gtp_ref preset (with --state-dict)")
     p.add_argument("--checkpoint", metavar="FILE", help="with --timm: the state_dict to load")
     p.add_argument("--state-dict", metavar="FILE", help="with --preset: the state_dict to load")
@@ -383,7 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # everything checked before any image is read
     if args.timm is None and args.checkpoint is not None:
-        p.error("--checkpoint goes with --timm NAME (a preset takes --state-dict)")
+        p.error(
+            "--checkpoint goes with --timm NAME (a preset takes --state-dict; an --hf folder holds "
+            "its weights)"
+        )
     if args.preset is None and args.state_dict is not None:
         p.error("--state-dict goes with --preset NAME (a timm model takes --checkpoint)")
     if (args.sweep is None) != (args.values is None):
@@ -423,14 +420,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         **({} if args.sparsity is None else {"sparsity": args.sparsity}),
     )
     try:
-        from gtp_ref.apps.loading import preset_model, timm_model
+        from gtp_ref.apps.loading import backbone_of, hf_model, preset_model, timm_model
 
         create = {} if args.num_classes is None else {"num_classes": args.num_classes}
-        net = (
-            timm_model(args.timm, args.checkpoint, **create)
-            if args.timm
-            else preset_model(args.preset, args.state_dict, **create)
-        )
+        if args.timm:
+            net = timm_model(args.timm, args.checkpoint, **create)
+        elif args.hf:
+            net = hf_model(args.hf, **create)
+        else:
+            net = preset_model(args.preset, args.state_dict, **create)
         net = net.to(args.device)
         backbone = backbone_of(net)
         base = Setting(
@@ -457,7 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in folder.empty:
         print(f"python -m gtp_ref.apps.eval: warning: class folder {name!r} holds no images", file=sys.stderr)
     model_name = (
-        f"{args.timm} ({args.checkpoint})" if args.timm else f"{args.preset} ({args.state_dict or 'random'})"
+        f"{args.timm} ({args.checkpoint})"
+        if args.timm
+        else f"{args.hf} (Hugging Face)"
+        if args.hf
+        else f"{args.preset} ({args.state_dict or 'random'})"
     )
     tty = sys.stderr.isatty()
 

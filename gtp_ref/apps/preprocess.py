@@ -3,7 +3,8 @@ its shorter side to size / crop_pct, crop the centre to the model's input size, 
 and normalise with the model's mean and std -- what timm's evaluation transform does.
 
 ``Preprocessing.of(model)`` reads timm's ``pretrained_cfg`` where the model has one, else uses
-the ImageNet defaults (DeiT / ViT: crop_pct 0.875, bicubic) at the model's image size.
+the ImageNet defaults (DeiT / ViT: crop_pct 0.875, bicubic) at the model's image size;
+``Preprocessing.of_hf`` reads a Hugging Face image processor's config.
 """
 
 import math
@@ -16,6 +17,8 @@ from torch import Tensor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pillow's resampling filters by number (what an HF image processor's ``resample`` holds)
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 MAX_BLOW_UP = 16  # a resize beyond this many times the crop's pixels resizes the crop's region only
 
@@ -77,7 +80,10 @@ class Preprocessing:
 
     @classmethod
     def of(cls, model: Any) -> "Preprocessing":
-        """The preprocessing of a timm model (its ``pretrained_cfg``) or of a ``gtp_ref`` ViT."""
+        """The preprocessing of a timm model (its ``pretrained_cfg``), of a ``gtp_ref`` ViT, or a
+        model's own (its ``preprocessing``: ``gtp_ref.apps.loading.HFResult``'s)."""
+        if isinstance(getattr(model, "preprocessing", None), Preprocessing):
+            return model.preprocessing
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         if hasattr(getattr(model, "patch_embed", None), "img_size"):  # timm: the size the model was built for
             size = tuple(model.patch_embed.img_size)
@@ -92,6 +98,35 @@ class Preprocessing:
             interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
             mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
             std=tuple(cfg.get("std", IMAGENET_STD)),
+        )
+
+    @classmethod
+    def of_hf(cls, processor: dict[str, Any] | None, input_size: tuple[int, int]) -> "Preprocessing":
+        """The preprocessing of an HF model at ``input_size`` (the size it is built for) from its
+        image processor's ``preprocessor_config.json`` (None: the defaults): its mean, std and
+        resampling filter; a centre crop of ``crop_size`` out of the shorter side resized to
+        ``size["shortest_edge"]`` gives crop_pct, any other resize crop_pct 1 (HF's ViT processor
+        resizes to the square, squashing a non-square image; this keeps its aspect)."""
+        size_hw = (int(input_size[0]), int(input_size[1]))
+        if processor is None:
+            return cls(input_size=size_hw)
+        p = processor
+        size, crop = p.get("size") or {}, p.get("crop_size") or {}
+        crop_pct = 1.0
+        if (
+            p.get("do_center_crop")
+            and isinstance(size, dict)
+            and "shortest_edge" in size
+            and crop.get("height")
+        ):
+            crop_pct = min(1.0, crop["height"] / size["shortest_edge"])
+        resample = p.get("resample", 3)
+        return cls(
+            input_size=size_hw,
+            crop_pct=crop_pct,
+            interpolation=PIL_FILTERS.get(resample, "bicubic") if isinstance(resample, int) else "bicubic",
+            mean=tuple(float(v) for v in p.get("image_mean", IMAGENET_MEAN)),
+            std=tuple(float(v) for v in p.get("image_std", IMAGENET_STD)),
         )
 
     def crop(self, image: Any) -> Any:

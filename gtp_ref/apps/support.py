@@ -41,7 +41,7 @@ def reason_key(message: str) -> str:
     """A refusal's reason without what varies from model to model (block numbers, sizes, names in
     parentheses): the rows of the table."""
     message = re.sub(r"blocks\.\d+", "blocks.N", message.split("; ")[0])
-    return re.sub(r"\d+", "N", message)
+    return re.sub(r"(?<![A-Za-z])\d+", "N", message)  # numbers, not the digits of a class name
 
 
 def survey(modules: Sequence[str] = MODULES, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -78,15 +78,21 @@ def survey(modules: Sequence[str] = MODULES, names: Sequence[str] | None = None)
     return rows
 
 
-def survey_hf() -> list[dict[str, Any]]:
-    """One row per model type of transformers with a patch-based vision config: name (the model
-    type), module (the class AutoModel builds), converted (bool), reason (the refusal)."""
+def survey_hf(types: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per model type of transformers (or of ``types``) with a patch-based vision config:
+    name (the model type), module (the class built), converted (bool), reason (the refusal)."""
+    import transformers
     from transformers import CONFIG_MAPPING, AutoModel
 
     from gtp_ref.hf_models import hf_backbone
 
     rows = []
-    for model_type in sorted(CONFIG_MAPPING.keys()):
+    unknown = sorted(set(types or ()) - set(CONFIG_MAPPING.keys()))
+    if unknown:
+        raise ValueError(
+            f"types: {', '.join(unknown)} not model types of transformers {transformers.__version__}"
+        )
+    for model_type in sorted(CONFIG_MAPPING.keys() if types is None else types):
         try:
             config = CONFIG_MAPPING[model_type]()
         except Exception:  # noqa: BLE001 -- a config that needs arguments: not a plain vision model
@@ -96,15 +102,23 @@ def survey_hf() -> list[dict[str, Any]]:
         ):
             continue
         row = dict(name=model_type, module=None, converted=False, reason=None)
+        # AutoModel's class, else the class named after the config (XVisionConfig -> XVisionModel):
+        # the vision parts of larger models that AutoModel does not map alone
+        named = getattr(transformers, type(config).__name__.replace("Config", "Model"), None)
         try:
             with warnings.catch_warnings(), torch.device("meta"):
                 warnings.simplefilter("ignore")
-                model = AutoModel.from_config(config).eval()
-        except Exception as e:  # noqa: BLE001 -- AutoModel has no base model for this config
+                try:
+                    model = AutoModel.from_config(config).eval()
+                except Exception:  # noqa: BLE001 -- not mapped alone: the named class, if any
+                    if named is None:
+                        raise
+                    model = named(config).eval()
+        except Exception as e:  # noqa: BLE001 -- no model class builds from this config alone
             row.update(
                 module="-",
-                reason="transformers' AutoModel builds no model of this config alone (a part of "
-                f"a larger model); {type(e).__name__}: {str(e)[:120]}",
+                reason="transformers builds no model of this config alone (a part of a larger "
+                f"model); {type(e).__name__}: {str(e)[:120]}",
             )
             rows.append(row)
             continue

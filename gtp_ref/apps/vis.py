@@ -1,5 +1,7 @@
-"""``python -m gtp_ref.apps.vis IMAGE (--timm NAME [--checkpoint FILE] | --preset NAME) --out FILE.png``:
-what GTP did to one image.
+"""``python -m gtp_ref.apps.vis IMAGE MODEL --out FILE.png``: what GTP did to one image.
+
+MODEL: ``--timm NAME [--checkpoint FILE]``, ``--hf NAME`` (a ``save_pretrained`` folder, or a
+model type with random weights) or ``--preset NAME`` (random weights).
 
 Left: the image as the model sees it (its own resolution, crop and mean / std, undone for display)
 with the patch grid; every propagated patch is shaded by the block that propagated it (a colour
@@ -103,10 +105,12 @@ def draw(
     return shade
 
 
-def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, str]:
-    """The GTP model the arguments ask for, and how to name it."""
+def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[Any, str, Any]:
+    """The GTP model the arguments ask for, how to name it, and the preprocessing of the model it
+    comes from (timm's ``pretrained_cfg``, an HF image processor's config, the preset's)."""
     import gtp_ref
-    from gtp_ref.apps.loading import timm_model
+    from gtp_ref.apps.loading import gtp_from, hf_model, timm_model
+    from gtp_ref.apps.preprocess import Preprocessing
 
     changes = dict(
         num_prop=args.num_prop,
@@ -118,15 +122,23 @@ def build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[An
     if args.sparsity is not None:
         changes["sparsity"] = args.sparsity
     settings = paper_settings(args.preset, **changes).kwargs()
+    if args.checkpoint is not None and args.timm is None:
+        parser.error(
+            "--checkpoint goes with --timm NAME (an --hf folder holds its weights; load a state_dict "
+            "into a preset yourself)"
+        )
     try:
-        if args.timm is None:
-            if args.checkpoint is not None:
-                parser.error(
-                    "--checkpoint goes with --timm NAME (or load a state_dict into the preset yourself)"
-                )
-            return getattr(gtp_ref, args.preset)(**settings).eval(), f"{args.preset} (random weights)"
-        net = timm_model(args.timm, args.checkpoint)
-        return gtp_ref.from_timm(net, **settings), f"{args.timm} ({args.checkpoint or 'random weights'})"
+        if args.preset is not None:
+            model = getattr(gtp_ref, args.preset)(**settings).eval()
+            return model, f"{args.preset} (random weights)", Preprocessing.of(model)
+        if args.hf is not None:
+            net, name = hf_model(args.hf), f"{args.hf} (Hugging Face)"
+        else:
+            net, name = (
+                timm_model(args.timm, args.checkpoint),
+                f"{args.timm} ({args.checkpoint or 'random weights'})",
+            )
+        return gtp_from(net, **settings), name, Preprocessing.of(net)
     except (TypeError, ValueError) as e:
         parser.error(" ".join(str(e).split())[:300])
 
@@ -136,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("image", help="an image file Pillow can read")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--timm", metavar="NAME", help="a timm model name (random weights unless --checkpoint)")
+    src.add_argument(
+        "--hf",
+        metavar="NAME",
+        help="a Hugging Face model: a save_pretrained folder, or a model type (random weights)",
+    )
     src.add_argument("--preset", choices=list(FACTORIES), help="a gtp_ref preset (random weights)")
     p.add_argument("--checkpoint", metavar="FILE", help="with --timm: a state_dict to load")
     paper = paper_settings()  # the defaults: the paper's (theta per preset)
@@ -158,17 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, metavar="FILE.png")
     args = p.parse_args(argv)
     out = output_path(p, "--out", args.out, suffixes=[".png"])
-    from gtp_ref.apps.preprocess import Preprocessing, load_image
+    from gtp_ref.apps.preprocess import load_image
 
     try:
         image = load_image(args.image)
     except ValueError as e:
         p.error(str(e))
     torch.manual_seed(args.seed)
-    model, name = build(args, p)
+    model, name, pre = build(args, p)
     if args.block != "all" and not (args.block.isdigit() and int(args.block) < len(model.blocks)):
         p.error(f"--block {args.block!r}: a block index in [0, {len(model.blocks) - 1}] or 'all'")
-    pre = Preprocessing.of(model)
     x = pre(image)[None].to(next(model.parameters()).dtype)
     with torch.no_grad():
         trace = model.forward_trace(x, record=True)

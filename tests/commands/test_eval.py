@@ -12,9 +12,9 @@ import torch
 
 from gtp_ref import GTPSettings, GTPViT, paper_settings
 from gtp_ref.apps import eval as eval_command
-from gtp_ref.apps.eval import Setting, backbone_of, evaluate, reduced_model, settings_for
+from gtp_ref.apps.eval import Setting, evaluate, reduced_model, settings_for
 from gtp_ref.apps.images import ImageFolder
-from gtp_ref.apps.loading import read_state_dict
+from gtp_ref.apps.loading import backbone_of, read_state_dict
 from gtp_ref.config import PRESETS, ViTConfig
 from tests.helpers import command
 from tests.imagefiles import COLOURS, image_folder

@@ -3,6 +3,8 @@
 import doctest
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import import_timm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -10,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_readme_examples():
     import_timm()  # the first example puts GTP into a timm model
+    pytest.importorskip(
+        "transformers", reason="the second puts GTP into an HF model: pip install 'gtp-ref[hf]'"
+    )
     # A closing ``` fence (indented too, inside a list) would read as expected output: blank it out.
     text = "\n".join(
         "" if line.lstrip().startswith("```") else line

@@ -20,7 +20,11 @@ tiny smoke geometry; name ``--models deit_small`` for a measurement.
 ``--timm NAME [--checkpoint FILE]`` measures your timm model instead: the baseline is timm's own
 model (``baseline_fused``: timm's fused attention), GTP and ToMe come from it by
 ``gtp_ref.from_timm`` / ``tome_from_timm`` (random weights unless a checkpoint is given; the P
-values default to those of 4, 8, 12 and 16 that the model's token count allows).
+values default to those of 4, 8, 12 and 16 that the model's token count allows).  ``--hf NAME``
+does the same for a Hugging Face model (a ``save_pretrained`` folder, or a model type with random
+weights; no download): the baseline is the HF model returning its result tensor (its logits or
+pooled output; HF's attention implementation, sdpa by default), GTP and ToMe come from
+``gtp_ref.from_hf`` / ``tome_from_hf``.
 """
 
 import argparse
@@ -65,6 +69,12 @@ def add_arguments(sub: Any) -> None:
         default=None,
         metavar="NAME",
         help="measure this timm model (timm.create_model(NAME)) instead of --models",
+    )
+    tp.add_argument(
+        "--hf",
+        default=None,
+        metavar="NAME",
+        help="measure this Hugging Face model (a save_pretrained folder or a model type) instead of --models",
     )
     tp.add_argument(
         "--checkpoint",
@@ -118,23 +128,29 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from gtp_ref.cli import output_path
 
     cuda = args.device == "cuda"
-    if args.timm is not None:
+    foreign = "--timm" if args.timm is not None else "--hf" if args.hf is not None else None
+    if args.timm is not None and args.hf is not None:
+        parser.error("--timm and --hf: measure one model or the other")
+    if args.checkpoint is not None and args.timm is None:
+        parser.error(
+            "--checkpoint needs --timm NAME (the presets load no weights; an --hf folder holds its own)"
+        )
+    if foreign is not None:
         if args.img_size is not None:
             parser.error(
-                "--img-size goes with the presets (--models); a timm model runs at the size it was built for"
+                f"--img-size goes with the presets (--models); a {foreign} model runs at the size "
+                "it was built for"
             )
-        _validate_timm(parser, args)
-    elif args.checkpoint is not None:
-        parser.error("--checkpoint needs --timm NAME (the presets load no weights)")
+        _load_foreign(parser, args, foreign)
     args.models = args.models or (
         ["deit_small", "deit_base", "vit_large", "eva_large"] if cuda else ["smoke"]
     )
     args.dtypes = args.dtypes or (["fp32", "fp16"] if cuda else ["fp32"])
     args.methods = args.methods or list(METHODS + GRAPHED if cuda else METHODS)
-    if args.timm is not None:
-        g = geometry(args.timm)
+    if foreign is not None:
+        g = geometry(args.models[0])
         unavailable = {
-            "baseline_explicit": "the baseline is timm's own model",
+            "baseline_explicit": f"the baseline is the {foreign} model itself",
             "pruned_free": "free pruning is measured on the presets (--models)",
         }
         if g.num_prefix_tokens > int(g.prefix.class_token) or g.positions.rope or g.positions.attn_bias:
@@ -144,10 +160,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             )
         asked = [m for m in args.methods if m.split("+")[0] in unavailable]
         if asked and set(args.methods) != set(METHODS + GRAPHED) and set(args.methods) != set(METHODS):
-            parser.error(f"--methods {asked[0]} with --timm: {unavailable[asked[0].split('+')[0]]}")
+            parser.error(f"--methods {asked[0]} with {foreign}: {unavailable[asked[0].split('+')[0]]}")
         args.methods = [m for m in args.methods if m.split("+")[0] not in unavailable]
     common.positive(parser, "--repeats", args.repeats)
-    if args.repeats < 5 and args.models != ["smoke"] and args.timm is None:
+    if args.repeats < 5 and args.models != ["smoke"] and foreign is None:
         parser.error(
             f"--repeats {args.repeats}: a measurement needs >= 5 rounds (the smoke model accepts fewer)"
         )
@@ -174,40 +190,42 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
 
 
-def _validate_timm(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--timm NAME [--checkpoint FILE]: timm importable, the model known and supported, the
-    checkpoint loadable -- all before anything is measured; args.models becomes [NAME]."""
-    from gtp_ref.apps.loading import timm_model
-    from gtp_ref.timm_models import timm_config
+def _load_foreign(parser: argparse.ArgumentParser, args: argparse.Namespace, option: str) -> None:
+    """--timm NAME [--checkpoint FILE] or --hf NAME: the library importable, the model known and
+    supported, the checkpoint loadable -- all before anything is measured; args.models becomes
+    [NAME]."""
+    from gtp_ref.apps.loading import backbone_of, hf_model, timm_model
 
+    name = args.timm if option == "--timm" else args.hf
     if args.models:
-        parser.error("--timm and --models: measure one or the other")
+        parser.error(f"{option} and --models: measure one or the other")
     try:
-        net = timm_model(args.timm, args.checkpoint)
+        net = timm_model(name, args.checkpoint) if option == "--timm" else hf_model(name)
     except ValueError as e:
         parser.error(
-            f"--timm {args.timm!r}{f' --checkpoint {args.checkpoint!r}' if args.checkpoint else ''}: {e}"
+            f"{option} {name!r}{f' --checkpoint {args.checkpoint!r}' if args.checkpoint else ''}: {e}"
         )
     try:
-        g = timm_config(net).replace(name=args.timm)
+        g = backbone_of(net).config.replace(name=name)
     except ValueError as e:
-        parser.error(f"--timm {args.timm!r}: {e}")
-    TIMM_MODELS[args.timm] = (net.eval(), g)
-    SCHEDULES[args.timm] = [P for P in (4, 8, 12, 16) if P * g.depth < g.num_image_tokens]
-    args.models = [args.timm]
+        parser.error(f"{option} {name!r}: {e}")
+    FOREIGN[name] = (net.eval(), g)
+    SCHEDULES[name] = [P for P in (4, 8, 12, 16) if P * g.depth < g.num_image_tokens]
+    args.models = [name]
 
 
-# --timm NAME: the timm model and its geometry, by name (filled by _validate_timm)
-TIMM_MODELS: dict[str, tuple[torch.nn.Module, ViTConfig]] = {}
+# --timm / --hf NAME: the model (an HFResult for --hf) and its geometry, by name (filled by _load_foreign)
+FOREIGN: dict[str, tuple[torch.nn.Module, ViTConfig]] = {}
 
 
 IMG_SIZE: dict[str, int] = {}  # --img-size, by model (filled by validate)
 
 
 def geometry(model: str) -> ViTConfig:
-    """The config of ``model``: a preset's, the smoke model's or a --timm model's (at --img-size)."""
-    if model in TIMM_MODELS:
-        return TIMM_MODELS[model][1]
+    """The config of ``model``: a preset's, the smoke model's (at --img-size) or a --timm / --hf
+    model's."""
+    if model in FOREIGN:
+        return FOREIGN[model][1]
     g = SMOKE if model == "smoke" else PRESETS[model]
     return g.replace(img_size=IMG_SIZE[model]) if model in IMG_SIZE else g
 
@@ -235,8 +253,8 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
     from gtp_ref.tome import ToMeViT
 
     base = method.split("+")[0]
-    if model in TIMM_MODELS:
-        return _from_timm(TIMM_MODELS[model][0], base, P, device)
+    if model in FOREIGN:
+        return _from_foreign(FOREIGN[model][0], base, P, device)
     config = geometry(model)
     with torch.device(device):  # initialised where it runs: large models build in seconds, not minutes
         if base.startswith("baseline"):
@@ -255,19 +273,21 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
     return net.eval()
 
 
-def _from_timm(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn.Module:
-    """The timm model itself (the baseline, timm's fused attention) or GTP / ToMe made from it."""
+def _from_foreign(net: torch.nn.Module, base: str, P: int, device: str) -> torch.nn.Module:
+    """The --timm / --hf model itself (the baseline) or GTP / ToMe made from it."""
     import copy
 
-    from gtp_ref.timm_models import from_timm, tome_from_timm
+    from gtp_ref.apps.loading import gtp_from, tome_from
 
     if base == "baseline_explicit":
-        raise ValueError("--timm: baseline_explicit is not available (the baseline is timm's own model)")
+        raise ValueError(
+            "baseline_explicit is not available for --timm / --hf (the baseline is the model itself)"
+        )
     if base == "baseline_fused":
         return copy.deepcopy(net).to(device).eval()
     if base == "tome":
-        return tome_from_timm(net, r=P).to(device).eval()
-    return from_timm(net, **paper_settings(num_prop=P, backend=base.split("_")[1]).kwargs()).to(device).eval()
+        return tome_from(net, r=P).to(device).eval()
+    return gtp_from(net, **paper_settings(num_prop=P, backend=base.split("_")[1]).kwargs()).to(device).eval()
 
 
 def expected_speedup(g: ViTConfig, method: str, P: int) -> float:
