@@ -104,6 +104,12 @@ def _tower(model: nn.Module) -> tuple[nn.Module, str]:
         if name.endswith("WithProjection")
         else "base"
     )
+    if role == "base" and getattr(getattr(model, "config", None), "text_config", None) is not None:
+        raise ValueError(
+            f"model is a {name}, a model of images and text, whose result is not the vision model's: "
+            "convert its vision model (model.vision_model), or the *VisionModelWithProjection for "
+            "the image embedding"
+        )
     if role == "base" and getattr(model, "embeddings", None) is None:
         tower = _get(model, "vision_model", "vision_tower")
         if tower is None:

@@ -24,6 +24,15 @@ from gtp_ref.conformance.strategies import (  # noqa: F401  (re-exported for the
 )
 from gtp_ref.tome import ToMeViT
 
+# an HF vision model's config keywords, tiny: 2 blocks of width 32 over 32 px images in 8 px patches
+HF_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+)
 BACKENDS = NAMES  # every backend of the registry: a new backend inherits every test that uses it
 # Where the fast backend's Triton kernels run here: "cuda" (compiled), "cpu" (TRITON_INTERPRET=1), or None.
 TRITON = fast.TRITON_DEVICE if fast.TRITON_DEVICE != "cuda" or torch.cuda.is_available() else None

@@ -10,19 +10,11 @@ import pytest
 import torch
 
 from gtp_ref.hf_models import from_hf, hf_backbone, hf_result, tome_from_hf
-from tests.helpers import replay_pruning
+from tests.helpers import HF_TINY, replay_pruning
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'gtp-ref[hf]')")
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    image_size=32,
-    patch_size=8,
-    num_labels=5,
-)
+TINY = dict(HF_TINY, num_labels=5)
 
 # (what it covers, model type, class (None: AutoModel; "clip" / "siglip": the classification model of the
 # composite config), config changes)
@@ -346,6 +338,17 @@ def test_each_kind_of_architecture_it_cannot_represent_is_refused_with_why(model
         model = named(config)
     with pytest.raises(ValueError, match=message):
         hf_backbone(model)
+
+
+def test_a_model_of_images_and_text_is_refused_with_what_to_convert():
+    """CLIPModel's result is neither its vision model's pooled output nor one tensor: refused,
+    naming what converts instead."""
+    config = transformers.CLIPConfig(
+        vision_config=HF_TINY,
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+    )
+    with pytest.raises(ValueError, match=r"CLIPModel, a model of images and text.*model.vision_model"):
+        from_hf(transformers.CLIPModel(config))
 
 
 def test_a_model_without_a_vision_tower_is_refused():

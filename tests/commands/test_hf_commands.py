@@ -13,19 +13,10 @@ from gtp_ref.apps import support, vis
 from gtp_ref.apps.bench import __main__ as bench
 from gtp_ref.apps.loading import HFResult, backbone_of, gtp_from, hf_model, tome_from
 from gtp_ref.apps.preprocess import Preprocessing
-from tests.helpers import command
+from tests.helpers import HF_TINY, command
 from tests.imagefiles import image_folder
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install 'gtp-ref[hf]')")
-
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    image_size=32,
-    patch_size=8,
-)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +24,7 @@ def saved(tmp_path_factory):
     """A ViT classifier of 3 classes and its image processor, as save_pretrained writes them."""
     folder = tmp_path_factory.mktemp("hf") / "vit"
     torch.manual_seed(0)
-    transformers.ViTForImageClassification(transformers.ViTConfig(**TINY, num_labels=3)).save_pretrained(
+    transformers.ViTForImageClassification(transformers.ViTConfig(**HF_TINY, num_labels=3)).save_pretrained(
         folder
     )
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
@@ -73,7 +64,7 @@ def test_an_image_processors_crop_gives_crop_pct():
 def test_a_model_type_builds_with_random_weights_and_classes():
     net = hf_model("vit", num_classes=4)
     assert type(net.model).__name__ == "ViTForImageClassification" and net.num_classes == 4
-    base = transformers.Dinov2Model(transformers.Dinov2Config(**TINY))
+    base = transformers.Dinov2Model(transformers.Dinov2Config(**HF_TINY))
     assert HFResult(base).num_classes == 0  # a base model: its result is its pooled output
 
 
@@ -127,7 +118,7 @@ def test_eval_takes_a_saved_hf_classifier(saved, tmp_path):
 def test_eval_refuses_what_it_cannot_evaluate_in_one_line(saved, tmp_path, args, message):
     root = image_folder(tmp_path / "val", per_class=1, size=16)
     base = tmp_path / "dinov2"  # a base model: no classifier
-    transformers.Dinov2Model(transformers.Dinov2Config(**TINY)).save_pretrained(base)
+    transformers.Dinov2Model(transformers.Dinov2Config(**HF_TINY)).save_pretrained(base)
     fill = {"{saved}": str(saved), "{base}": str(base)}
     r = command(eval_command.main, root, *[fill.get(a, a) for a in args])
     assert r.returncode == 2 and message in r.stderr, r.stderr[-1000:]
