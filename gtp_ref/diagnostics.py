@@ -121,3 +121,24 @@ def tome_margin(trace: "ToMeTrace") -> float:
 def margin(trace: "GTPTrace | ToMeTrace") -> float:
     """The closest call of a recorded GTP or ToMe forward pass (``gtp_margin`` / ``tome_margin``)."""
     return tome_margin(trace) if hasattr(trace, "metrics") else gtp_margin(trace)
+
+
+def unreceived(trace: "GTPTrace") -> list[int]:
+    """Per block, how many propagated patches no kept token received (over the batch): no kept
+    token is their neighbour in Â, so GTP drops their features (the authors' code counts them in
+    its ``missing`` debug file) and the restore map sends them to the nearest kept patch.  Needs
+    a trace recorded with ``forward_trace(x, record=True)`` of a model with propagation='graph'."""
+    prov = trace.provenance
+    if prov is None:
+        raise ValueError("unreceived needs a trace recorded with forward_trace(x, record=True)")
+    if len(prov.edges) != sum(layer.prop is not None for layer in trace.layers):
+        raise ValueError("unreceived needs a model with propagation='graph' (the others have no receivers)")
+    edges = {int(e["block"]): e for e in prov.edges}
+    counts = []
+    for l in range(len(trace.layers)):
+        propagated = prov.propagated_at == l  # (B, n)
+        received = torch.zeros_like(propagated)
+        if l in edges:
+            received[edges[l]["image"], edges[l]["src"]] = True
+        counts.append(int((propagated & ~received).sum()))
+    return counts

@@ -6,6 +6,7 @@ ops come from a backend object (``gtp_ref.backends``: dense, sparse or fast); th
 ``gtp_ref.vit`` (timm's layout, so timm checkpoints of a plain ViT load unchanged).
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import Tensor
 from gtp_ref._checks import prefix_count
 from gtp_ref.backends import Backend, get_backend
 from gtp_ref.config import ViTConfig
+from gtp_ref.restore import Tokens, gtp_step, receiver_weights, start
 from gtp_ref.select import sparsity_k
 from gtp_ref.settings import GTPSettings
 from gtp_ref.vit import Block, PostNormBlock, ViT
@@ -64,6 +66,9 @@ class GTPTrace:
     num_neighbours: int | None = None  # M of the semantic graph built; None: no semantic graph
     graph_input: Tensor | None = None  # (B, n, C) the image tokens the graph was built from (record=True)
     provenance: Provenance | None = None  # where every patch went (record=True)
+    taken: list[Tokens] = field(
+        default_factory=list
+    )  # the Tokens after the blocks asked for (forward_blocks)
 
     @property
     def tokens_per_layer(self) -> list[int]:
@@ -99,29 +104,38 @@ class GTPRun:
         None  # with attn_bias: the running block's relative-position bias of the current tokens
     )
     provenance: Provenance | None = None
+    restore: Tensor | None = None  # (B, n, n_l) the restore map R of the current image tokens (restore.py)
+    grid: tuple[int, int] = (0, 0)  # the patch grid, for the restore map's nearest-patch rule
 
     def track(self, layer: LayerTrace) -> None:
-        """After block ``self.block``'s selection: the kept tokens' patches (``ids``), and with
-        ``record`` which patches it propagates, along which edges."""
+        """After block ``self.block``'s selection: the kept tokens' patches (``ids``), the restore
+        map, and with ``record`` which patches it propagates, along which edges."""
         if self.ids is None:
             return
         # (B, P), (B, n - P)
         prop_ids, kept_ids = (self.ids.gather(1, layer.prop), self.ids.gather(1, layer.kept))
         mean_token = self.ids.new_full((self.ids.shape[0], 1), -1)
         self.ids = kept_ids if self.propagation != "mean" else torch.cat([kept_ids, mean_token], dim=1)
+        A_KP = None  # (B, n - P, P): the edges from the removed tokens to the kept ones
+        if self.graph is not None and (
+            self.restore is not None or (self.record and self.propagation == "graph")
+        ):
+            A = self.ops.to_dense(self.graph).to(layer.prop.device)  # (B, n_l, n_l)
+            b = torch.arange(A.shape[0], device=A.device)[:, None, None]
+            A_KP = A[b, layer.kept[:, :, None], layer.prop[:, None, :]]  # Â[K, P] of each image
+        if self.restore is not None:
+            W = (
+                None
+                if self.propagation == "mean"
+                else receiver_weights(A_KP.to(self.restore.dtype), prop_ids, kept_ids, self.grid)
+            )
+            self.restore = gtp_step(self.restore, layer.kept, layer.prop, W)
         if not self.record:
             return
         b = torch.arange(prop_ids.shape[0], device=prop_ids.device)[:, None].expand_as(prop_ids)
         real = prop_ids >= 0
         self.provenance.propagated_at[b[real], prop_ids[real]] = self.block
         if self.propagation == "graph":
-            A = self.ops.to_dense(self.graph).to(layer.prop.device)  # (B, n_l, n_l)
-            # (B, n - P, P)
-            A_KP = (
-                torch.stack([a[k][:, p] for a, k, p in zip(A, layer.kept, layer.prop)])
-                if len(A)
-                else A.new_zeros(0, *kept_ids.shape[1:], prop_ids.shape[1])
-            )
             image, i, j = (A_KP != 0).nonzero(as_tuple=True)
             self.provenance.edges.append(
                 {
@@ -297,6 +311,23 @@ class GTPViT(ViT):
         ``record=True`` also keeps the attention maps and the graph's input, for
         ``gtp_ref.diagnostics`` (and takes the explicit attention path, which has the maps).
         """
+        trace, run, x = self._run(x, generator, record)
+        trace.logits = self.forward_head(x, run.token_sizes)
+        return trace
+
+    def _run(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        record: bool = False,
+        tokens: bool = False,
+        restore: bool = False,
+        take: Collection[int] = (),
+        stop: int | None = None,
+    ) -> tuple[GTPTrace, GTPRun, Tensor]:
+        """The blocks (up to block ``stop``): the trace, the run's final state and the tokens after
+        them [B, N_L, C].  ``tokens`` tracks each token's patch, ``restore`` the restore map too;
+        ``trace.taken`` gets the Tokens after each block in ``take``."""
         x = self.embed(x)  # (B, N, C)
         c = self.num_prefix_tokens
         run = GTPRun(
@@ -308,22 +339,31 @@ class GTPViT(ViT):
             bool(c) if c <= 1 else c,
             generator=generator,
             record=record,
+            grid=self.grid,
         )
         trace = GTPTrace(sparsity=self.sparsity)
         n = self.num_image_tokens
-        if record or self.config.positions.rope is not None or self.config.positions.attn_bias:
+        if record or tokens or self.config.positions.rope is not None or self.config.positions.attn_bias:
             run.ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
+        if restore:
+            run.restore = start(x.shape[0], n, torch.promote_types(x.dtype, torch.float32), x.device)
         if record:
             run.provenance = trace.provenance = Provenance(torch.full((x.shape[0], n), -1, device=x.device))
-        if self.propagation == "graph" and any(self.num_prop):  # only graph propagation reads a graph
+        # graph propagation reads a graph; pruning's restore map reads the one it would have used
+        if any(self.num_prop) and (self.propagation == "graph" or (restore and self.propagation == "none")):
             run.graph = self.ops.token_graph(x[:, c:], self.grid, self.graph, self.num_neighbours)
+        if self.propagation == "graph" and any(self.num_prop):
             trace.num_neighbours = None if self.graph == "spatial" else self.num_neighbours
             trace.graph_input = x[:, c:] if record else None
         run.token_sizes = x.new_ones(x.shape[:2]) if self.token_scale else None  # (B, N)
         for l, (block, P) in enumerate(zip(self.blocks, self.num_prop)):
+            if stop is not None and l > stop:
+                break
             run.block, run.rope_rows, run.bias = l, self.rope_rows_for(l, run.ids), self.bias_for(l, run.ids)
             x, layer = block(x, P, run)  # (B, N_l - P, C)
             trace.layers.append(layer)
+            if l in take:
+                trace.taken.append(self._tokens_of(x, run))
         trace.final_tokens = x.shape[1]
         if record:
             sizes = x.new_ones(x.shape[:2]) if run.token_sizes is None else run.token_sizes  # (B, N_L)
@@ -332,8 +372,21 @@ class GTPViT(ViT):
             b = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(run.ids)
             final[b[real], run.ids[real]] = sizes[:, c:][real]
             trace.provenance.final_sizes = final
-        trace.logits = self.forward_head(x, run.token_sizes)
-        return trace
+        return trace, run, x
+
+    def _tokens_of(self, x: Tensor, run: GTPRun) -> Tokens:
+        """The Tokens of x [B, N_l, C] at this point of ``run``."""
+        c = self.num_prefix_tokens
+        patches = torch.cat([run.ids.new_full((x.shape[0], c), -1), run.ids], dim=1)  # (B, N_l)
+        sizes = x.new_ones(x.shape[:2]) if run.token_sizes is None else run.token_sizes
+        return Tokens(x, patches, sizes, c, self.grid, run.restore)
+
+    def forward_blocks(
+        self, x: Tensor, *, restore: bool = False, take: Collection[int] = (), stop: int | None = None
+    ) -> tuple[Tokens, list[Tokens]]:
+        """``ViT.forward_blocks``, with GTP in every block."""
+        trace, run, x = self._run(x, tokens=True, restore=restore, take=take, stop=stop)
+        return self._tokens_of(x, run), trace.taken
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """[B, in_chans, H, W] -> logits [B, num_classes]."""

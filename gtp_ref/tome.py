@@ -19,6 +19,7 @@ pin it down.  Tie rules (the paper leaves them open): a best match ties to the l
 equally similar A tokens are merged lowest index first (and listed in that order).
 """
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from gtp_ref.config import ViTConfig
 from gtp_ref.graph import unit_rows
+from gtp_ref.restore import Tokens, merge_step, one_hot_map
 from gtp_ref.schedule import clamp_r, per_block
 from gtp_ref.vit import Block, PostNormBlock, ViT
 
@@ -89,6 +91,9 @@ class ToMeTrace:
     token_sizes: Tensor | None = None  # (B, N_final): how many input tokens each one holds
     class_token: bool = True
     metrics: list[Tensor | None] = field(default_factory=list)  # (B, N_l, d) per block (record=True)
+    # with forward_blocks: the token each patch is in (B, n), and the patch each token started as (B, N_l)
+    where: Tensor | None = None
+    patches: Tensor | None = None
 
 
 class ToMeBlock(Block):
@@ -108,9 +113,10 @@ class ToMeBlock(Block):
         metric = k.mean(dim=1)  # (B, N, d): the keys averaged over heads
         r = clamp_r(r, x.shape[1], int(trace.class_token))
         if r > 0:
-            x, trace.token_sizes = merge_wavg(
-                x, trace.token_sizes, bipartite_soft_matching(metric, r, trace.class_token)
-            )
+            match = bipartite_soft_matching(metric, r, trace.class_token)
+            if trace.where is not None:
+                trace.where, trace.patches = merge_step(trace.where, trace.patches, *match)
+            x, trace.token_sizes = merge_wavg(x, trace.token_sizes, match)
         trace.merged.append(r)
         trace.metrics.append(metric if record else None)
         return self.mlp_add(x)
@@ -170,6 +176,31 @@ class ToMeViT(ViT):
             x = block(x, r, trace, self.fused_attn, record)
         trace.logits = self.forward_head(x, trace.token_sizes)
         return trace
+
+    def forward_blocks(
+        self, x: Tensor, *, restore: bool = False, take: Collection[int] = (), stop: int | None = None
+    ) -> tuple[Tokens, list[Tokens]]:
+        """``ViT.forward_blocks`` with ToMe in every block: each patch is restored from the token it
+        was merged into (``gtp_ref.restore.merge_step``)."""
+        x = self.embed(x)  # (B, N, C)
+        B, c, n = x.shape[0], self.num_prefix_tokens, self.num_image_tokens
+        trace = ToMeTrace(token_sizes=x.new_ones(x.shape[:2]), class_token=self.config.prefix.class_token)
+        trace.where = (c + torch.arange(n, device=x.device)).expand(B, n)  # (B, n)
+        trace.patches = torch.cat([torch.full((c,), -1), torch.arange(n)]).to(x.device).expand(B, c + n)
+        taken = []
+        dtype = torch.promote_types(x.dtype, torch.float32)
+
+        def tokens() -> Tokens:
+            R = one_hot_map(trace.where, c, x.shape[1], dtype) if restore else None
+            return Tokens(x, trace.patches, trace.token_sizes, c, self.grid, R)
+
+        for l, (block, r) in enumerate(zip(self.blocks, self.r)):
+            if stop is not None and l > stop:
+                break
+            x = block(x, r, trace, self.fused_attn)
+            if l in take:
+                taken.append(tokens())
+        return tokens(), taken
 
     def forward(self, x: Tensor) -> Tensor:
         """[B, in_chans, H, W] -> logits [B, num_classes]."""

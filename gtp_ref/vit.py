@@ -8,7 +8,8 @@ both (``gtp_ref.model``, ``gtp_ref.tome``).
 """
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -17,7 +18,10 @@ from torch import Tensor, nn
 from gtp_ref.attention import Attention
 from gtp_ref.config import ViTConfig
 from gtp_ref.layers import FOREIGN_KEYS, AttentionPool, LayerScale, axial_rope_table, mlp_layer, norm_layer
-from gtp_ref.validate import flag
+from gtp_ref.restore import Tokens, start
+from gtp_ref.validate import choice, flag, integer
+
+OUTPUT_FORMATS = ("NCHW", "NLC")  # forward_intermediates' output_fmt, as timm's
 
 
 class PatchEmbed(nn.Module):
@@ -333,3 +337,89 @@ class ViT(nn.Module):
         for l, block in enumerate(self.blocks):
             x = block(x, self.fused_attn, self.rope_rows_for(l), self.bias_for(l))
         return self.forward_head(x)
+
+    # ---- tokens and dense features (docs/features.md); the reduced models override forward_blocks ----
+    def forward_blocks(
+        self, x: Tensor, *, restore: bool = False, take: Collection[int] = (), stop: int | None = None
+    ) -> tuple[Tokens, list[Tokens]]:
+        """The blocks on images x (up to block ``stop``, 0-based; None: all): the Tokens after the
+        last one run, before the final norm, and those after each block in ``take``; with
+        ``restore``, each with its restore map (``gtp_ref.restore``; here the identity)."""
+        x = self.embed(x)  # (B, N, C)
+        B, c, n = x.shape[0], self.num_prefix_tokens, self.num_image_tokens
+        patches = torch.cat([torch.full((c,), -1), torch.arange(n)]).to(x.device).expand(B, c + n)
+        R = start(B, n, torch.promote_types(x.dtype, torch.float32), x.device) if restore else None
+        taken = []
+        for l, block in enumerate(self.blocks):
+            if stop is not None and l > stop:
+                break
+            x = block(x, self.fused_attn, self.rope_rows_for(l), self.bias_for(l))
+            if l in take:
+                taken.append(Tokens(x, patches, x.new_ones(x.shape[:2]), c, self.grid, R))
+        return Tokens(x, patches, x.new_ones(x.shape[:2]), c, self.grid, R), taken
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """timm's ``forward_features``: the tokens after the last block and the final norm (the
+        identity where the model pools before an ``fc_norm``), [B, N_L, C] -- the prefix tokens,
+        then the image tokens that remain."""
+        return self.norm(self.forward_blocks(x)[0].tokens)
+
+    def forward_tokens(self, x: Tensor, *, restore: bool = False) -> Tokens:
+        """``forward_features`` with where each token came from (``gtp_ref.restore.Tokens``): the
+        patch each token started as, its size and, with ``restore=True``, the restore map that
+        ``Tokens.to_grid`` applies."""
+        tokens, _ = self.forward_blocks(x, restore=restore)
+        return replace(tokens, tokens=self.norm(tokens.tokens))
+
+    def forward_dense(self, x: Tensor) -> Tensor:
+        """The final features on the full patch grid, [B, C, h, w]: ``forward_features``' image
+        tokens restored by the rule of docs/spec.md ("Tokens and dense features")."""
+        return self.forward_tokens(x, restore=True).to_grid()
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[Tensor, list[Any]]:
+        """timm's ``forward_intermediates``: the outputs of the blocks ``indices`` (an int n: the
+        last n; a list: those blocks, negative from the end; None: all), each restored to the full
+        patch grid -- [B, C, h, w] (``output_fmt="NCHW"``) or [B, h w, C] ("NLC") -- and, with
+        ``return_prefix_tokens``, paired with its prefix tokens [B, c, C] (where the model has
+        any).  ``norm`` applies the final norm to them first; ``stop_early`` runs no block after
+        the last one asked for.  Returns the list (``intermediates_only``) or (the final tokens,
+        normed, [B, N_L, C], the list)."""
+        take = take_indices(len(self.blocks), indices)
+        choice("output_fmt", output_fmt, OUTPUT_FORMATS)
+        return_prefix_tokens, norm = flag("return_prefix_tokens", return_prefix_tokens), flag("norm", norm)
+        stop_early, intermediates_only = (
+            flag("stop_early", stop_early),
+            flag("intermediates_only", intermediates_only),
+        )
+        last, taken = self.forward_blocks(x, restore=True, take=take, stop=max(take) if stop_early else None)
+        out: list[Any] = []
+        for t in taken:
+            t = replace(t, tokens=self.norm(t.tokens)) if norm else t
+            spatial = t.to_grid() if output_fmt == "NCHW" else t.restored()
+            out.append((spatial, t.prefix) if return_prefix_tokens and t.num_prefix_tokens else spatial)
+        return out if intermediates_only else (self.norm(last.tokens), out)
+
+
+def take_indices(depth: int, indices: int | Sequence[int] | None) -> list[int]:
+    """The blocks ``forward_intermediates`` returns, as timm's ``feature_take_indices``: None, all;
+    an int n, the last n (1 <= n <= depth); a sequence, those (-depth <= i < depth), ascending."""
+    if indices is None:
+        return list(range(depth))
+    if not isinstance(indices, Sequence):
+        count = integer("indices", indices, minimum=1, maximum=depth)
+        return list(range(depth - count, depth))
+    if isinstance(indices, str) or not indices:
+        raise ValueError(
+            f"indices must be an int, a non-empty sequence of block indices or None, got {indices!r}"
+        )
+    blocks = [integer("indices", i, minimum=-depth, maximum=depth - 1) % depth for i in indices]
+    return sorted(set(blocks))

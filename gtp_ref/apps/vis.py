@@ -8,7 +8,9 @@ with the patch grid; every propagated patch is shaded by the block that propagat
 per block), and the graph edges along which its features went to kept patches are drawn (for
 ``--block B``, or for every block with ``--block all``; line width by edge weight).  Right: the
 final token size of every patch (how much of the image each remaining token carries; blank:
-propagated).  The GTP settings default to the paper's (P = 8, mixed graph, mixed_attn_max,
+propagated).  ``--features`` adds a row below: the unreduced model's final features and the reduced
+model's restored to the full grid (``forward_dense``), coloured by the unreduced features' first
+three principal components.  The GTP settings default to the paper's (P = 8, mixed graph, mixed_attn_max,
 theta = 0.6, alpha = 0.1, token sizes on); ``--num-prop`` etc. change them.
 """
 
@@ -50,8 +52,11 @@ def draw(
     block: str,
     title: str,
     path: str,
+    dense: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The two panels, written to ``path`` (1400 x 650 px); returns the overlay drawn on the image."""
+    """The two panels, written to ``path`` (1400 x 650 px), and with ``dense`` (the unreduced and
+    the restored features as RGB, [h, w, 3] each) two more below them (1400 x 1300 px); returns
+    the overlay drawn on the image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +66,9 @@ def draw(
     cmap = plt.get_cmap("viridis")
     blocks = shading(trace, grid)
     shade = overlay(blocks, depth, patch, cmap)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 6.5), constrained_layout=True)
+    rows = 1 if dense is None else 2
+    fig, axes = plt.subplots(rows, 2, figsize=(14, 6.5 * rows), constrained_layout=True, squeeze=False)
+    ax, ax2 = axes[0]
     ax.imshow(image)
     ax.imshow(shade)
     h, w = grid
@@ -99,6 +106,16 @@ def draw(
     im = ax2.imshow(np.ma.masked_equal(sizes, 0.0), cmap="magma")
     fig.colorbar(im, ax=ax2, label="token size at the end (1 = the patch alone)")
     ax2.set(title="final token sizes per patch (blank: propagated)", xticks=[], yticks=[])
+    if dense is not None:
+        for a, rgb, what in zip(
+            axes[1], dense, ("the unreduced model's", "GTP's, restored to the full grid")
+        ):
+            a.imshow(rgb, interpolation="nearest")
+            a.set(
+                title=f"final features per patch: {what}\n(PCA of the unreduced features as RGB)",
+                xticks=[],
+                yticks=[],
+            )
     fig.suptitle(title)
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
@@ -171,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--alpha", type=float, default=paper.alpha)
     p.add_argument("--block", default="all", help="whose edges to draw: a block index or 'all' (default)")
+    p.add_argument(
+        "--features", action="store_true", help="add the unreduced and the restored final features"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--out", required=True, metavar="FILE.png")
     args = p.parse_args(argv)
@@ -188,6 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = pre(image)[None].to(next(model.parameters()).dtype)
     with torch.no_grad():
         trace = model.forward_trace(x, record=True)
+        dense = None
+        if args.features:
+            from gtp_ref.apps.features import pca_colours
+
+            restored, num_prop = model.forward_dense(x), model.num_prop
+            model.num_prop = 0
+            unreduced = model.forward_dense(x)
+            model.num_prop = num_prop
+            colours = pca_colours({"unreduced": unreduced[0], "restored": restored[0]})
+            dense = colours["unreduced"], colours["restored"]
     shown = np.asarray(pre.crop(image)) / 255.0
     patch = model.config.patches.img_size[0] // model.grid[0]
     title = (
@@ -197,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def write() -> list:
-        draw(shown, trace, model.grid, patch, len(model.blocks), args.block, title, str(out))
+        draw(shown, trace, model.grid, patch, len(model.blocks), args.block, title, str(out), dense)
         return [out]
 
     return write_files(p, "--out", [out], write)

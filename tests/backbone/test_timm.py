@@ -268,9 +268,33 @@ def rel_err(got, want):
     return ((got - want).abs().max() / want.abs().max()).item()
 
 
+def same_features_and_intermediates(what, model, gtp, x):
+    with torch.no_grad():
+        assert rel_err(gtp.forward_features(x), model.forward_features(x)) <= 1e-12, what
+        if not hasattr(model, "forward_intermediates"):
+            return
+        for kw in (
+            dict(indices=1),
+            dict(indices=[0], norm=True, output_fmt="NLC"),
+            dict(return_prefix_tokens=True),
+        ):
+            try:
+                want_final, want = model.forward_intermediates(x, **kw)
+            except UnboundLocalError:  # timm 1.0.31's VisionTransformerRelPos without prefix tokens
+                continue
+            got_final, got = gtp.forward_intermediates(x, **kw)
+            assert rel_err(got_final, want_final) <= 1e-12 and len(got) == len(want), (what, kw)
+            for a, b in zip(got, want):
+                pairs = zip(a, b) if isinstance(a, tuple) else [(a, b)]
+                for g, w in pairs:
+                    assert g.shape == w.shape and (w.numel() == 0 or rel_err(g, w) <= 1e-12), (what, kw)
+
+
 @pytest.mark.parametrize("what, name, kwargs", SUPPORTED, ids=[s[0] for s in SUPPORTED])
 def test_no_reduction_is_the_timm_model(what, name, kwargs):
-    """num_prop = 0, sparsity = 1: GTP's logits are the timm model's (float64: rel <= 1e-12)."""
+    """num_prop = 0, sparsity = 1: GTP's logits are the timm model's (float64: rel <= 1e-12), and
+    so are forward_features and forward_intermediates (NCHW and NLC, normed or not, with the prefix
+    tokens) wherever timm implements them; ToMe's logits at r = 0 where ToMe is defined."""
     model = timm_model(name, kwargs)
     x = images(model)
     gtp = from_timm(model, num_prop=0, sparsity=1.0)
@@ -278,6 +302,7 @@ def test_no_reduction_is_the_timm_model(what, name, kwargs):
     with torch.no_grad():
         want, got = model(x), gtp(x)
     assert got.shape == want.shape and rel_err(got, want) <= 1e-12, (what, rel_err(got, want))
+    same_features_and_intermediates(what, model, gtp, x)
     positions = gtp.config.positions
     # ToMe: [CLS] only
     if (

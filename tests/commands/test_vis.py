@@ -65,6 +65,14 @@ def test_the_overlay_shades_exactly_the_propagated_patches_by_block():
                 assert np.allclose(patch[..., :3], plt.get_cmap("viridis")(blocks[r, c] / 2)[:3])
 
 
+def test_vis_adds_the_unreduced_and_the_restored_features(tmp_path):
+    image, out = scene(tmp_path / "scene.png"), tmp_path / "gtp.png"
+    r = command(vis.main, image, "--preset", "deit_tiny", "--num-prop", "8", "--features", "--out", out)
+    assert r.returncode == 0 and f"wrote {out}" in r.stdout, r.stderr
+    png = out.read_bytes()
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (1400, 1300)
+
+
 def test_vis_command_draws_the_figure(tmp_path):
     image, out = scene(tmp_path / "scene.png"), tmp_path / "gtp.png"
     r = subprocess.run(
