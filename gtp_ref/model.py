@@ -66,9 +66,8 @@ class GTPTrace:
     num_neighbours: int | None = None  # M of the semantic graph built; None: no semantic graph
     graph_input: Tensor | None = None  # (B, n, C) the image tokens the graph was built from (record=True)
     provenance: Provenance | None = None  # where every patch went (record=True)
-    taken: list[Tokens] = field(
-        default_factory=list
-    )  # the Tokens after the blocks asked for (forward_blocks)
+    # the Tokens after the blocks asked for (forward_blocks)
+    taken: list[Tokens] = field(default_factory=list)
 
     @property
     def tokens_per_layer(self) -> list[int]:
@@ -346,7 +345,7 @@ class GTPViT(ViT):
         if record or tokens or self.config.positions.rope is not None or self.config.positions.attn_bias:
             run.ids = torch.arange(n, device=x.device).expand(x.shape[0], n)
         if restore:
-            run.restore = start(x.shape[0], n, torch.promote_types(x.dtype, torch.float32), x.device)
+            run.restore = start(x, n)
         if record:
             run.provenance = trace.provenance = Provenance(torch.full((x.shape[0], n), -1, device=x.device))
         # graph propagation reads a graph; pruning's restore map reads the one it would have used

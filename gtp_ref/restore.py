@@ -80,9 +80,19 @@ class Tokens:
         return r.transpose(1, 2).reshape(r.shape[0], r.shape[2], h, w)
 
 
-def start(batch: int, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """R before the first block: every patch its own token, [B, n, n]."""
-    return torch.eye(n, dtype=dtype, device=device).expand(batch, n, n)
+def start(x: Tensor, n: int) -> Tensor:
+    """R before the first block, for the tokens x [B, N, C] of n patches: every patch its own
+    token, [B, n, n], in x's dtype (at least float32: the weights compose through the blocks)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return torch.eye(n, dtype=dtype, device=x.device).expand(x.shape[0], n, n)
+
+
+def first_patches(x: Tensor, num_prefix_tokens: int) -> Tensor:
+    """The patch each of the tokens x [B, c + n, C] starts as: -1 for the c prefix tokens, then
+    0 .. n - 1, [B, c + n]."""
+    c, n = num_prefix_tokens, x.shape[1] - num_prefix_tokens
+    ids = torch.cat([torch.full((c,), -1), torch.arange(n)]).to(x.device)
+    return ids.expand(x.shape[0], c + n)
 
 
 def nearest_kept(prop_patches: Tensor, kept_patches: Tensor, grid: tuple[int, int]) -> Tensor:

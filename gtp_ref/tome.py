@@ -28,7 +28,7 @@ from torch import Tensor
 
 from gtp_ref.config import ViTConfig
 from gtp_ref.graph import unit_rows
-from gtp_ref.restore import Tokens, merge_step, one_hot_map
+from gtp_ref.restore import Tokens, first_patches, merge_step, one_hot_map
 from gtp_ref.schedule import clamp_r, per_block
 from gtp_ref.vit import Block, PostNormBlock, ViT
 
@@ -186,7 +186,7 @@ class ToMeViT(ViT):
         B, c, n = x.shape[0], self.num_prefix_tokens, self.num_image_tokens
         trace = ToMeTrace(token_sizes=x.new_ones(x.shape[:2]), class_token=self.config.prefix.class_token)
         trace.where = (c + torch.arange(n, device=x.device)).expand(B, n)  # (B, n)
-        trace.patches = torch.cat([torch.full((c,), -1), torch.arange(n)]).to(x.device).expand(B, c + n)
+        trace.patches = first_patches(x, c)  # (B, N)
         taken = []
         dtype = torch.promote_types(x.dtype, torch.float32)
 

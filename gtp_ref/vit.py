@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from gtp_ref.attention import Attention
 from gtp_ref.config import ViTConfig
 from gtp_ref.layers import FOREIGN_KEYS, AttentionPool, LayerScale, axial_rope_table, mlp_layer, norm_layer
-from gtp_ref.restore import Tokens, start
+from gtp_ref.restore import Tokens, first_patches, start
 from gtp_ref.validate import choice, flag, integer
 
 OUTPUT_FORMATS = ("NCHW", "NLC")  # forward_intermediates' output_fmt, as timm's
@@ -346,9 +346,8 @@ class ViT(nn.Module):
         last one run, before the final norm, and those after each block in ``take``; with
         ``restore``, each with its restore map (``gtp_ref.restore``; here the identity)."""
         x = self.embed(x)  # (B, N, C)
-        B, c, n = x.shape[0], self.num_prefix_tokens, self.num_image_tokens
-        patches = torch.cat([torch.full((c,), -1), torch.arange(n)]).to(x.device).expand(B, c + n)
-        R = start(B, n, torch.promote_types(x.dtype, torch.float32), x.device) if restore else None
+        c, patches = self.num_prefix_tokens, first_patches(x, self.num_prefix_tokens)
+        R = start(x, self.num_image_tokens) if restore else None
         taken = []
         for l, block in enumerate(self.blocks):
             if stop is not None and l > stop:

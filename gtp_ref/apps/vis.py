@@ -213,9 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gtp_ref.apps.features import pca_colours
 
             restored, num_prop = model.forward_dense(x), model.num_prop
-            model.num_prop = 0
-            unreduced = model.forward_dense(x)
-            model.num_prop = num_prop
+            model.num_prop = 0  # the same weights, unreduced
+            try:
+                unreduced = model.forward_dense(x)
+            finally:
+                model.num_prop = num_prop
             colours = pca_colours({"unreduced": unreduced[0], "restored": restored[0]})
             dense = colours["unreduced"], colours["restored"]
     shown = np.asarray(pre.crop(image)) / 255.0
