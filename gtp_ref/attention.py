@@ -30,8 +30,14 @@ def softmax_map(
 ) -> Tensor:
     """softmax(q k^T + b + log s) for q already scaled: q, k [B, H, N, d], sizes s [B, N] or None,
     bias b [B or 1, H, N, N] or None -> [B, H, N, N] (the attention map's one definition; the
-    backends that compute it use it too)."""
+    backends that compute it use it too).
+
+    In reduced precision (float16 / bfloat16 logits, with autocast or without) the map is float32:
+    q k^T in its own dtype, then + b + log s and the softmax in float32 -- on the CPU as on CUDA,
+    whose autocast runs the softmax in float32 (docs/spec.md, "Reduced precision")."""
     logits = q @ k.transpose(-2, -1)  # (B, H, N, N)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     if bias is not None:
         logits = logits + bias
     if token_sizes is not None:
@@ -43,7 +49,7 @@ class ValueMix(nn.Module):
     """Att v with the heads concatenated: Att [B, H, N, N], v [B, H, N, d] -> [B, N, H d]."""
 
     def forward(self, attn: Tensor, v: Tensor) -> Tensor:
-        out = attn @ v  # (B, H, N, d)
+        out = attn.to(v.dtype) @ v  # (B, H, N, d): a reduced-precision model's float32 map in v's dtype
         B, H, N, d = out.shape
         return out.transpose(1, 2).reshape(B, N, H * d)
 

@@ -178,7 +178,7 @@ class GTPBlock(Block):
         """Attn(LN1 x) with the sparsified map [B, N, C], and the image tokens' scores (None without a
         selection): by the backend's fused attention where it has one for these inputs, else explicitly."""
         q, k, v = self.attn.heads(self.attn_in(x), run.rope_rows)  # (B, H, N, d)
-        if run.ops.attention is not None and not run.record and run.bias is None:
+        if run.ops.attention is not None and not run.record:
             kernels = run.ops.attention(
                 q * self.attn.scale,
                 k,
@@ -187,6 +187,7 @@ class GTPBlock(Block):
                 run.sparsity,
                 selection,
                 prefix_count(run.prefix_tokens),
+                run.bias,
             )
             if kernels is not None:
                 out, scores = kernels  # (B, N, H d), (B, n) or None

@@ -58,7 +58,7 @@ def outcome(call):
 
 @st.composite
 def attention_args(draw):
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.float16]))
     B, H, N = (
         draw(st.integers(0, 2)),
         draw(st.integers(0, 3)),
@@ -78,6 +78,12 @@ def attention_args(draw):
         sizes = sizes[:, :-1] if N else sizes.neg()
     elif malformed == 4 and sizes is not None and sizes.numel():
         sizes.view(-1)[0] = draw(st.sampled_from([-1.0, 0.0, float("nan"), float("inf")]))
+    bias = None
+    if draw(st.booleans()):  # a relative-position bias, one for all images or one each, in the map's dtype
+        rows = draw(st.sampled_from([1, B]))
+        bias = values(draw, (rows, H, N, N), torch.float64 if dtype == torch.float64 else torch.float32)
+        if malformed == 5:
+            bias = bias[..., : max(N - 1, 0)] if N else bias[None]
     theta = draw(st.sampled_from([1.0, 0.6, 0.3, 1e-9]))
     return (
         q,
@@ -87,26 +93,35 @@ def attention_args(draw):
         theta,
         draw(st.sampled_from(["mixed_attn_max", "cls_attn_mean", None])),
         draw(st.integers(0, 2)),
+        bias,
     )
 
 
 @examples
 @given(attention_args())
 def test_attention(args):
-    q, k, v, sizes, theta, selection, prefix = args
-    status, got = outcome(lambda: fast.attention(q, k, v, sizes, theta, selection, prefix))
-    if status == "ok" and got is not None and bool(torch.isfinite(q).all() and torch.isfinite(k).all()):
+    q, k, v, sizes, theta, selection, prefix, bias = args
+    status, got = outcome(lambda: fast.attention(q, k, v, sizes, theta, selection, prefix, bias))
+    finite = bool(torch.isfinite(q).all() and torch.isfinite(k).all())
+    if status == "ok" and got is not None and finite:
         from gtp_ref.attention import softmax_map
 
-        p = dense.sparsify_attention(softmax_map(q, k, sizes), theta)
-        want = (p @ v).transpose(1, 2).flatten(2)
-        tol = 1e-4 if q.dtype == torch.float32 else 1e-9
-        assert got[0].shape == want.shape and torch.allclose(got[0], want, rtol=tol, atol=tol, equal_nan=True)
+        p = dense.sparsify_attention(softmax_map(q, k, sizes, bias), theta)
+        want = (p.to(v.dtype) @ v).transpose(1, 2).flatten(2)
+        assert got[0].shape == want.shape and got[0].dtype == want.dtype
+        if q.dtype in (torch.float32, torch.float64):  # the half types' values: test_cpu_attention
+            tol = 1e-4 if q.dtype == torch.float32 else 1e-9
+            assert torch.allclose(got[0], want, rtol=tol, atol=tol, equal_nan=True)
     kth = q.shape[2] ** 2 // 2 if q.dim() == 4 else 0
     # in or beyond range
     outcome(
         lambda: cpu.attention_op(
-            q, k, v, None if sizes is None else sizes.log(), kth + (0 if theta == 1.0 else q.shape[2] ** 2)
+            q,
+            k,
+            v,
+            None if sizes is None else sizes.log(),
+            kth + (0 if theta == 1.0 else q.shape[2] ** 2),
+            bias,
         )
     )
 

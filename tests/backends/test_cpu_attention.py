@@ -41,48 +41,70 @@ def test_the_kernels_are_built_and_pass_their_self_test():
 
 
 THETAS = [1.0, 0.999, 0.9, 0.6, 0.3, 0.01]
+HALF = (torch.bfloat16, torch.float16)
 TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-14), torch.float32: dict(rtol=2e-5, atol=2e-6)}
+# Att v of the half types: rounded to them (eps 2^-8 / 2^-11), from a map rounded to them, whose
+# float32 entries may round the other way at a midpoint: a few of their units
+OUT_TOLERANCE = {torch.bfloat16: dict(rtol=2e-2, atol=2e-2), torch.float16: dict(rtol=3e-3, atol=3e-3)}
 
 
-def reference(q, k, v, log_s, kth):
+def reference(q, k, v, log_s, kth, bias=None):
     """What attention_op computes, in torch ops: (Att v [B, N, H, d], column sums, diagonal, first
-    row, thresholds, the unmasked map)."""
-    z = q @ k.transpose(-2, -1)  # (B, H, N, N)
+    row, thresholds, the unmasked map).  bfloat16 / float16 inputs: q k^T rounded to their dtype,
+    the map in float32, rounded to their dtype for Att v (docs/spec.md, "Reduced precision")."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    z = (q.to(acc) @ k.to(acc).transpose(-2, -1)).to(q.dtype).to(acc)  # (B, H, N, N)
+    if bias is not None:
+        z = z + bias.to(acc)
     if log_s is not None:
-        z = z + log_s[:, None, None, :]
+        z = z + log_s.to(acc)[:, None, None, :]
     p = z.softmax(-1)
     B, H, N, _ = p.shape
     tau = p.reshape(B, H, N * N).kthvalue(kth, -1).values if kth else p.new_full((B, H), float("-inf"))
     m = p.masked_fill(p < tau[..., None, None], 0.0)
-    return (m @ v).transpose(1, 2), m.sum(2), m.diagonal(dim1=-2, dim2=-1), m[:, :, 0], tau, p
+    out = (m.to(v.dtype).to(acc) @ v.to(acc)).to(v.dtype).transpose(1, 2)
+    return out, m.sum(2), m.diagonal(dim1=-2, dim2=-1), m[:, :, 0], tau, p
 
 
 @st.composite
 def heads(draw, max_tokens=130, max_dim=70):
     """q (scaled), k, v [B, H, N, d] as views of one qkv tensor (the model's layout), log s or None,
-    kth: maps of one entry to 130 tokens (beyond 90 the threshold comes from a sampled bracket),
-    head widths that do and do not fill the kernel's vectors, exact ties or none."""
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    a relative-position bias [1 or B, H, N, N] or None, kth: maps of one entry to 130 tokens
+    (beyond 90 the threshold comes from a sampled bracket), head widths that do and do not fill
+    the kernel's vectors, exact ties or none.  bfloat16 / float16: q, k, v on a grid of eighths
+    and heads of 1 to 64 (a scale of a power of 2), so that q k^T is exact in float32 in any order
+    of summation and rounds to their dtype as the reference's does."""
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, *HALF]))
     B, H = draw(st.integers(0, 2)), draw(st.integers(1, 3))
     N = draw(st.one_of(st.integers(1, 12), st.integers(88, max_tokens)))
-    d = draw(st.sampled_from([1, 5, 16, 32, 64, max_dim]))
+    half = dtype in HALF
+    d = draw(st.sampled_from([1, 4, 16, 64] if half else [1, 5, 16, 32, 64, max_dim]))
     ties = draw(st.booleans())
-    qkv = draw(tensors((B, N, 3, H, d), ties=ties, dtype=dtype, low=-2, high=2)).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, H, N, d) each, strided
+    if half:
+        qkv = draw(tensors((B, N, 3, H, d), ties=True, dtype=torch.float64, low=-16, high=16)) / 8
+    else:
+        qkv = draw(tensors((B, N, 3, H, d), ties=ties, dtype=dtype, low=-2, high=2))
+    q, k, v = qkv.to(dtype).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d) each, strided
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     log_s = (
-        draw(tensors((B, N), ties=ties, dtype=dtype, low=0, high=2)).add(1).log()
+        draw(tensors((B, N), ties=ties, dtype=acc, low=0, high=2)).add(1).log()
         if draw(st.booleans())
         else None
     )
+    bias = None
+    if draw(st.booleans()):
+        bias = draw(tensors((draw(st.sampled_from([1, B])), H, N, N), ties=ties, dtype=acc, low=-1, high=1))
+        bias = bias if draw(st.booleans()) else bias.transpose(-2, -1).contiguous().transpose(-2, -1)
     theta = draw(st.sampled_from(THETAS))
     kth = sparsity_k(N, theta) if theta < 1 else 0
-    return q * d**-0.5, k, v, log_s, kth
+    return q * d**-0.5, k, v, log_s, kth, bias
 
 
 @given(heads())
 def test_outputs_are_the_computation_in_torch(case):
-    q, k, v, log_s, kth = case
-    want = reference(q, k, v, log_s, kth)
+    q, k, v, log_s, kth, bias = case
+    want = reference(q, k, v, log_s, kth, bias)
+    acc = want[1].dtype
     if kth:  # the threshold is one entry, and no other lies within rounding of it: entries that
         # tie in one rounding (here: integer-valued q and k) need not tie in another
         p, tau = want[5], want[4][..., None, None]
@@ -90,12 +112,45 @@ def test_outputs_are_the_computation_in_torch(case):
         assume(
             gap.numel() == 0
             or ((p == tau).sum((-2, -1)) == 1).all()
-            and gap.amin() > 1e3 * torch.finfo(q.dtype).eps
+            and gap.amin() > 1e3 * torch.finfo(acc).eps
         )
-    got = cpu.attention_op(q, k, v, log_s, kth)
-    for name, a, b in zip(("Att v", "column sums", "diagonal", "first row", "thresholds"), got, want):
-        assert a.dtype == q.dtype and a.shape == b.shape, (name, a.shape, b.shape)
-        assert torch.allclose(a, b, **TOLERANCE[q.dtype]), (name, (a - b).abs().max(), q.shape, kth)
+    got = cpu.attention_op(q, k, v, log_s, kth, bias)
+    names = ("Att v", "column sums", "diagonal", "first row", "thresholds")
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+        tolerance = OUT_TOLERANCE[q.dtype] if name == "Att v" and q.dtype in HALF else TOLERANCE[acc]
+        assert torch.allclose(a.to(acc), b.to(acc), **tolerance), (name, (a - b).abs().max(), q.shape, kth)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_the_conversions_are_torchs(dtype):
+    """The kernel's float32 <-> bfloat16 / float16 conversions: every one of the 2^16 values back
+    to float32 exactly, and float32 values -- ties at the midpoints (to even), subnormals, the
+    largest finite values and beyond, infinities, NaN -- rounded as torch rounds them."""
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    _, back = cpu.convert(every.float(), dtype)
+    assert torch.equal(back.isnan(), every.isnan()) and torch.equal(
+        back.nan_to_num(), every.float().nan_to_num()
+    )
+    g = torch.Generator().manual_seed(0)
+    below = every.float()[every.isfinite()]
+    mids = (below[:-1] + below[1:]) / 2  # exactly halfway between neighbours (sorted by bits, both signs)
+    special = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 6e-8, 3e-8, 65504.0, 65519.99, 65520.0, 3.4e38, 1e39])
+    x = torch.cat(
+        [
+            mids,
+            special,
+            -special,
+            torch.randn(100_000, generator=g) * 10.0 ** torch.randint(-40, 39, (100_000,), generator=g),
+        ]
+    ).float()
+    x = torch.cat([x, torch.tensor([float("inf"), -float("inf"), float("nan")])])
+    bits, back = cpu.convert(x, dtype)
+    want = x.to(dtype)
+    assert torch.equal(bits.isnan(), want.isnan()) and torch.equal(
+        bits.float().nan_to_num(), want.float().nan_to_num()
+    ), x[(bits.float() != want.float()) & ~want.isnan()][:5]
+    assert torch.equal(back.nan_to_num(), want.float().nan_to_num())
 
 
 @given(st.integers(1, 130), st.sampled_from(THETAS[1:]), st.booleans(), st.integers(0, 2**31 - 1))
@@ -171,6 +226,92 @@ def test_models_on_the_kernel_equal_the_dense_reference(cfg, selection, ties, dt
         assert fast.attention_path(q, selection)[0] == "cpu", "the kernel is taken"
         trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
         got = model(x)
+    assume(margin(trace) > NEAR_TIE[dtype])
+    rtol, atol = (1e-7, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5)
+    assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (dtype, cfg)
+
+
+# Half types: decisions closer than this may fall either way between two roundings of the map
+# (logits rounded to bfloat16 / float16 differ by a unit, 2^-8 / 2^-11 relative, where their
+# float32 sums fall either side of a midpoint); logits within a few units of the dtype.
+HALF_NEAR_TIE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+HALF_RTOL = {dtype: 4 * torch.finfo(dtype).eps for dtype in HALF}
+
+
+@given(
+    configs(propagation="graph"),
+    st.sampled_from(COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")),
+    st.booleans(),
+    st.sampled_from(HALF),
+    st.booleans(),
+)
+def test_half_models_on_the_kernel_equal_the_dense_reference(cfg, selection, ties, half, autocast):
+    """bfloat16 / float16, under CPU autocast (a float32 model) or as the model's own dtype: the
+    kernel's map is the reference's float32 map (docs/spec.md, "Reduced precision"), so the
+    model's decisions are the dense reference's, barring those within rounding of a tie.  Under
+    autocast (float32 between the blocks' products) the logits agree within a few units of the
+    dtype; a model held in the half type rounds every step to it, and its LayerNorms of a few
+    channels amplify a unit of difference without bound, so there the decisions are compared."""
+    assume(cfg["class_token"] or not selection.startswith("cls_attn"))
+    cfg = {**cfg, "selection": selection}
+    dtype = torch.float32 if autocast else half
+    x = images_for(cfg, 2, ties=ties, dtype=dtype)
+    model = build({**cfg, "backend": "fast"}, dtype=dtype)
+    with torch.no_grad(), torch.autocast("cpu", half, enabled=autocast):
+        block = model.blocks[0]
+        q, _, _ = block.attn.heads(block.norm1(model.embed(x)))
+        assert q.dtype == half and fast.attention_path(q, selection)[0] == "cpu", "the kernel is taken"
+        trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
+        got = model.forward_trace(x)  # not recorded: the kernel's path
+    assume(margin(trace) > HALF_NEAR_TIE[half])
+    assert [layer.prop.tolist() for layer in got.layers if layer.prop is not None] == [
+        layer.prop.tolist() for layer in trace.layers if layer.prop is not None
+    ], (half, autocast, cfg)
+    assert got.logits.dtype == trace.logits.dtype
+    if autocast:
+        rtol = HALF_RTOL[half]
+        assert torch.allclose(got.logits.float(), trace.logits.float(), rtol=rtol, atol=rtol), (half, cfg)
+
+
+def test_autocast_of_another_dtype_takes_the_explicit_path():
+    """float16 q under bfloat16 autocast: the reference's products are bfloat16 (autocast casts
+    their inputs), not the kernel's float16; float32 q under autocast likewise."""
+    q = torch.zeros(1, 2, 5, 4, dtype=torch.float16)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert fast.attention_path(q, "mixed_attn_max")[0] is None
+        assert fast.attention_path(q.float(), "mixed_attn_max")[0] is None
+        assert fast.attention_path(q.bfloat16(), "mixed_attn_max")[0] == "cpu"
+    assert fast.attention_path(q, "mixed_attn_max")[0] == "cpu"
+
+
+@given(
+    configs(propagation="graph", attn_bias=True),
+    st.sampled_from(["graph", "none"]),
+    st.sampled_from(COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")),
+    st.sampled_from([torch.float64, torch.float32]),
+)
+def test_models_with_a_relative_position_bias_take_the_kernel(cfg, propagation, selection, dtype):
+    """A relative-position bias (BEiT's, the relpos ViTs'): each block's bias of the kept tokens
+    goes into the kernel's logits, and the model equals the dense reference."""
+    assume(cfg["class_token"] or not selection.startswith("cls_attn"))
+    cfg = {**cfg, "propagation": propagation, "selection": selection}
+    x = images_for(cfg, 2, dtype=dtype)
+    model = build({**cfg, "backend": "fast"}, dtype=dtype)
+    biases = []
+    kernel = fast.PATHS["cpu"]
+
+    def counting(q, k, v, token_sizes, sparsity, bias=None):
+        biases.append(bias)
+        return kernel(q, k, v, token_sizes, sparsity, bias)
+
+    fast.PATHS["cpu"] = counting
+    try:
+        with torch.no_grad():
+            trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
+            got = model(x)
+    finally:
+        fast.PATHS["cpu"] = kernel
+    assert len(biases) == cfg["depth"] and all(b is not None for b in biases), "the kernel takes the bias"
     assume(margin(trace) > NEAR_TIE[dtype])
     rtol, atol = (1e-7, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5)
     assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (dtype, cfg)

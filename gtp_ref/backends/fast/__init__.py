@@ -33,17 +33,19 @@ Same results as the dense reference (the property tests and the conformance suit
   scored from columns, diagonal or the [CLS] row (``COLUMN_SELECTIONS``, the paper's
   ``mixed_attn_max`` among them, and ``cls_attn_*``):
 
-  ``cpu`` (float32 / float64, with the compiled kernels): one compiled call per block
+  ``cpu`` (with the compiled kernels: float32 / float64 without autocast, bfloat16 / float16
+  with a float32 map, a relative-position bias or none): one compiled call per block
   (``cpu.attention_op``) that takes each image's head from q k^T to Att v in the cache of one
   core: the softmax, the threshold (from a sampled bracket, exactly), the masking and the
   column sums, diagonal and first row on the way.
 
-  ``cuda`` (N <= 1024, float32 / float64 or autocast): a few Triton kernels that recompute the
+  ``cuda`` (N <= 1024, float32 / float64 or autocast, no bias): a few Triton kernels that recompute the
   map tile by tile, never storing it (``cuda.attention``): its row statistics, a sampled bracket
   around the threshold, the entries inside it collected and sorted (an exact radix selection
   where the bracket misses), then the masked map's Att v, column sums, diagonal and first row.
 
-  Elsewhere (other selections, N > 1024, float16 without autocast, no C compiler) it returns
+  Elsewhere (other selections; on CUDA N > 1024, a bias, float16 without autocast; on the CPU
+  autocast of another dtype than q's, no C compiler) it returns
   None and the model takes the explicit path with the ops of this module.  Under Triton's
   interpreter (``TRITON_INTERPRET=1`` set before ``gtp_ref`` is imported) the ``cuda`` path runs
   on CPU tensors instead, slowly: how the test suite checks it without a GPU.

@@ -3,9 +3,10 @@ compiler and called through ctypes.  ``kth_smallest_rows``: the exact k-th small
 in two streaming passes (``cpu_kernels.c`` says how), against a sort-like ``torch.topk`` /
 ``kthvalue``; ``mask_heads``: per head, that threshold, then the masked map with its column
 sums, diagonal and first row in one more pass while the head's map is in cache;
-``attention_op``: a GTP block's whole attention per image and head -- q k^T, the softmax, the
-threshold, the masking, what the selection reads and Att v -- with the head's map in the cache of
-the core that computes it from the first product to the last; ``select_tokens``: GTP's selection
+``attention_op``: a GTP block's whole attention per image and head -- q k^T (+ a relative-position
+bias), the softmax, the threshold, the masking, what the selection reads and Att v -- with the
+head's map in the cache of the core that computes it from the first product to the last, in
+float32 / float64, and for bfloat16 / float16 inputs with a float32 map; ``select_tokens``: GTP's selection
 without a sort; ``propagate``: the propagation by the graph -- the kept tokens' new features,
 sizes and graph rows in one pass, with the check that kept and propagated tokens partition the
 image tokens -- where torch ops take some thirty small calls.
@@ -53,11 +54,16 @@ def available() -> bool:
     return _LIB is not None
 
 
-def _function(name: str, dtype: torch.dtype) -> Any:
-    """The compiled library's function ``name`` for float32 / float64 (building the library first)."""
+def _library() -> ctypes.CDLL:
+    """The compiled library (building it first); RuntimeError where it is not available."""
     if not available():
         raise RuntimeError(f"the compiled CPU kernels are not available: {REASON}")
-    return getattr(_LIB, f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+    return _LIB
+
+
+def _function(name: str, dtype: torch.dtype) -> Any:
+    """The compiled library's function ``name`` for float32 / float64 (building the library first)."""
+    return getattr(_library(), f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
 
 
 def _pointer(t: Tensor | None) -> Any:
@@ -183,36 +189,59 @@ def _backward(ctx, g_masked, g_col_sums, g_diagonal, g_first_row, g_tau):
 mask_heads.register_autograd(_backward, setup_context=_save)
 
 
+# The fused attention's input dtypes, each with the dtype it computes in (and returns the map's
+# reductions in): bfloat16 / float16 inputs give a float32 map (docs/spec.md, "Reduced precision").
+ATTENTION_DTYPES = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.bfloat16: torch.float32,
+    torch.float16: torch.float32,
+}
+_ATTENTION_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
 @torch.library.custom_op("gtp_ref::cpu_attention", mutates_args=())
 def attention_op(
-    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int
+    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A GTP block's attention on the CPU in one call: q (scaled), k [B, H, N, d], v [B, H, N, dv]
-    (float32 / float64, any strides with unit stride along the last dimension), log s [B, N] or
-    None, kth = the threshold's rank among a head's N^2 entries (0: none) -> (Att v [B, N, H, dv]
-    with each head's entries below its kth smallest set to 0; that map's column sums, diagonal
-    and first row [B, H, N];
-    the thresholds [B, H], -inf for kth = 0).  Gradients are those of the same computation in
-    torch ops, recomputed in the backward pass (the threshold passes none, as through the
-    reference's masked_fill)."""
-    kth = _check_attention(q, k, v, log_s, kth)
+    (float32 / float64 / bfloat16 / float16, one dtype; any strides with unit stride along the
+    last dimension), log s [B, N] or None, kth = the threshold's rank among a head's N^2 entries
+    (0: none), a relative-position bias [B or 1, H, N, N] or None -> (Att v [B, N, H, dv] with each
+    head's entries below its kth smallest set to 0, in q's dtype; that map's column sums,
+    diagonal and first row [B, H, N]; the thresholds [B, H], -inf for kth = 0 -- these in the
+    map's dtype, ``ATTENTION_DTYPES[q.dtype]``).  bfloat16 / float16: q k^T rounded to q's dtype,
+    then the map in float32, rounded to q's dtype for Att v (docs/spec.md, "Reduced precision").
+    Gradients are those of the same computation in torch ops, recomputed in the backward pass
+    (the threshold passes none, as through the reference's masked_fill)."""
+    kth = _check_attention(q, k, v, log_s, kth, bias)
     B, H, N, d = q.shape
-    dv = v.shape[-1]
+    dv, acc = v.shape[-1], ATTENTION_DTYPES[q.dtype]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    log_s = None if log_s is None else log_s.to(q.dtype).contiguous()
+    log_s = None if log_s is None else log_s.to(acc).contiguous()
+    if bias is not None:
+        bias = bias.to(acc)
+        bias = bias if bias.stride(-1) == 1 else bias.contiguous()
     out = q.new_empty(B, N, H, dv)
-    col_sums, diagonal, first_row = (q.new_empty(B, H, N) for _ in range(3))
-    tau = q.new_full((B, H), float("-inf"))
+    col_sums, diagonal, first_row = (q.new_empty(B, H, N, dtype=acc) for _ in range(3))
+    tau = q.new_full((B, H), float("-inf"), dtype=acc)
     if B * H and N:
-        strides = (ctypes.c_int64 * 9)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-        failed = _call(
-            "attention",
-            q,
-            k,
-            v,
-            log_s,
-            ints=(strides, B, H, N, d, dv, kth),
-            outputs=(out, col_sums, diagonal, first_row, tau),
+        bias_strides = (
+            (0, 0, 0) if bias is None else (bias.stride(0) if bias.shape[0] > 1 else 0, *bias.stride()[1:3])
+        )
+        strides = (ctypes.c_int64 * 12)(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *bias_strides)
+        function = getattr(_library(), f"attention_{_ATTENTION_NAMES[q.dtype]}")
+        failed = function(
+            *map(_pointer, (q, k, v, log_s, bias)),
+            strides,
+            B,
+            H,
+            N,
+            d,
+            dv,
+            kth,
+            *map(_pointer, (out, col_sums, diagonal, first_row, tau)),
+            torch.get_num_threads(),
         )
         _refused("attention", failed)
         if failed:
@@ -222,54 +251,106 @@ def attention_op(
     return out, col_sums, diagonal, first_row, tau
 
 
-def _check_attention(q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int) -> int:
-    """q, k [B, H, N, d] and v [B, H, N, dv] of one CPU float dtype, log s [B, N] or None, and
-    0 <= kth <= N^2."""
-    _cpu_float("q", q, 4)
-    _cpu_float("k", k, 4, q.dtype)
-    _cpu_float("v", v, 4, q.dtype)
+def _check_attention(
+    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None
+) -> int:
+    """q, k [B, H, N, d] and v [B, H, N, dv] of one CPU dtype of ``ATTENTION_DTYPES``, log s [B, N]
+    or None, a bias [B or 1, H, N, N] or None, and 0 <= kth <= N^2."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, 4, floating=True)
+        if t.device.type != "cpu" or t.dtype not in ATTENTION_DTYPES:
+            raise TypeError(
+                f"{name} must be a CPU float32 / float64 / bfloat16 / float16 tensor, got {t.dtype} on "
+                f"{t.device.type}"
+            )
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype}; q has {q.dtype}")
     B, H, N, d = q.shape
     check_tensor("k", k, 4, shape=(B, H, N, d))
     check_tensor("v", v, 4, shape=(B, H, N, None))
-    if log_s is not None:
-        check_tensor("log_s", log_s, 2, floating=True, shape=(B, N))
-        if log_s.device.type != "cpu":
-            raise TypeError(f"log_s must be a CPU tensor, got one on {log_s.device.type}")
+    for name, t, shape in (("log_s", log_s, (B, N)), ("bias", bias, (None, H, N, N))):
+        if t is None:
+            continue
+        check_tensor(name, t, len(shape), floating=True, shape=shape)
+        if t.device.type != "cpu":
+            raise TypeError(f"{name} must be a CPU tensor, got one on {t.device.type}")
+    if bias is not None and bias.shape[0] not in (1, B):
+        raise ValueError(f"bias has shape {list(bias.shape)}: its first dimension must be 1 or B = {B}")
     return integer("kth", kth, 0, N * N)
 
 
 @attention_op.register_fake
-def _(q, k, v, log_s, kth):
-    _check_attention(q, k, v, log_s, kth)
+def _(q, k, v, log_s, kth, bias=None):
+    _check_attention(q, k, v, log_s, kth, bias)
     B, H, N, _ = q.shape
-    return q.new_empty(B, N, H, v.shape[-1]), *(q.new_empty(B, H, N) for _ in range(3)), q.new_empty(B, H)
+    acc = ATTENTION_DTYPES[q.dtype]
+    return (
+        q.new_empty(B, N, H, v.shape[-1]),
+        *(q.new_empty(B, H, N, dtype=acc) for _ in range(3)),
+        q.new_empty(B, H, dtype=acc),
+    )
+
+
+def attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What ``attention_op`` computes, in torch ops (its backward pass and the tests use it):
+    (Att v [B, N, H, dv], column sums, diagonal, first row, thresholds, the unmasked map), the map
+    as ``gtp_ref.attention.softmax_map`` computes it, masked below each head's kth smallest entry
+    (``torch.kthvalue``)."""
+    acc = ATTENTION_DTYPES[q.dtype]
+    z = (q @ k.transpose(-2, -1)).to(acc)  # (B, H, N, N); in q's dtype first, as the map's
+    if bias is not None:
+        z = z + bias.to(acc)
+    if log_s is not None:
+        z = z + log_s.to(acc)[:, None, None, :]
+    p = z.softmax(-1)
+    B, H, N, _ = p.shape
+    if kth:
+        tau = p.detach().reshape(B, H, N * N).kthvalue(kth, dim=-1).values  # (B, H)
+        m = p.masked_fill(p < tau[..., None, None], 0.0)
+    else:
+        tau, m = p.new_full((B, H), float("-inf")), p
+    out = (m.to(v.dtype) @ v).transpose(1, 2)  # (B, N, H, dv)
+    return out, m.sum(2), m.diagonal(dim1=-2, dim2=-1), m[:, :, 0], tau, p
+
+
+def convert(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The attention kernel's own conversions (for tests): float32 x -> (x in ``dtype``, bfloat16
+    or float16, rounded to nearest even by the kernel; that back in float32, by the kernel)."""
+    check_tensor("x", x, x.dim(), floating=True)
+    if x.dtype != torch.float32 or x.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"convert takes a CPU float32 x and bfloat16 / float16, got {x.dtype} -> {dtype}")
+    x = x.contiguous()
+    bits, back = torch.empty(x.shape, dtype=dtype), torch.empty_like(x)
+    getattr(_library(), f"convert_{_ATTENTION_NAMES[dtype]}")(
+        x.data_ptr(), x.numel(), bits.data_ptr(), back.data_ptr()
+    )
+    return bits, back
 
 
 def _save_attention(ctx, inputs, output) -> None:
-    q, k, v, log_s, kth = inputs
-    ctx.has_log_s, ctx.kth = log_s is not None, kth
-    ctx.save_for_backward(q, k, v, log_s if log_s is not None else q.new_empty(0))
+    q, k, v, log_s, kth, bias = inputs
+    ctx.has_log_s, ctx.has_bias, ctx.kth = log_s is not None, bias is not None, kth
+    empty = q.new_empty(0)
+    ctx.save_for_backward(q, k, v, log_s if log_s is not None else empty, bias if bias is not None else empty)
 
 
 def _attention_backward(ctx, *grads: Tensor):
-    """The gradients of the same attention in torch ops, recomputed; the map masked below its kth
-    smallest entry as torch computes it (the kernel's threshold may differ from it in the last
-    bit, which would drop the threshold's own entry)."""
-    q, k, v, log_s = ctx.saved_tensors
-    inputs = [t.detach().requires_grad_() for t in (q, k, v, *([log_s] if ctx.has_log_s else []))]
+    """The gradients of the same attention in torch ops (``attention_reference``), recomputed; the
+    map masked below its kth smallest entry as torch computes it (the kernel's threshold may
+    differ from it in the last bit, which would drop the threshold's own entry)."""
+    q, k, v, log_s, bias = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+    log_s, bias = (log_s if ctx.has_log_s else None), (bias if ctx.has_bias else None)
+    inputs = [t for t in (q, k, v, log_s, bias) if t is not None]
     with torch.enable_grad():
-        z = inputs[0] @ inputs[1].transpose(-2, -1)  # (B, H, N, N)
-        if ctx.has_log_s:
-            z = z + inputs[3][:, None, None, :]
-        p = z.softmax(-1)  # (B, H, N, N)
-        if ctx.kth:
-            B, H, N, _ = p.shape
-            tau = p.detach().reshape(B, H, N * N).kthvalue(ctx.kth, dim=-1).values  # (B, H)
-            p = p.masked_fill(p < tau[..., None, None], 0.0)
-        outputs = ((p @ inputs[2]).transpose(1, 2), p.sum(2), p.diagonal(dim1=-2, dim2=-1), p[:, :, 0])
+        outputs = attention_reference(q, k, v, log_s, ctx.kth, bias)[:4]
         used = [(o, g) for o, g in zip(outputs, grads[:4]) if g is not None]
-        got = torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], allow_unused=True)
-    return (*got[:3], got[3] if ctx.has_log_s else None, None)
+        got = iter(torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], allow_unused=True))
+    g_q, g_k, g_v = next(got), next(got), next(got)
+    g_log_s = next(got) if ctx.has_log_s else None
+    g_bias = next(got) if ctx.has_bias else None
+    return g_q, g_k, g_v, g_log_s, None, g_bias
 
 
 attention_op.register_autograd(_attention_backward, setup_context=_save_attention)

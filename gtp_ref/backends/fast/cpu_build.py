@@ -145,8 +145,17 @@ def _intact(path: Path) -> bool:
         return False
 
 
-# The library's functions, each for float32 and float64 (<name>_f32 / <name>_f64) but select_max.
+# The library's functions, each for float32 and float64 (<name>_f32 / <name>_f64) but select_max;
+# the attention also for bfloat16 and float16 inputs (attention_bf16 / attention_f16, computed in
+# float32), with the conversions they use (convert_bf16 / convert_f16).
 FUNCTIONS = ("kth_smallest", "mask_heads", "attention", "propagate", "select_tokens", "work_kept")
+HALF_TYPES = ("bf16", "f16")
+# every name the library exports
+NAMES = (
+    *(f"{function}_{dtype}" for function in FUNCTIONS for dtype in ("f32", "f64")),
+    *(f"{function}_{dtype}" for function in ("attention", "convert") for dtype in HALF_TYPES),
+    "select_max",
+)
 SELECT_MAX = (
     64  # select_tokens' largest num_prop: the C source's SELECT_MAX (the self-test checks they agree)
 )
@@ -160,29 +169,17 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     # data pointers as addresses (cheaper than casts)
     ptr, i64, i32 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
+    # q, k, v, log s, bias, strides, B, H, N, d, dv, kth, out, col sums, diagonal, first row, taus, threads
+    attention = [ptr] * 5 + [ctypes.POINTER(i64)] + [i64] * 6 + [ptr] * 5 + [i32]
+    for name in HALF_TYPES:
+        fn, convert = getattr(lib, f"attention_{name}"), getattr(lib, f"convert_{name}")
+        fn.argtypes, fn.restype = attention, i64
+        convert.argtypes, convert.restype = [ptr, i64, ptr, ptr], None
     for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         signatures = {
             "kth_smallest": [ptr, i64, i64, i64, ptr, i32],
             "mask_heads": [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i32],
-            "attention": [
-                ptr,
-                ptr,
-                ptr,
-                ptr,
-                ctypes.POINTER(i64),
-                i64,
-                i64,
-                i64,
-                i64,
-                i64,
-                i64,
-                ptr,
-                ptr,
-                ptr,
-                ptr,
-                ptr,
-                i32,
-            ],
+            "attention": attention,
             "propagate": [ptr] * 6 + [i64] * 7 + [c_float, ptr, ptr, ptr, i32],
             "select_tokens": [ptr, i64, i64, i64, ptr, ptr, i32],
             "work_kept": [],
@@ -200,12 +197,12 @@ def _self_test(lib: ctypes.CDLL) -> None:
     while torch traces (torch.compile / export), where new tensors are fake."""
     import numpy as np
 
+    def p(a):
+        return a.ctypes.data
+
     right = lib.select_max() == SELECT_MAX
     for dtype in (np.float32, np.float64):
         name = "f32" if dtype == np.float32 else "f64"
-
-        def p(a):
-            return a.ctypes.data
 
         def call(function, *args):
             return getattr(lib, f"{function}_{name}")(*args)
@@ -221,13 +218,14 @@ def _self_test(lib: ctypes.CDLL) -> None:
         q, v = np.zeros((2, 1), dtype), np.array([[2.0], [4.0]], dtype)
         mixed, cols, diag2, first2 = (np.full(2, np.nan, dtype) for _ in range(4))
         tau2 = np.full(1, np.nan, dtype)
-        strides = (ctypes.c_int64 * 9)(2, 2, 1, 2, 2, 1, 2, 2, 1)
+        strides = (ctypes.c_int64 * 12)(2, 2, 1, 2, 2, 1, 2, 2, 1, 0, 0, 0)
         status.append(
             call(
                 "attention",
                 p(q),
                 p(q),
                 p(v),
+                None,
                 None,
                 strides,
                 1,
@@ -332,6 +330,48 @@ def _self_test(lib: ctypes.CDLL) -> None:
             and diag2.tolist() == first2.tolist() == [0.5, 0.5]
             and tau2[0] == 0.5
         )
+    # the half types: 1 + 2^-8 (bf16) / 1 + 2^-11 (f16) is a tie, rounded to even (1); 65520 is
+    # float16's infinity; a two-token attention with q = 0 and a bias of log 3 on key 1: the map
+    # (1/4, 3/4) in each row, Att v 1/4 2 + 3/4 4 = 3.5, exact in both
+    for name, tie, big in (("bf16", 1 + 2**-8, 2.0**100), ("f16", 1 + 2**-11, 65520.0)):
+        values = np.array([tie, -2.5, big], np.float32)
+        bits, back = np.zeros(3, np.uint16), np.zeros(3, np.float32)
+        getattr(lib, f"convert_{name}")(p(values), 3, p(bits), p(back))
+        right = right and back.tolist() == [1.0, -2.5, big if name == "bf16" else np.inf]
+        half = np.float16 if name == "f16" else None
+        q = np.zeros((2, 1), np.uint16)
+        v = np.array([2.0, 4.0], np.float32).astype(half) if half else np.array([0x4000, 0x4080], np.uint16)
+        bias = np.array([[0, np.log(3)], [0, np.log(3)]], np.float32)
+        mixed = np.full(2, 0xFFFF, np.uint16)
+        cols, diag2, first2 = (np.full(2, np.nan, np.float32) for _ in range(3))
+        tau2 = np.full(1, np.nan, np.float32)
+        strides = (ctypes.c_int64 * 12)(2, 2, 1, 2, 2, 1, 2, 2, 1, 0, 0, 2)
+        status = getattr(lib, f"attention_{name}")(
+            p(q),
+            p(q),
+            p(v),
+            None,
+            p(bias),
+            strides,
+            1,
+            1,
+            2,
+            1,
+            1,
+            0,
+            p(mixed),
+            p(cols),
+            p(diag2),
+            p(first2),
+            p(tau2),
+            1,
+        )
+        got = (
+            mixed.view(np.float16).astype(np.float32)
+            if half
+            else (mixed.astype(np.uint32) << 16).view(np.float32)
+        )
+        right = right and status == 0 and got.tolist() == [3.5, 3.5] and np.allclose(cols, [0.5, 1.5])
     if not right:
         raise OSError("the compiled library gave wrong answers in its self-test")
 

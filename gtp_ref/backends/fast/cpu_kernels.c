@@ -219,16 +219,22 @@ int64_t mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T 
 
 /* ---- The fused attention ----
  *
- * attention_{f32,f64}: a GTP block's attention for B images x H heads, one (image, head) at a time
- * per thread, its N x N map never leaving the thread's cache:
- *   1. z = q k^T (+ log s per key), q already scaled: RB rows x VW keys per step, k transposed
- *      first so that the keys run along the vector lanes;
+ * attention_{f32,f64,bf16,f16}: a GTP block's attention for B images x H heads, one (image, head) at
+ * a time per thread, its N x N map never leaving the thread's cache:
+ *   1. z = q k^T (+ a relative-position bias b[i, j]) (+ log s per key), q already scaled: RB rows
+ *      x VW keys per step, k transposed first so that the keys run along the vector lanes;
  *   2. the row softmax: its max and its sum of exp(z - max) in LANES partial sums added in a fixed
  *      order (equal rows give equal maps, bit for bit), then exp(z - max) / sum;
  *   3. tau = the kth smallest of the head's N^2 entries (kth_block above; kth = 0: none);
  *   4. the map with its entries below tau set to 0 (NaN kept), its column sums (row after row),
  *      diagonal and first row;
  *   5. Att v: RB rows x the head dimension per step.
+ * bf16 / f16: q, k, v and Att v in bfloat16 / float16 (uint16_t bits), everything else in float32,
+ * as the reference computes a reduced-precision model's map (docs/spec.md): q k^T in float32 from
+ * the exact inputs, rounded to the inputs' dtype (as a bf16 / f16 matrix product rounds its
+ * result), then + b + log s, the softmax, the threshold, the masking, the column sums, diagonal
+ * and first row in float32; the masked map rounded to the inputs' dtype for Att v, accumulated in
+ * float32 and rounded once.  The conversions are exact bit operations (round to nearest even).
  * Work buffers are per thread and kept between calls up to WORK_KEEP (32 MiB: a map of N = 1024
  * float32 or N = 800 float64 tokens), released at the end of a call beyond.  exp is computed here (exp_NAME, below), as
  * a function of its argument alone, to within an ulp or two of the C library's.
@@ -369,8 +375,64 @@ static inline double exp_f64(double x) {
     return p * s1 * s2;
 }
 
-/* Both dtypes from one definition: VW keys per step of q k^T (two vector registers' worth). */
-#define ATTENTION(NAME, T, K, VW)                                                              \
+/* bfloat16 and float16 bits <-> float, round to nearest even (NaN stays NaN, quiet). */
+static inline float load_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t store_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u);  /* NaN: quiet */
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline float load_f16(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+    if (e == 0x1F) u = sign | 0x7F800000u | (m << 13);            /* inf, NaN */
+    else if (e) u = sign | ((e + 112) << 23) | (m << 13);          /* normal */
+    else {                                                          /* zero, subnormal: m 2^-24 */
+        float f = (float)m * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t store_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    u &= 0x7FFFFFFFu;
+    if (u > 0x7F800000u) return sign | 0x7E00u | (uint16_t)((u >> 13) & 0x3FFu);  /* NaN: quiet */
+    if (u >= 0x477FF000u) return sign | 0x7C00u;          /* >= 65520 (or inf): inf */
+    if (u < 0x38800000u) {                                /* below 2^-14: a subnormal or zero */
+        float a;
+        memcpy(&a, &u, 4);
+        return sign | (uint16_t)nearbyintf(a * 16777216.0f);  /* in units of 2^-24, to even */
+    }
+    u += 0xC8000FFFu + ((u >> 13) & 1u);                  /* exponent rebiased, rounded to even */
+    return sign | (uint16_t)(u >> 13);
+}
+
+static inline float round_bf16(float f) { return load_bf16(store_bf16(f)); }
+static inline float round_f16(float f) { return load_f16(store_f16(f)); }
+
+/* n values converted both ways (for the tests and the self-test: the kernels' own conversions) */
+void convert_bf16(const float *in, int64_t n, uint16_t *bits, float *back) {
+    for (int64_t i = 0; i < n; i++) bits[i] = store_bf16(in[i]), back[i] = load_bf16(bits[i]);
+}
+void convert_f16(const float *in, int64_t n, uint16_t *bits, float *back) {
+    for (int64_t i = 0; i < n; i++) bits[i] = store_f16(in[i]), back[i] = load_f16(bits[i]);
+}
+
+/* The fused attention's parts for one compute dtype T (float / double; K its key type): VW keys
+ * per step of q k^T (two vector registers' worth). */
+#define ATTENTION_PARTS(NAME, T, K, VW)                                                        \
 static void softmax_row_##NAME(T *z, int64_t n) {                                              \
     T m[LANES], acc[LANES];                                                                    \
     int64_t j = 0;                                                                             \
@@ -481,15 +543,21 @@ static void work_release_##NAME(void) { /* this thread's buffer, where it is ove
                                                                                                \
 int64_t work_kept_##NAME(void) { /* the bytes of work buffer the calling thread keeps */       \
     return (int64_t)(tls_##NAME.size * sizeof(T));                                             \
-}                                                                                              \
-                                                                                               \
+}
+
+/* The fused attention for inputs stored as S (SNAME), computed in T (NAME's parts): LOAD / STORE
+ * convert an input / an output, ROUND rounds a T to S's precision (the identity where S is T). */
+#define ATTENTION(SNAME, NAME, S, T, K, VW, LOAD, STORE, ROUND)                                \
 /* One (image, head): q, k rows of d, v rows of dv, at strides ld* (unit stride along the head \
- * dimension), log_s [N] or NULL.  Returns 0, or -1 where no work buffer could be had. */      \
-static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ldk, const T *v,  \
-                                 int64_t ldv, const T *log_s, int64_t N, int64_t d, int64_t dv, int64_t kth, \
-                                 T *out, int64_t ldo, T *col_sums, T *diag, T *first_row, T *tau_out) { \
+ * dimension), log_s [N] or NULL, bias rows at stride ldb or NULL.  Returns 0, or -1 where no  \
+ * work buffer could be had. */                                                                \
+static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t ldk, const S *v, \
+                                  int64_t ldv, const T *log_s, const T *bias, int64_t ldb, int64_t N, \
+                                  int64_t d, int64_t dv, int64_t kth, S *out, int64_t ldo, T *col_sums, \
+                                  T *diag, T *first_row, T *tau_out) {                          \
     int64_t Np = (N + VW - 1) / VW * VW, Nr = (N + RB - 1) / RB * RB;                          \
-    int64_t dp = (dv + VW - 1) / VW * VW, copy_v = dp != dv;  /* v is read in place where dv fits */ \
+    /* v is read in place where dv fits the vectors and S is T */                              \
+    int64_t dp = (dv + VW - 1) / VW * VW, copy_v = dp != dv || sizeof(S) != sizeof(T);        \
     size_t keys = (size_t)(kth_room(N) * sizeof(K) + sizeof(T) - 1) / sizeof(T);                 \
     T *map = work_buffer_##NAME((size_t)(Nr * Np + d * Np + RB * d + RB * dp) + copy_v * N * dp \
                                 + 5 * keys + 64 + (size_t)(N * N) + 16);  /* found: 16 to spare */ \
@@ -498,19 +566,24 @@ static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ld
     T *key_space = V + copy_v * N * dp, *found = key_space + 5 * keys + 64;                    \
     K *key_buf = (K *)key_space, *b1 = (K *)(key_space + keys), *b2 = (K *)(key_space + 3 * keys + 32); \
     for (int64_t j = 0; j < Np; j++)  /* k transposed: the keys along the vector lanes */       \
-        for (int64_t t = 0; t < d; t++) kT[t * Np + j] = j < N ? k[j * ldk + t] : 0;           \
+        for (int64_t t = 0; t < d; t++) kT[t * Np + j] = j < N ? LOAD(k[j * ldk + t]) : 0;     \
     if (copy_v)                                                                                \
         for (int64_t j = 0; j < N; j++)                                                        \
-            for (int64_t c = 0; c < dp; c++) V[j * dp + c] = c < dv ? v[j * ldv + c] : 0;      \
+            for (int64_t c = 0; c < dp; c++) V[j * dp + c] = c < dv ? LOAD(v[j * ldv + c]) : 0; \
     for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 1. the logits, 2. the softmax */              \
         for (int r = 0; r < RB; r++)                                                           \
-            for (int64_t t = 0; t < d; t++) Q[r * d + t] = i0 + r < N ? q[(i0 + r) * ldq + t] : 0; \
+            for (int64_t t = 0; t < d; t++) Q[r * d + t] = i0 + r < N ? LOAD(q[(i0 + r) * ldq + t]) : 0; \
         for (int64_t j0 = 0; j0 < Np; j0 += VW) {                                              \
             T acc[RB][VW];                                                                     \
             logits_step_##NAME(Q, kT, d, Np, j0, acc);                                         \
-            for (int r = 0; r < RB; r++)                                                       \
-                for (int j = 0; j < VW; j++)                                                   \
-                    map[(i0 + r) * Np + j0 + j] = log_s ? acc[r][j] + (j0 + j < N ? log_s[j0 + j] : 0) : acc[r][j]; \
+            for (int r = 0; r < RB; r++) {                                                     \
+                T *z = map + (i0 + r) * Np + j0;                                               \
+                for (int j = 0; j < VW; j++) z[j] = ROUND(acc[r][j]);                          \
+                if (bias && i0 + r < N)  /* + b[i, j] */                                       \
+                    for (int j = 0; j < VW && j0 + j < N; j++) z[j] += bias[(i0 + r) * ldb + j0 + j]; \
+                if (log_s)  /* + log s[j] */                                                   \
+                    for (int j = 0; j < VW && j0 + j < N; j++) z[j] += log_s[j0 + j];          \
+            }                                                                                  \
         }                                                                                      \
         for (int r = 0; r < RB && i0 + r < N; r++) softmax_row_##NAME(map + (i0 + r) * Np, N); \
     }                                                                                          \
@@ -521,33 +594,34 @@ static int attention_head_##NAME(const T *q, int64_t ldq, const T *k, int64_t ld
     for (int64_t j = 0; j < N; j++) col_sums[j] = 0;                                           \
     for (int64_t i = 0; i < N; i++) {  /* 4. the masking and what the selection reads */        \
         T *row = map + i * Np;                                                                 \
+        diag[i] = row[i] < tau ? (T)0 : row[i];                                                \
         for (int64_t j = 0; j < N; j++) {                                                      \
             T m = row[j] < tau ? (T)0 : row[j];                                                \
-            row[j] = m;                                                                        \
+            if (i == 0) first_row[j] = m;                                                      \
+            row[j] = ROUND(m);  /* Att v reads the map in S's precision */                     \
             col_sums[j] += m;                                                                  \
         }                                                                                      \
-        diag[i] = row[i];                                                                      \
     }                                                                                          \
-    for (int64_t j = 0; j < N; j++) first_row[j] = map[j];                                     \
     for (int64_t i = N * Np; i < Nr * Np; i++) map[i] = 0;  /* rows beyond N: 0 */             \
-    const T *vv = copy_v ? V : v;                                                              \
+    const T *vv = copy_v ? V : (const T *)v;  /* S is T where v is read in place */            \
     int64_t ld_vv = copy_v ? dp : ldv;                                                         \
     for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 5. Att v */                                   \
         mix_step_##NAME(map + i0 * Np, Np, vv, ld_vv, N, dp, O);                               \
         for (int r = 0; r < RB && i0 + r < N; r++)                                             \
-            for (int64_t c = 0; c < dv; c++) out[(i0 + r) * ldo + c] = O[r * dp + c];         \
+            for (int64_t c = 0; c < dv; c++) out[(i0 + r) * ldo + c] = STORE(O[r * dp + c]);  \
     }                                                                                          \
     return 0;                                                                                  \
 }                                                                                              \
 /* q, k: [B, H, N, d], v: [B, H, N, dv] at strides s[0..2] (q), s[3..5] (k), s[6..8] (v) for b, h, \
- * n; unit along the last dimension.  log_s [B, N] contiguous or NULL; out [B, N, H, dv]          \
- * contiguous; col_sums, diag, first_row                                                       \
- * [B, H, N]; taus [B, H] (-inf for kth = 0).  Returns BAD_ARGUMENTS for sizes out of range    \
- * (nothing written), else the number of heads that could not be computed (no memory).  A     \
- * thread's work buffer is kept for the next call up to WORK_KEEP bytes, released beyond. */   \
-int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, const int64_t *s,  \
-                         int64_t B, int64_t H, int64_t N, int64_t d, int64_t dv, int64_t kth, T *out, \
-                         T *col_sums, T *diag, T *first_row, T *taus, int threads) {            \
+ * n; unit along the last dimension.  log_s [B, N] contiguous or NULL; bias [B or 1, H, N, N] at \
+ * strides s[9..11] for b, h, row (s[9] = 0: one for every image; unit along the row) or NULL;   \
+ * out [B, N, H, dv] contiguous; col_sums, diag, first_row [B, H, N]; taus [B, H] (-inf for     \
+ * kth = 0).  Returns BAD_ARGUMENTS for sizes out of range (nothing written), else the number of \
+ * heads that could not be computed (no memory).  A thread's work buffer is kept for the next   \
+ * call up to WORK_KEEP bytes, released beyond. */                                             \
+int64_t attention_##SNAME(const S *q, const S *k, const S *v, const T *log_s, const T *bias,     \
+                          const int64_t *s, int64_t B, int64_t H, int64_t N, int64_t d, int64_t dv, \
+                          int64_t kth, S *out, T *col_sums, T *diag, T *first_row, T *taus, int threads) { \
     if (B < 0 || H < 0 || N < 0 || d < 0 || dv < 0 || kth < 0 || kth > N * N) return BAD_ARGUMENTS; \
     int64_t failed = 0;                                                                        \
     _Pragma("omp parallel num_threads(threads) reduction(+:failed)")                           \
@@ -555,16 +629,19 @@ int64_t attention_##NAME(const T *q, const T *k, const T *v, const T *log_s, con
         _Pragma("omp for schedule(dynamic, 1)")                                                \
         for (int64_t bh = 0; bh < B * H; bh++) {                                               \
             int64_t b = bh / H, h = bh % H;                                                    \
-            failed += attention_head_##NAME(q + b * s[0] + h * s[1], s[2], k + b * s[3] + h * s[4], s[5], \
-                                            v + b * s[6] + h * s[7], s[8], log_s ? log_s + b * N : NULL, \
-                                            N, d, dv, kth, out + (b * N * H + h) * dv, H * dv,    \
-                                            col_sums + bh * N, diag + bh * N, first_row + bh * N, \
-                                            taus + bh) != 0;                                   \
+            failed += attention_head_##SNAME(q + b * s[0] + h * s[1], s[2], k + b * s[3] + h * s[4], s[5], \
+                                             v + b * s[6] + h * s[7], s[8], log_s ? log_s + b * N : NULL, \
+                                             bias ? bias + b * s[9] + h * s[10] : NULL, s[11],  \
+                                             N, d, dv, kth, out + (b * N * H + h) * dv, H * dv,   \
+                                             col_sums + bh * N, diag + bh * N, first_row + bh * N, \
+                                             taus + bh) != 0;                                  \
         }                                                                                      \
         work_release_##NAME();                                                                 \
     }                                                                                          \
     return failed;                                                                             \
 }
+
+#define SAME(x) (x)
 
 /* GTP's propagation by the graph, per image b (the fast backend's LazyGraph: Â[b, i, j] =
  * A0[b, rows[b, i], rows[b, j]]):
@@ -682,8 +759,12 @@ int64_t select_max(void) { return SELECT_MAX; }  /* the largest np select_tokens
 
 SELECTION(f32, float, uint32_t, 21)
 SELECTION(f64, double, uint64_t, 53)
-ATTENTION(f32, float, uint32_t, 32)
-ATTENTION(f64, double, uint64_t, 16)
+ATTENTION_PARTS(f32, float, uint32_t, 32)
+ATTENTION_PARTS(f64, double, uint64_t, 16)
+ATTENTION(f32, f32, float, float, uint32_t, 32, SAME, SAME, SAME)
+ATTENTION(f64, f64, double, double, uint64_t, 16, SAME, SAME, SAME)
+ATTENTION(bf16, f32, uint16_t, float, uint32_t, 32, load_bf16, store_bf16, round_bf16)
+ATTENTION(f16, f32, uint16_t, float, uint32_t, 32, load_f16, store_f16, round_f16)
 PROPAGATE(f32, float)
 PROPAGATE(f64, double)
 SELECT_TOKENS(f32, float, uint32_t)

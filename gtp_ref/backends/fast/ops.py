@@ -98,50 +98,75 @@ CLS_SELECTIONS = ("cls_attn_mean", "cls_attn_max")
 Reductions = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def _cuda(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
+def _cuda(
+    q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, bias: Tensor | None = None
+) -> Reductions:
     """The ``cuda`` path: ``cuda.attention`` (as a custom op), the map recomputed tile by tile, never
-    stored."""
+    stored (no relative-position bias: ``attention_path`` routes a bias elsewhere)."""
+    if bias is not None:
+        raise ValueError("the cuda path takes no relative-position bias (attention_path says so)")
     B, H, N, d = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
     out, col_sums, diagonal, first_row = cuda.attention_op(q, k, v, log_s, _kth(N, sparsity))
     return out.reshape(B, N, H * d), col_sums, diagonal, first_row
 
 
-def _cpu(q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float) -> Reductions:
+def _cpu(
+    q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, bias: Tensor | None = None
+) -> Reductions:
     """The ``cpu`` path: ``cpu.attention_op``, the whole attention per image and head in one compiled call."""
     B, H, N, _ = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
     # out: (B, N, H, d)
-    out, col_sums, diagonal, first_row, _ = cpu.attention_op(q, k, v, log_s, _kth(N, sparsity))
+    out, col_sums, diagonal, first_row, _ = cpu.attention_op(q, k, v, log_s, _kth(N, sparsity), bias)
     return out.reshape(B, N, H * v.shape[-1]), col_sums, diagonal, first_row
 
 
-# The attention paths by name: each (q, k, v, token_sizes, sparsity) -> Reductions, for the inputs
-# ``attention_path`` routes to it (tests and ``python -m gtp_ref.apps.bench attention`` call them by name).
+# The attention paths by name: each (q, k, v, token_sizes, sparsity, bias=None) -> Reductions, for
+# the inputs ``attention_path`` routes to it (tests and ``python -m gtp_ref.apps.bench attention``
+# call them by name).
 PATHS: dict[str, Callable[..., Reductions]] = {"cpu": _cpu, "cuda": _cuda}
 
 
-def attention_path(q: Tensor, selection: str | None) -> tuple[str | None, str]:
-    """The path ``attention`` takes for q [B, H, N, d] and the selection, and why; or None and why
-    none applies.  ``cpu``: float32 / float64 without autocast, with the compiled kernels;
-    ``cuda``: Triton, N <= ``cuda.MAX_TOKENS``, heads up to ``cuda.MAX_HEAD_DIM`` wide, float32 /
-    float64 or autocast."""
+def _cpu_kernel_takes(q: Tensor, autocast: bool) -> bool:
+    """Whether the compiled CPU attention computes the reference's map for q: float32 / float64
+    without autocast; bfloat16 / float16 without autocast or in autocast's own dtype (autocast
+    casts the products' inputs to it, so the map is then the one of that dtype)."""
+    if q.dtype in (torch.float32, torch.float64):
+        return not autocast and _compiled_cpu(q)
+    return (
+        q.dtype in (torch.bfloat16, torch.float16)
+        and (not autocast or q.dtype == torch.get_autocast_dtype("cpu"))
+        and TRITON_DEVICE != "cpu"
+        and cpu.available()
+    )
+
+
+def attention_path(q: Tensor, selection: str | None, bias: Tensor | None = None) -> tuple[str | None, str]:
+    """The path ``attention`` takes for q [B, H, N, d], the selection and a relative-position bias
+    (or None), and why; or None and why none applies.  ``cpu``: with the compiled kernels, float32
+    / float64 without autocast, bfloat16 / float16 (in autocast's dtype where it is on), a bias or
+    none; ``cuda``: Triton, N <= ``cuda.MAX_TOKENS``, heads up to ``cuda.MAX_HEAD_DIM`` wide,
+    float32 / float64 or autocast, no bias."""
     N, autocast = q.shape[2], torch.is_autocast_enabled(q.device.type)
     if selection is not None and selection not in COLUMN_SELECTIONS + CLS_SELECTIONS:
         return None, f"selection={selection!r} is scored from more than columns, diagonal and [CLS] row"
     if q.device.type == "cpu" and TRITON_DEVICE != "cpu":
-        if not autocast and _compiled_cpu(q):
-            return "cpu", "float32 / float64 on the CPU, compiled kernels"
+        if _cpu_kernel_takes(q, autocast):
+            return "cpu", f"{q.dtype} on the CPU, compiled kernels"
         return (
             None,
-            f"on the CPU the compiled kernels take float32 / float64 without autocast and a C compiler "
-            f"(got {q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})",
+            "on the CPU the compiled kernels take float32 / float64 without autocast, bfloat16 / "
+            "float16 without autocast or in autocast's dtype, and a C compiler (got "
+            f"{q.dtype}, autocast={autocast}, compiled: {cpu.REASON or 'yes'})",
         )
     if q.device.type != TRITON_DEVICE:
         return (
             None,
             f"the kernels run on {TRITON_DEVICE or 'CUDA with Triton (not installed)'}, not {q.device.type}",
         )
+    if bias is not None:
+        return None, "a relative-position bias: the Triton kernels take none"
     if not (autocast or q.dtype in (torch.float32, torch.float64)):
         return (
             None,
@@ -162,20 +187,22 @@ def attention(
     sparsity: float,
     selection: str | None,
     prefix_tokens: int,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None] | None:
     """A GTP block's attention and the token scores without the explicit path's separate passes
     over the map (the interface of ``gtp_ref.backends.Backend.attention``).
 
-    q (scaled), k, v [B, H, N, d]; token_sizes [B, N] or None -> (Att v [B, N, H d] with the
-    sparsified map, scores [B, n] or None for ``selection=None``) -- what the explicit path gives
-    -- or None where no path applies (``attention_path``).  Every argument is checked first, as
-    the dense reference's ops check theirs.
+    q (scaled), k, v [B, H, N, d]; token_sizes [B, N] or None; a relative-position bias [B or 1,
+    H, N, N] or None -> (Att v [B, N, H d] with the sparsified map, scores [B, n] or None for
+    ``selection=None``) -- what the explicit path gives -- or None where no path applies
+    (``attention_path``).  Every argument is checked first, as the dense reference's ops check
+    theirs.
     """
-    _check_attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens)
-    path, _ = attention_path(q, selection)
+    _check_attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens, bias)
+    path, _ = attention_path(q, selection, bias)
     if path is None:
         return None
-    out, col_sums, diagonal, first_row = PATHS[path](q, k, v, token_sizes, sparsity)
+    out, col_sums, diagonal, first_row = PATHS[path](q, k, v, token_sizes, sparsity, bias)
     if selection is None:
         return out, None
     c = prefix_tokens
@@ -193,10 +220,11 @@ def _check_attention(
     sparsity: float,
     selection: str | None,
     prefix_tokens: int,
+    bias: Tensor | None,
 ) -> None:
     """``attention``'s arguments: q, k [B, H, N, d] and v [B, H, N, dv] of one floating dtype on one
     device, token sizes [B, N] (finite, > 0; the values checked off the GPU) or None, theta, a
-    selection or None, 0 <= prefix_tokens <= N."""
+    selection or None, 0 <= prefix_tokens <= N, a bias [B or 1, H, N, N] on q's device or None."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, 4, floating=True)
         if (t.dtype, t.device) != (q.dtype, q.device):
@@ -214,6 +242,13 @@ def _check_attention(
             raise TypeError(f"token_sizes is on {token_sizes.device}, q on {q.device}")
         if not token_sizes.is_cuda and not torch.compiler.is_compiling():
             check_token_sizes("token_sizes", token_sizes)
+    if bias is not None:
+        check_tensor("bias", bias, 4, floating=True, shape=(None, H, N, N))
+        if bias.shape[0] not in (1, B) or bias.device != q.device:
+            raise ValueError(
+                f"bias has shape {list(bias.shape)} on {bias.device}: give [1 or B = {B}, H, N, N] "
+                f"on {q.device}"
+            )
     check_sparsity(sparsity)
     if selection is not None:
         choice("selection", selection, SELECTIONS)
