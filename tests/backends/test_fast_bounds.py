@@ -56,6 +56,34 @@ OP_LEVEL = [
         r"token_sizes\[0, 0\] = -1.0: token sizes must be finite and > 0",
     ),
     (
+        "attention: an infinite token size (the kernel's own check)",
+        lambda: fast.attention(
+            q, k, v, torch.full((2, 17), float("inf"), dtype=F64), 0.6, "mixed_attn_max", 1
+        ),
+        ValueError,
+        r"token_sizes\[0, 0\] = inf: token sizes must be finite and > 0",
+    ),
+    (
+        "attention op: a log size of -inf",
+        lambda: cpu.attention_op(
+            q, k, v, torch.zeros(2, 17, dtype=F64).index_fill(1, torch.tensor([3]), -float("inf")), 10
+        ),
+        ValueError,
+        r"log_s\[0, 3\] = -inf: the log of a token size must be finite",
+    ),
+    (
+        "attention: a bias of 16 keys",
+        lambda: fast.attention(q, k, v, None, 0.6, "mixed_attn_max", 1, torch.zeros(1, 3, 17, 16, dtype=F64)),
+        ValueError,
+        r"bias has shape \[1, 3, 17, 16\], expected \[\*, 3, 17, 17\]",
+    ),
+    (
+        "attention op: a bias of 3 images for 2",
+        lambda: cpu.attention_op(q, k, v, None, 10, torch.zeros(3, 3, 17, 17, dtype=F64)),
+        ValueError,
+        r"its first dimension must be 1 or B = 2",
+    ),
+    (
         "attention: v of another batch",
         lambda: fast.attention(q, k, v[:1], None, 0.6, "mixed_attn_max", 1),
         ValueError,

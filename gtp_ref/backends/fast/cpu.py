@@ -28,7 +28,14 @@ from torch import Tensor
 
 from gtp_ref._checks import check_partition, check_tensor, check_token_sizes
 from gtp_ref.backends.fast import cpu_build
-from gtp_ref.backends.fast.cpu_build import BAD_ARGUMENTS, BAD_SIZE, GRAPH_ROW, PARTITION_ERROR, SELECT_MAX
+from gtp_ref.backends.fast.cpu_build import (
+    BAD_ARGUMENTS,
+    BAD_LOG_SIZE,
+    BAD_SIZE,
+    GRAPH_ROW,
+    PARTITION_ERROR,
+    SELECT_MAX,
+)
 from gtp_ref.validate import integer
 
 _LIB: ctypes.CDLL | None = None
@@ -200,21 +207,29 @@ ATTENTION_DTYPES = {
 _ATTENTION_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
-@torch.library.custom_op("gtp_ref::cpu_attention", mutates_args=())
-def attention_op(
+def attention(
     q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """A GTP block's attention on the CPU in one call: q (scaled), k [B, H, N, d], v [B, H, N, dv]
     (float32 / float64 / bfloat16 / float16, one dtype; any strides with unit stride along the
-    last dimension), log s [B, N] or None, kth = the threshold's rank among a head's N^2 entries
-    (0: none), a relative-position bias [B or 1, H, N, N] or None -> (Att v [B, N, H, dv] with each
-    head's entries below its kth smallest set to 0, in q's dtype; that map's column sums,
-    diagonal and first row [B, H, N]; the thresholds [B, H], -inf for kth = 0 -- these in the
-    map's dtype, ``ATTENTION_DTYPES[q.dtype]``).  bfloat16 / float16: q k^T rounded to q's dtype,
-    then the map in float32, rounded to q's dtype for Att v (docs/spec.md, "Reduced precision").
-    Gradients are those of the same computation in torch ops, recomputed in the backward pass
-    (the threshold passes none, as through the reference's masked_fill)."""
-    kth = _check_attention(q, k, v, log_s, kth, bias)
+    last dimension), log s [B, N] (finite) or None, kth = the threshold's rank among a head's N^2
+    entries (0: none), a relative-position bias [B or 1, H, N, N] or None -> (Att v [B, N, H, dv]
+    with each head's entries below its kth smallest set to 0, in q's dtype; that map's column
+    sums, diagonal and first row [B, H, N]; the thresholds [B, H], -inf for kth = 0 -- these in
+    the map's dtype, ``ATTENTION_DTYPES[q.dtype]``).  bfloat16 / float16: q k^T rounded to q's
+    dtype, then the map in float32, rounded to q's dtype for Att v (docs/spec.md, "Reduced
+    precision").  ``attention_op`` is this function as a torch custom op (for torch.compile and
+    autograd: its gradients are those of the same computation in torch ops, recomputed in the
+    backward pass; the threshold passes none, as through the reference's masked_fill)."""
+    return run_attention(q, k, v, log_s, _check_attention(q, k, v, log_s, kth, bias), bias)
+
+
+def run_attention(
+    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``attention`` for arguments already checked as ``attention`` checks them (``ops.attention``
+    checks its own, from which these follow): the call itself.  The C function checks again what
+    it can see -- sizes, ranks, that every log s is finite -- before it writes anything."""
     B, H, N, d = q.shape
     dv, acc = v.shape[-1], ATTENTION_DTYPES[q.dtype]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -244,11 +259,20 @@ def attention_op(
             torch.get_num_threads(),
         )
         _refused("attention", failed)
+        if failed == BAD_LOG_SIZE:
+            b, j = (~log_s.isfinite()).nonzero()[0].tolist()
+            raise ValueError(
+                f"log_s[{b}, {j}] = {float(log_s[b, j])}: the log of a token size must be finite "
+                "(token sizes finite and > 0)"
+            )
         if failed:
             raise MemoryError(
                 f"the compiled CPU attention found no memory for {failed} of {B * H} heads' maps ({N} x {N})"
             )
     return out, col_sums, diagonal, first_row, tau
+
+
+attention_op = torch.library.custom_op("gtp_ref::cpu_attention", attention, mutates_args=())
 
 
 def _check_attention(

@@ -160,8 +160,10 @@ SELECT_MAX = (
     64  # select_tokens' largest num_prop: the C source's SELECT_MAX (the self-test checks they agree)
 )
 # What the functions return (the C source's codes): sizes or ranks out of range; for propagate,
-# indices that are no partition, no memory, a graph row beyond A0, a token size not finite and > 0
+# indices that are no partition, no memory, a graph row beyond A0, a token size not finite and > 0;
+# for the attention, a log token size that is not finite
 BAD_ARGUMENTS, PARTITION_ERROR, NO_MEMORY, GRAPH_ROW, BAD_SIZE = -1, 1, 2, 3, 4
+BAD_LOG_SIZE = -2
 
 
 def _bind(path: Path) -> ctypes.CDLL:
@@ -366,12 +368,29 @@ def _self_test(lib: ctypes.CDLL) -> None:
             p(tau2),
             1,
         )
+        got_bits = mixed.tolist()
         got = (
             mixed.view(np.float16).astype(np.float32)
             if half
             else (mixed.astype(np.uint32) << 16).view(np.float32)
         )
         right = right and status == 0 and got.tolist() == [3.5, 3.5] and np.allclose(cols, [0.5, 1.5])
+        # a log token size that is not finite: refused before anything is written
+        log_s = np.array([0.0, -np.inf], np.float32)
+        refused = getattr(lib, f"attention_{name}")(
+            *map(p, (q, q, v, log_s)),
+            None,
+            strides,
+            1,
+            1,
+            2,
+            1,
+            1,
+            0,
+            *map(p, (mixed, cols, diag2, first2, tau2)),
+            1,
+        )
+        right = right and refused == BAD_LOG_SIZE and mixed.tolist() == got_bits
     if not right:
         raise OSError("the compiled library gave wrong answers in its self-test")
 

@@ -430,10 +430,63 @@ void convert_f16(const float *in, int64_t n, uint16_t *bits, float *back) {
     for (int64_t i = 0; i < n; i++) bits[i] = store_f16(in[i]), back[i] = load_f16(bits[i]);
 }
 
+#ifdef __AVX512F__
+/* exp_f32 on sixteen lanes: the same steps (NaN stays NaN, below -104 clamped), in vector form. */
+static inline __m512 exp16_f32(__m512 x) {
+    x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-104.0f), _CMP_LT_OQ), x, _mm512_set1_ps(-104.0f));
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(12582912.0f));
+    __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(12582912.0f));
+    __m512i e = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000));
+    __m512i e1 = _mm512_srai_epi32(e, 1), e2 = _mm512_sub_epi32(e, e1);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.9841270114e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3888889225e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3333337680e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1666667908e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666667163e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    __m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e1, _mm512_set1_epi32(127)), 23));
+    __m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(e2, _mm512_set1_epi32(127)), 23));
+    return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+}
+
+/* The row softmax of z[0..n) in place, sixteen lanes per step (the last step masked): the max,
+ * the sum of exp(z - max) in sixteen lane sums added in a fixed order, then exp(z - max) / sum. */
+static inline void softmax_row_avx512_f32(float *z, int64_t n) {
+    __m512 m = _mm512_set1_ps(-INFINITY), acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 valid = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        m = _mm512_mask_max_ps(m, valid, m, _mm512_maskz_loadu_ps(valid, z + j));
+    }
+    __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 valid = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 e = exp16_f32(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, z + j), max));
+        _mm512_mask_storeu_ps(z + j, valid, e);
+        acc = _mm512_mask_add_ps(acc, valid, acc, e);
+    }
+    float lanes[16], sum = 0;
+    _mm512_storeu_ps(lanes, acc);
+    for (int l = 0; l < 16; l++) sum += lanes[l];
+    __m512 inv = _mm512_set1_ps(1 / sum);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 valid = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        _mm512_mask_storeu_ps(z + j, valid, _mm512_mul_ps(_mm512_maskz_loadu_ps(valid, z + j), inv));
+    }
+}
+#define SOFTMAX_ROW_f32 softmax_row_avx512_f32
+#else
+#define SOFTMAX_ROW_f32 softmax_row_scalar_f32
+#endif
+#define SOFTMAX_ROW_f64 softmax_row_scalar_f64
+
 /* The fused attention's parts for one compute dtype T (float / double; K its key type): VW keys
  * per step of q k^T (two vector registers' worth). */
 #define ATTENTION_PARTS(NAME, T, K, VW)                                                        \
-static void softmax_row_##NAME(T *z, int64_t n) {                                              \
+static inline void softmax_row_scalar_##NAME(T *z, int64_t n) {                                 \
     T m[LANES], acc[LANES];                                                                    \
     int64_t j = 0;                                                                             \
     for (int l = 0; l < LANES; l++) m[l] = -(T)INFINITY;                                       \
@@ -545,6 +598,8 @@ int64_t work_kept_##NAME(void) { /* the bytes of work buffer the calling thread 
     return (int64_t)(tls_##NAME.size * sizeof(T));                                             \
 }
 
+#define BAD_LOG_SIZE (-2)  /* attention: a log token size that is not finite */
+
 /* The fused attention for inputs stored as S (SNAME), computed in T (NAME's parts): LOAD / STORE
  * convert an input / an output, ROUND rounds a T to S's precision (the identity where S is T). */
 #define ATTENTION(SNAME, NAME, S, T, K, VW, LOAD, STORE, ROUND)                                \
@@ -585,7 +640,7 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
                     for (int j = 0; j < VW && j0 + j < N; j++) z[j] += log_s[j0 + j];          \
             }                                                                                  \
         }                                                                                      \
-        for (int r = 0; r < RB && i0 + r < N; r++) softmax_row_##NAME(map + (i0 + r) * Np, N); \
+        for (int r = 0; r < RB && i0 + r < N; r++) SOFTMAX_ROW_##NAME(map + (i0 + r) * Np, N); \
     }                                                                                          \
     int ok = 1;                                                                                \
     T tau = kth ? kth_map_##NAME(map, N, Np, kth, key_buf, b1, b2, found, &ok) : -(T)INFINITY;  /* 3. */ \
@@ -616,13 +671,16 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
  * n; unit along the last dimension.  log_s [B, N] contiguous or NULL; bias [B or 1, H, N, N] at \
  * strides s[9..11] for b, h, row (s[9] = 0: one for every image; unit along the row) or NULL;   \
  * out [B, N, H, dv] contiguous; col_sums, diag, first_row [B, H, N]; taus [B, H] (-inf for     \
- * kth = 0).  Returns BAD_ARGUMENTS for sizes out of range (nothing written), else the number of \
- * heads that could not be computed (no memory).  A thread's work buffer is kept for the next   \
+ * kth = 0).  Returns BAD_ARGUMENTS for sizes out of range, BAD_LOG_SIZE for a log s that is not \
+ * finite (a token size not finite and > 0; nothing written), else the number of heads that     \
+ * could not be computed (no memory).  A thread's work buffer is kept for the next   \
  * call up to WORK_KEEP bytes, released beyond. */                                             \
 int64_t attention_##SNAME(const S *q, const S *k, const S *v, const T *log_s, const T *bias,     \
                           const int64_t *s, int64_t B, int64_t H, int64_t N, int64_t d, int64_t dv, \
                           int64_t kth, S *out, T *col_sums, T *diag, T *first_row, T *taus, int threads) { \
     if (B < 0 || H < 0 || N < 0 || d < 0 || dv < 0 || kth < 0 || kth > N * N) return BAD_ARGUMENTS; \
+    for (int64_t i = 0; log_s && i < B * N; i++)  /* a token size not finite and > 0 */         \
+        if (!(log_s[i] - log_s[i] == 0)) return BAD_LOG_SIZE;                                  \
     int64_t failed = 0;                                                                        \
     _Pragma("omp parallel num_threads(threads) reduction(+:failed)")                           \
     {                                                                                          \

@@ -114,12 +114,29 @@ def _cuda(
 def _cpu(
     q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, bias: Tensor | None = None
 ) -> Reductions:
-    """The ``cpu`` path: ``cpu.attention_op``, the whole attention per image and head in one compiled call."""
+    """The ``cpu`` path: the whole attention per image and head in one compiled call -- the custom
+    op ``cpu.attention_op`` under torch.compile or where a gradient is needed, else the call itself
+    (``cpu.run_attention``: at batch 1 the dispatcher and a second round of checks cost more than a
+    small map's arithmetic).  The kernel checks that every token size is finite and > 0."""
     B, H, N, _ = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
-    # out: (B, N, H, d)
-    out, col_sums, diagonal, first_row, _ = cpu.attention_op(q, k, v, log_s, _kth(N, sparsity), bias)
+    if torch.compiler.is_compiling() or _needs_grad(q, k, v, log_s, bias):
+        call = cpu.attention_op
+    else:
+        call = cpu.run_attention  # ``attention``'s checks and ``attention_path`` cover the op's
+    try:
+        # out: (B, N, H, d)
+        out, col_sums, diagonal, first_row, _ = call(q, k, v, log_s, _kth(N, sparsity), bias)
+    except ValueError:
+        if token_sizes is not None:
+            check_token_sizes("token_sizes", token_sizes)  # the message that names the token size
+        raise
     return out.reshape(B, N, H * v.shape[-1]), col_sums, diagonal, first_row
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether a gradient is to flow through any of the tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # The attention paths by name: each (q, k, v, token_sizes, sparsity, bias=None) -> Reductions, for
@@ -202,6 +219,14 @@ def attention(
     path, _ = attention_path(q, selection, bias)
     if path is None:
         return None
+    # the token sizes' values: the compiled CPU kernel checks them itself; on CUDA a host sync
+    if (
+        path != "cpu"
+        and token_sizes is not None
+        and not token_sizes.is_cuda
+        and not torch.compiler.is_compiling()
+    ):
+        check_token_sizes("token_sizes", token_sizes)
     out, col_sums, diagonal, first_row = PATHS[path](q, k, v, token_sizes, sparsity, bias)
     if selection is None:
         return out, None
@@ -223,8 +248,8 @@ def _check_attention(
     bias: Tensor | None,
 ) -> None:
     """``attention``'s arguments: q, k [B, H, N, d] and v [B, H, N, dv] of one floating dtype on one
-    device, token sizes [B, N] (finite, > 0; the values checked off the GPU) or None, theta, a
-    selection or None, 0 <= prefix_tokens <= N, a bias [B or 1, H, N, N] on q's device or None."""
+    device, token sizes [B, N] or None (their values: ``attention``), theta, a selection or None,
+    0 <= prefix_tokens <= N, a bias [B or 1, H, N, N] on q's device or None."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, 4, floating=True)
         if (t.dtype, t.device) != (q.dtype, q.device):
@@ -240,8 +265,6 @@ def _check_attention(
         check_tensor("token_sizes", token_sizes, 2, floating=True, shape=(B, N))
         if token_sizes.device != q.device:
             raise TypeError(f"token_sizes is on {token_sizes.device}, q on {q.device}")
-        if not token_sizes.is_cuda and not torch.compiler.is_compiling():
-            check_token_sizes("token_sizes", token_sizes)
     if bias is not None:
         check_tensor("bias", bias, 4, floating=True, shape=(None, H, N, N))
         if bias.shape[0] not in (1, B) or bias.device != q.device:
