@@ -218,6 +218,20 @@ def test_token_graph_is_the_dense_graph_exactly(data):
         )
 
 
+@given(st.data())
+def test_token_graph_of_special_features_is_the_dense_graph(data):
+    """Features with NaN, infinities, zeros (a zero-norm token) and exact ties: the compiled graph
+    picks each row's M-th largest similarity in topk's order (NaN above everything) as the
+    reference does, and its Â is the reference's bit for bit, NaN where the reference has NaN."""
+    h, w = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    n, dtype = h * w, data.draw(st.sampled_from(DTYPES))
+    values = st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 2.0])
+    x = torch.tensor(data.draw(st.lists(values, min_size=n * 2, max_size=n * 2)), dtype=dtype).view(1, n, 2)
+    graph, M = data.draw(st.sampled_from(["semantic", "mixed"])), data.draw(st.integers(0, n - 1))
+    got, want = fast.to_dense(fast.token_graph(x, (h, w), graph, M)), dense.token_graph(x, (h, w), graph, M)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
 @st.composite
 def special_scores(draw):
     """Scores with ties, NaN, -0 / +0 and infinities; P from 0 to n (beyond the compiled limit too)."""
