@@ -116,9 +116,11 @@ def check_tensor(name, t, ndim, *, floating=None, shape=None):
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
     if floating is False and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
         raise TypeError(f"{name} must have an integer dtype (torch.long), got {t.dtype}")
-    if shape is not None and any(want is not None and got != want for got, want in zip(t.shape, shape)):
-        want = ", ".join("*" if s is None else str(s) for s in shape)
-        raise ValueError(f"{name} has shape {list(t.shape)}, expected [{want}]")
+    if shape is not None:
+        for got, want in zip(t.shape, shape):  # a loop, not any(...): this runs for every op call
+            if want is not None and got != want:
+                expected = ", ".join("*" if s is None else str(s) for s in shape)
+                raise ValueError(f"{name} has shape {list(t.shape)}, expected [{expected}]")
     return t
 
 

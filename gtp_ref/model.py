@@ -180,7 +180,7 @@ class GTPBlock(Block):
         q, k, v = self.attn.heads(self.attn_in(x), run.rope_rows)  # (B, H, N, d)
         if run.ops.attention is not None and not run.record:
             kernels = run.ops.attention(
-                q * self.attn.scale,
+                q,
                 k,
                 v,
                 run.token_sizes,
@@ -188,6 +188,7 @@ class GTPBlock(Block):
                 selection,
                 prefix_count(run.prefix_tokens),
                 run.bias,
+                self.attn.scale,
             )
             if kernels is not None:
                 out, scores = kernels  # (B, N, H d), (B, n) or None

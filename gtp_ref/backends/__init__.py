@@ -33,8 +33,8 @@ NAMES = tuple(MODULES)
 class Backend:
     """The ops a GTP model calls, each with the signature of ``gtp_ref.backends.dense``'s.
 
-    ``attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens, bias)``, where a backend
-    has one: q (already multiplied by the attention scale), k, v [B, H, N, d], token sizes [B, N]
+    ``attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens, bias, scale)``, where a
+    backend has one: q, k, v [B, H, N, d] (the scaled query is ``q * scale``), token sizes [B, N]
     or None, theta, the selection (None: no scores needed), the prefix-token count and a
     relative-position bias [B or 1, H, N, N] or None ->
     (Att v [B, N, H d] with the sparsified map, scores [B, n] or None), or None where it does not

@@ -122,6 +122,19 @@ def test_outputs_are_the_computation_in_torch(case):
         assert torch.allclose(a.to(acc), b.to(acc), **tolerance), (name, (a - b).abs().max(), q.shape, kth)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, *HALF])
+@pytest.mark.parametrize("scale", [0.125, 64**-0.5, 0.3, 1.0])
+def test_the_scale_is_torchs_q_times_scale(dtype, scale):
+    """The kernel scales q as ``q * scale`` does in torch (in q's dtype): the same outputs, bit for
+    bit, as the kernel on the query scaled by torch."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 24, generator=g).to(dtype) for _ in range(3))
+    log_s = torch.rand(2, 40, generator=g).add(0.5).log()
+    got = cpu.attention_op(q, k, v, log_s, 700, None, scale)
+    want = cpu.attention_op(q * scale, k, v, log_s, 700)
+    assert all(torch.equal(a, b) for a, b in zip(got, want)), (dtype, scale)
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_the_conversions_are_torchs(dtype):
     """The kernel's float32 <-> bfloat16 / float16 conversions: every one of the 2^16 values back
@@ -300,9 +313,9 @@ def test_models_with_a_relative_position_bias_take_the_kernel(cfg, propagation, 
     biases = []
     kernel = fast.PATHS["cpu"]
 
-    def counting(q, k, v, token_sizes, sparsity, bias=None):
+    def counting(q, k, v, token_sizes, sparsity, bias=None, scale=1.0):
         biases.append(bias)
-        return kernel(q, k, v, token_sizes, sparsity, bias)
+        return kernel(q, k, v, token_sizes, sparsity, bias, scale)
 
     fast.PATHS["cpu"] = counting
     try:

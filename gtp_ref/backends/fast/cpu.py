@@ -36,12 +36,15 @@ from gtp_ref.backends.fast.cpu_build import (
     PARTITION_ERROR,
     SELECT_MAX,
 )
-from gtp_ref.validate import integer
+from gtp_ref.validate import integer, real
 
 _LIB: ctypes.CDLL | None = None
 REASON: str | None = None  # why the compiled kernels are not available, once that is known
 
 
+# torch.compile runs it once while tracing and takes its answer as a constant (the first call
+# may build the library, which it cannot trace)
+@torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether the compiled kernels can be used (builds them on the first call).  Any failure --
     no compiler, a build error, a library that does not load or fails its self-test -- ends in
@@ -208,24 +211,37 @@ _ATTENTION_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: 
 
 
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_s: Tensor | None,
+    kth: int,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """A GTP block's attention on the CPU in one call: q (scaled), k [B, H, N, d], v [B, H, N, dv]
+    """A GTP block's attention on the CPU in one call: q, k [B, H, N, d], v [B, H, N, dv]
     (float32 / float64 / bfloat16 / float16, one dtype; any strides with unit stride along the
     last dimension), log s [B, N] (finite) or None, kth = the threshold's rank among a head's N^2
-    entries (0: none), a relative-position bias [B or 1, H, N, N] or None -> (Att v [B, N, H, dv]
-    with each head's entries below its kth smallest set to 0, in q's dtype; that map's column
-    sums, diagonal and first row [B, H, N]; the thresholds [B, H], -inf for kth = 0 -- these in
-    the map's dtype, ``ATTENTION_DTYPES[q.dtype]``).  bfloat16 / float16: q k^T rounded to q's
+    entries (0: none), a relative-position bias [B or 1, H, N, N] or None, the attention scale
+    (q multiplied by it as ``q * scale`` in torch: in q's dtype) -> (Att v [B, N, H, dv] with each
+    head's entries below its kth smallest set to 0, in q's dtype; that map's column sums,
+    diagonal and first row [B, H, N]; the thresholds [B, H], -inf for kth = 0 -- these in the
+    map's dtype, ``ATTENTION_DTYPES[q.dtype]``).  bfloat16 / float16: q k^T rounded to q's
     dtype, then the map in float32, rounded to q's dtype for Att v (docs/spec.md, "Reduced
     precision").  ``attention_op`` is this function as a torch custom op (for torch.compile and
     autograd: its gradients are those of the same computation in torch ops, recomputed in the
     backward pass; the threshold passes none, as through the reference's masked_fill)."""
-    return run_attention(q, k, v, log_s, _check_attention(q, k, v, log_s, kth, bias), bias)
+    return run_attention(q, k, v, log_s, _check_attention(q, k, v, log_s, kth, bias, scale), bias, scale)
 
 
 def run_attention(
-    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_s: Tensor | None,
+    kth: int,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``attention`` for arguments already checked as ``attention`` checks them (``ops.attention``
     checks its own, from which these follow): the call itself.  The C function checks again what
@@ -255,6 +271,7 @@ def run_attention(
             d,
             dv,
             kth,
+            scale,
             *map(_pointer, (out, col_sums, diagonal, first_row, tau)),
             torch.get_num_threads(),
         )
@@ -276,10 +293,11 @@ attention_op = torch.library.custom_op("gtp_ref::cpu_attention", attention, muta
 
 
 def _check_attention(
-    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None
+    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None, scale: float
 ) -> int:
     """q, k [B, H, N, d] and v [B, H, N, dv] of one CPU dtype of ``ATTENTION_DTYPES``, log s [B, N]
-    or None, a bias [B or 1, H, N, N] or None, and 0 <= kth <= N^2."""
+    or None, a bias [B or 1, H, N, N] or None, a finite scale, and 0 <= kth <= N^2."""
+    real("scale", scale)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, 4, floating=True)
         if t.device.type != "cpu" or t.dtype not in ATTENTION_DTYPES:
@@ -304,8 +322,8 @@ def _check_attention(
 
 
 @attention_op.register_fake
-def _(q, k, v, log_s, kth, bias=None):
-    _check_attention(q, k, v, log_s, kth, bias)
+def _(q, k, v, log_s, kth, bias=None, scale=1.0):
+    _check_attention(q, k, v, log_s, kth, bias, scale)
     B, H, N, _ = q.shape
     acc = ATTENTION_DTYPES[q.dtype]
     return (
@@ -316,14 +334,20 @@ def _(q, k, v, log_s, kth, bias=None):
 
 
 def attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, log_s: Tensor | None, kth: int, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_s: Tensor | None,
+    kth: int,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """What ``attention_op`` computes, in torch ops (its backward pass and the tests use it):
     (Att v [B, N, H, dv], column sums, diagonal, first row, thresholds, the unmasked map), the map
     as ``gtp_ref.attention.softmax_map`` computes it, masked below each head's kth smallest entry
     (``torch.kthvalue``)."""
     acc = ATTENTION_DTYPES[q.dtype]
-    z = (q @ k.transpose(-2, -1)).to(acc)  # (B, H, N, N); in q's dtype first, as the map's
+    z = ((q * scale) @ k.transpose(-2, -1)).to(acc)  # (B, H, N, N); in q's dtype first, as the map's
     if bias is not None:
         z = z + bias.to(acc)
     if log_s is not None:
@@ -354,8 +378,8 @@ def convert(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
 
 
 def _save_attention(ctx, inputs, output) -> None:
-    q, k, v, log_s, kth, bias = inputs
-    ctx.has_log_s, ctx.has_bias, ctx.kth = log_s is not None, bias is not None, kth
+    q, k, v, log_s, kth, bias, scale = inputs
+    ctx.has_log_s, ctx.has_bias, ctx.kth, ctx.scale = log_s is not None, bias is not None, kth, scale
     empty = q.new_empty(0)
     ctx.save_for_backward(q, k, v, log_s if log_s is not None else empty, bias if bias is not None else empty)
 
@@ -368,13 +392,13 @@ def _attention_backward(ctx, *grads: Tensor):
     log_s, bias = (log_s if ctx.has_log_s else None), (bias if ctx.has_bias else None)
     inputs = [t for t in (q, k, v, log_s, bias) if t is not None]
     with torch.enable_grad():
-        outputs = attention_reference(q, k, v, log_s, ctx.kth, bias)[:4]
+        outputs = attention_reference(q, k, v, log_s, ctx.kth, bias, ctx.scale)[:4]
         used = [(o, g) for o, g in zip(outputs, grads[:4]) if g is not None]
         got = iter(torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], allow_unused=True))
     g_q, g_k, g_v = next(got), next(got), next(got)
     g_log_s = next(got) if ctx.has_log_s else None
     g_bias = next(got) if ctx.has_bias else None
-    return g_q, g_k, g_v, g_log_s, None, g_bias
+    return g_q, g_k, g_v, g_log_s, None, g_bias, None
 
 
 attention_op.register_autograd(_attention_backward, setup_context=_save_attention)
@@ -399,6 +423,24 @@ def propagate(
     sizes out of range, before anything is computed.  No autograd: ``ops.propagate`` takes
     torch ops where gradients are needed."""
     prefix = _check_propagate(x, sizes, A0, rows, kept, prop, prefix)
+    return run_propagate(x, sizes, A0, rows, kept, prop, alpha, prefix)
+
+
+def run_propagate(
+    x: Tensor,
+    sizes: Tensor | None,
+    A0: Tensor,
+    rows: Tensor,
+    kept: Tensor,
+    prop: Tensor,
+    alpha: float,
+    prefix: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``propagate`` for arguments whose shapes and dtypes are checked already (``ops.propagate``
+    checks its own, from which these follow; here only that every tensor is on the CPU): the call
+    itself, whose C function checks the indices, rows and sizes before it writes anything."""
+    if any(t is not None and t.device.type != "cpu" for t in (x, sizes, A0, rows, kept, prop)):
+        raise TypeError("the compiled CPU propagation takes CPU tensors only")
     x, rows, kept, prop = (t.contiguous() for t in (x, rows.long(), kept.long(), prop.long()))
     A0 = A0.to(x.dtype).contiguous()
     sizes = None if sizes is None else sizes.to(x.dtype).contiguous()
@@ -483,7 +525,12 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     """``gtp_ref.select.select_tokens`` on the CPU without a sort: scores [B, n] (float32 / float64),
     1 <= num_prop <= min(n, SELECT_MAX) -> (kept [B, n - num_prop] ascending, prop [B, num_prop]
     from the lowest score up; on equal scores the larger index first, NaN last)."""
-    num_prop = _check_select(scores, num_prop)
+    return run_select_tokens(scores, _check_select(scores, num_prop))
+
+
+def run_select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
+    """``select_tokens`` for arguments checked already (``ops.select_tokens`` checks its own and
+    routes only CPU float32 / float64 scores and 1 <= num_prop <= SELECT_MAX here)."""
     scores = scores.contiguous()
     B, n = scores.shape
     kept, prop = (

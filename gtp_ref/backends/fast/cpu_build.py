@@ -171,17 +171,21 @@ def _bind(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     # data pointers as addresses (cheaper than casts)
     ptr, i64, i32 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
-    # q, k, v, log s, bias, strides, B, H, N, d, dv, kth, out, col sums, diagonal, first row, taus, threads
-    attention = [ptr] * 5 + [ctypes.POINTER(i64)] + [i64] * 6 + [ptr] * 5 + [i32]
+
+    # q, k, v, log s, bias, strides, B, H, N, d, dv, kth, scale (the map's float), out, col sums,
+    # diagonal, first row, taus, threads
+    def attention(c_float):
+        return [ptr] * 5 + [ctypes.POINTER(i64)] + [i64] * 6 + [c_float] + [ptr] * 5 + [i32]
+
     for name in HALF_TYPES:
         fn, convert = getattr(lib, f"attention_{name}"), getattr(lib, f"convert_{name}")
-        fn.argtypes, fn.restype = attention, i64
+        fn.argtypes, fn.restype = attention(ctypes.c_float), i64
         convert.argtypes, convert.restype = [ptr, i64, ptr, ptr], None
     for name, c_float in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         signatures = {
             "kth_smallest": [ptr, i64, i64, i64, ptr, i32],
             "mask_heads": [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i32],
-            "attention": attention,
+            "attention": attention(c_float),
             "propagate": [ptr] * 6 + [i64] * 7 + [c_float, ptr, ptr, ptr, i32],
             "select_tokens": [ptr, i64, i64, i64, ptr, ptr, i32],
             "work_kept": [],
@@ -216,8 +220,8 @@ def _self_test(lib: ctypes.CDLL) -> None:
         masked, sums, diag, first, tau = (np.full(shape, np.nan, dtype) for shape in ((4, 4), 4, 4, 4, 1))
         status.append(call("mask_heads", p(attn), 1, 4, 5, p(masked), p(sums), p(diag), p(first), p(tau), 1))
         want = np.where(attn < 0.25, 0, attn)
-        # attention of two tokens with q = 0: every entry of the map 1/2, Att v the mean of v
-        q, v = np.zeros((2, 1), dtype), np.array([[2.0], [4.0]], dtype)
+        # attention of two tokens scaled by 0: every entry of the map 1/2, Att v the mean of v
+        q, v = np.array([[1.0], [3.0]], dtype), np.array([[2.0], [4.0]], dtype)
         mixed, cols, diag2, first2 = (np.full(2, np.nan, dtype) for _ in range(4))
         tau2 = np.full(1, np.nan, dtype)
         strides = (ctypes.c_int64 * 12)(2, 2, 1, 2, 2, 1, 2, 2, 1, 0, 0, 0)
@@ -236,6 +240,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
                 1,
                 1,
                 2,
+                0.0,
                 p(mixed),
                 p(cols),
                 p(diag2),
@@ -361,6 +366,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
             1,
             1,
             0,
+            1.0,
             p(mixed),
             p(cols),
             p(diag2),
@@ -387,6 +393,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
             1,
             1,
             0,
+            1.0,
             *map(p, (mixed, cols, diag2, first2, tau2)),
             1,
         )

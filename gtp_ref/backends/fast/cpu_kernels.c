@@ -221,8 +221,8 @@ int64_t mask_heads_##NAME(const T *attn, int64_t heads, int64_t n, int64_t k, T 
  *
  * attention_{f32,f64,bf16,f16}: a GTP block's attention for B images x H heads, one (image, head) at
  * a time per thread, its N x N map never leaving the thread's cache:
- *   1. z = q k^T (+ a relative-position bias b[i, j]) (+ log s per key), q already scaled: RB rows
- *      x VW keys per step, k transposed first so that the keys run along the vector lanes;
+ *   1. z = (scale q) k^T (+ a relative-position bias b[i, j]) (+ log s per key): RB rows x VW keys
+ *      per step, k transposed first so that the keys run along the vector lanes;
  *   2. the row softmax: its max and its sum of exp(z - max) in LANES partial sums added in a fixed
  *      order (equal rows give equal maps, bit for bit), then exp(z - max) / sum;
  *   3. tau = the kth smallest of the head's N^2 entries (kth_block above; kth = 0: none);
@@ -608,7 +608,7 @@ int64_t work_kept_##NAME(void) { /* the bytes of work buffer the calling thread 
  * work buffer could be had. */                                                                \
 static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t ldk, const S *v, \
                                   int64_t ldv, const T *log_s, const T *bias, int64_t ldb, int64_t N, \
-                                  int64_t d, int64_t dv, int64_t kth, S *out, int64_t ldo, T *col_sums, \
+                                  int64_t d, int64_t dv, int64_t kth, T scale, S *out, int64_t ldo, T *col_sums, \
                                   T *diag, T *first_row, T *tau_out) {                          \
     int64_t Np = (N + VW - 1) / VW * VW, Nr = (N + RB - 1) / RB * RB;                          \
     /* v is read in place where dv fits the vectors and S is T */                              \
@@ -627,7 +627,8 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
             for (int64_t c = 0; c < dp; c++) V[j * dp + c] = c < dv ? LOAD(v[j * ldv + c]) : 0; \
     for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 1. the logits, 2. the softmax */              \
         for (int r = 0; r < RB; r++)                                                           \
-            for (int64_t t = 0; t < d; t++) Q[r * d + t] = i0 + r < N ? LOAD(q[(i0 + r) * ldq + t]) : 0; \
+            for (int64_t t = 0; t < d; t++)  /* q scaled as torch scales it: in T, rounded to S */ \
+                Q[r * d + t] = i0 + r < N ? ROUND(LOAD(q[(i0 + r) * ldq + t]) * scale) : 0;   \
         for (int64_t j0 = 0; j0 < Np; j0 += VW) {                                              \
             T acc[RB][VW];                                                                     \
             logits_step_##NAME(Q, kT, d, Np, j0, acc);                                         \
@@ -677,7 +678,8 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
  * call up to WORK_KEEP bytes, released beyond. */                                             \
 int64_t attention_##SNAME(const S *q, const S *k, const S *v, const T *log_s, const T *bias,     \
                           const int64_t *s, int64_t B, int64_t H, int64_t N, int64_t d, int64_t dv, \
-                          int64_t kth, S *out, T *col_sums, T *diag, T *first_row, T *taus, int threads) { \
+                          int64_t kth, T scale, S *out, T *col_sums, T *diag, T *first_row, T *taus,   \
+                          int threads) {                                                       \
     if (B < 0 || H < 0 || N < 0 || d < 0 || dv < 0 || kth < 0 || kth > N * N) return BAD_ARGUMENTS; \
     for (int64_t i = 0; log_s && i < B * N; i++)  /* a token size not finite and > 0 */         \
         if (!(log_s[i] - log_s[i] == 0)) return BAD_LOG_SIZE;                                  \
@@ -690,7 +692,7 @@ int64_t attention_##SNAME(const S *q, const S *k, const S *v, const T *log_s, co
             failed += attention_head_##SNAME(q + b * s[0] + h * s[1], s[2], k + b * s[3] + h * s[4], s[5], \
                                              v + b * s[6] + h * s[7], s[8], log_s ? log_s + b * N : NULL, \
                                              bias ? bias + b * s[9] + h * s[10] : NULL, s[11],  \
-                                             N, d, dv, kth, out + (b * N * H + h) * dv, H * dv,   \
+                                             N, d, dv, kth, scale, out + (b * N * H + h) * dv, H * dv, \
                                              col_sums + bh * N, diag + bh * N, first_row + bh * N, \
                                              taus + bh) != 0;                                  \
         }                                                                                      \
@@ -748,7 +750,7 @@ int64_t propagate_##NAME(const T *x, const T *sizes, const T *A0, const int64_t 
         for (int64_t t = 0; t < C; t++) bad |= !(xp[t] - xp[t] == 0);  /* NaN or inf */        \
         finite[r] = !bad;                                                                      \
     }                                                                                          \
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * No * C > 65536)")  \
+    _Pragma("omp parallel for num_threads(threads) schedule(static) if(B * No * C > 262144)")  \
     for (int64_t r = 0; r < B * No; r++) {                                                     \
         int64_t b = r / No, i = r % No;                                                        \
         const T *xb = x + b * N * C;                                                           \

@@ -28,7 +28,7 @@ from gtp_ref.graph import cosine_similarity, inv_sqrt_degree, semantic_threshold
 from gtp_ref.select import COLUMN_SELECTIONS, column_scores, head_thresholds, sparsity_k
 from gtp_ref.select import select_tokens as sorted_selection
 from gtp_ref.select import token_scores as token_scores  # the reference's, re-exported (an op of the API)
-from gtp_ref.validate import choice, integer
+from gtp_ref.validate import choice, integer, real
 
 try:  # the Triton kernels, where Triton is installed (a CUDA build of torch brings it)
     from gtp_ref.backends.fast import cuda
@@ -99,12 +99,19 @@ Reductions = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def _cuda(
-    q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_sizes: Tensor | None,
+    sparsity: float,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> Reductions:
     """The ``cuda`` path: ``cuda.attention`` (as a custom op), the map recomputed tile by tile, never
     stored (no relative-position bias: ``attention_path`` routes a bias elsewhere)."""
     if bias is not None:
         raise ValueError("the cuda path takes no relative-position bias (attention_path says so)")
+    q = q if scale == 1.0 else q * scale
     B, H, N, d = q.shape
     log_s = None if token_sizes is None else token_sizes.log()  # (B, N)
     out, col_sums, diagonal, first_row = cuda.attention_op(q, k, v, log_s, _kth(N, sparsity))
@@ -112,7 +119,13 @@ def _cuda(
 
 
 def _cpu(
-    q: Tensor, k: Tensor, v: Tensor, token_sizes: Tensor | None, sparsity: float, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_sizes: Tensor | None,
+    sparsity: float,
+    bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> Reductions:
     """The ``cpu`` path: the whole attention per image and head in one compiled call -- the custom
     op ``cpu.attention_op`` under torch.compile or where a gradient is needed, else the call itself
@@ -126,7 +139,7 @@ def _cpu(
         call = cpu.run_attention  # ``attention``'s checks and ``attention_path`` cover the op's
     try:
         # out: (B, N, H, d)
-        out, col_sums, diagonal, first_row, _ = call(q, k, v, log_s, _kth(N, sparsity), bias)
+        out, col_sums, diagonal, first_row, _ = call(q, k, v, log_s, _kth(N, sparsity), bias, scale)
     except ValueError:
         if token_sizes is not None:
             check_token_sizes("token_sizes", token_sizes)  # the message that names the token size
@@ -139,9 +152,9 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-# The attention paths by name: each (q, k, v, token_sizes, sparsity, bias=None) -> Reductions, for
-# the inputs ``attention_path`` routes to it (tests and ``python -m gtp_ref.apps.bench attention``
-# call them by name).
+# The attention paths by name: each (q, k, v, token_sizes, sparsity, bias=None, scale=1.0) ->
+# Reductions, for the inputs ``attention_path`` routes to it (tests and ``python -m
+# gtp_ref.apps.bench attention`` call them by name).
 PATHS: dict[str, Callable[..., Reductions]] = {"cpu": _cpu, "cuda": _cuda}
 
 
@@ -205,17 +218,19 @@ def attention(
     selection: str | None,
     prefix_tokens: int,
     bias: Tensor | None = None,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor | None] | None:
     """A GTP block's attention and the token scores without the explicit path's separate passes
     over the map (the interface of ``gtp_ref.backends.Backend.attention``).
 
-    q (scaled), k, v [B, H, N, d]; token_sizes [B, N] or None; a relative-position bias [B or 1,
-    H, N, N] or None -> (Att v [B, N, H d] with the sparsified map, scores [B, n] or None for
+    q, k, v [B, H, N, d]; token_sizes [B, N] or None; a relative-position bias [B or 1, H, N, N]
+    or None; the attention scale, by which q is multiplied (as ``q * scale`` in torch; 1 for a q
+    already scaled) -> (Att v [B, N, H d] with the sparsified map, scores [B, n] or None for
     ``selection=None``) -- what the explicit path gives -- or None where no path applies
     (``attention_path``).  Every argument is checked first, as the dense reference's ops check
     theirs.
     """
-    _check_attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens, bias)
+    _check_attention(q, k, v, token_sizes, sparsity, selection, prefix_tokens, bias, scale)
     path, _ = attention_path(q, selection, bias)
     if path is None:
         return None
@@ -227,7 +242,7 @@ def attention(
         and not torch.compiler.is_compiling()
     ):
         check_token_sizes("token_sizes", token_sizes)
-    out, col_sums, diagonal, first_row = PATHS[path](q, k, v, token_sizes, sparsity, bias)
+    out, col_sums, diagonal, first_row = PATHS[path](q, k, v, token_sizes, sparsity, bias, scale)
     if selection is None:
         return out, None
     c = prefix_tokens
@@ -246,10 +261,12 @@ def _check_attention(
     selection: str | None,
     prefix_tokens: int,
     bias: Tensor | None,
+    scale: float,
 ) -> None:
     """``attention``'s arguments: q, k [B, H, N, d] and v [B, H, N, dv] of one floating dtype on one
     device, token sizes [B, N] or None (their values: ``attention``), theta, a selection or None,
-    0 <= prefix_tokens <= N, a bias [B or 1, H, N, N] on q's device or None."""
+    0 <= prefix_tokens <= N, a bias [B or 1, H, N, N] on q's device or None, a finite scale."""
+    real("scale", scale)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, 4, floating=True)
         if (t.dtype, t.device) != (q.dtype, q.device):
@@ -368,7 +385,7 @@ def select_tokens(scores: Tensor, num_prop: int) -> tuple[Tensor, Tensor]:
     (O(n num_prop)); elsewhere the reference's sort."""
     num_prop = check_select_input(scores, num_prop)
     if 0 < num_prop <= SELECT_MAX and _compiled_cpu(scores):
-        return (cpu.select_tokens_op if torch.compiler.is_compiling() else cpu.select_tokens)(
+        return (cpu.select_tokens_op if torch.compiler.is_compiling() else cpu.run_select_tokens)(
             scores, num_prop
         )
     return sorted_selection(scores, num_prop)
@@ -406,7 +423,8 @@ def propagate(
     c = prefix_count(prefix_tokens)
     # it checks the values itself
     if mode == "graph" and _compiled_cpu(x) and _without_grad(x, G, token_sizes):
-        compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.propagate
+        # eager: the call without a second round of checks (those above cover the op's)
+        compiled_propagate = cpu.propagate_op if torch.compiler.is_compiling() else cpu.run_propagate
         x, scales, rows = compiled_propagate(x, token_sizes, G.A0.to(x.dtype), G.rows, kept, prop, alpha, c)
         return x, LazyGraph(G.A0, rows), None if token_sizes is None else scales
     # the checks read their result: on a GPU, a host sync
