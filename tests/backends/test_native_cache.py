@@ -184,3 +184,23 @@ def test_the_trust_rule(tmp_path):
         other.mkdir(mode=0o700)
         os.chown(other, 12345, 12345)
         assert "belongs to uid 12345" in cpu_build.untrusted(other)
+
+
+def test_torch_compile_as_the_first_call_builds_the_library_and_keeps_one_graph(tmp_path):
+    """torch.compile(model, fullgraph=True) as a process's first call, with an empty cache: the
+    library is built while the model is traced (torch.compile takes its availability as a
+    constant), with no graph break, and the compiled model runs the kernels."""
+    prelude = textwrap.dedent("""
+        import torch
+        from gtp_ref import GTPViT, ViTConfig
+        cfg = ViTConfig.of(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=3)
+        model = GTPViT(cfg, num_prop=3, sparsity=0.6, token_scale=True, backend="fast").eval()
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            compiled = torch.compile(model, fullgraph=True, backend="eager")(x)
+            assert torch.allclose(compiled, model(x), rtol=1e-5, atol=1e-6)
+        print("compiled once")
+    """)
+    out = run_child(tmp_path / "cache", prelude=prelude, cwd=tmp_path)
+    assert "compiled once" in out and "available True" in out, out
+    assert (tmp_path / "cache" / "gtp_ref" / library_name()).exists()
