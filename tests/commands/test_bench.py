@@ -189,16 +189,49 @@ def test_pruned_free_drops_tokens_at_gtps_schedule():
     torch.manual_seed(0)
     plain = ViT(ViTConfig.of(**kw), fused_attn=True).eval()
     x = torch.randn(2, 3, 32, 32)
-    same = PrunedViT(ViTConfig.of(**kw), num_prop=0).eval()
-    same.load_state_dict(plain.state_dict())
-    pruned = PrunedViT(ViTConfig.of(**kw), num_prop=4).eval()
-    pruned.load_state_dict(plain.state_dict())
+    same, pruned = PrunedViT(plain, num_prop=0).eval(), PrunedViT(plain, num_prop=4).eval()
     seen = []
-    pruned.blocks[2].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    hook = plain.blocks[2].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     with torch.no_grad():
-        assert torch.allclose(same(x), plain(x), atol=1e-6)
         pruned(x)
+        hook.remove()
+        assert torch.allclose(same(x), plain(x), atol=1e-6)
     assert seen == [1 + 16 - 3 * 4]
+
+
+def test_pruned_free_keeps_the_positions_of_its_tokens():
+    """On a backbone with a relative-position bias (BEiT) or RoPE: at P = 0 the model itself; with
+    P > 0 block l attends with the bias entries / RoPE rows of the patches it keeps -- the first
+    n_l, so the table's leading rows and columns."""
+    from gtp_ref.apps.bench.throughput import PrunedViT
+    from gtp_ref.model import GTPViT
+
+    for positions in (dict(attn_bias=True), dict(rope="interleaved", pos_embed=False)):
+        kw = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=16, depth=3, num_heads=2, **positions)
+        torch.manual_seed(0)
+        plain = GTPViT(ViTConfig.of(**kw)).eval()
+        for p in plain.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        x = torch.randn(2, 3, 32, 32)
+        seen = []
+        hooks = [
+            block.attn.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
+            for block in plain.blocks
+        ]
+        with torch.no_grad():
+            assert torch.allclose(PrunedViT(plain, num_prop=0)(x), plain(x), atol=1e-5), positions
+            seen.clear()
+            PrunedViT(plain, num_prop=3)(x)
+        for h in hooks:
+            h.remove()
+        for l, kwargs in enumerate(seen):
+            n_l = 16 - 3 * l  # image tokens entering block l
+            if "attn_bias" in positions:
+                want = plain.attn_bias_table[l][:, : 1 + n_l, : 1 + n_l]
+                assert torch.equal(kwargs["bias"][0], want), (l, kwargs["bias"].shape)
+            else:
+                want = plain.rope_table[min(l, len(plain.rope_table) - 1)][:, :n_l]
+                assert torch.equal(kwargs["rope_rows"][0], want), (l, kwargs["rope_rows"].shape)
 
 
 def test_throughput_at_another_image_size():

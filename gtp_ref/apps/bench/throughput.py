@@ -11,11 +11,12 @@ Methods: ``baseline_fused`` / ``baseline_explicit`` (the plain ViT with
 ``gtp_fast`` (GTP at the paper's settings on each backend), ``tome``; and, only when named,
 ``pruned_free``: the fused-attention ViT that simply drops its last P image tokens per block,
 GTP's token schedule at no cost of choosing them -- the bound any pruning method works
-under (GTP's overhead is its time minus this one's).  ``--img-size`` runs the presets at
-another resolution (N = (size / patch)^2 + 1).  A ``+graph`` suffix (CUDA
-only) replays the model from a CUDA graph; ``+compile`` runs ``torch.compile(model)`` (on CUDA
-replayed from a CUDA graph too), and is only run when named.  On the CPU the default model is a
-tiny smoke geometry; name ``--models deit_small`` for a measurement.
+under (GTP's overhead is its time minus this one's; with --timm / --hf on the converted
+model).  ``--img-size`` runs the presets at another resolution (N = (size / patch)^2 + 1).  A
+``+graph`` suffix (CUDA only) replays the model from a CUDA graph; ``+compile`` runs
+``torch.compile(model)`` (on CUDA replayed from a CUDA graph too), and is only run when named.
+On the CPU the default model is a tiny smoke geometry; name ``--models deit_small`` for a
+measurement.
 
 ``--timm NAME [--checkpoint FILE]`` measures your timm model instead: the baseline is timm's own
 model (``baseline_fused``: timm's fused attention), GTP and ToMe come from it by
@@ -149,10 +150,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.methods = args.methods or list(METHODS + GRAPHED if cuda else METHODS)
     if foreign is not None:
         g = geometry(args.models[0])
-        unavailable = {
-            "baseline_explicit": f"the baseline is the {foreign} model itself",
-            "pruned_free": "free pruning is measured on the presets (--models)",
-        }
+        unavailable = {"baseline_explicit": f"the baseline is the {foreign} model itself"}
         if g.num_prefix_tokens > int(g.prefix.class_token) or g.positions.rope or g.positions.attn_bias:
             unavailable["tome"] = (
                 "ToMe is not defined for this model: prefix tokens beyond [CLS] (registers, a "
@@ -230,21 +228,35 @@ def geometry(model: str) -> ViTConfig:
     return g.replace(img_size=IMG_SIZE[model]) if model in IMG_SIZE else g
 
 
-class PrunedViT(ViT):
-    """Free pruning: the plain ViT (fused attention) that drops its last P image tokens after each
-    block's attention -- GTP's token schedule at no selection or propagation cost."""
+class PrunedViT(torch.nn.Module):
+    """Free pruning: a ViT (fused attention) that drops its last P image tokens after each block's
+    attention -- GTP's token schedule at no selection or propagation cost.  The remaining tokens
+    keep their patches' RoPE rows and relative-position bias, so it runs any backbone GTP runs
+    (a preset's ViT, or the model ``from_timm`` / ``from_hf`` makes)."""
 
-    def __init__(self, config: ViTConfig, num_prop: int = 0) -> None:
-        super().__init__(config, fused_attn=True)
-        self.num_prop = prop_schedule(num_prop, len(self.blocks), self.num_image_tokens)
+    def __init__(self, vit: ViT, num_prop: int = 0) -> None:
+        super().__init__()
+        self.vit = vit
+        self.num_prop = prop_schedule(num_prop, len(vit.blocks), vit.num_image_tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)
-        for block, P in zip(self.blocks, self.num_prop):
-            x = block.attn_add(x, block.attn(block.attn_in(x), fused_attn=True)[0])
+        vit = self.vit
+        x = vit.embed(x)
+        c, positions = vit.num_prefix_tokens, vit.config.positions
+        for l, (block, P) in enumerate(zip(vit.blocks, self.num_prop)):
+            patches = None  # the first n_l patches, in order: the rows of the kept tokens
+            if positions.rope is not None or positions.attn_bias:
+                patches = torch.arange(x.shape[1] - c, device=x.device)[None]
+            attn, _ = block.attn(
+                block.attn_in(x),
+                fused_attn=True,
+                rope_rows=vit.rope_rows_for(l, patches),
+                bias=vit.bias_for(l, patches),
+            )
+            x = block.attn_add(x, attn)
             x = x[:, : x.shape[1] - P]
             x = block.mlp_add(x)
-        return self.forward_head(x)
+        return vit.forward_head(x)
 
 
 def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module:
@@ -260,7 +272,7 @@ def build_model(model: str, method: str, P: int, device: str) -> torch.nn.Module
         if base.startswith("baseline"):
             net = ViT(config, fused_attn=base == "baseline_fused")
         elif base == "pruned_free":
-            net = PrunedViT(config, num_prop=P)
+            net = PrunedViT(ViT(config, fused_attn=True), num_prop=P)
         elif base == "tome":
             net = ToMeViT(config, r=P, fused_attn=True)
         else:
@@ -287,6 +299,8 @@ def _from_foreign(net: torch.nn.Module, base: str, P: int, device: str) -> torch
         return copy.deepcopy(net).to(device).eval()
     if base == "tome":
         return tome_from(net, r=P).to(device).eval()
+    if base == "pruned_free":
+        return PrunedViT(gtp_from(net, num_prop=0, sparsity=1.0), num_prop=P).to(device).eval()
     return gtp_from(net, **paper_settings(num_prop=P, backend=base.split("_")[1]).kwargs()).to(device).eval()
 
 
