@@ -38,11 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     command = COMMANDS[args.command]
-    if hasattr(args, "device"):
+    checking = getattr(args, "check", False)  # the arguments only: a long run's command, before the run
+    if hasattr(args, "device") and not checking:
         common.check_device(parser, args.device)
     if hasattr(args, "json_out"):
         output_path(parser, "--json-out", args.json_out, suffixes=[".json"])
     command.validate(parser, args)  # everything checked before anything is measured
+    if checking:
+        print(f"python -m gtp_ref.apps.bench {args.command}: the arguments are valid (nothing measured)")
+        return 0
     args.parser = parser
     if args.command in ("profile", "plot", "costmodel"):
         return command.run(args)

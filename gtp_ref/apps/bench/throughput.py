@@ -123,6 +123,11 @@ def add_arguments(sub: Any) -> None:
         tp, "interleaved timing rounds (default 7; >= 5 for a measurement, 1 for a smoke run)"
     )
     tp.add_argument("--figure", default=None, metavar="PNG", help="also draw the speed-ups into this PNG")
+    tp.add_argument(
+        "--check",
+        action="store_true",
+        help="check the arguments (all but the device's presence) and exit: nothing is built or measured",
+    )
 
 
 def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
