@@ -9,6 +9,8 @@ computation in torch within rounding, barring maps whose threshold falls within 
 entry; and whole models on it equal the dense reference, barring decisions within rounding of a tie
 (``gtp_ref.diagnostics.margin``), as the GPU kernels' tests do."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -260,30 +262,36 @@ HALF_RTOL = {dtype: 4 * torch.finfo(dtype).eps for dtype in HALF}
 )
 def test_half_models_on_the_kernel_equal_the_dense_reference(cfg, selection, ties, half, autocast):
     """bfloat16 / float16, under CPU autocast (a float32 model) or as the model's own dtype: the
-    kernel's map is the reference's float32 map (docs/spec.md, "Reduced precision"), so the
-    model's decisions are the dense reference's, barring those within rounding of a tie.  Under
-    autocast (float32 between the blocks' products) the logits agree within a few units of the
-    dtype; a model held in the half type rounds every step to it, and its LayerNorms of a few
-    channels amplify a unit of difference without bound, so there the decisions are compared."""
+    kernel's map is the reference's float32 map (docs/spec.md, "Reduced precision"), so the first
+    block -- whose inputs are the reference's -- makes the reference's decisions, barring those
+    within rounding of a tie.  Later blocks see inputs that differ by a unit of the half type,
+    which the LayerNorms of these models of a few channels amplify without bound, so where every
+    decision agrees the logits are compared within a few units of the dtype beyond the
+    reference's own rounding (its weights evaluated in float64)."""
     assume(cfg["class_token"] or not selection.startswith("cls_attn"))
     cfg = {**cfg, "selection": selection}
     dtype = torch.float32 if autocast else half
     x = images_for(cfg, 2, ties=ties, dtype=dtype)
-    model = build({**cfg, "backend": "fast"}, dtype=dtype)
+    model, reference = build({**cfg, "backend": "fast"}, dtype=dtype), build(cfg, dtype=dtype)
     with torch.no_grad(), torch.autocast("cpu", half, enabled=autocast):
         block = model.blocks[0]
         q, _, _ = block.attn.heads(block.norm1(model.embed(x)))
         assert q.dtype == half and fast.attention_path(q, selection)[0] == "cpu", "the kernel is taken"
-        trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
+        trace = reference.forward_trace(x, record=True)
         got = model.forward_trace(x)  # not recorded: the kernel's path
     assume(margin(trace) > HALF_NEAR_TIE[half])
-    assert [layer.prop.tolist() for layer in got.layers if layer.prop is not None] == [
-        layer.prop.tolist() for layer in trace.layers if layer.prop is not None
-    ], (half, autocast, cfg)
+    decisions = [  # which tokens each block propagates (the margin guards the set, not its order)
+        [layer.prop.sort(dim=1).values.tolist() for layer in t.layers if layer.prop is not None]
+        for t in (got, trace)
+    ]
+    assert decisions[0][:1] == decisions[1][:1], (half, autocast, cfg)
     assert got.logits.dtype == trace.logits.dtype
-    if autocast:
-        rtol = HALF_RTOL[half]
-        assert torch.allclose(got.logits.float(), trace.logits.float(), rtol=rtol, atol=rtol), (half, cfg)
+    if decisions[0] == decisions[1]:
+        with torch.no_grad():
+            exact = copy.deepcopy(reference).double()(x.double())
+        want, rtol = trace.logits.double(), HALF_RTOL[half]
+        own = (want - exact).abs()
+        assert ((got.logits.double() - want).abs() <= rtol * (1 + want.abs()) + 2 * own).all(), (half, cfg)
 
 
 def test_autocast_of_another_dtype_takes_the_explicit_path():
@@ -318,16 +326,21 @@ def test_models_with_a_relative_position_bias_take_the_kernel(cfg, propagation, 
         return kernel(q, k, v, token_sizes, sparsity, bias, scale)
 
     fast.PATHS["cpu"] = counting
+    reference = build(cfg, dtype=dtype)
     try:
         with torch.no_grad():
-            trace = build(cfg, dtype=dtype).forward_trace(x, record=True)
+            trace = reference.forward_trace(x, record=True)
             got = model(x)
     finally:
         fast.PATHS["cpu"] = kernel
     assert len(biases) == cfg["depth"] and all(b is not None for b in biases), "the kernel takes the bias"
     assume(margin(trace) > NEAR_TIE[dtype])
     rtol, atol = (1e-7, 1e-9) if dtype == torch.float64 else (1e-4, 1e-5)
-    assert torch.allclose(got, trace.logits, rtol=rtol, atol=atol), (dtype, cfg)
+    # beyond that, the reference's own rounding: a model of a few channels and heads can be so
+    # ill-conditioned that float32 moves its logits further (its weights evaluated in float64)
+    with torch.no_grad():
+        own = (trace.logits.double() - copy.deepcopy(reference).double()(x.double())).abs()
+    assert ((got - trace.logits).abs() <= atol + rtol * trace.logits.abs() + 2 * own).all(), (dtype, cfg)
 
 
 @pytest.mark.parametrize(
