@@ -45,7 +45,6 @@ def sanitized(tmp_path_factory):
         "-fno-omit-frame-pointer",
         "-fsanitize=address,undefined",
         "-fno-sanitize-recover=all",
-        "-fno-strict-aliasing",
         "-fopenmp",
         "-shared",
         "-fPIC",

@@ -1,7 +1,6 @@
 """How the fast backend's CPU kernels (``cpu_kernels.c``) are built and what is loaded.
 
-They are built on first use (``cc -O3 -fno-strict-aliasing -march=native -fopenmp -shared``,
-about a second) into the user's cache
+They are built on first use (``cc -O3 -march=native -fopenmp -shared``, about a second) into the user's cache
 (``$XDG_CACHE_HOME/gtp_ref`` or ``~/.cache/gtp_ref``), under a name keyed by the source, the
 compiler, the flags and the CPU.  What is loaded must be trusted and intact:
 
@@ -32,7 +31,7 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-fno-strict-aliasing", "-shared", "-fPIC")  # the work buffer holds floats, keys and bf16 pairs in turn
+FLAGS = ("-O3", "-shared", "-fPIC")
 # tried in this order: vector instructions of this CPU and threads; threads; neither
 VARIANTS = (["-march=native", "-fopenmp"], ["-fopenmp"], [])
 NOTE: str | None = None  # where it was built, when that is not the user's cache (why not)

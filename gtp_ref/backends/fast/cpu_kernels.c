@@ -600,60 +600,9 @@ int64_t work_kept_##NAME(void) { /* the bytes of work buffer the calling thread 
 
 #define BAD_LOG_SIZE (-2)  /* attention: a log token size that is not finite */
 
-/* bfloat16 products on the CPU's dot instructions (AVX512_BF16's vdpbf16ps: two bf16 products per
- * float32 lane, summed in float32), where the build has them: operands as pairs of bf16 in 32-bit
- * words -- q and the map along their rows, k and v along the keys.  Elsewhere the bf16 path
- * converts to float32 and runs the float32 products (the same products, summed in another order). */
-static inline uint32_t pair_bf16(uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); }
-#ifdef __AVX512BF16__
-#define BF16_DOT 1
-/* acc[r][j] = sum_t q_r,t k_j0+j,t for RB rows (Qw: [RB][d2] pairs) and 32 keys (Kw: [d2][ldk] pairs) */
-static inline void logits_dot_bf16(const uint32_t *restrict Qw, const uint32_t *restrict Kw, int64_t d2,
-                                   int64_t ldk, int64_t j0, float acc[RB][32]) {
-    __m512 a[RB][2];
-    for (int r = 0; r < RB; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-    for (int64_t t2 = 0; t2 < d2; t2++) {
-        __m512i k0 = _mm512_loadu_si512(Kw + t2 * ldk + j0), k1 = _mm512_loadu_si512(Kw + t2 * ldk + j0 + 16);
-        for (int r = 0; r < RB; r++) {
-            __m512i qr = _mm512_set1_epi32((int)Qw[r * d2 + t2]);
-            a[r][0] = _mm512_dpbf16_ps(a[r][0], (__m512bh)qr, (__m512bh)k0);
-            a[r][1] = _mm512_dpbf16_ps(a[r][1], (__m512bh)qr, (__m512bh)k1);
-        }
-    }
-    for (int r = 0; r < RB; r++) _mm512_storeu_ps(acc[r], a[r][0]), _mm512_storeu_ps(acc[r] + 16, a[r][1]);
-}
-
-/* out[r][c] = sum_j A[r, j] v_j,c for RB rows of the map's pairs (row stride lda words) and the
- * dp columns of V's pairs ([n2][dp]) */
-static inline void mix_dot_bf16(const uint32_t *restrict A, int64_t lda, const uint32_t *restrict Vw, int64_t n2,
-                                int64_t dp, float *restrict out) {
-    for (int64_t c0 = 0; c0 < dp; c0 += 32) {
-        __m512 a[RB][2];
-        for (int r = 0; r < RB; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-        for (int64_t j2 = 0; j2 < n2; j2++) {
-            __m512i v0 = _mm512_loadu_si512(Vw + j2 * dp + c0), v1 = _mm512_loadu_si512(Vw + j2 * dp + c0 + 16);
-            for (int r = 0; r < RB; r++) {
-                __m512i pr = _mm512_set1_epi32((int)A[r * lda + j2]);
-                a[r][0] = _mm512_dpbf16_ps(a[r][0], (__m512bh)pr, (__m512bh)v0);
-                a[r][1] = _mm512_dpbf16_ps(a[r][1], (__m512bh)pr, (__m512bh)v1);
-            }
-        }
-        for (int r = 0; r < RB; r++)
-            _mm512_storeu_ps(out + r * dp + c0, a[r][0]), _mm512_storeu_ps(out + r * dp + c0 + 16, a[r][1]);
-    }
-}
-#else
-#define BF16_DOT 0
-static inline void logits_dot_bf16(const uint32_t *Qw, const uint32_t *Kw, int64_t d2, int64_t ldk, int64_t j0,
-                                   float acc[RB][32]) { (void)Qw, (void)Kw, (void)d2, (void)ldk, (void)j0, (void)acc; }
-static inline void mix_dot_bf16(const uint32_t *A, int64_t lda, const uint32_t *Vw, int64_t n2, int64_t dp,
-                                float *out) { (void)A, (void)lda, (void)Vw, (void)n2, (void)dp, (void)out; }
-#endif
-
 /* The fused attention for inputs stored as S (SNAME), computed in T (NAME's parts): LOAD / STORE
- * convert an input / an output, ROUND rounds a T to S's precision (the identity where S is T); DOT:
- * the products on the bf16 dot instructions (S bfloat16 bits, T float, VW 32). */
-#define ATTENTION(SNAME, NAME, S, T, K, VW, LOAD, STORE, ROUND, DOT)                           \
+ * convert an input / an output, ROUND rounds a T to S's precision (the identity where S is T). */
+#define ATTENTION(SNAME, NAME, S, T, K, VW, LOAD, STORE, ROUND)                                \
 /* One (image, head): q, k rows of d, v rows of dv, at strides ld* (unit stride along the head \
  * dimension), log_s [N] or NULL, bias rows at stride ldb or NULL.  Returns 0, or -1 where no  \
  * work buffer could be had. */                                                                \
@@ -671,36 +620,18 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
     T *kT = map + Nr * Np, *Q = kT + d * Np, *O = Q + RB * d, *V = O + RB * dp;                \
     T *key_space = V + copy_v * N * dp, *found = key_space + 5 * keys + 64;                    \
     K *key_buf = (K *)key_space, *b1 = (K *)(key_space + keys), *b2 = (K *)(key_space + 3 * keys + 32); \
-    int64_t d2 = (d + 1) / 2, N2 = (N + 1) / 2;  /* pairs, for DOT */                          \
-    uint32_t *Kw = (uint32_t *)kT, *Qw = (uint32_t *)Q, *Vw = (uint32_t *)V;                     \
-    if (DOT) {  /* k and v as bf16 pairs along the keys (in kT's and V's room, 0 beyond) */     \
-        for (int64_t t2 = 0; t2 < d2; t2++)                                                    \
-            for (int64_t j = 0; j < Np; j++)                                                   \
-                Kw[t2 * Np + j] = j < N ? pair_bf16((uint16_t)k[j * ldk + 2 * t2],             \
-                                                    2 * t2 + 1 < d ? (uint16_t)k[j * ldk + 2 * t2 + 1] : 0) : 0; \
-        for (int64_t j2 = 0; j2 < N2; j2++)                                                    \
-            for (int64_t c = 0; c < dp; c++)                                                   \
-                Vw[j2 * dp + c] = c < dv ? pair_bf16((uint16_t)v[2 * j2 * ldv + c],            \
-                                                     2 * j2 + 1 < N ? (uint16_t)v[(2 * j2 + 1) * ldv + c] : 0) : 0; \
-    } else {                                                                                   \
-        for (int64_t j = 0; j < Np; j++)  /* k transposed: the keys along the vector lanes */   \
-            for (int64_t t = 0; t < d; t++) kT[t * Np + j] = j < N ? LOAD(k[j * ldk + t]) : 0; \
-        if (copy_v)                                                                            \
-            for (int64_t j = 0; j < N; j++)                                                    \
-                for (int64_t c = 0; c < dp; c++) V[j * dp + c] = c < dv ? LOAD(v[j * ldv + c]) : 0; \
-    }                                                                                          \
+    for (int64_t j = 0; j < Np; j++)  /* k transposed: the keys along the vector lanes */       \
+        for (int64_t t = 0; t < d; t++) kT[t * Np + j] = j < N ? LOAD(k[j * ldk + t]) : 0;     \
+    if (copy_v)                                                                                \
+        for (int64_t j = 0; j < N; j++)                                                        \
+            for (int64_t c = 0; c < dp; c++) V[j * dp + c] = c < dv ? LOAD(v[j * ldv + c]) : 0; \
     for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 1. the logits, 2. the softmax */              \
         for (int r = 0; r < RB; r++)                                                           \
             for (int64_t t = 0; t < d; t++)  /* q scaled as torch scales it: in T, rounded to S */ \
                 Q[r * d + t] = i0 + r < N ? ROUND(LOAD(q[(i0 + r) * ldq + t]) * scale) : 0;   \
-        if (DOT)  /* q's rows as pairs, in place (word t2 from entries 2 t2, 2 t2 + 1 at or after it) */ \
-            for (int r = 0; r < RB; r++)                                                       \
-                for (int64_t t2 = 0; t2 < d2; t2++)                                            \
-                    Qw[r * d2 + t2] = pair_bf16(STORE(Q[r * d + 2 * t2]), 2 * t2 + 1 < d ? STORE(Q[r * d + 2 * t2 + 1]) : 0); \
         for (int64_t j0 = 0; j0 < Np; j0 += VW) {                                              \
             T acc[RB][VW];                                                                     \
-            if (DOT) logits_dot_bf16(Qw, Kw, d2, Np, j0, (float (*)[32])acc);                  \
-            else logits_step_##NAME(Q, kT, d, Np, j0, acc);                                    \
+            logits_step_##NAME(Q, kT, d, Np, j0, acc);                                         \
             for (int r = 0; r < RB; r++) {                                                     \
                 T *z = map + (i0 + r) * Np + j0;                                               \
                 for (int j = 0; j < VW; j++) z[j] = ROUND(acc[r][j]);                          \
@@ -728,18 +659,10 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
         }                                                                                      \
     }                                                                                          \
     for (int64_t i = N * Np; i < Nr * Np; i++) map[i] = 0;  /* rows beyond N: 0 */             \
-    if (DOT)  /* the map's rows (rounded to bf16 above) as pairs, in place; column N is 0 */    \
-        for (int64_t i = 0; i < Nr; i++) {                                                     \
-            T *row = map + i * Np;                                                             \
-            if (N < Np) row[N] = 0;                                                            \
-            for (int64_t j2 = 0; j2 < N2; j2++)                                                \
-                ((uint32_t *)row)[j2] = pair_bf16(STORE(row[2 * j2]), STORE(row[2 * j2 + 1])); \
-        }                                                                                      \
     const T *vv = copy_v ? V : (const T *)v;  /* S is T where v is read in place */            \
     int64_t ld_vv = copy_v ? dp : ldv;                                                         \
     for (int64_t i0 = 0; i0 < N; i0 += RB) {  /* 5. Att v */                                   \
-        if (DOT) mix_dot_bf16((const uint32_t *)(map + i0 * Np), Np, Vw, N2, dp, (float *)O); \
-        else mix_step_##NAME(map + i0 * Np, Np, vv, ld_vv, N, dp, O);                          \
+        mix_step_##NAME(map + i0 * Np, Np, vv, ld_vv, N, dp, O);                               \
         for (int r = 0; r < RB && i0 + r < N; r++)                                             \
             for (int64_t c = 0; c < dv; c++) out[(i0 + r) * ldo + c] = STORE(O[r * dp + c]);  \
     }                                                                                          \
@@ -898,10 +821,10 @@ SELECTION(f32, float, uint32_t, 21)
 SELECTION(f64, double, uint64_t, 53)
 ATTENTION_PARTS(f32, float, uint32_t, 32)
 ATTENTION_PARTS(f64, double, uint64_t, 16)
-ATTENTION(f32, f32, float, float, uint32_t, 32, SAME, SAME, SAME, 0)
-ATTENTION(f64, f64, double, double, uint64_t, 16, SAME, SAME, SAME, 0)
-ATTENTION(bf16, f32, uint16_t, float, uint32_t, 32, load_bf16, store_bf16, round_bf16, BF16_DOT)
-ATTENTION(f16, f32, uint16_t, float, uint32_t, 32, load_f16, store_f16, round_f16, 0)
+ATTENTION(f32, f32, float, float, uint32_t, 32, SAME, SAME, SAME)
+ATTENTION(f64, f64, double, double, uint64_t, 16, SAME, SAME, SAME)
+ATTENTION(bf16, f32, uint16_t, float, uint32_t, 32, load_bf16, store_bf16, round_bf16)
+ATTENTION(f16, f32, uint16_t, float, uint32_t, 32, load_f16, store_f16, round_f16)
 PROPAGATE(f32, float)
 PROPAGATE(f64, double)
 SELECT_TOKENS(f32, float, uint32_t)
