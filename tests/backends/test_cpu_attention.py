@@ -343,15 +343,40 @@ def test_models_with_a_relative_position_bias_take_the_kernel(cfg, propagation, 
     assert ((got - trace.logits).abs() <= atol + rtol * trace.logits.abs() + 2 * own).all(), (dtype, cfg)
 
 
-@pytest.mark.parametrize(
-    "vector",
-    [
-        v
-        for v in official_vectors()
-        if v["config"]["selection"] in COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
-    ],
-    ids=lambda v: v["id"],
-)
+KERNEL_VECTORS = [
+    v
+    for v in official_vectors()
+    if v["config"]["selection"] in COLUMN_SELECTIONS + ("cls_attn_mean", "cls_attn_max")
+]
+
+
+def test_the_authors_vectors_on_the_kernel_in_float32():
+    """The authors' vectors with the model in float32, wherever float32 can decide them: the
+    kernel's model makes the float32 reference's decisions and its logits are the authors'
+    within the float32 reference's own distance from them.  Most vectors hold a decision within
+    1e-8 of a tie (they were computed in float64), below float32's rounding: those are left to
+    the float64 test below, and at least one vector must remain here."""
+    checked = []
+    for vector in KERNEL_VECTORS:
+        model, images = model_for(vector, backend="fast")
+        reference, _ = model_for(vector)
+        model, reference, images = model.float(), reference.float(), images.float()
+        with torch.no_grad():
+            trace = reference.forward_trace(images, record=True)
+            got = model.forward_trace(images)
+        if margin(trace) <= NEAR_TIE[torch.float32]:
+            continue
+        checked.append(vector["id"])
+        assert [layer.prop.tolist() for layer in got.layers] == [
+            layer.prop.tolist() for layer in trace.layers
+        ]
+        want = torch.tensor(vector["logits"], dtype=torch.float64)
+        own = (trace.logits.double() - want).abs()
+        assert ((got.logits.double() - want).abs() <= 1e-5 + 1e-4 * want.abs() + 2 * own).all(), vector["id"]
+    assert checked, "no vector far enough from a tie for float32"
+
+
+@pytest.mark.parametrize("vector", KERNEL_VECTORS, ids=lambda v: v["id"])
 def test_the_authors_vectors_on_the_kernel(vector):
     model, images = model_for(vector, backend="fast")
     with torch.no_grad():

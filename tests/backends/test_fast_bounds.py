@@ -78,6 +78,14 @@ OP_LEVEL = [
         r"bias has shape \[1, 3, 17, 16\], expected \[\*, 3, 17, 17\]",
     ),
     (
+        "attention: a bias on another device",
+        lambda: fast.attention(
+            q, k, v, None, 0.6, "mixed_attn_max", 1, torch.zeros(1, 3, 17, 17, device="meta")
+        ),
+        TypeError,
+        "bias is on meta, q on cpu",
+    ),
+    (
         "attention op: a bias of 3 images for 2",
         lambda: cpu.attention_op(q, k, v, None, 10, torch.zeros(3, 3, 17, 17, dtype=F64)),
         ValueError,

@@ -200,7 +200,8 @@ def attention_path(q: Tensor, selection: str | None, bias: Tensor | None = None)
     if not (autocast or q.dtype in (torch.float32, torch.float64)):
         return (
             None,
-            f"{q.dtype} without autocast: the reference's map is then {q.dtype}, the kernels' float32",
+            f"{q.dtype} without autocast: the Triton kernels take float32 / float64, or a half type "
+            "under autocast",
         )
     if N > cuda.MAX_TOKENS:
         return None, f"N={N} tokens: the kernels take at most {cuda.MAX_TOKENS}"
@@ -284,11 +285,10 @@ def _check_attention(
             raise TypeError(f"token_sizes is on {token_sizes.device}, q on {q.device}")
     if bias is not None:
         check_tensor("bias", bias, 4, floating=True, shape=(None, H, N, N))
-        if bias.shape[0] not in (1, B) or bias.device != q.device:
-            raise ValueError(
-                f"bias has shape {list(bias.shape)} on {bias.device}: give [1 or B = {B}, H, N, N] "
-                f"on {q.device}"
-            )
+        if bias.shape[0] not in (1, B):
+            raise ValueError(f"bias has shape {list(bias.shape)}: its first dimension must be 1 or B = {B}")
+        if bias.device != q.device:
+            raise TypeError(f"bias is on {bias.device}, q on {q.device}")
     check_sparsity(sparsity)
     if selection is not None:
         choice("selection", selection, SELECTIONS)
