@@ -214,6 +214,11 @@ def test_gradients_are_those_of_the_torch_computation():
     for kth in (0, sparsity_k(9, 0.6)):
         assert torch.autograd.gradcheck(lambda *t: cpu.attention_op(*t, kth)[:4], (q, k, v, log_s))
         assert torch.autograd.gradcheck(lambda a, b, c: cpu.attention_op(a, b, c, None, kth)[:4], (q, k, v))
+        # with a relative-position bias (one for both images) and a scale applied inside
+        bias = torch.randn(1, 2, 9, 9, generator=g, dtype=torch.float64).requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda *t: cpu.attention_op(*t[:4], kth, t[4], 0.7)[:4], (q, k, v, log_s, bias)
+        )
 
 
 def test_the_op_compiles_into_one_graph():

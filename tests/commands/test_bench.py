@@ -302,3 +302,15 @@ def test_throughput_compile_smoke():
         ("gtp_fast+compile", 2),
     ]
     assert all(x["img_per_s"] > 0 for x in rows)
+
+
+def test_check_validates_a_throughput_command_without_running_it(tmp_path):
+    """--check: a CUDA command's arguments are checked on a machine without CUDA, nothing is built
+    or written; a bad argument is refused as the real run would refuse it."""
+    out = tmp_path / "rows.json"
+    args = ["throughput", "--check", "--device", "cuda", "--models", "deit_small", "--batches", "256"]
+    r = run(*args, "--methods", "gtp_fast+graph", "pruned_free", "--json-out", str(out))
+    assert r.returncode == 0 and "the arguments are valid" in r.stdout, r.stderr
+    assert not out.exists()
+    r = run(*args, "--repeats", "2")
+    assert r.returncode == 2 and "--repeats 2" in r.stderr, r.stderr

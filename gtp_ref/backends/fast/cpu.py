@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from gtp_ref._checks import check_partition, check_tensor, check_token_sizes
+from gtp_ref.attention import softmax_map
 from gtp_ref.backends.fast import cpu_build
 from gtp_ref.backends.fast.cpu_build import (
     BAD_ARGUMENTS,
@@ -333,36 +334,6 @@ def _(q, k, v, log_s, kth, bias=None, scale=1.0):
     )
 
 
-def attention_reference(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_s: Tensor | None,
-    kth: int,
-    bias: Tensor | None = None,
-    scale: float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """What ``attention_op`` computes, in torch ops (its backward pass and the tests use it):
-    (Att v [B, N, H, dv], column sums, diagonal, first row, thresholds, the unmasked map), the map
-    as ``gtp_ref.attention.softmax_map`` computes it, masked below each head's kth smallest entry
-    (``torch.kthvalue``)."""
-    acc = ATTENTION_DTYPES[q.dtype]
-    z = ((q * scale) @ k.transpose(-2, -1)).to(acc)  # (B, H, N, N); in q's dtype first, as the map's
-    if bias is not None:
-        z = z + bias.to(acc)
-    if log_s is not None:
-        z = z + log_s.to(acc)[:, None, None, :]
-    p = z.softmax(-1)
-    B, H, N, _ = p.shape
-    if kth:
-        tau = p.detach().reshape(B, H, N * N).kthvalue(kth, dim=-1).values  # (B, H)
-        m = p.masked_fill(p < tau[..., None, None], 0.0)
-    else:
-        tau, m = p.new_full((B, H), float("-inf")), p
-    out = (m.to(v.dtype) @ v).transpose(1, 2)  # (B, N, H, dv)
-    return out, m.sum(2), m.diagonal(dim1=-2, dim2=-1), m[:, :, 0], tau, p
-
-
 def convert(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """The attention kernel's own conversions (for tests): float32 x -> (x in ``dtype``, bfloat16
     or float16, rounded to nearest even by the kernel; that back in float32, by the kernel)."""
@@ -385,14 +356,23 @@ def _save_attention(ctx, inputs, output) -> None:
 
 
 def _attention_backward(ctx, *grads: Tensor):
-    """The gradients of the same attention in torch ops (``attention_reference``), recomputed; the
-    map masked below its kth smallest entry as torch computes it (the kernel's threshold may
-    differ from it in the last bit, which would drop the threshold's own entry)."""
+    """The gradients of the same attention in torch ops, recomputed: the map by
+    ``gtp_ref.attention.softmax_map`` (its rule for every dtype), masked below its kth smallest
+    entry as torch computes it (the kernel's threshold may differ from it in the last bit, which
+    would drop the threshold's own entry), and Att v as ``ValueMix`` reads it."""
     q, k, v, log_s, bias = (t.detach().requires_grad_() for t in ctx.saved_tensors)
     log_s, bias = (log_s if ctx.has_log_s else None), (bias if ctx.has_bias else None)
     inputs = [t for t in (q, k, v, log_s, bias) if t is not None]
     with torch.enable_grad():
-        outputs = attention_reference(q, k, v, log_s, ctx.kth, bias, ctx.scale)[:4]
+        extra = bias  # + log s per key column, as the map adds it after the bias
+        if log_s is not None:
+            extra = log_s[:, None, None, :] if extra is None else extra + log_s[:, None, None, :]
+        p = softmax_map(q * ctx.scale, k, None, extra)  # (B, H, N, N)
+        if ctx.kth:
+            B, H, N, _ = p.shape
+            tau = p.detach().reshape(B, H, N * N).kthvalue(ctx.kth, dim=-1).values  # (B, H)
+            p = p.masked_fill(p < tau[..., None, None], 0.0)
+        outputs = ((p.to(v.dtype) @ v).transpose(1, 2), p.sum(2), p.diagonal(dim1=-2, dim2=-1), p[:, :, 0])
         used = [(o, g) for o, g in zip(outputs, grads[:4]) if g is not None]
         got = iter(torch.autograd.grad([o for o, _ in used], inputs, [g for _, g in used], allow_unused=True))
     g_q, g_k, g_v = next(got), next(got), next(got)

@@ -647,13 +647,15 @@ static int attention_head_##SNAME(const S *q, int64_t ldq, const S *k, int64_t l
     T tau = kth ? kth_map_##NAME(map, N, Np, kth, key_buf, b1, b2, found, &ok) : -(T)INFINITY;  /* 3. */ \
     if (!ok) return -1;                                                                        \
     *tau_out = tau;                                                                            \
-    for (int64_t j = 0; j < N; j++) col_sums[j] = 0;                                           \
-    for (int64_t i = 0; i < N; i++) {  /* 4. the masking and what the selection reads */        \
+    for (int64_t j = 0; j < N; j++) {  /* 4. the masking and what the selection reads */       \
+        col_sums[j] = 0;                                                                       \
+        first_row[j] = map[j] < tau ? (T)0 : map[j];  /* before row 0 is rounded below */     \
+    }                                                                                          \
+    for (int64_t i = 0; i < N; i++) {                                                          \
         T *row = map + i * Np;                                                                 \
         diag[i] = row[i] < tau ? (T)0 : row[i];                                                \
         for (int64_t j = 0; j < N; j++) {                                                      \
             T m = row[j] < tau ? (T)0 : row[j];                                                \
-            if (i == 0) first_row[j] = m;                                                      \
             row[j] = ROUND(m);  /* Att v reads the map in S's precision */                     \
             col_sums[j] += m;                                                                  \
         }                                                                                      \
